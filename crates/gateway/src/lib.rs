@@ -10,17 +10,26 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod cli;
 mod config;
+mod http;
+mod imap;
 mod line;
+mod logging;
 mod metrics;
 mod session;
 mod smtp;
 mod spool;
+mod wire;
 
+pub use cli::{Cli, EXIT_CONFIG};
 pub use config::{
     Config, ConfigError, ImapConfig, ListenerConfig, Located, LogConfig, LogFormat, LogLevel,
     Protocol, ShutdownConfig, SmtpConfig, TlsConfig, TlsMode,
 };
+pub use http::{http_server, HttpListener, HttpState, Readiness};
+pub use imap::{serve_imap, ImapContext};
+pub use logging::{json_logger, resolve_format, stderr_logger, LogGuard};
 pub use metrics::GatewayMetrics;
 pub use session::{EndReason, SessionSummary};
 pub use smtp::{serve_smtp, SmtpContext};

@@ -2,36 +2,27 @@
 //! the mail transaction.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_lifecycle::ShutdownHandle;
 use slog::{error, info, Logger};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::command::{parse, Command, ParseError, MAX_COMMAND_LINE};
 use super::SmtpContext;
-use crate::line::{Line, LineReader, Segment};
 use crate::session::EndReason;
+use crate::wire::Wire;
 
 /// After this many errors the session is closed (421).
 const MAX_ERRORS: u32 = 20;
-/// Replies are flushed at the latest when this much is pending.
-const OUT_LIMIT: usize = 16 * 1024;
 /// Longest message line, including CRLF (RFC 5321 §4.5.3.1.6).
-pub(crate) const MAX_DATA_LINE: usize = 1000;
-/// How long the last reply may take to leave before the connection closes.
-const FINAL_FLUSH: Duration = Duration::from_secs(5);
+const MAX_DATA_LINE: usize = 1000;
 
 type Step = Result<(), EndReason>;
 
 pub(super) struct Session<S> {
-    io: S,
-    reader: LineReader,
-    out: Vec<u8>,
+    wire: Wire<S>,
     ctx: Arc<SmtpContext>,
     shutdown: ShutdownHandle,
-    abort: CancellationToken,
     pub(super) log: Logger,
     helo: Option<String>,
     from: Option<String>,
@@ -43,10 +34,7 @@ pub(super) struct Session<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub(super) fn new(io: S, shutdown: ShutdownHandle, ctx: Arc<SmtpContext>, log: Logger) -> Self {
         Session {
-            io,
-            reader: LineReader::new(),
-            out: Vec::with_capacity(512),
-            abort: shutdown.abort_token(),
+            wire: Wire::new(io, shutdown.abort_token(), ctx.idle_timeout),
             shutdown,
             ctx,
             log,
@@ -67,10 +55,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             );
             self.reply(421, &text);
         }
-        if end != EndReason::Aborted {
-            let _ = self.flush_within(FINAL_FLUSH).await;
-            let _ = tokio::time::timeout(FINAL_FLUSH, self.io.shutdown()).await;
-        }
+        self.wire.finish(&end).await;
         end
     }
 
@@ -82,7 +67,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let greeting = format!("{} ESMTP lifecycle-gateway ready", self.ctx.hostname);
         self.reply(220, &greeting);
         loop {
-            let line = match self.read_command().await {
+            let line = match self.wire.line(MAX_COMMAND_LINE).await {
                 Ok(line) => line,
                 Err(end) => return end,
             };
@@ -114,10 +99,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if let Err(end) = step {
                 return end;
             }
-            if self.out.len() > OUT_LIMIT {
-                if let Err(end) = self.flush_within(self.ctx.idle_timeout).await {
-                    return end;
-                }
+            if let Err(end) = self.wire.flush_if_full().await {
+                return end;
             }
         }
     }
@@ -225,26 +208,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // The previous piece ended with CR (a CRLF split across pieces).
         let mut prev_cr = false;
         loop {
-            if !self.reader.has_segment(MAX_DATA_LINE) {
-                self.flush_within(self.ctx.idle_timeout).await?;
-            }
-            let abort = self.abort.clone();
-            let idle = self.ctx.idle_timeout;
-            let Session { reader, io, .. } = &mut *self;
-            let segment = tokio::select! {
-                biased;
-                _ = abort.cancelled() => return Err(EndReason::Aborted),
-                r = tokio::time::timeout(idle, reader.segment(io, MAX_DATA_LINE)) => match r {
-                    Err(_) => return Err(EndReason::IdleTimeout),
-                    Ok(Err(e)) => return Err(EndReason::Io(e.kind())),
-                    Ok(Ok(s)) => s,
-                },
-            };
-            let (bytes, complete) = match segment {
-                Segment::Eof => return Err(EndReason::ClientClosed),
-                Segment::Part(p) => (p, false),
-                Segment::Line(l) => (l, true),
-            };
+            let (bytes, complete) = self.wire.segment(MAX_DATA_LINE).await?;
             let special = line_start && after_crlf;
             if special && bytes == b".\r\n" {
                 break;
@@ -354,60 +318,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn reply(&mut self, code: u16, text: &str) {
-        self.out
-            .extend_from_slice(format!("{code} {text}\r\n").as_bytes());
+        self.wire.reply(&format!("{code} {text}"));
     }
 
     fn reply_lines(&mut self, code: u16, lines: &[String]) {
         let last = lines.len().saturating_sub(1);
         for (i, line) in lines.iter().enumerate() {
             let sep = if i == last { ' ' } else { '-' };
-            self.out
-                .extend_from_slice(format!("{code}{sep}{line}\r\n").as_bytes());
-        }
-    }
-
-    /// The next command line (owned), `None` when it was too long. Pending
-    /// replies are flushed first when the next read would block.
-    async fn read_command(&mut self) -> Result<Option<Vec<u8>>, EndReason> {
-        if !self.reader.has_segment(MAX_COMMAND_LINE) {
-            self.flush_within(self.ctx.idle_timeout).await?;
-        }
-        let abort = self.abort.clone();
-        let idle = self.ctx.idle_timeout;
-        let Session { reader, io, .. } = &mut *self;
-        tokio::select! {
-            biased;
-            _ = abort.cancelled() => Err(EndReason::Aborted),
-            r = tokio::time::timeout(idle, reader.line(io, MAX_COMMAND_LINE)) => match r {
-                Err(_) => Err(EndReason::IdleTimeout),
-                Ok(Err(e)) => Err(EndReason::Io(e.kind())),
-                Ok(Ok(Line::Eof)) => Err(EndReason::ClientClosed),
-                Ok(Ok(Line::TooLong)) => Ok(None),
-                Ok(Ok(Line::Text(t))) => Ok(Some(t.to_vec())),
-            },
-        }
-    }
-
-    async fn flush_within(&mut self, limit: Duration) -> Step {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        let abort = self.abort.clone();
-        let Session { io, out, .. } = &mut *self;
-        let result = tokio::select! {
-            biased;
-            _ = abort.cancelled() => return Err(EndReason::Aborted),
-            r = tokio::time::timeout(limit, async {
-                io.write_all(out).await?;
-                io.flush().await
-            }) => r,
-        };
-        out.clear();
-        match result {
-            Err(_) => Err(EndReason::IdleTimeout),
-            Ok(Err(e)) => Err(EndReason::Io(e.kind())),
-            Ok(Ok(())) => Ok(()),
+            self.wire.reply(&format!("{code}{sep}{line}"));
         }
     }
 }
