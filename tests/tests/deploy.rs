@@ -25,6 +25,8 @@ const ACTIVATED_BOUND: f64 = 1.3;
 /// `systemd-analyze verify` rejects an ExecStart= that is not executable.
 const INSTALLED_BINARY: &str = "/usr/local/bin/lifecycle-gateway";
 const INSTALLED_CONFIG: &str = "/etc/lifecycle-gateway/gateway.toml";
+/// Drop-in for the privileged unit: run unprivileged with CAP_NET_BIND_SERVICE.
+const CAP_DROP_IN: &str = "cap-net-bind-service.conf";
 
 fn deploy_dir() -> PathBuf {
     workspace_root().join("deploy")
@@ -190,6 +192,36 @@ fn privileged_service_exposure_is_within_bound() {
 #[test]
 fn activated_service_exposure_is_within_bound() {
     check_exposure(ACTIVATED, ACTIVATED_BOUND);
+}
+
+/// The CAP_NET_BIND_SERVICE drop-in (no root at all) applies cleanly to
+/// the privileged unit and leaves it less exposed than the root parent.
+#[test]
+fn cap_net_bind_service_drop_in_applies_and_scores_lower() {
+    if !require_tool("systemd-analyze") {
+        return;
+    }
+    let dir = stage_units(|_, text| text);
+    let root_parent = exposure(dir.path(), PRIVILEGED);
+    let drop_ins = dir.path().join(format!("{PRIVILEGED}.d"));
+    std::fs::create_dir(&drop_ins).expect("mkdir drop-in dir");
+    std::fs::copy(systemd_dir().join(CAP_DROP_IN), drop_ins.join(CAP_DROP_IN))
+        .expect("stage drop-in");
+    verify(dir.path(), &[PRIVILEGED.to_owned()]).unwrap_or_else(|e| panic!("{e}"));
+    let score = exposure(dir.path(), PRIVILEGED);
+    loud(&format!(
+        "systemd-analyze security --offline=true {PRIVILEGED} + {CAP_DROP_IN}: exposure {score:.1}"
+    ));
+    assert!(
+        score < root_parent,
+        "with {CAP_DROP_IN}: {score}, root parent: {root_parent}"
+    );
+    let unit = UnitFile::read(&systemd_dir().join(CAP_DROP_IN)).expect("drop-in parses");
+    assert_eq!(unit.value("Service", "User"), Some("lifecycle-gateway"));
+    assert_eq!(
+        unit.value("Service", "AmbientCapabilities"),
+        Some("CAP_NET_BIND_SERVICE")
+    );
 }
 
 /// The checks above can fail: a weakened unit scores above its bound, and
