@@ -176,7 +176,10 @@ mod tests {
         let c = PhaseController::new();
         let h = c.handle();
         assert!(c.advance(Phase::Aborting));
-        assert!(h.drain_token().is_cancelled(), "skipping a phase passes through it");
+        assert!(
+            h.drain_token().is_cancelled(),
+            "skipping a phase passes through it"
+        );
         assert!(h.abort_token().is_cancelled());
         assert!(!c.advance(Phase::Draining));
         assert_eq!(h.phase(), Phase::Aborting);

@@ -1,0 +1,42 @@
+//! Support for the end-to-end tests of actix-lifecycle.
+//!
+//! The tests in `tests/tests/` start real processes, bind real sockets and
+//! send real signals. This crate holds what they share:
+//!
+//! - [`require_tool`] and [`require_root`]: skip a test loudly (the line is
+//!   visible even though libtest captures output) when an outside tool or
+//!   root is missing;
+//! - [`free_port`]: a loopback port that was free a moment ago;
+//! - [`temp_dir`] and [`workspace_root`]: where to put scratch files and
+//!   where the repository's own files are;
+//! - [`ChildGuard`]: a child process that is killed and reaped when the test
+//!   ends, however it ends;
+//! - [`UnitFile`]: a small reader for systemd unit files, for checking the
+//!   deployment files against each other.
+//!
+//! ```
+//! use lifecycle_tests::{require_tool, ChildGuard};
+//! use std::process::Command;
+//! use std::time::Duration;
+//!
+//! if require_tool("sleep") {
+//!     let mut child = ChildGuard::spawn(Command::new("sleep").arg("30"))?;
+//!     child.signal(nix::sys::signal::Signal::SIGTERM)?;
+//!     let status = child.wait_timeout(Duration::from_secs(10))?;
+//!     assert!(status.is_some(), "sleep should stop on SIGTERM");
+//! }
+//! # Ok::<(), std::io::Error>(())
+//! ```
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod paths;
+mod port;
+mod process;
+mod tool;
+mod unit_file;
+
+pub use paths::{temp_dir, workspace_root};
+pub use port::free_port;
+pub use process::ChildGuard;
+pub use tool::{loud, require_root, require_tool};
+pub use unit_file::{UnitFile, UnitFileError};
