@@ -10,6 +10,8 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod app;
+mod bind;
 mod cli;
 mod config;
 mod http;
@@ -22,6 +24,8 @@ mod smtp;
 mod spool;
 mod wire;
 
+pub use app::{run, StartError};
+pub use bind::{bind_all, BindError};
 pub use cli::{Cli, EXIT_CONFIG};
 pub use config::{
     Config, ConfigError, ImapConfig, ListenerConfig, Located, LogConfig, LogFormat, LogLevel,

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use lifecycle_gateway::{Cli, Config, EXIT_CONFIG};
+use lifecycle_gateway::{run, stderr_logger, Cli, Config, EXIT_CONFIG};
+use slog::{error, info};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,10 +23,22 @@ fn main() -> ExitCode {
         println!("{}", summary(&cli, &config));
         return ExitCode::SUCCESS;
     }
-    eprintln!(
-        "lifecycle-gateway: serving is not wired yet (waiting for the actix-lifecycle actors)"
-    );
-    ExitCode::FAILURE
+    let (log, guard) = stderr_logger(config.log().format(), config.log().level());
+    info!(log, "starting"; "version" => env!("CARGO_PKG_VERSION"), "pid" => std::process::id(),
+        "config" => cli.config.as_ref().map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string()));
+    let code = match run(&config, &log) {
+        Ok(code) => u8::try_from(code).unwrap_or(1),
+        Err(e) => {
+            error!(log, "cannot start"; "error" => %e);
+            drop(log);
+            drop(guard);
+            eprintln!("lifecycle-gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    drop(log);
+    drop(guard);
+    ExitCode::from(code)
 }
 
 fn summary(cli: &Cli, config: &Config) -> String {
