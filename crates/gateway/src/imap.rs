@@ -1,6 +1,7 @@
 //! The IMAP greeting service: enough IMAP4rev1 for probes and clients to
 //! connect, ask for capabilities and log out (greeting, CAPABILITY, NOOP,
-//! LOGOUT; anything else is `BAD`). While draining, new sessions and the
+//! LOGOUT; LIST answers an empty list so that `curl imap://host/` works as
+//! a probe; anything else is `BAD`). While draining, new sessions and the
 //! next command of open ones get `* BYE shutting down`.
 
 use std::sync::Arc;
@@ -125,6 +126,8 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
                     wire.reply(&format!("{tag} OK CAPABILITY completed"));
                 }
                 "NOOP" => wire.reply(&format!("{tag} OK NOOP completed")),
+                // There are no mailboxes: an empty list (curl's probe asks).
+                "LIST" => wire.reply(&format!("{tag} OK LIST completed")),
                 "LOGOUT" => {
                     wire.reply("* BYE logging out");
                     wire.reply(&format!("{tag} OK LOGOUT completed"));
@@ -195,7 +198,9 @@ mod tests {
         );
         // Pipelined commands are answered in order.
         c.get_mut()
-            .write_all(b"a1 CAPABILITY\r\na2 noop\r\na3 LOGIN u p\r\nbad\r\n\r\na4 LOGOUT\r\n")
+            .write_all(
+                b"a1 CAPABILITY\r\na2 noop\r\na3 LOGIN u p\r\nbad\r\n\r\na5 LIST \"\" *\r\na4 LOGOUT\r\n",
+            )
             .await
             .unwrap();
         assert_eq!(line(&mut c).await, "* CAPABILITY IMAP4rev1\r\n");
@@ -210,6 +215,7 @@ mod tests {
             "bad BAD command unknown or not supported\r\n"
         );
         assert_eq!(line(&mut c).await, "* BAD missing or invalid tag\r\n");
+        assert_eq!(line(&mut c).await, "a5 OK LIST completed\r\n");
         assert_eq!(line(&mut c).await, "* BYE logging out\r\n");
         assert_eq!(line(&mut c).await, "a4 OK LOGOUT completed\r\n");
         assert!(eof(&mut c).await);

@@ -164,3 +164,35 @@ fn promtool_accepts_the_metrics() {
         "promtool rejected /metrics:\n{report}\n{metrics}"
     );
 }
+
+#[test]
+fn curl_probes_imap_and_the_health_endpoints() {
+    if !require_tool("curl") {
+        return;
+    }
+    let gw = Gateway::start("3s", "1s");
+    let out = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "20"])
+        .arg(format!("imap://{}/", gw.imap))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl imap: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (path, body) in [("healthz", "ok\n"), ("readyz", "ready\n")] {
+        let out = Command::new("curl")
+            .args(["--silent", "--fail", "--max-time", "20"])
+            .arg(format!("http://{}/{path}", gw.http))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "/{path}: {}", out.status);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), body);
+    }
+    let closed = gw.wait_log(SOON, |l| {
+        l.contains(r#""msg":"connection closed""#) && l.contains(r#""protocol":"imap""#)
+    });
+    assert!(closed.is_some_and(|l| l.contains(r#""reason":"quit""#)));
+}

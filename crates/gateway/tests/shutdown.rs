@@ -21,6 +21,7 @@ fn phase_order(gw: &Gateway) -> Vec<String> {
 #[test]
 fn sigterm_stops_an_idle_service_with_status_0() {
     let mut gw = Gateway::start("3s", "1s");
+    assert_eq!(gw.get("/readyz"), (200, "ready\n".to_owned()));
     gw.signal(Signal::SIGTERM);
     // Nothing is open: the drain grace is not waited for. The bound only
     // catches a hang.
@@ -46,6 +47,10 @@ fn sigterm_mid_session_gives_421_and_exits_0_within_the_graces() {
     gw.signal(Signal::SIGTERM);
     let draining = gw.wait_phase("draining", SOON).expect("no draining phase");
     assert_eq!(number(&draining, "live"), Some(1), "{draining}");
+
+    // Readiness drops while draining; health stays.
+    assert_eq!(gw.get("/readyz"), (503, "draining\n".to_owned()));
+    assert_eq!(gw.get("/healthz").0, 200);
 
     // A new connection while draining: 421 and closed.
     let mut late = Client::connect(gw.smtp);

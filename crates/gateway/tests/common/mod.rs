@@ -175,12 +175,22 @@ address = "127.0.0.1:0"
 
     /// `/metrics` fetched with a plain HTTP/1.0 request.
     pub fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Status and body of `GET path` (HTTP/1.0, no client library).
+    pub fn get(&self, path: &str) -> (u16, String) {
         let mut s = TcpStream::connect(self.http).unwrap();
         s.set_read_timeout(Some(SOON)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
-        text.split_once("\r\n\r\n").unwrap().1.to_owned()
+        let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, body.to_owned())
     }
 }
 
