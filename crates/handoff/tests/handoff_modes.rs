@@ -286,3 +286,36 @@ fn inherited_prepare_reports_what_was_not_passed() {
         .unwrap_err();
     assert!(matches!(err, Error::NoSuchFile { .. }), "{err}");
 }
+
+/// The listen backlog set where the socket is bound, read back with `ss`
+/// (its Send-Q column is the backlog of a listening socket).
+#[test]
+fn bind_sets_the_explicit_backlog() {
+    if std::process::Command::new("ss").arg("-V").output().is_err() {
+        println!("SKIP: ss not installed (apt-get install iproute2)");
+        return;
+    }
+    for (backlog, spec) in [
+        (
+            777,
+            ListenerSpec::tcp("a", "127.0.0.1:0".parse().unwrap()).with_backlog(777),
+        ),
+        (1024, ListenerSpec::tcp("b", "127.0.0.1:0".parse().unwrap())),
+    ] {
+        let (fd, bound) = bind_listener(&spec).unwrap();
+        let ListenAddress::Tcp(addr) = bound else {
+            unreachable!()
+        };
+        let out = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{}", addr.port())])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let send_q: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(2))
+            .collect();
+        assert_eq!(send_q, vec![backlog.to_string()], "ss said: {text}");
+        drop(fd);
+    }
+}
