@@ -442,4 +442,58 @@ pub enum Error {
         /// The prefix given.
         prefix: String,
     },
+
+    /// The configured user does not exist.
+    #[error(
+        "unknown user {user:?}: no such user name or uid in the user database; set `user` to an \
+         existing unprivileged account (for example nobody) or create it"
+    )]
+    UnknownUser {
+        /// The user as configured.
+        user: String,
+    },
+
+    /// Looking up the configured user failed.
+    #[error("cannot look up user {user:?}: {source}; check /etc/passwd and NSS configuration")]
+    UserLookup {
+        /// The user as configured.
+        user: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The unprivileged child could regain root.
+    #[error(
+        "refusing to run: the process is meant to be unprivileged but {detail}; start it from \
+         the privileged parent with a non-root user"
+    )]
+    StillPrivileged {
+        /// What shows the privilege.
+        detail: String,
+    },
+
+    /// Spawning the unprivileged child failed.
+    #[error("cannot start the unprivileged child {program:?} as {user}: {source}")]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// The user it was to run as.
+        user: String,
+        /// The OS error (from fork, exec or the set-up before exec).
+        #[source]
+        source: io::Error,
+    },
+
+    /// Waiting for the child or forwarding a signal failed.
+    #[error("supervising child {pid}: {operation} failed: {source}")]
+    Supervise {
+        /// The child's pid.
+        pid: u32,
+        /// The operation.
+        operation: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
 }
