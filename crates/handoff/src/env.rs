@@ -231,14 +231,10 @@ impl Manifest {
         names: &VarNames,
         actual_parent_pid: u32,
     ) -> Result<Manifest> {
-        let values: Vec<Option<OsString>> = names.all().iter().map(|n| env.var(n)).collect();
+        let [sockets, files, fds, parent_pid] = names.all().map(|name| env.var(name));
         for name in names.all() {
             env.remove_var(name);
         }
-        let [sockets, files, fds, parent_pid]: [Option<OsString>; 4] =
-            values.try_into().map_err(|_| Error::BadPrefix {
-                prefix: names.prefix().to_owned(),
-            })?;
 
         const FIX: &str = "it is set by the privileged parent for its child; start the program \
                            as root (privileged mode) or choose another mode";

@@ -62,6 +62,22 @@
 //! Detection removes environment variables, which is only sound before other
 //! threads exist: call [`Handoff::detect`] first thing in `main`.
 //!
+//! # The privileged start
+//!
+//! In privileged mode the parent looks up the service user first
+//! ([`TargetUser::lookup`]: an unknown user fails before anything is bound),
+//! binds and opens, blocks the signals it will forward ([`Supervisor::new`]),
+//! and starts the child with [`ChildSpawner`]: the same executable and
+//! arguments, the hand-off variables ([`ChildHandoff`]), fds placed at 3..
+//! with a two-step `dup2` that cannot clobber a source ([`pass_fds`]), every
+//! other fd close-on-exec, and before exec an empty signal mask,
+//! `setgroups([])`, `setgid`, `setuid`, `PR_SET_NO_NEW_PRIVS` and
+//! `PR_SET_PDEATHSIG(SIGKILL)`. The child calls
+//! [`verify_cannot_regain_root`]. The parent keeps its listeners (for
+//! upgrades), closes its copies of the files ([`Inventory::close_files`]),
+//! forwards SIGTERM, SIGINT, SIGHUP and SIGUSR2 and exits with the child's
+//! status ([`Supervisor::wait`], 128 + signal for a signal death).
+//!
 //! # Example
 //!
 //! A parent encodes its kept inventory; the child decodes it (here from a
