@@ -241,19 +241,7 @@ impl Handoff {
     pub fn listen(&mut self, spec: &ListenerSpec) -> Result<OwnedFd> {
         match self.mode() {
             Mode::Privileged => {
-                if let Some(first) = self
-                    .inventory
-                    .listeners
-                    .iter()
-                    .position(|l| l.spec.name() == spec.name())
-                {
-                    return Err(Error::DuplicateName {
-                        var: "listen()".to_owned(),
-                        name: spec.name().to_owned(),
-                        first,
-                        second: self.inventory.listeners.len(),
-                    });
-                }
+                self.check_unique(spec)?;
                 let (fd, bound) = bind_listener(spec)?;
                 let kept = fd.try_clone().map_err(|source| Error::Dup {
                     what: spec.to_string(),
@@ -267,6 +255,21 @@ impl Handoff {
             }
             Mode::Immediate => Ok(bind_listener(spec)?.0),
             Mode::Inherited | Mode::Systemd => Ok(self.take_listener(spec)?.fd),
+        }
+    }
+
+    /// A name may be bound once: two listeners on one address stay two only
+    /// when their names differ.
+    fn check_unique(&self, spec: &ListenerSpec) -> Result<()> {
+        let listeners = &self.inventory.listeners;
+        match listeners.iter().position(|l| l.spec.name() == spec.name()) {
+            Some(first) => Err(Error::DuplicateName {
+                var: "listen()".to_owned(),
+                name: spec.name().to_owned(),
+                first,
+                second: listeners.len(),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -353,6 +356,7 @@ impl Handoff {
         match self.mode() {
             Mode::Privileged | Mode::Immediate => {
                 for spec in listeners {
+                    self.check_unique(spec)?;
                     let (fd, bound) = bind_listener(spec)?;
                     self.inventory.listeners.push(PassedListener {
                         spec: spec.clone().with_address(bound),

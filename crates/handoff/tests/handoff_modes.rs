@@ -319,3 +319,25 @@ fn bind_sets_the_explicit_backlog() {
         drop(fd);
     }
 }
+
+#[test]
+fn a_listener_name_is_bound_once() {
+    let mut handoff = Handoff::with_mode("LIFECYCLE", Mode::Immediate).unwrap();
+    let specs = [
+        ListenerSpec::tcp("smtp", "127.0.0.1:0".parse().unwrap()),
+        ListenerSpec::tcp("smtp", "127.0.0.1:0".parse().unwrap()),
+    ];
+    let err = handoff.prepare(&specs, &[]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::DuplicateName {
+                first: 0,
+                second: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("\"smtp\""), "{err}");
+}
