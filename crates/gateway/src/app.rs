@@ -1,4 +1,4 @@
-//! The running service: listeners bound into an inventory, the
+//! The running service: listeners taken or bound through the hand-off, the
 //! actix-lifecycle actors (broker, registry, shutdown coordinator), one
 //! `ListenerActor` per SMTP and IMAP listener, and the HTTP server on the
 //! sockets it takes from the broker.
@@ -12,10 +12,9 @@ use actix_lifecycle::{
     CloseUnclaimed, ConnHandler, GetListenerInfo, Lifecycle, LifecycleError, ListenerActor,
     TakeListener,
 };
-use lifecycle_handoff::{Network, PassedListener};
+use lifecycle_handoff::{Handoff, Inventory, Mode, Network, PassedListener};
 use slog::{error, info, Logger};
 
-use crate::bind::{bind_all, BindError};
 use crate::config::{Config, Protocol};
 use crate::http::{http_server, HttpListener, HttpState, Readiness};
 use crate::imap::{serve_imap, ImapContext};
@@ -32,9 +31,18 @@ pub enum StartError {
     /// The spool directory cannot be used.
     #[error("spool: {0}")]
     Spool(#[from] SpoolError),
-    /// A listener cannot be bound.
+    /// Binding, taking or passing descriptors failed.
     #[error(transparent)]
-    Bind(#[from] BindError),
+    Handoff(lifecycle_handoff::Error),
+    /// The configured user cannot be used.
+    #[error("{0}")]
+    User(#[source] lifecycle_handoff::Error),
+    /// The service would run as root without `allow_root = true`.
+    #[error("refusing to run the service as root{}: set `user` to an unprivileged user (the root parent binds the ports and drops to it), or set `allow_root = true` to serve as root (not recommended)", user.as_ref().map(|u| format!(" (user {u})")).unwrap_or_default())]
+    Root {
+        /// The configured user, when it is root.
+        user: Option<String>,
+    },
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -57,15 +65,41 @@ pub enum StartError {
     System(#[from] std::io::Error),
 }
 
-/// Runs the gateway until it stops; returns the process exit status
-/// (0 after a clean signal-initiated stop).
-pub fn run(config: &Config, log: &Logger) -> Result<i32, StartError> {
-    let spool = Arc::new(Spool::open(config.spool_dir(), log)?);
-    let inventory = bind_all(&config.listener_specs())?;
-    info!(log, "mode"; "mode" => "immediate", "listeners" => inventory.listeners.len());
+impl StartError {
+    /// The exit status for this error: 2 when the configuration must change
+    /// (unknown user, root not allowed), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::User(_) | StartError::Root { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Serves in this process (immediate, inherited or systemd mode): takes or
+/// binds every configured listener through `handoff`, then [`run`]s.
+pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32, StartError> {
+    if handoff.mode() == Mode::Inherited && !nix::unistd::getuid().is_root() {
+        // A child of the privileged parent must not be able to become root.
+        lifecycle_handoff::verify_cannot_regain_root().map_err(StartError::Handoff)?;
+    }
+    if nix::unistd::geteuid().is_root() {
+        crate::parent::service_user(config)?;
+    }
+    handoff
+        .prepare(&config.listener_specs(), &[])
+        .map_err(StartError::Handoff)?;
+    let inventory = handoff.into_inventory();
     for l in &inventory.listeners {
         info!(log, "listener bound"; "listener" => l.spec.name(), "address" => %l.spec.address());
     }
+    run(config, log, inventory)
+}
+
+/// Runs the gateway on `inventory` until it stops; returns the process exit
+/// status (0 after a clean signal-initiated stop).
+pub fn run(config: &Config, log: &Logger, inventory: Inventory) -> Result<i32, StartError> {
+    let spool = Arc::new(Spool::open(config.spool_dir(), log)?);
     let system = actix::System::new();
     system.block_on(async {
         let lifecycle = Lifecycle::builder(inventory)

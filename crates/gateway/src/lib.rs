@@ -11,7 +11,6 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod app;
-mod bind;
 mod cli;
 mod config;
 mod http;
@@ -19,13 +18,13 @@ mod imap;
 mod line;
 mod logging;
 mod metrics;
+mod parent;
 mod session;
 mod smtp;
 mod spool;
 mod wire;
 
-pub use app::{run, StartError};
-pub use bind::{bind_all, BindError};
+pub use app::{run, serve, StartError};
 pub use cli::{Cli, EXIT_CONFIG};
 pub use config::{
     Config, ConfigError, ImapConfig, ListenerConfig, Located, LogConfig, LogFormat, LogLevel,
@@ -35,6 +34,7 @@ pub use http::{http_server, HttpListener, HttpState, Readiness};
 pub use imap::{serve_imap, ImapContext};
 pub use logging::{json_logger, resolve_format, stderr_logger, LogGuard};
 pub use metrics::GatewayMetrics;
+pub use parent::{service_user, supervise};
 pub use session::{EndReason, SessionSummary};
 pub use smtp::{serve_smtp, SmtpContext};
 pub use spool::{Spool, SpoolError, StoredMessage, MESSAGE_EXT, TMP_DIR};

@@ -43,7 +43,7 @@ pub fn stderr_logger(format: Option<LogFormat>, level: LogLevel) -> (Logger, Log
             finish(drain, level.to_slog())
         }
         LogFormat::Json => {
-            let drain = slog_json::Json::new(io::stderr())
+            let drain = slog_json::Json::new(RecordWriter::new(io::stderr()))
                 .add_default_keys()
                 .build()
                 .fuse();
@@ -65,6 +65,48 @@ where
         Logger::root(drain, slog::o!("service" => "lifecycle-gateway")),
         LogGuard { _guard: guard },
     )
+}
+
+/// Writes each log record with one `write` call. slog-json writes a record
+/// in pieces; when a privileged parent and its child share stderr (a pipe),
+/// pieces of their records would interleave. A write of up to `PIPE_BUF`
+/// (4096) bytes to a pipe is atomic, so whole lines stay whole.
+struct RecordWriter<W: Write> {
+    inner: W,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> RecordWriter<W> {
+    fn new(inner: W) -> Self {
+        RecordWriter {
+            inner,
+            buf: Vec::with_capacity(1024),
+        }
+    }
+
+    fn emit(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let result = self.inner.write_all(&self.buf);
+            self.buf.clear();
+            result?;
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> Write for RecordWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.ends_with(b"\n") {
+            self.emit()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.emit()?;
+        self.inner.flush()
+    }
 }
 
 /// A synchronous JSON logger writing to `writer` (for tests and tools).
@@ -104,6 +146,44 @@ mod tests {
         assert!(lines[0].contains("\"msg\":\"connection open\""), "{text}");
         assert!(lines[0].contains("\"peer\":\"127.0.0.1:1\""), "{text}");
         assert!(lines[0].contains("\"level\":\"INFO\""), "{text}");
+    }
+
+    /// Records every `write` call it receives.
+    #[derive(Clone, Default)]
+    struct Calls(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Write for Calls {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn each_record_is_one_write() {
+        let calls = Calls::default();
+        let piecewise = json_logger(calls.clone(), LogLevel::Info);
+        slog::info!(piecewise, "unwrapped"; "k" => 1);
+        let pieces = calls.0.lock().unwrap().len();
+        assert!(pieces > 1, "slog-json writes a record in pieces ({pieces})");
+
+        let calls = Calls::default();
+        let log = json_logger(RecordWriter::new(calls.clone()), LogLevel::Info);
+        for i in 0..3 {
+            slog::info!(log, "line"; "i" => i);
+        }
+        let writes = calls.0.lock().unwrap().clone();
+        assert_eq!(writes.len(), 3);
+        for (i, w) in writes.iter().enumerate() {
+            let text = String::from_utf8(w.clone()).unwrap();
+            assert!(
+                text.ends_with("}\n") && text.contains(&format!("\"i\":{i}")),
+                "{text}"
+            );
+        }
     }
 
     #[test]

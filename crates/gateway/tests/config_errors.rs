@@ -116,3 +116,38 @@ fn printed_config_checks_clean_and_help_explains_the_flags() {
         assert!(help.contains(flag), "{help}");
     }
 }
+
+/// Started as root, the gateway runs the service as `user`; without one it
+/// refuses unless `allow_root = true`, before binding anything.
+#[test]
+fn root_without_a_user_is_refused_and_an_unknown_user_too() {
+    if !lifecycle_tests::require_root("starting the gateway as root") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let listener =
+        "[[listener]]\nname = \"smtp\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\n";
+    let cases = [
+        ("", "refusing to run the service as root"),
+        (
+            "user = \"root\"\n",
+            "refusing to run the service as root (user root",
+        ),
+        ("user = \"no-such-user-here\"\n", "no-such-user-here"),
+    ];
+    for (i, (head, expect)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("root{i}.toml"));
+        std::fs::write(&path, format!("{head}{listener}")).unwrap();
+        let out = run(&["--config", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{head:?}: {stderr}");
+        assert!(
+            stderr.contains(expect),
+            "{head:?}: expected {expect:?} in {stderr}"
+        );
+        assert!(
+            !stderr.contains("listener bound"),
+            "refused before binding: {stderr}"
+        );
+    }
+}

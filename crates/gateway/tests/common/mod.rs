@@ -38,10 +38,14 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the gateway with SMTP, IMAP and HTTP listeners on 127.0.0.1
     /// port 0 and the given `[shutdown]` graces; waits until it is ready.
+    /// As root (CI) this is the privileged start: a root parent binds and
+    /// passes the sockets to a child (`allow_root`, as the temporary spool
+    /// belongs to root); otherwise the immediate mode.
     pub fn start(drain: &str, abort: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
-            r#"spool_dir = "{spool}"
+            r#"allow_root = true
+spool_dir = "{spool}"
 [shutdown]
 drain_grace = "{drain}"
 abort_grace = "{abort}"
