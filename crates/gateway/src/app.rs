@@ -13,7 +13,7 @@ use actix_lifecycle::{
     TakeListener,
 };
 use lifecycle_handoff::{Handoff, Inventory, Mode, Network, PassedListener};
-use slog::{error, info, Logger};
+use slog::{error, info, o, Logger};
 
 use crate::config::{Config, Protocol};
 use crate::http::{http_server, HttpListener, HttpState, Readiness};
@@ -83,8 +83,10 @@ pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32,
         // A child of the privileged parent must not be able to become root.
         lifecycle_handoff::verify_cannot_regain_root().map_err(StartError::Handoff)?;
     }
-    if nix::unistd::geteuid().is_root() {
-        crate::parent::service_user(config)?;
+    if nix::unistd::geteuid().is_root() && !config.allow_root() {
+        // Serving here means serving as root (systemd mode without User=,
+        // or a child of a parent that kept root).
+        return Err(StartError::Root { user: None });
     }
     handoff
         .prepare(&config.listener_specs(), &[])
@@ -122,10 +124,18 @@ async fn start_listeners(
     spool: Arc<Spool>,
 ) -> Result<(), StartError> {
     let gateway_metrics = GatewayMetrics::register(lifecycle.metrics(), config.metrics_prefix())?;
-    let smtp = Arc::new(
-        SmtpContext::from_config(config.smtp(), spool, log.clone()).metrics(gateway_metrics),
-    );
-    let imap = Arc::new(ImapContext::from_config(config.imap(), log.clone()));
+    // One context per listener, so that every session's log lines name it.
+    let smtp = |name: &str| {
+        let log = log.new(o!("listener" => name.to_owned()));
+        Arc::new(
+            SmtpContext::from_config(config.smtp(), spool.clone(), log)
+                .metrics(gateway_metrics.clone()),
+        )
+    };
+    let imap = |name: &str| {
+        let log = log.new(o!("listener" => name.to_owned()));
+        Arc::new(ImapContext::from_config(config.imap(), log))
+    };
     let readiness = Readiness::new();
     let mut actors: Vec<(String, Addr<ListenerActor>)> = Vec::new();
     let mut http = Vec::new();
@@ -133,7 +143,7 @@ async fn start_listeners(
         let name = l.name().to_owned();
         match l.protocol() {
             Protocol::Smtp => {
-                let ctx = smtp.clone();
+                let ctx = smtp(&name);
                 let handler = ConnHandler::new(move |conn| {
                     let ctx = ctx.clone();
                     async move {
@@ -145,7 +155,7 @@ async fn start_listeners(
                 actors.push((name.clone(), lifecycle.serve(name, "smtp", handler)));
             }
             Protocol::Imap => {
-                let ctx = imap.clone();
+                let ctx = imap(&name);
                 let handler = ConnHandler::new(move |conn| {
                     let ctx = ctx.clone();
                     async move {
