@@ -196,3 +196,46 @@ fn curl_probes_imap_and_the_health_endpoints() {
     });
     assert!(closed.is_some_and(|l| l.contains(r#""reason":"quit""#)));
 }
+
+/// Peak resident memory of a process (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_100_mib_message_over_the_limit_is_refused_without_being_held() {
+    let gw = Gateway::start_with("3s", "1s", "max_message_size = 1048576");
+    let pid = gw.service_pid();
+    let mut c = Client::connect(gw.smtp);
+    c.expect("220");
+    c.send("EHLO x\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n");
+    c.expect("250-");
+    c.expect("250 2.1.0");
+    c.expect("250 2.1.5");
+    c.expect("354");
+    let before = peak_rss_kib(pid);
+    let line = format!("{}\r\n", "x".repeat(78));
+    let chunk = line.repeat(64 * 1024 / line.len());
+    let total = 100 * 1024 * 1024;
+    let mut sent = 0;
+    while sent < total {
+        c.send(&chunk);
+        sent += chunk.len();
+    }
+    c.send(".\r\n");
+    c.expect("552 5.3.4");
+    c.send("QUIT\r\n");
+    c.expect("221");
+    let after = peak_rss_kib(pid);
+    loud(&format!(
+        "100 MiB DATA over a 1 MiB limit: peak RSS {before} KiB before, {after} KiB after"
+    ));
+    // Holding the message would add 100 MiB; the limit alone allows 1 MiB.
+    assert!(
+        after < before + 16 * 1024,
+        "peak RSS grew from {before} to {after} KiB"
+    );
+    assert!(gw.messages().is_empty());
+}

@@ -42,6 +42,11 @@ impl Gateway {
     /// passes the sockets to a child (`allow_root`, as the temporary spool
     /// belongs to root); otherwise the immediate mode.
     pub fn start(drain: &str, abort: &str) -> Gateway {
+        Self::start_with(drain, abort, "")
+    }
+
+    /// [`start`](Self::start) with more keys for the `[smtp]` table.
+    pub fn start_with(drain: &str, abort: &str, smtp: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
             r#"allow_root = true
@@ -54,6 +59,7 @@ format = "json"
 level = "info"
 [smtp]
 hostname = "gw.test"
+{smtp}
 [[listener]]
 name = "smtp"
 protocol = "smtp"
@@ -114,6 +120,16 @@ address = "127.0.0.1:0"
             }
         }
         gw
+    }
+
+    /// The pid of the process that serves (the child in privileged mode).
+    pub fn service_pid(&self) -> u32 {
+        let line = self
+            .wait_log(SOON, |l| {
+                l.contains(r#""msg":"starting""#) && !l.contains(r#""mode":"privileged""#)
+            })
+            .expect("no start line of the serving process");
+        number(&line, "pid").unwrap().try_into().unwrap()
     }
 
     pub fn spool_dir(&self) -> PathBuf {
