@@ -282,4 +282,30 @@ mod tests {
         assert_eq!(last, "* BYE too many errors, closing connection\r\n");
         assert_eq!(task.await.unwrap().reason, EndReason::TooManyErrors);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// Whatever the bytes, the session answers and ends when the client does.
+        #[test]
+        fn any_bytes_end_cleanly(input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20_000)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let phases = PhaseController::new();
+                let (client, task) = start(&phases, Duration::from_secs(20));
+                let (mut rd, mut wr) = tokio::io::split(client.into_inner());
+                let writer = tokio::spawn(async move {
+                    let _ = wr.write_all(&input).await;
+                    let _ = wr.shutdown().await;
+                });
+                let mut out = Vec::new();
+                let read = tokio::time::timeout(Duration::from_secs(30), rd.read_to_end(&mut out)).await;
+                assert!(read.is_ok(), "the session did not end");
+                writer.await.unwrap();
+                let summary = task.await.unwrap();
+                assert!(out.starts_with(b"* OK "));
+                assert!(matches!(summary.reason, EndReason::ClientClosed | EndReason::TooManyErrors | EndReason::Quit | EndReason::Io(_)), "{summary:?}");
+            });
+        }
+    }
 }
