@@ -58,7 +58,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         let Wire {
             reader, io, abort, ..
         } = self;
-        tokio::select! {
+        let result = tokio::select! {
             biased;
             _ = abort.cancelled() => Err(EndReason::Aborted),
             r = tokio::time::timeout(self.idle, reader.line(io, max)) => match r {
@@ -68,7 +68,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 Ok(Ok(Line::TooLong)) => Ok(None),
                 Ok(Ok(Line::Text(t))) => Ok(Some(t.to_vec())),
             },
-        }
+        };
+        result.map_err(|end| attribute(end, abort))
     }
 
     /// The next line piece (see [`LineReader::segment`]): the bytes and
@@ -80,7 +81,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         let Wire {
             reader, io, abort, ..
         } = self;
-        tokio::select! {
+        let result = tokio::select! {
             biased;
             _ = abort.cancelled() => Err(EndReason::Aborted),
             r = tokio::time::timeout(self.idle, reader.segment(io, max)) => match r {
@@ -90,7 +91,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 Ok(Ok(Segment::Part(p))) => Ok((p, false)),
                 Ok(Ok(Segment::Line(l))) => Ok((l, true)),
             },
-        }
+        };
+        result.map_err(|end| attribute(end, abort))
     }
 
     /// Writes every pending reply, waiting at most `limit`.
@@ -110,7 +112,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         out.clear();
         match result {
             Err(_) => Err(EndReason::IdleTimeout),
-            Ok(Err(e)) => Err(EndReason::Io(e.kind())),
+            Ok(Err(e)) => Err(attribute(EndReason::Io(e.kind()), abort)),
             Ok(Ok(())) => Ok(()),
         }
     }
@@ -128,5 +130,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 _ = tokio::time::timeout(FINAL_FLUSH, self.io.shutdown()) => {}
             }
         }
+    }
+}
+
+/// An aborted connection's stream reports end of input or an error (the
+/// lifecycle's `Conn` makes it so); name the real reason.
+fn attribute(end: EndReason, abort: &CancellationToken) -> EndReason {
+    match end {
+        EndReason::ClientClosed | EndReason::Io(_) if abort.is_cancelled() => EndReason::Aborted,
+        other => other,
     }
 }
