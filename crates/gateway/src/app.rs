@@ -91,9 +91,13 @@ pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32,
     handoff
         .prepare(&config.listener_specs(), &[])
         .map_err(StartError::Handoff)?;
+    let what = match handoff.mode() {
+        Mode::Inherited | Mode::Systemd => "listener taken",
+        Mode::Privileged | Mode::Immediate => "listener bound",
+    };
     let inventory = handoff.into_inventory();
     for l in &inventory.listeners {
-        info!(log, "listener bound"; "listener" => l.spec.name(), "address" => %l.spec.address());
+        info!(log, "{}", what; "listener" => l.spec.name(), "address" => %l.spec.address());
     }
     run(config, log, inventory)
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use lifecycle_gateway::{serve, stderr_logger, supervise, Cli, Config, EXIT_CONFIG};
 use lifecycle_handoff::{Handoff, Mode, Supervisor};
-use slog::{error, info};
+use slog::{error, info, o};
 
 /// Prefix of the hand-off variables from the privileged parent to the
 /// service (`LIFECYCLE_SOCKETS`, ...).
@@ -48,6 +48,11 @@ fn main() -> ExitCode {
         _ => None,
     };
     let (log, guard) = stderr_logger(config.log().format(), config.log().level());
+    // The privileged parent's lines say so; the service's lines are plain.
+    let log = match supervisor {
+        Some(_) => log.new(o!("process" => "parent")),
+        None => log,
+    };
     info!(log, "starting"; "version" => env!("CARGO_PKG_VERSION"), "pid" => std::process::id(),
         "mode" => handoff.mode().as_str(), "reason" => handoff.reason(),
         "config" => cli.config.as_ref().map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string()));

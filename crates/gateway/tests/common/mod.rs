@@ -108,7 +108,9 @@ address = "127.0.0.1:0"
         gw.wait_log(SOON, |l| l.contains(r#""msg":"ready""#))
             .unwrap_or_else(|| panic!("gateway not ready; log:\n{}", gw.log_text()));
         for line in gw.logs() {
-            if !line.contains(r#""msg":"listener bound""#) {
+            if !line.contains(r#""msg":"listener bound""#)
+                && !line.contains(r#""msg":"listener taken""#)
+            {
                 continue;
             }
             let addr: SocketAddr = field(&line, "address").unwrap().parse().unwrap();
