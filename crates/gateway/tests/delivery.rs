@@ -239,3 +239,59 @@ fn a_100_mib_message_over_the_limit_is_refused_without_being_held() {
     );
     assert!(gw.messages().is_empty());
 }
+
+#[test]
+fn smtp_source_and_curl_deliver_every_message() {
+    let gw = Gateway::start("3s", "1s");
+    let mut expected = 0;
+    if require_tool("smtp-source") {
+        // 40 messages of 2000 octets over 5 parallel sessions.
+        let out = Command::new("smtp-source")
+            .args(["-s", "5", "-m", "40", "-l", "2000"])
+            .args(["-f", "a@x.example", "-t", "b@y.example"])
+            .arg(gw.smtp.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "smtp-source: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        expected += 40;
+        assert_eq!(gw.messages().len(), expected);
+        for m in gw.messages() {
+            assert!(std::fs::metadata(&m).unwrap().len() >= 2000, "{m:?}");
+        }
+    }
+    if require_tool("curl") {
+        let body = gw.dir.path().join("message.txt");
+        std::fs::write(&body, "Subject: curl\r\n\r\nsent by curl\r\n").unwrap();
+        let out = Command::new("curl")
+            .args(["--silent", "--show-error", "--max-time", "20"])
+            .arg(format!("smtp://{}", gw.smtp))
+            .args([
+                "--mail-from",
+                "a@x.example",
+                "--mail-rcpt",
+                "b@y.example",
+                "-T",
+            ])
+            .arg(&body)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "curl smtp: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        expected += 1;
+        let found = gw
+            .messages()
+            .iter()
+            .filter(|m| occurrences(&std::fs::read(m).unwrap(), b"sent by curl\r\n") == 1)
+            .count();
+        assert_eq!(found, 1);
+    }
+    assert_eq!(gw.messages().len(), expected);
+    assert_eq!(gw.temp_files(), 0);
+}
