@@ -151,3 +151,34 @@ fn root_without_a_user_is_refused_and_an_unknown_user_too() {
         );
     }
 }
+
+/// The sample production config in `deploy/` is accepted by the real
+/// parser, as shipped and with every commented-out setting switched on.
+#[test]
+fn the_deploy_sample_config_checks_clean() {
+    let sample = lifecycle_tests::workspace_root().join("deploy/gateway.toml");
+    let Ok(text) = std::fs::read_to_string(&sample) else {
+        lifecycle_tests::loud("SKIP: deploy/gateway.toml not found; the sample was not checked");
+        return;
+    };
+    let all_on: String = text
+        .lines()
+        .map(|line| match line.strip_prefix('#') {
+            Some(rest) if rest.starts_with(|c: char| c == '[' || c.is_ascii_lowercase()) => {
+                format!("{rest}\n")
+            }
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [("as-shipped.toml", text), ("all-on.toml", all_on)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = run(&["--config", path.to_str().unwrap(), "--check-config"]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
