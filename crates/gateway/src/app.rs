@@ -105,6 +105,7 @@ pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32,
 /// Runs the gateway on `inventory` until it stops; returns the process exit
 /// status (0 after a clean signal-initiated stop).
 pub fn run(config: &Config, log: &Logger, inventory: Inventory) -> Result<i32, StartError> {
+    raise_open_files_limit(log);
     let spool = Arc::new(Spool::open(config.spool_dir(), log)?);
     let system = actix::System::new();
     system.block_on(async {
@@ -237,5 +238,23 @@ fn http_listener(passed: PassedListener) -> HttpListener {
     match passed.spec.network() {
         Network::Tcp => HttpListener::Tcp(std::net::TcpListener::from(passed.fd)),
         Network::Unix => HttpListener::Unix(UnixListener::from(passed.fd)),
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, as Go programs
+/// (mox among them) do at start: each connection is a descriptor, and the
+/// usual soft default of 1024 is far below what a mail server needs. The
+/// hard limit, which the operator sets, is left alone.
+fn raise_open_files_limit(log: &Logger) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(log, "open files limit raised"; "from" => soft, "to" => hard),
+            Err(e) => {
+                error!(log, "cannot raise the open files limit"; "soft" => soft, "hard" => hard, "error" => %e)
+            }
+        },
+        Ok((soft, _)) => info!(log, "open files limit"; "limit" => soft),
+        Err(e) => error!(log, "cannot read the open files limit"; "error" => %e),
     }
 }
