@@ -211,7 +211,7 @@ impl RegistryHandle {
         self.shared.each_shard(|st| {
             let mut newly = Vec::new();
             for entry in st.live.values() {
-                if entry.abort.abort() {
+                if entry.abort() {
                     newly.push(entry.kind);
                 }
             }
@@ -241,7 +241,7 @@ impl RegistryHandle {
         let mut hit = false;
         if let Some(shard) = self.shard_of(id) {
             let mut st = shard.lock();
-            let newly = st.live.get(&id).map(|e| (e.abort.abort(), e.kind));
+            let newly = st.live.get(&id).map(|e| (e.abort(), e.kind));
             if let Some((first, kind)) = newly {
                 hit = true;
                 if first {
@@ -305,7 +305,7 @@ impl RegistryHandle {
                         protocol,
                         listener,
                         age: Duration::from_nanos(now.saturating_sub(e.started)),
-                        aborted: e.abort.is_aborted(),
+                        aborted: e.is_aborted(),
                     },
                 ));
             }
