@@ -59,12 +59,26 @@ impl Hasher for IdHasher {
     }
 }
 
-#[derive(Default)]
 pub(crate) struct ShardState {
     next_seq: u64,
     pub(crate) live: HashMap<u64, Arc<Entry>, BuildHasherDefault<IdHasher>>,
     /// Indexed by [`ConnKind`] index.
     pub(crate) kinds: Vec<KindStats>,
+}
+
+/// Initial room in a shard's map: its table is allocated once at this size
+/// (not grown from tiny), which also keeps it off cache lines that another
+/// shard's small allocations could share.
+const INITIAL_CAPACITY: usize = 256;
+
+impl Default for ShardState {
+    fn default() -> Self {
+        ShardState {
+            next_seq: 0,
+            live: HashMap::with_capacity_and_hasher(INITIAL_CAPACITY, Default::default()),
+            kinds: Vec::new(),
+        }
+    }
 }
 
 impl ShardState {
@@ -77,6 +91,10 @@ impl ShardState {
     }
 }
 
+/// Aligned to two cache lines so that shards used by different threads
+/// never share one (the lock word and counters are written on every
+/// registration).
+#[repr(align(128))]
 pub(crate) struct ShardInner {
     pub(crate) index: u64,
     pub(crate) shared: Arc<Common>,
