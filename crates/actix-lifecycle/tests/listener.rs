@@ -184,6 +184,27 @@ async fn connections_are_spread_round_robin_over_arbiters() {
     }
 }
 
+#[actix::test]
+async fn a_listener_started_in_another_arbiter_serves_there() {
+    let arbiter = actix::Arbiter::new();
+    let (t, taddr) = tcp("t");
+    let lifecycle = start(vec![t]);
+    let where_served = ConnHandler::new(|mut conn| async move {
+        let id = format!("{:?}", std::thread::current().id());
+        let _ = conn.write_all(id.as_bytes()).await;
+    });
+    let l = lifecycle
+        .listener("t", "where", where_served)
+        .start_in(&arbiter.handle());
+    assert!(l.send(GetListenerInfo).await.unwrap().accepting);
+    let mut c = tokio::net::TcpStream::connect(taddr).await.unwrap();
+    let mut got = String::new();
+    c.read_to_string(&mut got).await.unwrap();
+    assert!(!got.is_empty());
+    assert_ne!(got, format!("{:?}", std::thread::current().id()));
+    arbiter.stop();
+}
+
 /// An actor that echoes connections sent to it as `Accepted`.
 struct EchoActor;
 
