@@ -113,6 +113,12 @@ pub enum LifecycleError {
     /// The harness was asked for something before it was started.
     #[error("this harness is not started yet; send Start first")]
     NotStarted,
+    /// Started outside a running actix `System` (actors need an arbiter).
+    #[error(
+        "the lifecycle must be started inside a running actix System: call it from \
+         System::new().block_on(..), #[actix::main] or #[actix::test]"
+    )]
+    NoSystem,
     /// A listener of a test harness stopped instead of accepting (its log
     /// says why).
     #[error("listener {name:?} of the harness did not start accepting; see its log for the cause")]

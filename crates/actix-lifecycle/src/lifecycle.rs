@@ -93,6 +93,9 @@ impl LifecycleBuilder {
     /// Starts the broker, the registry and the coordinator on the current
     /// arbiter. Must be called inside a running actix `System`.
     pub fn start(self) -> Result<Lifecycle, LifecycleError> {
+        if actix_rt::System::try_current().is_none() || actix_rt::Arbiter::try_current().is_none() {
+            return Err(LifecycleError::NoSystem);
+        }
         let registry = ConnectionRegistry::builder()
             .logger(self.log.clone())
             .metrics(&self.metrics)

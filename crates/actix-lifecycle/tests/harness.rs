@@ -66,3 +66,12 @@ async fn start_replies_with_bound_addresses_and_the_lifecycle() {
     assert_eq!(info.lifecycle.connections().live(), 1);
     assert_eq!(info.lifecycle.shutdown_handle().phase(), Phase::Running);
 }
+
+#[test]
+fn starting_outside_a_system_is_an_error_not_a_panic() {
+    let err = actix_lifecycle::Lifecycle::builder(Default::default())
+        .start()
+        .unwrap_err();
+    assert!(matches!(err, LifecycleError::NoSystem), "{err}");
+    assert!(err.to_string().contains("System::new()"));
+}
