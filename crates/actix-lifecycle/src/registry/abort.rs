@@ -22,12 +22,16 @@ impl Entry {
         self.aborted.load(Ordering::Acquire)
     }
 
-    /// Sets the flag and wakes pending I/O. Returns true the first time.
-    pub(crate) fn abort(&self) -> bool {
-        let first = !self.aborted.swap(true, Ordering::AcqRel);
+    /// Sets the flag; returns true the first time. Call [`wake`](Self::wake)
+    /// next, outside the shard lock.
+    pub(crate) fn mark_aborted(&self) -> bool {
+        !self.aborted.swap(true, Ordering::AcqRel)
+    }
+
+    /// Wakes the tasks waiting to read or write, so they see the flag.
+    pub(crate) fn wake(&self) {
         self.read_waker.wake();
         self.write_waker.wake();
-        first
     }
 }
 
