@@ -132,7 +132,11 @@ impl LifecycleBuilder {
 /// A running lifecycle: [`FdBroker`], [`ConnectionRegistry`] and
 /// [`ShutdownCoordinator`], plus what listeners need. Cheap to clone.
 ///
-/// See the crate documentation for a complete server.
+/// Start one listener per inventory listener with [`serve`](Self::serve) or
+/// [`listener`](Self::listener); once they run, sending
+/// [`CloseUnclaimed`](crate::CloseUnclaimed) to the [`broker`](Self::broker)
+/// closes (and logs) every descriptor nobody took. See the crate
+/// documentation for a complete server.
 #[derive(Clone)]
 pub struct Lifecycle {
     broker: Addr<FdBroker>,
