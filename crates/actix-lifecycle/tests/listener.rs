@@ -185,6 +185,75 @@ async fn connections_are_spread_round_robin_over_arbiters() {
 }
 
 #[actix::test]
+async fn connections_on_other_arbiters_are_aborted_and_report_their_peer() {
+    let arbiters = [actix::Arbiter::new(), actix::Arbiter::new()];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let (t, taddr) = tcp("t");
+    let lifecycle = start(vec![t, unix("u", &path)]);
+    // Tell the client who it is, then echo until end-of-file.
+    let peer_then_echo = ConnHandler::new(|mut conn| async move {
+        let peer = format!("{}\n", conn.peer());
+        if conn.write_all(peer.as_bytes()).await.is_err() {
+            return;
+        }
+        let mut buf = [0u8; 64];
+        while let Ok(n @ 1..) = conn.read(&mut buf).await {
+            if conn.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let handles: Vec<_> = arbiters.iter().map(|a| a.handle()).collect();
+    lifecycle
+        .listener("t", "echo", peer_then_echo.clone())
+        .arbiters(handles.clone())
+        .start();
+    lifecycle
+        .listener("u", "echo", peer_then_echo)
+        .arbiters(handles)
+        .start();
+
+    async fn first_line<S: AsyncReadExt + Unpin>(s: &mut S) -> String {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while s.read(&mut b).await.unwrap() == 1 && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        String::from_utf8(line).unwrap()
+    }
+    let mut tcp_clients = Vec::new();
+    for _ in 0..4 {
+        let mut c = tokio::net::TcpStream::connect(taddr).await.unwrap();
+        assert_eq!(
+            first_line(&mut c).await,
+            c.local_addr().unwrap().to_string()
+        );
+        tcp_clients.push(c);
+    }
+    let mut u = tokio::net::UnixStream::connect(&path).await.unwrap();
+    assert_eq!(first_line(&mut u).await, "unix:(unnamed)");
+    assert_eq!(roundtrip(&mut u, b"x").await, b"x");
+    assert_eq!(lifecycle.connections().live(), 5);
+
+    // Abort from this thread wakes the reads waiting on the arbiters.
+    assert_eq!(lifecycle.connections().shutdown(), 5);
+    tokio::time::timeout(LIMIT, lifecycle.connections().done())
+        .await
+        .unwrap();
+    for mut c in tcp_clients {
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(LIMIT, c.read_to_end(&mut rest))
+            .await
+            .unwrap();
+        assert!(rest.is_empty());
+    }
+    for a in arbiters {
+        a.stop();
+    }
+}
+
+#[actix::test]
 async fn a_listener_started_in_another_arbiter_serves_there() {
     let arbiter = actix::Arbiter::new();
     let (t, taddr) = tcp("t");
