@@ -118,12 +118,17 @@ mod error;
 mod escape;
 mod handoff;
 mod inventory;
+mod lineage;
 mod mode;
+mod notify;
 mod privilege;
+mod ready;
 mod spawn;
 mod spec;
+mod successor;
 mod supervise;
 mod systemd;
+mod upgrade;
 mod validate;
 
 #[cfg(test)]
@@ -138,10 +143,17 @@ pub use error::{Error, Result};
 pub use escape::{escape, unescape};
 pub use handoff::{Handoff, HandoffBuilder};
 pub use inventory::{Inventory, PassedFile, PassedListener};
+pub use lineage::Lineage;
 pub use mode::{Mode, ModeChoice};
+pub use notify::{Notifier, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
 pub use privilege::{verify_cannot_regain_root, TargetUser};
+pub use ready::{ReadyChannel, ReadyPipe, ReadyReceiver, ReadyState, READY_MESSAGE};
 pub use spawn::{pass_fds, ChildSpawner};
 pub use spec::{FileSpec, ListenAddress, ListenerSpec, Network, DEFAULT_BACKLOG};
+pub use successor::{Successor, SuccessorHandoff};
 pub use supervise::{exit_code, Supervisor, FORWARDED_SIGNALS};
 pub use systemd::{SystemdManifest, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID, SD_LISTEN_FDS_START};
+pub use upgrade::{
+    SupervisorEvent, UpgradeFailure, UpgradeStats, UpgradeSupervisor, DEFAULT_READY_TIMEOUT,
+};
 pub use validate::{inspect_listener, validate_file, validate_listener};

@@ -1,0 +1,766 @@
+//! The privileged parent with zero-downtime upgrades: it keeps the
+//! listeners, and on SIGHUP or SIGUSR2 starts a new child of the binary on
+//! disk with the same listeners and freshly re-opened files, waits until it
+//! is ready, then tells the old one to drain.
+
+mod event;
+
+use std::io;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::Pid;
+
+pub use event::{SupervisorEvent, UpgradeFailure, UpgradeStats};
+
+use crate::bind::open_file;
+use crate::environment::ProcessEnvironment;
+use crate::error::{Error, Result};
+use crate::inventory::{Inventory, PassedFile};
+use crate::lineage::Lineage;
+use crate::notify::{monotonic_usec, Notifier, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
+use crate::ready::{poll_readable, ReadyPipe, ReadyReceiver, ReadyState};
+use crate::spawn::ChildSpawner;
+use crate::supervise::exit_code;
+
+/// How long the parent waits for a new child's ready message by default.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a child that closed its readiness channel may take to exit
+/// before it is killed.
+const CLOSED_CHANNEL_GRACE: Duration = Duration::from_secs(1);
+
+/// The privileged parent's supervision loop, with upgrades.
+///
+/// Create it in the main thread before other threads exist (it blocks
+/// SIGTERM, SIGINT, SIGHUP, SIGUSR2 and SIGCHLD and reads them from a
+/// signalfd), then [`run`](Self::run) it with the spawner and the kept
+/// inventory. It:
+///
+/// 1. starts generation 1 with the listeners, the files and a readiness
+///    pipe ([`ChildSpawner::spawn_with_ready`]), then closes its copies of
+///    the files (it keeps their paths);
+/// 2. when the child reports ready, sends systemd `READY=1` and
+///    `MAINPID=<own pid>` (only with `NOTIFY_SOCKET`; the child never gets
+///    `NOTIFY_SOCKET`, `WATCHDOG_USEC` or `WATCHDOG_PID`);
+/// 3. on SIGHUP or SIGUSR2: sends `RELOADING=1`, re-opens every file from
+///    its path (a rotated certificate is picked up), starts generation n+1
+///    of the program *path* resolved at start-up (the binary now on disk)
+///    with the same listeners, and closes the re-opened copies;
+///    - ready within the timeout → SIGTERM to the old child (it drains and
+///      exits; its exit is reported, not passed on), `READY=1` and
+///      `STATUS=serving generation n+1`;
+///    - exited, closed its channel, or timed out → killed and reaped, the
+///      old child keeps serving, `READY=1` and `STATUS=upgrade failed: ...`;
+/// 4. on SIGTERM or SIGINT: `STOPPING=1`, forwards the signal to the
+///    serving child and any candidate, and returns the serving child's exit
+///    code once it exits (after waiting for draining old children, which
+///    would otherwise die with the parent through their death signal).
+///
+/// One upgrade at a time: an upgrade signal that arrives while a child is
+/// starting is **queued** (at most one waits; a further one is ignored with
+/// an event) and runs once the start is settled. Signals during stopping are
+/// ignored with an event.
+///
+/// If the first child exits before it is ready, `run` returns its exit code;
+/// if it does not report ready in time it is killed and `run` fails with
+/// [`Error::NotReady`]. A child started this way must report ready with
+/// [`ReadyChannel::notify_ready`](crate::ReadyChannel::notify_ready).
+///
+/// ```no_run
+/// use lifecycle_handoff::{ChildSpawner, Handoff, ListenerSpec, Mode, TargetUser, UpgradeSupervisor};
+///
+/// # fn main() -> Result<(), lifecycle_handoff::Error> {
+/// let user = TargetUser::lookup("nobody")?;
+/// let mut handoff = Handoff::with_mode("LIFECYCLE", Mode::Privileged)?;
+/// drop(handoff.listen(&ListenerSpec::tcp("smtp", "0.0.0.0:25".parse().unwrap()))?);
+/// drop(handoff.open_privileged("/etc/gw/tls.key")?);
+/// let kept = handoff.into_inventory();
+/// let spawner = ChildSpawner::new()?.user(user);
+/// let code = UpgradeSupervisor::new()?.run(spawner, kept, |event| eprintln!("{event}"))?;
+/// std::process::exit(code);
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct UpgradeSupervisor {
+    signals: SignalFd,
+    previous: SigSet,
+    ready_timeout: Duration,
+    notifier: Option<Notifier>,
+}
+
+impl UpgradeSupervisor {
+    /// Blocks the supervised signals in this thread and opens a signalfd
+    /// for them; reads `NOTIFY_SOCKET` (a bad value is an error).
+    pub fn new() -> Result<Self> {
+        let notifier = Notifier::from_env(&ProcessEnvironment)?;
+        let fail = |operation| {
+            move |errno: nix::errno::Errno| Error::Supervise {
+                pid: 0,
+                operation,
+                source: io::Error::from(errno),
+            }
+        };
+        let mut set = SigSet::empty();
+        for signal in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGUSR2,
+            Signal::SIGCHLD,
+        ] {
+            set.add(signal);
+        }
+        let mut previous = SigSet::empty();
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut previous))
+            .map_err(fail("pthread_sigmask"))?;
+        let signals =
+            match SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
+                Ok(signals) => signals,
+                Err(errno) => {
+                    let _ = nix::sys::signal::pthread_sigmask(
+                        SigmaskHow::SIG_SETMASK,
+                        Some(&previous),
+                        None,
+                    );
+                    return Err(fail("signalfd")(errno));
+                }
+            };
+        Ok(UpgradeSupervisor {
+            signals,
+            previous,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            notifier,
+        })
+    }
+
+    /// How long a new child may take to report ready (default 30 s).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use lifecycle_handoff::UpgradeSupervisor;
+    /// let supervisor = UpgradeSupervisor::new()?.ready_timeout(Duration::from_secs(10));
+    /// # Ok::<(), lifecycle_handoff::Error>(())
+    /// ```
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Where to send systemd notifications (default: `NOTIFY_SOCKET` as it
+    /// was when [`new`](Self::new) ran; `None`: send nothing).
+    pub fn notifier(mut self, notifier: Option<Notifier>) -> Self {
+        self.notifier = notifier;
+        self
+    }
+
+    /// Starts generation 1 from `spawner` with everything in `inventory`
+    /// and supervises until the serving child exits; returns its exit code
+    /// (128 + signal for a signal death). `on_event` hears everything that
+    /// happens. Call from the main thread (the children's parent-death
+    /// signal follows the spawning thread).
+    pub fn run(
+        self,
+        spawner: ChildSpawner,
+        inventory: Inventory,
+        on_event: impl FnMut(&SupervisorEvent),
+    ) -> Result<i32> {
+        let spawner = spawner
+            .env_remove(NOTIFY_SOCKET)
+            .env_remove(WATCHDOG_USEC)
+            .env_remove(WATCHDOG_PID);
+        let mut state = Loop {
+            supervisor: &self,
+            spawner,
+            inventory,
+            paths: Vec::new(),
+            on_event,
+            serving: None,
+            candidate: None,
+            draining: Vec::new(),
+            pending: None,
+            stopping: false,
+            next_generation: 1,
+            stats: UpgradeStats::default(),
+        };
+        state.start_first()?;
+        state.run()
+    }
+}
+
+impl Drop for UpgradeSupervisor {
+    fn drop(&mut self) {
+        // Restoring the mask cannot meaningfully fail; nothing to report.
+        let _ =
+            nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.previous), None);
+    }
+}
+
+/// A running child and its generation.
+#[derive(Debug)]
+struct Generation {
+    number: u64,
+    child: Child,
+}
+
+impl Generation {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, signal: Signal) {
+        let pid = Pid::from_raw(i32::try_from(self.pid()).unwrap_or(i32::MAX));
+        // ESRCH (already gone, not yet reaped) is fine; nothing else can
+        // fail for our own child.
+        let _ = kill(pid, signal);
+    }
+
+    /// Kills (SIGKILL) and reaps the child; returns its status.
+    fn kill_and_reap(&mut self) -> io::Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        self.signal(Signal::SIGKILL);
+        self.child.wait()
+    }
+
+    /// Waits at most `grace` for the child to exit, then kills it; returns
+    /// the status and whether it had to be killed.
+    fn settle(&mut self, grace: Duration) -> io::Result<(ExitStatus, bool)> {
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok((status, false));
+            }
+            if Instant::now() >= deadline {
+                return Ok((self.kill_and_reap()?, true));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// A child that has not reported ready yet.
+#[derive(Debug)]
+struct Candidate {
+    generation: Generation,
+    receiver: ReadyReceiver,
+    deadline: Instant,
+}
+
+/// The supervision state.
+struct Loop<'a, F> {
+    supervisor: &'a UpgradeSupervisor,
+    spawner: ChildSpawner,
+    /// The listeners (kept for the whole life) and, until the first child
+    /// runs, the files.
+    inventory: Inventory,
+    /// The files' paths, re-opened for every upgrade.
+    paths: Vec<PathBuf>,
+    on_event: F,
+    serving: Option<Generation>,
+    candidate: Option<Candidate>,
+    draining: Vec<Generation>,
+    pending: Option<&'static str>,
+    stopping: bool,
+    next_generation: u64,
+    stats: UpgradeStats,
+}
+
+impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
+    fn emit(&mut self, event: SupervisorEvent) {
+        (self.on_event)(&event);
+    }
+
+    fn notify(&mut self, lines: Vec<String>) {
+        let Some(notifier) = &self.supervisor.notifier else {
+            return;
+        };
+        if let Err(err) = notifier.send(&lines) {
+            let message = lines.first().cloned().unwrap_or_default();
+            self.emit(SupervisorEvent::NotifyFailed {
+                message,
+                error: err.to_string(),
+            });
+        }
+    }
+
+    fn lineage(&self, generation: u64) -> Lineage {
+        Lineage {
+            generation,
+            upgrades_ok: self.stats.succeeded,
+            upgrades_failed: self.stats.failed,
+        }
+    }
+
+    /// Starts `inventory` as generation `number` with a ready pipe.
+    fn spawn(&mut self, number: u64, inventory: &Inventory) -> Result<Candidate> {
+        let pipe = ReadyPipe::new()?;
+        let child = self
+            .spawner
+            .spawn_with_ready(inventory, &pipe, self.lineage(number))?;
+        let receiver = pipe.into_receiver();
+        let generation = Generation { number, child };
+        self.emit(SupervisorEvent::Started {
+            generation: number,
+            pid: generation.pid(),
+        });
+        Ok(Candidate {
+            generation,
+            receiver,
+            deadline: Instant::now() + self.supervisor.ready_timeout,
+        })
+    }
+
+    fn start_first(&mut self) -> Result<()> {
+        self.paths = self
+            .inventory
+            .files
+            .iter()
+            .map(|f| f.path.clone())
+            .collect();
+        let inventory = std::mem::take(&mut self.inventory);
+        let started = self.spawn(1, &inventory);
+        self.inventory = inventory;
+        // The child has its copies of the secrets (or failed to start).
+        self.inventory.close_files();
+        self.next_generation = 2;
+        self.candidate = Some(started?);
+        Ok(())
+    }
+
+    fn run(&mut self) -> Result<i32> {
+        loop {
+            let timeout = self
+                .candidate
+                .as_ref()
+                .map(|c| c.deadline.saturating_duration_since(Instant::now()));
+            let readable = {
+                let mut fds = vec![self.supervisor.signals.as_fd()];
+                if let Some(candidate) = &self.candidate {
+                    fds.push(candidate.receiver.as_fd());
+                }
+                poll_readable(&fds, timeout).map_err(|source| Error::Supervise {
+                    pid: 0,
+                    operation: "poll",
+                    source,
+                })?
+            };
+            if readable.contains(&1) {
+                if let Some(code) = self.check_candidate()? {
+                    return Ok(code);
+                }
+            }
+            if readable.contains(&0) {
+                if let Some(code) = self.read_signals()? {
+                    return Ok(code);
+                }
+            }
+            if let Some(code) = self.check_deadline()? {
+                return Ok(code);
+            }
+        }
+    }
+
+    fn read_signals(&mut self) -> Result<Option<i32>> {
+        loop {
+            let info = self
+                .supervisor
+                .signals
+                .read_signal()
+                .map_err(|errno| Error::Supervise {
+                    pid: 0,
+                    operation: "read(signalfd)",
+                    source: io::Error::from(errno),
+                })?;
+            let Some(info) = info else {
+                return Ok(None);
+            };
+            let signal = i32::try_from(info.ssi_signo)
+                .ok()
+                .and_then(|n| Signal::try_from(n).ok());
+            let code = match signal {
+                Some(Signal::SIGCHLD) => self.reap()?,
+                Some(signal @ (Signal::SIGHUP | Signal::SIGUSR2)) => {
+                    self.upgrade_requested(signal.as_str())?;
+                    None
+                }
+                Some(signal @ (Signal::SIGTERM | Signal::SIGINT)) => {
+                    self.stop(signal);
+                    None
+                }
+                _ => None,
+            };
+            if code.is_some() {
+                return Ok(code);
+            }
+        }
+    }
+
+    fn stop(&mut self, signal: Signal) {
+        if !self.stopping {
+            self.stopping = true;
+            self.pending = None;
+            self.notify(vec![
+                "STOPPING=1".to_owned(),
+                format!("STATUS=stopping ({})", signal.as_str()),
+            ]);
+        }
+        let mut generations = Vec::new();
+        if let Some(serving) = &self.serving {
+            serving.signal(signal);
+            generations.push(serving.number);
+        }
+        if let Some(candidate) = &self.candidate {
+            candidate.generation.signal(signal);
+            generations.push(candidate.generation.number);
+        }
+        self.emit(SupervisorEvent::Forwarded {
+            signal: signal.as_str(),
+            generations,
+        });
+    }
+
+    fn upgrade_requested(&mut self, signal: &'static str) -> Result<()> {
+        if self.stopping {
+            self.emit(SupervisorEvent::UpgradeIgnored {
+                signal,
+                reason: "the service is stopping",
+            });
+            return Ok(());
+        }
+        if let Some(candidate) = &self.candidate {
+            let starting = candidate.generation.number;
+            if self.pending.is_some() {
+                self.emit(SupervisorEvent::UpgradeIgnored {
+                    signal,
+                    reason: "an upgrade is running and another one already waits",
+                });
+            } else {
+                self.pending = Some(signal);
+                self.emit(SupervisorEvent::UpgradeQueued { signal, starting });
+            }
+            return Ok(());
+        }
+        self.start_upgrade(signal)
+    }
+
+    fn start_upgrade(&mut self, signal: &'static str) -> Result<()> {
+        let from = self.serving.as_ref().map_or(0, |g| g.number);
+        let to = self.next_generation;
+        self.next_generation += 1;
+        self.emit(SupervisorEvent::UpgradeStarted { from, to, signal });
+        self.notify(vec![
+            "RELOADING=1".to_owned(),
+            monotonic_usec(),
+            format!("STATUS=upgrading from generation {from} to {to}"),
+        ]);
+        let mut files = Vec::with_capacity(self.paths.len());
+        for path in &self.paths {
+            match open_file(path) {
+                Ok(file) => files.push(PassedFile {
+                    path: path.clone(),
+                    fd: file.into(),
+                }),
+                Err(err) => {
+                    let failure = UpgradeFailure::Reopen {
+                        path: path.clone(),
+                        error: err.to_string(),
+                    };
+                    self.upgrade_failed(from, to, failure);
+                    return self.run_pending();
+                }
+            }
+        }
+        let mut inventory = Inventory {
+            listeners: std::mem::take(&mut self.inventory.listeners),
+            files,
+        };
+        let started = self.spawn(to, &inventory);
+        self.inventory.listeners = std::mem::take(&mut inventory.listeners);
+        drop(inventory); // the re-opened copies: the child has its own
+        match started {
+            Ok(candidate) => self.candidate = Some(candidate),
+            Err(err) => {
+                let failure = UpgradeFailure::Spawn {
+                    error: err.to_string(),
+                };
+                self.upgrade_failed(from, to, failure);
+                return self.run_pending();
+            }
+        }
+        Ok(())
+    }
+
+    fn run_pending(&mut self) -> Result<()> {
+        match self.pending.take() {
+            Some(signal) if !self.stopping => self.start_upgrade(signal),
+            _ => Ok(()),
+        }
+    }
+
+    fn upgrade_failed(&mut self, from: u64, to: u64, failure: UpgradeFailure) {
+        self.stats.failed += 1;
+        let status = format!("STATUS=upgrade failed: {failure}; serving generation {from}");
+        self.emit(SupervisorEvent::UpgradeFailed {
+            from,
+            to,
+            failure,
+            stats: self.stats,
+        });
+        if !self.stopping {
+            self.notify(vec!["READY=1".to_owned(), status]);
+        }
+    }
+
+    /// The candidate's channel is readable: ready, or closed.
+    fn check_candidate(&mut self) -> Result<Option<i32>> {
+        let Some(candidate) = &mut self.candidate else {
+            return Ok(None);
+        };
+        match candidate.receiver.poll_ready()? {
+            ReadyState::Pending => Ok(None),
+            ReadyState::Ready if !self.stopping => {
+                self.promote();
+                self.run_pending()?;
+                Ok(None)
+            }
+            // Told to stop before it was ready: let it exit (reaped on
+            // SIGCHLD) without making it the serving one.
+            ReadyState::Ready => Ok(None),
+            ReadyState::Closed => {
+                let Some(mut candidate) = self.candidate.take() else {
+                    return Ok(None);
+                };
+                let pid = candidate.generation.pid();
+                let (status, killed) =
+                    candidate
+                        .generation
+                        .settle(CLOSED_CHANNEL_GRACE)
+                        .map_err(|source| Error::Supervise {
+                            pid,
+                            operation: "waitpid",
+                            source,
+                        })?;
+                let failure = if killed {
+                    UpgradeFailure::ClosedChannel
+                } else {
+                    UpgradeFailure::Exited {
+                        code: exit_code(status),
+                    }
+                };
+                self.candidate_failed(candidate.generation, status, failure)
+            }
+        }
+    }
+
+    /// A candidate is gone without becoming ready (already reaped).
+    fn candidate_failed(
+        &mut self,
+        generation: Generation,
+        status: ExitStatus,
+        failure: UpgradeFailure,
+    ) -> Result<Option<i32>> {
+        let Some(serving) = &self.serving else {
+            // The first child: there is no service to keep.
+            if self.stopping || matches!(failure, UpgradeFailure::Exited { .. }) {
+                let code = exit_code(status);
+                self.emit(SupervisorEvent::ServingExited {
+                    generation: generation.number,
+                    pid: generation.pid(),
+                    code,
+                });
+                return Ok(Some(code));
+            }
+            return Err(Error::NotReady {
+                generation: generation.number,
+                pid: generation.pid(),
+                reason: failure.to_string(),
+            });
+        };
+        let from = serving.number;
+        let failure = if self.stopping {
+            UpgradeFailure::Stopping
+        } else {
+            failure
+        };
+        self.upgrade_failed(from, generation.number, failure);
+        self.run_pending()?;
+        Ok(None)
+    }
+
+    fn promote(&mut self) {
+        let Some(candidate) = self.candidate.take() else {
+            return;
+        };
+        let new = candidate.generation;
+        let (number, pid) = (new.number, new.pid());
+        match self.serving.replace(new) {
+            None => {
+                self.stats.serving = number;
+                self.emit(SupervisorEvent::Ready {
+                    generation: number,
+                    pid,
+                });
+                self.notify(vec![
+                    "READY=1".to_owned(),
+                    format!("MAINPID={}", std::process::id()),
+                    format!("STATUS=serving generation {number} (pid {pid})"),
+                ]);
+            }
+            Some(old) => {
+                old.signal(Signal::SIGTERM);
+                let from = old.number;
+                self.draining.push(old);
+                self.stats.serving = number;
+                self.stats.succeeded += 1;
+                self.emit(SupervisorEvent::UpgradeSucceeded {
+                    from,
+                    to: number,
+                    pid,
+                    stats: self.stats,
+                });
+                self.notify(vec![
+                    "READY=1".to_owned(),
+                    format!(
+                        "STATUS=serving generation {number} (pid {pid}); upgrades ok {}, failed {}",
+                        self.stats.succeeded, self.stats.failed
+                    ),
+                ]);
+            }
+        }
+    }
+
+    fn check_deadline(&mut self) -> Result<Option<i32>> {
+        let expired = self
+            .candidate
+            .as_ref()
+            .is_some_and(|c| c.deadline <= Instant::now());
+        if !expired {
+            return Ok(None);
+        }
+        // A ready message that raced the deadline still counts.
+        if let Some(code) = self.check_candidate()? {
+            return Ok(Some(code));
+        }
+        let Some(mut candidate) = self.candidate.take() else {
+            return Ok(None);
+        };
+        let pid = candidate.generation.pid();
+        let status = candidate
+            .generation
+            .kill_and_reap()
+            .map_err(|source| Error::Supervise {
+                pid,
+                operation: "waitpid",
+                source,
+            })?;
+        let failure = UpgradeFailure::Timeout {
+            after: self.supervisor.ready_timeout,
+        };
+        self.candidate_failed(candidate.generation, status, failure)
+    }
+
+    /// SIGCHLD: reaps whichever children exited.
+    fn reap(&mut self) -> Result<Option<i32>> {
+        let wait_err = |pid| {
+            move |source| Error::Supervise {
+                pid,
+                operation: "waitpid",
+                source,
+            }
+        };
+        let mut index = 0;
+        while index < self.draining.len() {
+            let old = &mut self.draining[index];
+            let pid = old.pid();
+            if let Some(status) = old.child.try_wait().map_err(wait_err(pid))? {
+                let old = self.draining.remove(index);
+                self.emit(SupervisorEvent::OldChildExited {
+                    generation: old.number,
+                    pid,
+                    code: exit_code(status),
+                });
+            } else {
+                index += 1;
+            }
+        }
+        if let Some(candidate) = &mut self.candidate {
+            let pid = candidate.generation.pid();
+            if let Some(status) = candidate
+                .generation
+                .child
+                .try_wait()
+                .map_err(wait_err(pid))?
+            {
+                // A ready message written just before the exit still counts.
+                if candidate.receiver.poll_ready()? == ReadyState::Ready && !self.stopping {
+                    self.promote();
+                } else if let Some(candidate) = self.candidate.take() {
+                    let failure = UpgradeFailure::Exited {
+                        code: exit_code(status),
+                    };
+                    if let Some(code) =
+                        self.candidate_failed(candidate.generation, status, failure)?
+                    {
+                        return Ok(Some(code));
+                    }
+                }
+            }
+        }
+        if let Some(serving) = &mut self.serving {
+            let pid = serving.pid();
+            if let Some(status) = serving.child.try_wait().map_err(wait_err(pid))? {
+                return self.serving_exited(status).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The service is over: stops a candidate, waits for draining children,
+    /// returns the serving child's code.
+    fn serving_exited(&mut self, status: ExitStatus) -> Result<i32> {
+        let code = exit_code(status);
+        let mut from = 0;
+        if let Some(serving) = self.serving.take() {
+            from = serving.number;
+            self.emit(SupervisorEvent::ServingExited {
+                generation: serving.number,
+                pid: serving.pid(),
+                code,
+            });
+        }
+        // The service is over either way: no notification after this.
+        self.stopping = true;
+        if let Some(mut candidate) = self.candidate.take() {
+            let pid = candidate.generation.pid();
+            candidate
+                .generation
+                .kill_and_reap()
+                .map_err(|source| Error::Supervise {
+                    pid,
+                    operation: "waitpid",
+                    source,
+                })?;
+            self.upgrade_failed(from, candidate.generation.number, UpgradeFailure::Stopping);
+        }
+        for mut old in std::mem::take(&mut self.draining) {
+            let pid = old.pid();
+            let status = old.child.wait().map_err(|source| Error::Supervise {
+                pid,
+                operation: "waitpid",
+                source,
+            })?;
+            self.emit(SupervisorEvent::OldChildExited {
+                generation: old.number,
+                pid,
+                code: exit_code(status),
+            });
+        }
+        Ok(code)
+    }
+}
