@@ -499,9 +499,10 @@ pub enum Error {
     /// The announced readiness descriptor is not where the protocol puts it
     /// (right after the listeners and files).
     #[error(
-        "{var}={value} but the readiness descriptor must be the one right after the {passed} \
-         passed listeners and files (fd {passed} + 3); the variables were edited or written by \
-         another program, start this program from its parent unchanged"
+        "{var}={value} but the readiness descriptor must be fd {expected}, the one right after \
+         the {passed} passed listeners and files; the variables were edited or written by \
+         another program, start this program from its parent unchanged",
+        expected = .passed.saturating_add(3)
     )]
     ReadyFdMisplaced {
         /// The ready-fd variable.
