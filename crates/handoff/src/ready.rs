@@ -234,7 +234,9 @@ pub(crate) fn poll_readable(
 ///
 /// Obtained once from [`Handoff::take_ready_channel`](crate::Handoff::take_ready_channel)
 /// (it exists only when the parent passed one). Call
-/// [`notify_ready`](Self::notify_ready) once every listener accepts.
+/// [`notify_ready`](Self::notify_ready) once every listener accepts. Keep it
+/// until then: dropping it without notifying closes the channel, and the
+/// parent then treats this process as failed and kills it.
 #[derive(Debug)]
 pub struct ReadyChannel {
     fd: OwnedFd,

@@ -184,11 +184,12 @@ fn run_serve(mode: Mode) -> Result<(), String> {
     };
     let shown = lineage.unwrap_or(Lineage::FIRST);
     let answer = format!(
-        "gen={} ok={} failed={} pid={} notify={} watchdog={} file={}\n",
+        "gen={} ok={} failed={} pid={} uid={} notify={} watchdog={} file={}\n",
         shown.generation,
         shown.upgrades_ok,
         shown.upgrades_failed,
         std::process::id(),
+        nix::unistd::getuid(),
         if std::env::var_os("NOTIFY_SOCKET").is_some() {
             "set"
         } else {
@@ -498,6 +499,10 @@ fn upgrades_under_continuous_connections(user: Option<&str>) {
     let first = parent.ask();
     assert_eq!(field(&first, "gen"), "1", "{first}");
     assert_eq!(field(&first, "file"), "v1", "{first}");
+    if let Some(user) = user {
+        let uid = TargetUser::lookup(user).unwrap().uid().to_string();
+        assert_eq!(field(&first, "uid"), uid, "{first}");
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let tally = load(parent.address(), 4, Arc::clone(&stop));
@@ -596,9 +601,21 @@ fn failed_upgrades_keep_the_old_child_serving() {
     assert_eq!(field(&answer, "gen"), "4", "{answer}");
     assert_eq!(field(&answer, "failed"), "2", "{answer}");
 
+    // SIGTERM during an upgrade: both children are told; the upgrade
+    // fails as stopping, the parent exits with the serving child's 0.
+    replace_with_script(&parent.binary, "#!/bin/sh\nexec sleep 600\n");
+    parent.signal(Signal::SIGUSR2);
+    parent.expect("started generation 5");
     parent.signal(Signal::SIGTERM);
+    parent.expect("SIGTERM forwarded to generations [4, 5]");
+    parent.expect("upgrade from generation 4 to 5 failed: the service is stopping");
     let (code, seen) = parent.finish();
     assert_eq!(code, 0, "{seen:#?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("serving generation 4") && l.ends_with("exited with code 0")),
+        "{seen:#?}"
+    );
 }
 
 /// Receives one datagram (a notification), or panics after the timeout.
