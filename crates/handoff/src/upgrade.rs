@@ -250,6 +250,9 @@ struct Candidate {
     generation: Generation,
     receiver: ReadyReceiver,
     deadline: Instant,
+    /// The channel said all it will (ready while stopping): stop polling
+    /// it, or its end-of-file would wake the loop until the child is reaped.
+    settled: bool,
 }
 
 /// The supervision state.
@@ -313,6 +316,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
             generation,
             receiver,
             deadline: Instant::now() + self.supervisor.ready_timeout,
+            settled: false,
         })
     }
 
@@ -341,7 +345,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
                 .map(|c| c.deadline.saturating_duration_since(Instant::now()));
             let readable = {
                 let mut fds = vec![self.supervisor.signals.as_fd()];
-                if let Some(candidate) = &self.candidate {
+                if let Some(candidate) = self.candidate.as_ref().filter(|c| !c.settled) {
                     fds.push(candidate.receiver.as_fd());
                 }
                 poll_readable(&fds, timeout).map_err(|source| Error::Supervise {
@@ -531,7 +535,10 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
             }
             // Told to stop before it was ready: let it exit (reaped on
             // SIGCHLD) without making it the serving one.
-            ReadyState::Ready => Ok(None),
+            ReadyState::Ready => {
+                candidate.settled = true;
+                Ok(None)
+            }
             ReadyState::Closed => {
                 let Some(mut candidate) = self.candidate.take() else {
                     return Ok(None);
