@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::{TcpListener, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::UnixListener;
 
@@ -232,14 +232,21 @@ fn every_bad_input_names_its_culprit() {
 
     // Readiness descriptors of the wrong kind, each a fresh descriptor
     // handed to the adopting call (which closes it).
-    let file_copy = regular.as_fd().try_clone_to_owned().unwrap();
-    let file_copy = std::os::fd::IntoRawFd::into_raw_fd(file_copy);
+    let copy_of =
+        |fd: BorrowedFd<'_>| std::os::fd::IntoRawFd::into_raw_fd(fd.try_clone_to_owned().unwrap());
+    let file_copy = copy_of(regular.as_fd());
     let file_copy_culprit = format!("fd {file_copy}");
-    let not_pipe = ready_channel(file_copy);
+    let not_socket = ready_channel(file_copy);
     let (read_end, _write_end) = nix::unistd::pipe().unwrap();
     let read_end = std::os::fd::IntoRawFd::into_raw_fd(read_end);
     let read_end_culprit = format!("fd {read_end}");
-    let read_only = ready_channel(read_end);
+    let a_pipe = ready_channel(read_end);
+    let listening_copy = copy_of(unix.as_fd());
+    let listening_culprit = format!("fd {listening_copy}");
+    let listening = ready_channel(listening_copy);
+    let udp_copy = copy_of(udp.as_fd());
+    let udp_culprit = format!("fd {udp_copy}");
+    let datagram = ready_channel(udp_copy);
     let closed_ready = closed_fd();
     let closed_ready_culprit = format!("fd {closed_ready}");
     let closed_ready_result = ready_channel(closed_ready);
@@ -730,20 +737,32 @@ fn every_bad_input_names_its_culprit() {
         ),
         case(
             "regular file as the readiness channel",
-            not_pipe,
-            |e| matches!(e, E::NotAReadyPipe { .. }),
+            not_socket,
+            |e| matches!(e, E::NotAReadyChannel { .. }),
             &[
                 &file_copy_culprit,
                 "LIFECYCLE_READY_FD",
                 "regular file",
-                "write end of a pipe",
+                "Unix stream socket",
             ],
         ),
         case(
-            "read end of a pipe as the readiness channel",
-            read_only,
-            |e| matches!(e, E::NotAReadyPipe { .. }),
-            &[&read_end_culprit, "read-only pipe end"],
+            "pipe as the readiness channel",
+            a_pipe,
+            |e| matches!(e, E::NotAReadyChannel { .. }),
+            &[&read_end_culprit, "a pipe"],
+        ),
+        case(
+            "listening socket as the readiness channel",
+            listening,
+            |e| matches!(e, E::NotAReadyChannel { .. }),
+            &[&listening_culprit, "listening socket"],
+        ),
+        case(
+            "UDP socket as the readiness channel",
+            datagram,
+            |e| matches!(e, E::NotAReadyChannel { .. }),
+            &[&udp_culprit, "another family or type"],
         ),
         case(
             "readiness channel not open",
@@ -797,6 +816,8 @@ fn every_bad_input_names_its_culprit() {
     assert!(!is_open(first), "adopted fd closed on error");
     assert!(!is_open(file_copy), "refused readiness fd closed");
     assert!(!is_open(read_end), "refused readiness fd closed");
+    assert!(!is_open(listening_copy), "refused readiness fd closed");
+    assert!(!is_open(udp_copy), "refused readiness fd closed");
 }
 
 #[test]

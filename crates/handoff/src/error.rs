@@ -513,12 +513,13 @@ pub enum Error {
         passed: usize,
     },
 
-    /// The readiness descriptor is not the write end of a pipe.
+    /// The readiness descriptor is not a connected Unix stream socket.
     #[error(
-        "fd {fd} ({var}) is a {found}, not the write end of a pipe; the parent's descriptors \
-         are out of order or {var} is wrong, start this program from its parent unchanged"
+        "fd {fd} ({var}) is a {found}, not the connected Unix stream socket of the readiness \
+         channel; the parent's descriptors are out of order or {var} is wrong, start this \
+         program from its parent unchanged"
     )]
-    NotAReadyPipe {
+    NotAReadyChannel {
         /// The descriptor number.
         fd: RawFd,
         /// The ready-fd variable.
@@ -549,6 +550,17 @@ pub enum Error {
         /// The OS error.
         #[source]
         source: io::Error,
+    },
+
+    /// The parent sent a counters line that does not parse.
+    #[error(
+        "the parent sent {line:?} on the readiness channel, expected \
+         `GENERATION=<g> UPGRADES_OK=<n> UPGRADES_FAILED=<m>`; parent and child are different \
+         versions of the protocol, restart the service"
+    )]
+    BadUpdate {
+        /// The line received (lossily decoded, at most 4 KiB).
+        line: String,
     },
 
     /// A started child (the first one, or a successor) did not become ready.

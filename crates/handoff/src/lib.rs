@@ -82,11 +82,11 @@
 //!
 //! [`UpgradeSupervisor`] is the privileged parent with upgrades (it replaces
 //! [`Supervisor`] when upgrades are wanted). Every child it starts gets,
-//! besides the listeners and files, a readiness pipe and its lineage:
+//! besides the listeners and files, a readiness channel and its lineage:
 //!
 //! | variable | value |
 //! |---|---|
-//! | `LIFECYCLE_READY_FD` | the write end of the readiness pipe: always the descriptor right after the listeners and files (`3 + LIFECYCLE_FDS`) |
+//! | `LIFECYCLE_READY_FD` | the child's end of the readiness channel (a connected Unix stream socket): always the descriptor right after the listeners and files (`3 + LIFECYCLE_FDS`) |
 //! | `LIFECYCLE_GENERATION` | 1 for the first child, +1 per upgrade attempt |
 //! | `LIFECYCLE_UPGRADES_OK`, `LIFECYCLE_UPGRADES_FAILED` | the parent's upgrade counters when it started the child |
 //!
@@ -95,7 +95,10 @@
 //! counts listeners and files only, so the ready descriptor is never taken
 //! for one of them. The child takes [`Handoff::take_ready_channel`] and
 //! [`Handoff::lineage`], and calls [`ReadyChannel::notify_ready`] once every
-//! listener accepts. The upgrade, on SIGHUP or SIGUSR2 to the parent:
+//! listener accepts, then may read the parent's upgrade counters with
+//! [`ReadyChannel::recv_update`] (sent after every upgrade outcome, for its
+//! `lifecycle_upgrades_total{result}` metric). The upgrade, on SIGHUP or
+//! SIGUSR2 to the parent:
 //!
 //! 1. `RELOADING=1` to systemd (when `NOTIFY_SOCKET` is set);
 //! 2. every privileged file is re-opened from its path (a rotated
@@ -104,11 +107,11 @@
 //!    (so a binary replaced with `mv` is the one that runs) with the same
 //!    listening sockets the parent kept; the re-opened files are closed in
 //!    the parent;
-//! 4. the parent waits for `READY=1` on the new child's pipe (default 30 s);
+//! 4. the parent waits for `READY=1` on the new child's channel (default 30 s);
 //! 5. ready: SIGTERM to generation n, which stops accepting and drains
 //!    while generation n+1 accepts from the same kernel queues (no
 //!    connection is refused); `READY=1` and `STATUS=serving generation n+1`;
-//! 6. not ready (exited, closed its pipe, timed out): it is killed and
+//! 6. not ready (exited, closed its channel, timed out): it is killed and
 //!    reaped, generation n keeps serving, `READY=1` and
 //!    `STATUS=upgrade failed: ...`.
 //!
@@ -194,7 +197,7 @@ pub use lineage::Lineage;
 pub use mode::{Mode, ModeChoice};
 pub use notify::{Notifier, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
 pub use privilege::{verify_cannot_regain_root, TargetUser};
-pub use ready::{ReadyChannel, ReadyPipe, ReadyReceiver, ReadyState, READY_MESSAGE};
+pub use ready::{ReadyChannel, ReadyPair, ReadyReceiver, ReadyState, READY_MESSAGE};
 pub use spawn::{pass_fds, ChildSpawner};
 pub use spec::{FileSpec, ListenAddress, ListenerSpec, Network, DEFAULT_BACKLOG};
 pub use successor::{Successor, SuccessorHandoff};

@@ -2,7 +2,7 @@
 //! optional upgrade variables of the hand-off protocol.
 //!
 //! ```text
-//! LIFECYCLE_READY_FD=6          the readiness pipe, right after listeners and files
+//! LIFECYCLE_READY_FD=6          the readiness channel, right after listeners and files
 //! LIFECYCLE_GENERATION=3        1 for the first child, +1 per upgrade attempt
 //! LIFECYCLE_UPGRADES_OK=1       upgrades that succeeded before this child started
 //! LIFECYCLE_UPGRADES_FAILED=1   upgrades that failed before this child started
@@ -11,10 +11,10 @@
 //! A serving child publishes them as metrics: the generation as a gauge and
 //! `lifecycle_upgrades_total{result="ok"|"failed"}` starting from
 //! [`Lineage::succeeded_including_self`] and [`Lineage::upgrades_failed`].
-//! The counters are those of the parent when it started this child, so an
-//! upgrade that fails later (while this child keeps serving) is counted by
-//! the parent (its events and `STATUS=`) and reaches the metrics with the
-//! next child.
+//! The counters are those of the parent when it started this child; later
+//! outcomes (its own promotion, an upgrade that fails while it serves)
+//! arrive as updates on the readiness channel
+//! ([`ReadyChannel::recv_update`](crate::ReadyChannel::recv_update)).
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::RawFd;

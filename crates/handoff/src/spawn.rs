@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::inventory::Inventory;
 use crate::lineage::Lineage;
 use crate::privilege::TargetUser;
-use crate::ready::ReadyPipe;
+use crate::ready::ReadyPair;
 
 /// How far to mark descriptors close-on-exec when `close_range` is missing
 /// and the open-files limit cannot be read.
@@ -231,7 +231,7 @@ impl ChildSpawner {
         self.spawn_inner(inventory, None)
     }
 
-    /// Spawns the child with everything in `inventory`, plus the write end
+    /// Spawns the child with everything in `inventory`, plus the child's end
     /// of `ready` as the descriptor right after the listeners and files
     /// (announced in `<PREFIX>_READY_FD`) and `lineage` in
     /// `<PREFIX>_GENERATION`, `_UPGRADES_OK`, `_UPGRADES_FAILED`.
@@ -241,7 +241,7 @@ impl ChildSpawner {
     pub fn spawn_with_ready(
         &self,
         inventory: &Inventory,
-        ready: &ReadyPipe,
+        ready: &ReadyPair,
         lineage: Lineage,
     ) -> Result<Child> {
         self.spawn_inner(inventory, Some((ready, lineage)))
@@ -250,7 +250,7 @@ impl ChildSpawner {
     fn spawn_inner(
         &self,
         inventory: &Inventory,
-        ready: Option<(&ReadyPipe, Lineage)>,
+        ready: Option<(&ReadyPair, Lineage)>,
     ) -> Result<Child> {
         let mut handoff = ChildHandoff::new(inventory, &self.names, std::process::id());
         if let Some((pipe, lineage)) = ready {
@@ -261,7 +261,7 @@ impl ChildSpawner {
                 .vars
                 .push((self.names.ready_fd().into(), number.to_string().into()));
             handoff.vars.extend(lineage.encode(&self.names));
-            handoff.fds.push(pipe.write_end());
+            handoff.fds.push(pipe.child_end());
         }
         let mut command = Command::new(&self.program);
         command.args(&self.args);

@@ -7,7 +7,7 @@
 //! 1. `RELOADING=1` to systemd (with `NOTIFY_SOCKET`);
 //! 2. spawn this program (the path on disk) with duplicates of its
 //!    listeners (and files, if any) by the hand-off protocol, a readiness
-//!    pipe, and the next [`Lineage`];
+//!    channel, and the next [`Lineage`];
 //! 3. wait until the successor reports ready (default 30 s);
 //! 4. `MAINPID=<successor pid>`, `READY=1` and `STATUS=` to systemd: the
 //!    successor is now the service's main process;
@@ -41,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::inventory::Inventory;
 use crate::lineage::Lineage;
 use crate::notify::{monotonic_usec, Notifier, WATCHDOG_PID};
-use crate::ready::{ReadyPipe, ReadyState};
+use crate::ready::{ReadyPair, ReadyState};
 use crate::spawn::ChildSpawner;
 use crate::supervise::exit_code;
 use crate::upgrade::DEFAULT_READY_TIMEOUT;
@@ -136,7 +136,7 @@ impl SuccessorHandoff {
             monotonic_usec(),
             format!("STATUS=handing over to generation {generation}"),
         ]);
-        let pipe = ReadyPipe::new()?;
+        let pipe = ReadyPair::new()?;
         let child = self
             .spawner
             .spawn_with_ready(inventory, &pipe, self.lineage);

@@ -37,7 +37,7 @@ const CLOSED_CHANNEL_GRACE: Duration = Duration::from_secs(1);
 /// inventory. It:
 ///
 /// 1. starts generation 1 with the listeners, the files and a readiness
-///    pipe ([`ChildSpawner::spawn_with_ready`]), then closes its copies of
+///    channel ([`ChildSpawner::spawn_with_ready`]), then closes its copies of
 ///    the files (it keeps their paths);
 /// 2. when the child reports ready, sends systemd `READY=1` and
 ///    `MAINPID=<own pid>` (only with `NOTIFY_SOCKET`; the child never gets

@@ -184,7 +184,7 @@ fn run_serve(mode: Mode) -> Result<(), String> {
     };
     let shown = lineage.unwrap_or(Lineage::FIRST);
     let answer = format!(
-        "gen={} ok={} failed={} pid={} uid={} notify={} watchdog={} file={}\n",
+        "gen={} ok={} failed={} pid={} uid={} notify={} watchdog={} file={}",
         shown.generation,
         shown.upgrades_ok,
         shown.upgrades_failed,
@@ -209,15 +209,24 @@ fn run_serve(mode: Mode) -> Result<(), String> {
     signals.thread_block().map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
     let kept = listener.try_clone().map_err(|e| e.to_string())?;
+    // The parent's counters as they arrive on the readiness channel.
+    let live = Arc::new(Mutex::new("-/-".to_owned()));
     let accept = {
         let stop = Arc::clone(&stop);
-        std::thread::spawn(move || accept_loop(&listener, &stop, &answer))
+        let live = Arc::clone(&live);
+        std::thread::spawn(move || accept_loop(&listener, &stop, &answer, &live))
     };
-    if let Some(ready) = handoff.take_ready_channel() {
+    if let Some(mut ready) = handoff.take_ready_channel() {
         if std::env::var_os(CHILD_HANG).is_some() {
             std::mem::forget(ready); // keeps the channel open, never ready
         } else {
             ready.notify_ready().map_err(|e| e.to_string())?;
+            std::thread::spawn(move || {
+                while let Ok(Some(update)) = ready.recv_update() {
+                    *live.lock().unwrap() =
+                        format!("{}/{}", update.upgrades_ok, update.upgrades_failed);
+                }
+            });
         }
     }
     loop {
@@ -262,14 +271,20 @@ fn run_serve(mode: Mode) -> Result<(), String> {
 
 /// Accepts until `stop`, finishing each connection before looking again,
 /// so a drain never drops an accepted connection.
-fn accept_loop(listener: &std::net::TcpListener, stop: &AtomicBool, answer: &str) {
+fn accept_loop(
+    listener: &std::net::TcpListener,
+    stop: &AtomicBool,
+    answer: &str,
+    live: &Mutex<String>,
+) {
     use std::io::Write;
     let _ = listener.set_nonblocking(true);
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((mut stream, _)) => {
                 let _ = stream.set_nonblocking(false);
-                let _ = stream.write_all(answer.as_bytes());
+                let line = format!("{answer} live={}\n", live.lock().unwrap());
+                let _ = stream.write_all(line.as_bytes());
             }
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(2));
@@ -348,6 +363,20 @@ impl Parent {
 
     fn ask(&self) -> String {
         ask(self.address()).unwrap()
+    }
+
+    /// Asks until the answer satisfies `done` (an update travels on its own
+    /// channel, so it may trail the parent's event line a little).
+    fn ask_until(&self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let answer = self.ask();
+            if done(&answer) {
+                return answer;
+            }
+            assert!(Instant::now() < deadline, "last answer {answer}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits for the parent to exit; returns its code.
@@ -527,10 +556,12 @@ fn upgrades_under_continuous_connections(user: Option<&str>) {
     }
     stop.store(true, Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(300));
-    let last = parent.ask();
+    let last = parent.ask_until(|a| field(a, "live") != "-/-");
     assert_eq!(field(&last, "gen"), "5", "{last}");
     assert_eq!(field(&last, "ok"), "3", "{last}");
     assert_eq!(field(&last, "failed"), "0", "{last}");
+    // Its own upgrade, counted by the parent and sent over the channel.
+    assert_eq!(field(&last, "live"), "4/0", "{last}");
     assert_eq!(field(&last, "file"), "v2", "{last}");
 
     parent.signal(Signal::SIGTERM);
@@ -579,7 +610,9 @@ fn failed_upgrades_keep_the_old_child_serving() {
     let failed = parent.expect("upgrade from generation 1 to 2 failed");
     assert!(failed.contains("exited with code 3"), "{failed}");
     assert!(failed.contains("upgrades ok 0, failed 1"), "{failed}");
-    assert_eq!(field(&parent.ask(), "gen"), "1");
+    // The serving child hears of the failure (for its metrics).
+    let answer = parent.ask_until(|a| field(a, "live") == "0/1");
+    assert_eq!(field(&answer, "gen"), "1");
 
     // A new binary that never reports ready: timeout. A second signal
     // during it is queued and runs (with the good binary) afterwards.
@@ -599,9 +632,10 @@ fn failed_upgrades_keep_the_old_child_serving() {
     parent.expect("upgrade from generation 1 to 4 succeeded");
     // Until it handles its SIGTERM the old child may still accept one.
     parent.expect("old generation 1 (");
-    let answer = parent.ask();
+    let answer = parent.ask_until(|a| field(a, "live") != "-/-");
     assert_eq!(field(&answer, "gen"), "4", "{answer}");
     assert_eq!(field(&answer, "failed"), "2", "{answer}");
+    assert_eq!(field(&answer, "live"), "1/2", "{answer}");
 
     // SIGTERM during an upgrade: both children are told; the upgrade
     // fails as stopping, the parent exits with the serving child's 0.

@@ -15,6 +15,9 @@ use crate::ready::ReadyReceiver;
 pub(super) struct Generation {
     pub(super) number: u64,
     pub(super) child: Child,
+    /// The readiness channel, kept while this generation serves to send it
+    /// the parent's counters.
+    pub(super) channel: Option<ReadyReceiver>,
 }
 
 impl Generation {

@@ -1,5 +1,5 @@
 //! The supervision loop: one `poll` over the signalfd and the candidate's
-//! readiness pipe, and the state that decides what each event means.
+//! readiness channel, and the state that decides what each event means.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::inventory::{Inventory, PassedFile};
 use crate::lineage::Lineage;
 use crate::notify::monotonic_usec;
-use crate::ready::{poll_readable, ReadyPipe, ReadyState};
+use crate::ready::{poll_readable, ReadyPair, ReadyState};
 use crate::spawn::ChildSpawner;
 use crate::supervise::exit_code;
 
@@ -67,14 +67,18 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         }
     }
 
-    /// Starts `inventory` as generation `number` with a ready pipe.
+    /// Starts `inventory` as generation `number` with a readiness channel.
     fn spawn(&mut self, number: u64, inventory: &Inventory) -> Result<Candidate> {
-        let pipe = ReadyPipe::new()?;
+        let pipe = ReadyPair::new()?;
         let child = self
             .spawner
             .spawn_with_ready(inventory, &pipe, self.lineage(number))?;
         let receiver = pipe.into_receiver();
-        let generation = Generation { number, child };
+        let generation = Generation {
+            number,
+            child,
+            channel: None,
+        };
         self.emit(SupervisorEvent::Started {
             generation: number,
             pid: generation.pid(),
@@ -274,8 +278,24 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         }
     }
 
+    /// Sends the serving child the current counters (for its metrics).
+    fn send_update(&self) {
+        let Some(serving) = &self.serving else {
+            return;
+        };
+        if let Some(channel) = &serving.channel {
+            // A child that does not read loses the update; nothing to do.
+            let _ = channel.send_update(&Lineage {
+                generation: serving.number,
+                upgrades_ok: self.stats.succeeded,
+                upgrades_failed: self.stats.failed,
+            });
+        }
+    }
+
     fn upgrade_failed(&mut self, from: u64, to: u64, failure: UpgradeFailure) {
         self.stats.failed += 1;
+        self.send_update();
         let status = format!("STATUS=upgrade failed: {failure}; serving generation {from}");
         self.emit(SupervisorEvent::UpgradeFailed {
             from,
@@ -371,11 +391,13 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         let Some(candidate) = self.candidate.take() else {
             return;
         };
-        let new = candidate.generation;
+        let mut new = candidate.generation;
+        new.channel = Some(candidate.receiver);
         let (number, pid) = (new.number, new.pid());
         match self.serving.replace(new) {
             None => {
                 self.stats.serving = number;
+                self.send_update();
                 self.emit(SupervisorEvent::Ready {
                     generation: number,
                     pid,
@@ -386,12 +408,14 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
                     format!("STATUS=serving generation {number} (pid {pid})"),
                 ]);
             }
-            Some(old) => {
+            Some(mut old) => {
                 old.signal(Signal::SIGTERM);
+                old.channel = None; // no more counters for a draining child
                 let from = old.number;
                 self.draining.push(old);
                 self.stats.serving = number;
                 self.stats.succeeded += 1;
+                self.send_update();
                 self.emit(SupervisorEvent::UpgradeSucceeded {
                     from,
                     to: number,
