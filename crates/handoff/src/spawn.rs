@@ -253,7 +253,7 @@ impl ChildSpawner {
         ready: Option<(&ReadyPair, Lineage)>,
     ) -> Result<Child> {
         let mut handoff = ChildHandoff::new(inventory, &self.names, std::process::id());
-        if let Some((pipe, lineage)) = ready {
+        if let Some((pair, lineage)) = ready {
             let number = FIRST_PASSED_FD.saturating_add(
                 RawFd::try_from(handoff.fds.len()).unwrap_or(RawFd::MAX - FIRST_PASSED_FD),
             );
@@ -261,7 +261,7 @@ impl ChildSpawner {
                 .vars
                 .push((self.names.ready_fd().into(), number.to_string().into()));
             handoff.vars.extend(lineage.encode(&self.names));
-            handoff.fds.push(pipe.child_end());
+            handoff.fds.push(pair.child_end());
         }
         let mut command = Command::new(&self.program);
         command.args(&self.args);

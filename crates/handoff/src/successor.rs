@@ -136,11 +136,11 @@ impl SuccessorHandoff {
             monotonic_usec(),
             format!("STATUS=handing over to generation {generation}"),
         ]);
-        let pipe = ReadyPair::new()?;
+        let pair = ReadyPair::new()?;
         let child = self
             .spawner
-            .spawn_with_ready(inventory, &pipe, self.lineage);
-        let mut receiver = pipe.into_receiver();
+            .spawn_with_ready(inventory, &pair, self.lineage);
+        let mut receiver = pair.into_receiver();
         let mut child = match child {
             Ok(child) => child,
             Err(err) => {

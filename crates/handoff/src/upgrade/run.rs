@@ -69,11 +69,11 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
 
     /// Starts `inventory` as generation `number` with a readiness channel.
     fn spawn(&mut self, number: u64, inventory: &Inventory) -> Result<Candidate> {
-        let pipe = ReadyPair::new()?;
+        let pair = ReadyPair::new()?;
         let child = self
             .spawner
-            .spawn_with_ready(inventory, &pipe, self.lineage(number))?;
-        let receiver = pipe.into_receiver();
+            .spawn_with_ready(inventory, &pair, self.lineage(number))?;
+        let receiver = pair.into_receiver();
         let generation = Generation {
             number,
             child,
