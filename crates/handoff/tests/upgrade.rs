@@ -82,6 +82,8 @@ fn run_tests() -> ExitCode {
     println!("test first_child_exit_is_passed_through ... ok");
     successor_takes_over_the_listener();
     println!("test successor_takes_over_the_listener ... ok");
+    killed_parent_takes_the_upgraded_child_down();
+    println!("test killed_parent_takes_the_upgraded_child_down ... ok");
     ExitCode::SUCCESS
 }
 
@@ -753,6 +755,41 @@ fn first_child_exit_is_passed_through() {
     );
 }
 
+/// True once `pid` is gone or a zombie waiting for a reaper.
+fn is_gone(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.is_empty()
+        || stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'))
+}
+
+fn killed_parent_takes_the_upgraded_child_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut parent = Parent::start(dir.path(), &[]);
+    parent.expect("generation 1 (pid");
+    parent.signal(Signal::SIGHUP);
+    parent.expect("upgrade from generation 1 to 2 succeeded");
+    parent.expect("old generation 1 (");
+    let answer = parent.ask();
+    assert_eq!(field(&answer, "gen"), "2", "{answer}");
+    let child: i32 = field(&answer, "pid").parse().unwrap();
+    // The upgraded child was spawned from the main thread too, so its
+    // parent-death signal fires when the parent dies.
+    parent.signal(Signal::SIGKILL);
+    let deadline = Instant::now() + TIMEOUT;
+    while !is_gone(child) {
+        assert!(
+            Instant::now() < deadline,
+            "child {child} outlived its parent"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refused = TcpStream::connect_timeout(&parent.address(), TIMEOUT);
+    assert!(refused.is_err(), "the listener died with both processes");
+}
+
 fn successor_takes_over_the_listener() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify.sock");
@@ -824,18 +861,11 @@ fn successor_takes_over_the_listener() {
     // Stop the successor (not our child: it was re-parented).
     kill(Pid::from_raw(successor), Signal::SIGTERM).unwrap();
     let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
-        let stat = std::fs::read_to_string(format!("/proc/{successor}/stat")).unwrap_or_default();
-        // Gone, or a zombie waiting for a reaper.
-        if stat.is_empty()
-            || stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|s| s.trim_start().starts_with('Z'))
-        {
-            return;
-        }
+    while !is_gone(successor) {
+        assert!(
+            Instant::now() < deadline,
+            "successor {successor} did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("successor {successor} did not stop on SIGTERM");
 }
