@@ -13,7 +13,7 @@ use super::shard::{self, RegistryShard, ShardInner, ShardState, SEQ_BITS};
 use super::{Common, ConnKind, Shared};
 
 /// A cheap, cloneable, thread-safe handle on a registry: the direct (no
-/// message) way to everything the [`ConnectionRegistry`] actor does.
+/// message) way to everything the [`ConnectionRegistry`](crate::ConnectionRegistry) actor does.
 #[derive(Clone)]
 pub struct RegistryHandle {
     pub(crate) shared: Arc<Shared>,
