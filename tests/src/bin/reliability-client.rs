@@ -451,9 +451,7 @@ impl Holder {
         let mut buf = [0u8; 1];
         for (i, c) in self.conns.iter().enumerate() {
             let Some(s) = c else { continue };
-            if let Ok(1) = s.peek(&mut buf) {
-                self.greeted.push(i);
-            } else if s.set_nonblocking(true).is_ok() {
+            if s.set_nonblocking(true).is_ok() {
                 if let Ok(1) = s.peek(&mut buf) {
                     self.greeted.push(i);
                 }

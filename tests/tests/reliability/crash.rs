@@ -102,8 +102,14 @@ fn sigkill_never_leaves_a_partial_message_and_loses_no_acknowledged_one() {
             })
         };
         let _ = kill_now.recv_timeout(Duration::from_secs(30));
-        // A few milliseconds into the spool write on odd rounds.
-        std::thread::sleep(Duration::from_millis((round as u64 * 7) % 13));
+        if !during_data {
+            // Kill while a spool write is under way: as soon as a
+            // temporary file is there (the victim's or a sender's).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while tmp_files(&spool) == 0 && Instant::now() < deadline {
+                std::hint::spin_loop();
+            }
+        }
         assert_no_panic(&gw);
         let mut gw = gw;
         gw.signal(Signal::SIGKILL).expect("SIGKILL");
@@ -169,6 +175,9 @@ fn sigkill_never_leaves_a_partial_message_and_loses_no_acknowledged_one() {
         ),
     );
     assert_eq!(after_clean, 0, "tmp/ after the last start");
+    if rounds >= 2 {
+        assert!(kills_with_tmp > 0, "no kill hit a spool write");
+    }
     assert_eq!(stored, acked_total + unacked_stored, "messages in the spool");
     gw.signal(Signal::SIGTERM).expect("SIGTERM");
     assert!(gw.wait_exit(Duration::from_secs(20)).expect("wait").is_some());
