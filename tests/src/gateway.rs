@@ -22,6 +22,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 struct LogLines {
     lines: Mutex<Vec<String>>,
     grew: Condvar,
+    ended: std::sync::atomic::AtomicBool,
 }
 
 impl LogLines {
@@ -151,6 +152,10 @@ address = "127.0.0.1:0"
                 sink.lock().push(line);
                 sink.grew.notify_all();
             }
+            let _lines = sink.lock();
+            sink.ended
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            sink.grew.notify_all();
         });
         let unset: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0));
         let mut gw = GatewayProcess {
@@ -266,6 +271,56 @@ impl GatewayProcess {
     /// The exit status if it exited.
     pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
         self.child.try_wait()
+    }
+
+    /// Waits at most `timeout` until the process closed its log (it
+    /// exited) and every line was read; false on timeout.
+    pub fn wait_log_end(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.log.lock();
+        loop {
+            if self.log.ended.load(std::sync::atomic::Ordering::SeqCst) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            lines = self
+                .log
+                .grew
+                .wait_timeout(lines, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Waits at most `timeout` until `count` lines satisfy `pred`; returns
+    /// the number that do (a log is written behind the events it tells).
+    pub fn wait_log_count(
+        &self,
+        count: usize,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        let mut matched = 0;
+        let mut lines = self.log.lock();
+        loop {
+            matched += lines[seen..].iter().filter(|l| pred(l)).count();
+            seen = lines.len();
+            let now = Instant::now();
+            if matched >= count || now >= deadline {
+                return matched;
+            }
+            lines = self
+                .log
+                .grew
+                .wait_timeout(lines, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
     }
 
     /// Every log line so far.

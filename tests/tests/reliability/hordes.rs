@@ -54,6 +54,7 @@ fn an_idle_horde_is_aborted_and_the_process_exits_in_time() {
     let exit_after = signalled.elapsed();
     let closed_by_server = client.ask("peer-closed 10000", "peer-closed", Duration::from_secs(30));
     client.finish();
+    assert!(gw.wait_log_end(Duration::from_secs(60)), "the log did not end");
     let aborting = gw
         .wait_phase("aborting", Duration::from_secs(5))
         .expect("an aborting phase line");
