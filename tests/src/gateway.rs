@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::procfs::ProcStats;
 use crate::process::ChildGuard;
+use crate::procfs::ProcStats;
 
 /// How long the gateway may take to log `ready`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -153,8 +153,7 @@ address = "127.0.0.1:0"
                 sink.grew.notify_all();
             }
             let _lines = sink.lock();
-            sink.ended
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+            sink.ended.store(true, std::sync::atomic::Ordering::SeqCst);
             sink.grew.notify_all();
         });
         let unset: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0));

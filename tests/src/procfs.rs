@@ -59,8 +59,14 @@ impl ProcStats {
         // 15 of the whole line, so 12 and 13 after the name.
         let after = &text[text.rfind(')').ok_or_else(bad)? + 1..];
         let fields: Vec<&str> = after.split_whitespace().collect();
-        let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).ok_or_else(bad)?;
-        let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+        let utime: u64 = fields
+            .get(11)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(bad)?;
+        let stime: u64 = fields
+            .get(12)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(bad)?;
         let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
             .ok()
             .flatten()

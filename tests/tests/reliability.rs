@@ -67,12 +67,7 @@ fn figure(test: &str, text: &str) {
 /// Checks the log for panics.
 fn assert_no_panic(gw: &GatewayProcess) {
     let panics = gw.count_logs(|l| l.contains("panic"));
-    assert_eq!(
-        panics,
-        0,
-        "the log mentions a panic:\n{}",
-        gw.log_tail(50)
-    );
+    assert_eq!(panics, 0, "the log mentions a panic:\n{}", gw.log_tail(50));
 }
 
 /// `key=N` in a `reliability-client` report line.

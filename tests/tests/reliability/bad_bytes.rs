@@ -71,7 +71,12 @@ fn drain_replies(c: &mut Smtp, ok: impl Fn(&str) -> bool) -> Result<usize, Strin
                 }
                 n += 1;
             }
-            Err(e) if matches!(e.kind(), ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
+                ) =>
+            {
                 return Ok(n)
             }
             Err(e) => return Err(io(e)),
@@ -154,7 +159,10 @@ fn session(i: usize, smtp: SocketAddr, imap: SocketAddr, acked: &Acked) -> Resul
             c.send(b".\r\nQUIT\r\n").map_err(io)?;
             let reply = c.reply().map_err(io)?;
             let id = queued_id(&reply).ok_or_else(|| format!("bare CR/LF message: {reply:?}"))?;
-            acked.lock().map_err(|_| "poisoned")?.insert(id, spooled(body.as_bytes()));
+            acked
+                .lock()
+                .map_err(|_| "poisoned")?
+                .insert(id, spooled(body.as_bytes()));
             expect(&c.reply().map_err(io)?, "221 ", "QUIT")?;
         }
         // Commands out of order.
@@ -189,10 +197,14 @@ fn session(i: usize, smtp: SocketAddr, imap: SocketAddr, acked: &Acked) -> Resul
             for code in ["250", "250 ", "250 ", "354 "] {
                 expect(&c.reply().map_err(io)?, code, "pipelined")?;
             }
-            c.send(format!("{sent}.\r\nQUIT\r\n").as_bytes()).map_err(io)?;
+            c.send(format!("{sent}.\r\nQUIT\r\n").as_bytes())
+                .map_err(io)?;
             let reply = c.reply().map_err(io)?;
             let id = queued_id(&reply).ok_or_else(|| format!("valid message: {reply:?}"))?;
-            acked.lock().map_err(|_| "poisoned")?.insert(id, spooled(stored.as_bytes()));
+            acked
+                .lock()
+                .map_err(|_| "poisoned")?
+                .insert(id, spooled(stored.as_bytes()));
             expect(&c.reply().map_err(io)?, "221 ", "QUIT")?;
         }
         // A message line over 1000 octets: refused, nothing stored.
@@ -315,7 +327,11 @@ fn bad_bytes_get_error_replies_and_never_reach_the_spool() {
             files.len(),
         ),
     );
-    assert!(failures.is_empty(), "failed sessions:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "failed sessions:\n{}",
+        failures.join("\n")
+    );
     assert!(alive, "the gateway died:\n{}", gw.log_tail(30));
     assert_eq!(health, 200, "/healthz");
     assert_no_panic(&gw);
@@ -327,17 +343,24 @@ fn bad_bytes_get_error_replies_and_never_reach_the_spool() {
     // Exactly the acknowledged messages, each intact.
     let expected_valid = (0..sessions).filter(|i| matches!(i % KINDS, 4 | 6)).count();
     assert_eq!(acked.len(), expected_valid, "acknowledged messages");
-    assert_eq!(files.len(), acked.len(), "spool files vs acknowledged messages");
+    assert_eq!(
+        files.len(),
+        acked.len(),
+        "spool files vs acknowledged messages"
+    );
     for (id, path) in &files {
         let want = acked
             .get(id)
             .unwrap_or_else(|| panic!("{} was never acknowledged", path.display()));
         let got = std::fs::read(path).expect("read message");
-        assert!(&got == want, "{} differs from what was acknowledged", path.display());
+        assert!(
+            &got == want,
+            "{} differs from what was acknowledged",
+            path.display()
+        );
     }
     assert_eq!(tmp, 0, "temporary files left");
     gw.signal(Signal::SIGTERM).expect("SIGTERM");
     let status = gw.wait_exit(Duration::from_secs(30)).expect("wait");
     assert_eq!(status.and_then(|s| s.code()), Some(0), "exit after SIGTERM");
 }
-

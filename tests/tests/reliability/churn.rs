@@ -60,7 +60,10 @@ fn churn_with_sigterm_at_the_half_stops_cleanly() {
     let exit_after = signalled.elapsed();
     let result = client.expect("result", Duration::from_secs(300));
     client.finish();
-    assert!(gw.wait_log_end(Duration::from_secs(60)), "the log did not end");
+    assert!(
+        gw.wait_log_end(Duration::from_secs(60)),
+        "the log did not end"
+    );
     let stopped = gw
         .wait_phase("stopped", Duration::from_secs(5))
         .expect("a stopped phase line");
@@ -88,22 +91,38 @@ fn churn_with_sigterm_at_the_half_stops_cleanly() {
     assert_eq!(open, close, "connection open vs closed lines");
     // Sessions that ended before the signal all went normally.
     for bad in ["draining", "refused", "cut", "timeout", "unexpected"] {
-        assert_eq!(kv(&result, &format!("before_{bad}")), 0, "before_{bad}: {result}");
+        assert_eq!(
+            kv(&result, &format!("before_{bad}")),
+            0,
+            "before_{bad}: {result}"
+        );
     }
     let before = kv(&result, "before_ok") + kv(&result, "before_reset");
-    assert!(before >= (total / 2) as u64, "{before} sessions before the half");
+    assert!(
+        before >= (total / 2) as u64,
+        "{before} sessions before the half"
+    );
     // After it: a clean refusal (421, BYE, connection refused), a
     // completed session, or a cut by the abort; never a hang or garbage.
     assert_eq!(kv(&result, "after_timeout"), 0, "{result}");
     assert_eq!(kv(&result, "after_unexpected"), 0, "{result}");
     let all: u64 = [
-        "ok", "reset", "draining", "refused", "cut", "timeout", "unexpected",
+        "ok",
+        "reset",
+        "draining",
+        "refused",
+        "cut",
+        "timeout",
+        "unexpected",
     ]
     .iter()
     .map(|k| kv(&result, &format!("before_{k}")) + kv(&result, &format!("after_{k}")))
     .sum();
     assert_eq!(all, total as u64, "every session accounted for");
-    assert!(open as u64 >= before, "the server opened every early session");
+    assert!(
+        open as u64 >= before,
+        "the server opened every early session"
+    );
     assert_no_panic(&gw);
 }
 
@@ -166,7 +185,11 @@ fn churn_without_shutdown_leaks_no_descriptor() {
     );
 
     for bad in ["draining", "refused", "cut", "timeout", "unexpected"] {
-        assert_eq!(kv(&result, &format!("before_{bad}")), 0, "before_{bad}: {result}");
+        assert_eq!(
+            kv(&result, &format!("before_{bad}")),
+            0,
+            "before_{bad}: {result}"
+        );
     }
     assert_eq!(
         kv(&result, "before_ok") + kv(&result, "before_reset"),

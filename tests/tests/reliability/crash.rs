@@ -47,7 +47,9 @@ fn sigkill_never_leaves_a_partial_message_and_loses_no_acknowledged_one() {
             .expect("start the gateway");
         // Temporary files of the killed process are removed at start.
         let ready = gw
-            .wait_log(Duration::from_secs(5), |l| l.contains(r#""msg":"spool ready""#))
+            .wait_log(Duration::from_secs(5), |l| {
+                l.contains(r#""msg":"spool ready""#)
+            })
             .expect("spool ready line");
         let removed = json_number(&ready, "stale_temporary_files_removed").unwrap_or(-1);
         assert_eq!(removed, tmp_before as i64, "round {round}: {ready}");
@@ -67,7 +69,10 @@ fn sigkill_never_leaves_a_partial_message_and_loses_no_acknowledged_one() {
         while sent.lock().unwrap().acked.is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
-        assert!(!sent.lock().unwrap().acked.is_empty(), "round {round}: nothing acknowledged");
+        assert!(
+            !sent.lock().unwrap().acked.is_empty(),
+            "round {round}: nothing acknowledged"
+        );
 
         // The victim transaction: killed mid-DATA (even rounds) or right
         // after its final dot, while the spool writes it (odd rounds).
@@ -79,7 +84,9 @@ fn sigkill_never_leaves_a_partial_message_and_loses_no_acknowledged_one() {
                 let tag = format!("victim-{round}");
                 let size = if during_data { 2 << 20 } else { 4 << 20 };
                 let msg = body(&tag, size);
-                let Ok(mut c) = Smtp::connect(addr) else { return };
+                let Ok(mut c) = Smtp::connect(addr) else {
+                    return;
+                };
                 if c.begin_data().is_err() {
                     return;
                 }
@@ -114,7 +121,10 @@ fn sigkill_never_leaves_a_partial_message_and_loses_no_acknowledged_one() {
         let mut gw = gw;
         gw.signal(Signal::SIGKILL).expect("SIGKILL");
         let status = gw.wait_exit(Duration::from_secs(10)).expect("wait");
-        assert!(status.is_some(), "round {round}: SIGKILL did not end the process");
+        assert!(
+            status.is_some(),
+            "round {round}: SIGKILL did not end the process"
+        );
         stop.store(true, Ordering::SeqCst);
         for s in senders {
             let _ = s.join();
@@ -148,7 +158,11 @@ fn sigkill_never_leaves_a_partial_message_and_loses_no_acknowledged_one() {
                 .complete
                 .iter()
                 .any(|(tag, size)| content == spooled(&body(tag, *size)));
-            assert!(whole, "round {round}: {} is not a complete sent message", path.display());
+            assert!(
+                whole,
+                "round {round}: {} is not a complete sent message",
+                path.display()
+            );
             unacked_stored += 1;
         }
         for id in sent.acked.keys() {
@@ -162,6 +176,13 @@ fn sigkill_never_leaves_a_partial_message_and_loses_no_acknowledged_one() {
         .start()
         .expect("start the gateway");
     let after_clean = tmp_files(&spool);
+    let last_removed = gw
+        .wait_log(Duration::from_secs(5), |l| {
+            l.contains(r#""msg":"spool ready""#)
+        })
+        .and_then(|l| json_number(&l, "stale_temporary_files_removed"))
+        .unwrap_or(-1);
+    removed_total += last_removed;
     let stored = spool_files(&spool).len();
     figure(
         "crash_safety",
@@ -169,18 +190,30 @@ fn sigkill_never_leaves_a_partial_message_and_loses_no_acknowledged_one() {
             "rounds={rounds} (SIGKILL during DATA {} and during spool writes {}); acked={acked_total} \
              all present and intact; stored={stored} (of which complete but unacknowledged \
              {unacked_stored}); kills that left temp files={kills_with_tmp} (files {tmp_left_total}); \
-             removed at restart={removed_total}; tmp before last start={tmp_before}, after={after_clean}",
+             removed at the next starts={removed_total}; tmp before last start={tmp_before}, after={after_clean}",
             rounds.div_ceil(2),
             rounds / 2
         ),
     );
+    assert_eq!(last_removed, tmp_before as i64, "removed at the last start");
     assert_eq!(after_clean, 0, "tmp/ after the last start");
+    assert_eq!(
+        removed_total, tmp_left_total as i64,
+        "every temporary file removed at a start"
+    );
     if rounds >= 2 {
         assert!(kills_with_tmp > 0, "no kill hit a spool write");
     }
-    assert_eq!(stored, acked_total + unacked_stored, "messages in the spool");
+    assert_eq!(
+        stored,
+        acked_total + unacked_stored,
+        "messages in the spool"
+    );
     gw.signal(Signal::SIGTERM).expect("SIGTERM");
-    assert!(gw.wait_exit(Duration::from_secs(20)).expect("wait").is_some());
+    assert!(gw
+        .wait_exit(Duration::from_secs(20))
+        .expect("wait")
+        .is_some());
 }
 
 fn assert_intact(path: &Path, tag: &str, size: usize) {
@@ -194,8 +227,16 @@ fn assert_intact(path: &Path, tag: &str, size: usize) {
 }
 
 /// Delivers messages on one connection until stopped or cut.
-fn send_loop(addr: std::net::SocketAddr, round: usize, t: usize, sent: &Mutex<Sent>, stop: &AtomicBool) {
-    let Ok(mut c) = Smtp::connect(addr) else { return };
+fn send_loop(
+    addr: std::net::SocketAddr,
+    round: usize,
+    t: usize,
+    sent: &Mutex<Sent>,
+    stop: &AtomicBool,
+) {
+    let Ok(mut c) = Smtp::connect(addr) else {
+        return;
+    };
     let mut n = 0;
     while !stop.load(Ordering::SeqCst) {
         n += 1;

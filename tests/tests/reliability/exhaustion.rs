@@ -50,7 +50,11 @@ fn descriptor_exhaustion_backs_off_and_recovers() {
     let probe = client.ask(&format!("probe {KEEP}"), "probe", Duration::from_secs(60));
 
     // Clients leave: it accepts again, and a new client is served.
-    let released = client.ask(&format!("release-except {KEEP}"), "released", Duration::from_secs(60));
+    let released = client.ask(
+        &format!("release-except {KEEP}"),
+        "released",
+        Duration::from_secs(60),
+    );
     let recovered = gw
         .wait_log(Duration::from_secs(30), |l| l.contains("accepting again"))
         .is_some();
@@ -91,12 +95,29 @@ fn descriptor_exhaustion_backs_off_and_recovers() {
         ),
     );
     assert!(greeted_n > 0 && greeted_n < LIMIT, "{greeted}");
-    assert!(cpu < CPU_BOUND, "{cpu:.3} s of CPU during {WINDOW:?} of exhaustion");
-    assert!(log_lines <= LOG_BOUND, "{log_lines} log lines during the window");
-    assert_eq!(kv(&probe, "ok"), KEEP as u64, "kept connections served: {probe}");
+    assert!(
+        cpu < CPU_BOUND,
+        "{cpu:.3} s of CPU during {WINDOW:?} of exhaustion"
+    );
+    assert!(
+        log_lines <= LOG_BOUND,
+        "{log_lines} log lines during the window"
+    );
+    assert_eq!(
+        kv(&probe, "ok"),
+        KEEP as u64,
+        "kept connections served: {probe}"
+    );
     assert!(recovered, "no `accepting again` line:\n{}", gw.log_tail(20));
     assert!(greeting.starts_with("220 "), "newcomer got {greeting:?}");
-    assert_eq!(live as usize, KEEP + 1, "live connections after the others left");
-    assert!(warnings <= 3, "{warnings} exhaustion warnings: the log is flooded");
+    assert_eq!(
+        live as usize,
+        KEEP + 1,
+        "live connections after the others left"
+    );
+    assert!(
+        warnings <= 3,
+        "{warnings} exhaustion warnings: the log is flooded"
+    );
     assert_no_panic(&gw);
 }

@@ -56,7 +56,9 @@ fn a_full_spool_answers_452_and_never_250() {
     let _mount = match Mount::tmpfs(&spool) {
         Ok(m) => m,
         Err(why) => {
-            loud(&format!("SKIP: full disk: cannot mount a tmpfs ({why}); the check did not run"));
+            loud(&format!(
+                "SKIP: full disk: cannot mount a tmpfs ({why}); the check did not run"
+            ));
             return;
         }
     };
@@ -111,15 +113,29 @@ fn a_full_spool_answers_452_and_never_250() {
             again.trim_end()
         ),
     );
-    assert!(other.is_empty(), "replies other than 250 and 452: {other:?}");
+    assert!(
+        other.is_empty(),
+        "replies other than 250 and 452: {other:?}"
+    );
     assert!(refused > 0, "the spool never filled up");
     assert!(!acked.is_empty(), "nothing fit in the spool");
-    assert_eq!(stored_when_full, acked.len(), "one file per 250, none for a 452");
-    assert_eq!(intact, acked.len(), "acknowledged messages present and intact");
+    assert_eq!(
+        stored_when_full,
+        acked.len(),
+        "one file per 250, none for a 452"
+    );
+    assert_eq!(
+        intact,
+        acked.len(),
+        "acknowledged messages present and intact"
+    );
     assert_eq!(tmp_when_full, 0, "failed writes left temporary files");
     assert_eq!(spool_errors, Some(refused as f64), "spool_error counter");
     assert!(again.starts_with("250 "), "after freeing space: {again:?}");
     assert_no_panic(&gw);
     gw.signal(Signal::SIGTERM).expect("SIGTERM");
-    assert!(gw.wait_exit(Duration::from_secs(20)).expect("wait").is_some());
+    assert!(gw
+        .wait_exit(Duration::from_secs(20))
+        .expect("wait")
+        .is_some());
 }

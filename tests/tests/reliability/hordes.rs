@@ -54,7 +54,10 @@ fn an_idle_horde_is_aborted_and_the_process_exits_in_time() {
     let exit_after = signalled.elapsed();
     let closed_by_server = client.ask("peer-closed 10000", "peer-closed", Duration::from_secs(30));
     client.finish();
-    assert!(gw.wait_log_end(Duration::from_secs(60)), "the log did not end");
+    assert!(
+        gw.wait_log_end(Duration::from_secs(60)),
+        "the log did not end"
+    );
     let aborting = gw
         .wait_phase("aborting", Duration::from_secs(5))
         .expect("an aborting phase line");
@@ -80,7 +83,11 @@ fn an_idle_horde_is_aborted_and_the_process_exits_in_time() {
         "exit {exit_after:?} after SIGTERM; bound {:?} + 1 s",
         DRAIN + ABORT
     );
-    assert_eq!(json_number(&aborting, "aborted"), Some(horde as i64), "{aborting}");
+    assert_eq!(
+        json_number(&aborting, "aborted"),
+        Some(horde as i64),
+        "{aborting}"
+    );
     assert_eq!(json_number(&stopped, "left_open"), Some(0), "{stopped}");
     assert_eq!(opened, horde, "sessions opened");
     assert_eq!(aborted_sessions, horde, "sessions ended by the abort");

@@ -53,8 +53,14 @@ fn fd_reuse_race_1000_times() {
         let mut b_survived = 0;
         for round in 0..rounds {
             // A's registry; B lives in it too, or in another one.
-            let one = ConnectionRegistry::builder().build().expect("registry").handle();
-            let other = ConnectionRegistry::builder().build().expect("registry").handle();
+            let one = ConnectionRegistry::builder()
+                .build()
+                .expect("registry")
+                .handle();
+            let other = ConnectionRegistry::builder()
+                .build()
+                .expect("registry")
+                .handle();
             let same = round % 2 == 0;
             let kind = one.kind("test", "t");
             let (shard, other_shard) = (one.shard(), other.shard());
@@ -82,13 +88,22 @@ fn fd_reuse_race_1000_times() {
             }
             assert!(guard_a.is_aborted(), "round {round}: A aborted");
             assert!(!b.is_aborted(), "round {round}: B must not be aborted");
-            let ok = echo(&mut b, &mut client_b, b"b still works").await.unwrap_or(false)
+            let ok = echo(&mut b, &mut client_b, b"b still works")
+                .await
+                .unwrap_or(false)
                 && echo(&mut b, &mut client_b, b"twice").await.unwrap_or(false);
-            assert!(ok, "round {round}: B's socket (fd {fd_a}) was hit by A's abort");
+            assert!(
+                ok,
+                "round {round}: B's socket (fd {fd_a}) was hit by A's abort"
+            );
             b_survived += 1;
             drop(guard_a);
             drop(b);
-            assert_eq!(one.live() + other.live(), 0, "round {round}: registries empty");
+            assert_eq!(
+                one.live() + other.live(),
+                0,
+                "round {round}: registries empty"
+            );
         }
         (reused, b_survived)
     });
@@ -96,7 +111,10 @@ fn fd_reuse_race_1000_times() {
         "races",
         &format!("fd reuse: rounds={rounds} fd number reused={reused} B unharmed={b_survived}"),
     );
-    assert_eq!(reused, rounds, "the kernel did not reuse A's fd in every round");
+    assert_eq!(
+        reused, rounds,
+        "the kernel did not reuse A's fd in every round"
+    );
     assert_eq!(b_survived, rounds);
 }
 
@@ -107,7 +125,10 @@ fn register_racing_shutdown_1000_times() {
     let total = THREADS * PER_THREAD;
     let (mut aborted_by_shutdown, mut aborted_at_registration) = (0usize, 0usize);
     for round in 0..rounds {
-        let registry = ConnectionRegistry::builder().build().expect("registry").handle();
+        let registry = ConnectionRegistry::builder()
+            .build()
+            .expect("registry")
+            .handle();
         let kind = registry.kind("test", "t");
         let start = Arc::new(Barrier::new(THREADS + 1));
         let threads: Vec<_> = (0..THREADS)
@@ -115,7 +136,9 @@ fn register_racing_shutdown_1000_times() {
                 let (shard, kind, start) = (registry.shard(), kind.clone(), Arc::clone(&start));
                 std::thread::spawn(move || {
                     start.wait();
-                    (0..PER_THREAD).map(|_| shard.register(&kind)).collect::<Vec<_>>()
+                    (0..PER_THREAD)
+                        .map(|_| shard.register(&kind))
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
@@ -131,15 +154,26 @@ fn register_racing_shutdown_1000_times() {
             .collect();
         assert_eq!(guards.len(), total);
         let not_aborted = guards.iter().filter(|g| !g.is_aborted()).count();
-        assert_eq!(not_aborted, 0, "round {round}: {not_aborted} connections escaped the shutdown");
+        assert_eq!(
+            not_aborted, 0,
+            "round {round}: {not_aborted} connections escaped the shutdown"
+        );
         let snap = registry.snapshot();
         assert_eq!(snap.live, total as u64, "round {round}: live");
         assert_eq!(snap.accepted(), total as u64, "round {round}: accepted");
-        assert_eq!(snap.aborted(), total as u64, "round {round}: each aborted exactly once");
+        assert_eq!(
+            snap.aborted(),
+            total as u64,
+            "round {round}: each aborted exactly once"
+        );
         aborted_by_shutdown += by_shutdown;
         aborted_at_registration += total - by_shutdown;
         drop(guards);
-        assert_eq!(registry.live(), 0, "round {round}: live after the guards dropped");
+        assert_eq!(
+            registry.live(),
+            0,
+            "round {round}: live after the guards dropped"
+        );
     }
     figure(
         "races",
