@@ -12,7 +12,9 @@ use std::process::{Command, Stdio};
 use crate::paths::workspace_root;
 
 /// Builds `lifecycle-gateway` with the release profile (load tests want an
-/// optimised server) and returns the path of the executable.
+/// optimised server) and returns the path of the executable; when
+/// [`GATEWAY_BIN_ENV`] (`LIFECYCLE_GATEWAY_BIN`) is set, returns that path
+/// instead.
 ///
 /// Runs `cargo build --release -p lifecycle-gateway
 /// --message-format=json-render-diagnostics` from the workspace root with
@@ -25,8 +27,25 @@ use crate::paths::workspace_root;
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn gateway_bin() -> io::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(GATEWAY_BIN_ENV) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{GATEWAY_BIN_ENV}={} is not a file; unset it to build the binary",
+                    path.display()
+                ),
+            ));
+        }
+        return Ok(path);
+    }
     cargo_bin("lifecycle-gateway", "lifecycle-gateway")
 }
+
+/// Names an already built `lifecycle-gateway` to use instead of building
+/// one (for CI that builds once, or a binary under investigation).
+pub const GATEWAY_BIN_ENV: &str = "LIFECYCLE_GATEWAY_BIN";
 
 /// Builds binary `bin` of package `package` in release mode and returns
 /// its path (see [`gateway_bin`]).

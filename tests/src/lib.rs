@@ -46,7 +46,7 @@ mod procfs;
 mod tool;
 mod unit_file;
 
-pub use binary::{cargo_bin, gateway_bin};
+pub use binary::{cargo_bin, gateway_bin, GATEWAY_BIN_ENV};
 pub use gateway::{
     json_field, json_number, metric_samples, metric_value, GatewayBuilder, GatewayProcess,
 };

@@ -15,7 +15,8 @@
 //!
 //! `hold` opens N silent connections to each ADDR, prints `held
 //! connected=C failed=F`, then obeys stdin commands: `greeted MS`, `probe
-//! K`, `release-except K`, `peer-closed MS`, `exit` (see [`Holder`]).
+//! K`, `deliver K`, `release-except K`, `peer-closed MS`, `exit` (see
+//! [`Holder`]).
 
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -429,6 +430,10 @@ fn hold(args: &[String]) -> Result<(), String> {
                 let ok = holder.probe(usize::try_from(arg).unwrap_or(0));
                 say(&format!("probe ok={ok}"));
             }
+            "deliver" => {
+                let replies = holder.deliver(usize::try_from(arg).unwrap_or(0));
+                say(&format!("deliver {}", replies.join(" | ")));
+            }
             "release-except" => {
                 let released = holder.release_except(usize::try_from(arg).unwrap_or(0));
                 say(&format!("released {released}"));
@@ -484,6 +489,36 @@ impl Holder {
             }
         }
         ok
+    }
+
+    /// On the first `k` greeted connections (after `probe`): one whole
+    /// transaction each. Returns the reply to the final dot of each.
+    fn deliver(&mut self, k: usize) -> Vec<String> {
+        let mut replies = Vec::new();
+        for &i in self.greeted.iter().take(k) {
+            let Some(Some(s)) = self.conns.get(i) else {
+                continue;
+            };
+            let reply = (|| -> io::Result<String> {
+                let mut r = BufReader::new(s.try_clone()?);
+                let mut w = s;
+                let mut last = String::new();
+                for command in [
+                    "HELO holder.test\r\n",
+                    "MAIL FROM:<holder@test>\r\n",
+                    "RCPT TO:<rcpt@test>\r\n",
+                    "DATA\r\n",
+                    "Subject: stored under exhaustion?\r\n\r\nbody\r\n.\r\n",
+                ] {
+                    w.write_all(command.as_bytes())?;
+                    last.clear();
+                    r.read_line(&mut last)?;
+                }
+                Ok(last.trim_end().to_owned())
+            })();
+            replies.push(reply.unwrap_or_else(|e| format!("error: {e}")));
+        }
+        replies
     }
 
     /// Closes every connection but the first `k` greeted ones.

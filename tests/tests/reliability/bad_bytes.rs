@@ -139,8 +139,9 @@ fn session(i: usize, smtp: SocketAddr, imap: SocketAddr, acked: &Acked) -> Resul
                 expect(&c.reply().map_err(io)?, code, &String::from_utf8_lossy(cmd))?;
             }
         }
-        // Bare LF line ends, bare CR inside lines, a bare-LF dot that does
-        // not end the message.
+        // Bare LF line ends, bare CR inside lines, NUL and 8-bit bytes in
+        // the body, a bare-LF dot that does not end the message: stored
+        // byte for byte.
         4 => {
             let mut c = Smtp::connect(smtp).map_err(io)?;
             for (cmd, code) in [
@@ -153,7 +154,7 @@ fn session(i: usize, smtp: SocketAddr, imap: SocketAddr, acked: &Acked) -> Resul
                 expect(&c.reply().map_err(io)?, code, &cmd)?;
             }
             let body = format!(
-                "Subject: bare-{i}\r\n\r\nbare LF\nbare CR\rin a line\r\n\n.\nstill the body\r\n"
+                "Subject: bare-{i}\r\n\r\nbare LF\nbare CR\rin a line\r\nNUL \0 and 8-bit \u{e9}\r\n\n.\nstill the body\r\n"
             );
             c.send(body.as_bytes()).map_err(io)?;
             c.send(b".\r\nQUIT\r\n").map_err(io)?;

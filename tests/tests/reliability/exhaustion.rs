@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use lifecycle_tests::{metric_samples, GatewayProcess};
 
+use super::smtp::spool_files;
 use super::{assert_no_panic, figure, gateway, kv, scaled, turn, LoadClient};
 
 const LIMIT: u64 = 256;
@@ -48,6 +49,10 @@ fn descriptor_exhaustion_backs_off_and_recovers() {
 
     // It keeps serving the connections it has.
     let probe = client.ask(&format!("probe {KEEP}"), "probe", Duration::from_secs(60));
+    // A message it cannot store (no descriptor for the spool file) is
+    // answered 452, never 250.
+    let delivered = client.ask("deliver 1", "deliver", Duration::from_secs(60));
+    let stored_while_exhausted = spool_files(gw.spool_dir()).len();
 
     // Clients leave: it accepts again, and a new client is served.
     let released = client.ask(
@@ -88,7 +93,7 @@ fn descriptor_exhaustion_backs_off_and_recovers() {
         "descriptor_exhaustion",
         &format!(
             "RLIMIT_NOFILE={LIMIT}; {held}; {greeted}; fds in use={fds}; during {WINDOW:?} of \
-             exhaustion: cpu={cpu:.3}s log lines={log_lines}; {probe} of {KEEP}; {released}; \
+             exhaustion: cpu={cpu:.3}s log lines={log_lines}; {probe} of {KEEP}; {delivered} (files stored: {stored_while_exhausted}); {released}; \
              exhaustion warnings in the whole log={warnings}; recovered={recovered}; \
              newcomer greeting={:?}; live afterwards={live}; first warning: {warned}",
             greeting.trim_end()
@@ -108,6 +113,11 @@ fn descriptor_exhaustion_backs_off_and_recovers() {
         KEEP as u64,
         "kept connections served: {probe}"
     );
+    assert!(
+        delivered.starts_with("deliver 452 "),
+        "a message sent while out of descriptors: {delivered}"
+    );
+    assert_eq!(stored_while_exhausted, 0, "spool files while exhausted");
     assert!(recovered, "no `accepting again` line:\n{}", gw.log_tail(20));
     assert!(greeting.starts_with("220 "), "newcomer got {greeting:?}");
     assert_eq!(
