@@ -58,7 +58,7 @@ fn sigkill_never_leaves_a_partial_message_and_loses_no_acknowledged_one() {
 
         let sent = Arc::new(Mutex::new(Sent::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let senders: Vec<_> = (0..SENDERS)
+        let mut senders: Vec<_> = (0..SENDERS)
             .map(|t| {
                 let (sent, stop, addr) = (Arc::clone(&sent), Arc::clone(&stop), gw.smtp);
                 std::thread::spawn(move || send_loop(addr, round, t, &sent, &stop))
@@ -74,15 +74,23 @@ fn sigkill_never_leaves_a_partial_message_and_loses_no_acknowledged_one() {
             "round {round}: nothing acknowledged"
         );
 
-        // The victim transaction: killed mid-DATA (even rounds) or right
-        // after its final dot, while the spool writes it (odd rounds).
+        // The victim transaction: killed mid-DATA (even rounds, while the
+        // senders go on) or right after its final dot, while the spool
+        // writes it (odd rounds, alone, so that the kill lands in its
+        // write).
         let during_data = round % 2 == 0;
+        if !during_data {
+            stop.store(true, Ordering::SeqCst);
+            for s in senders.drain(..) {
+                let _ = s.join();
+            }
+        }
         let (at_kill, kill_now) = mpsc::channel();
         let victim = {
             let (sent, addr) = (Arc::clone(&sent), gw.smtp);
             std::thread::spawn(move || {
                 let tag = format!("victim-{round}");
-                let size = if during_data { 2 << 20 } else { 4 << 20 };
+                let size = if during_data { 2 << 20 } else { 8 << 20 };
                 let msg = body(&tag, size);
                 let Ok(mut c) = Smtp::connect(addr) else {
                     return;
@@ -110,10 +118,16 @@ fn sigkill_never_leaves_a_partial_message_and_loses_no_acknowledged_one() {
         };
         let _ = kill_now.recv_timeout(Duration::from_secs(30));
         if !during_data {
-            // Kill while a spool write is under way: as soon as a
-            // temporary file is there (the victim's or a sender's).
+            // Kill while a spool write is under way: as soon as the spool
+            // changes (a temporary file, or a new message file, appears;
+            // the victim's or a sender's). A spool that wrote messages in
+            // place would show a partial message here.
+            let messages = spool_files(&spool).len();
             let deadline = Instant::now() + Duration::from_secs(5);
-            while tmp_files(&spool) == 0 && Instant::now() < deadline {
+            while tmp_files(&spool) == 0
+                && spool_files(&spool).len() == messages
+                && Instant::now() < deadline
+            {
                 std::hint::spin_loop();
             }
         }
