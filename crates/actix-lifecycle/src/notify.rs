@@ -1,0 +1,512 @@
+//! The `SystemdNotifier` actor: readiness, status, stopping and watchdog
+//! notifications to the service manager (`sd_notify(3)`), and the
+//! synchronous [`NotifySender`] underneath it.
+
+mod env;
+mod error;
+mod messages;
+mod sender;
+mod status;
+
+use std::time::{Duration, Instant};
+
+use actix::{
+    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, MessageResult, ResponseFuture,
+    WrapFuture,
+};
+use slog::{debug, error, info, o, warn, Logger};
+use tokio::sync::oneshot;
+
+pub use env::NotifyEnv;
+pub use error::NotifyError;
+pub use messages::{GetNotifierState, NotifierState, SendMainPid, WaitReady};
+pub use sender::NotifySender;
+
+use crate::broker::{FdBroker, GetInventory};
+use crate::lifecycle::Lifecycle;
+use crate::listener::{GetListenerInfo, ListenerActor};
+use crate::phase::ShutdownHandle;
+use crate::registry::RegistryHandle;
+
+/// Default least time between two `STATUS=` notifications.
+const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// A send from the actor waits at most this long for room in the service
+/// manager's queue: the arbiter must not stall behind a stuck manager.
+const ACTOR_SEND_TIMEOUT: Duration = Duration::from_millis(100);
+/// How often readiness is polled while listeners start.
+const READY_POLL: Duration = Duration::from_millis(20);
+/// After this long without readiness, the listeners still missing are logged.
+const READY_SLOW: Duration = Duration::from_secs(5);
+/// Watchdog pings are never closer together than this.
+const MIN_WATCHDOG_PERIOD: Duration = Duration::from_millis(1);
+
+/// Builds a [`SystemdNotifier`]; see there.
+#[must_use]
+pub struct NotifierBuilder {
+    env: NotifyEnv,
+    shutdown: ShutdownHandle,
+    connections: RegistryHandle,
+    broker: Addr<FdBroker>,
+    listeners: Vec<Addr<ListenerActor>>,
+    log: Logger,
+    status_interval: Duration,
+}
+
+impl std::fmt::Debug for NotifierBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotifierBuilder")
+            .field("env", &self.env)
+            .field("listeners", &self.listeners.len())
+            .field("status_interval", &self.status_interval)
+            .finish()
+    }
+}
+
+impl NotifierBuilder {
+    /// Logs go to `log` (key `actor=notify`). Default: the lifecycle's logger.
+    pub fn logger(mut self, log: Logger) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// Readiness also waits until this listener reports that it accepts
+    /// ([`GetListenerInfo`]). Give every listener actor you start.
+    pub fn listener(mut self, listener: Addr<ListenerActor>) -> Self {
+        self.listeners.push(listener);
+        self
+    }
+
+    /// [`listener`](Self::listener) for each of `listeners`.
+    pub fn listeners(mut self, listeners: impl IntoIterator<Item = Addr<ListenerActor>>) -> Self {
+        self.listeners.extend(listeners);
+        self
+    }
+
+    /// The least time between two `STATUS=` notifications. Default 1 s; a
+    /// status is sent only when its text changed.
+    pub fn status_interval(mut self, interval: Duration) -> Self {
+        self.status_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The actor, not started. Bad `NOTIFY_SOCKET`, `WATCHDOG_USEC` or
+    /// `WATCHDOG_PID` values are logged as errors naming the variable, and
+    /// that part is turned off; nothing panics.
+    pub fn build(self) -> SystemdNotifier {
+        let log = self.log.new(o!("actor" => "notify"));
+        let sender = match self.env.sender() {
+            Ok(Some(sender)) => match sender.send_timeout(ACTOR_SEND_TIMEOUT) {
+                Ok(sender) => Some(sender),
+                Err(e) => {
+                    error!(log, "cannot set up notifications; none will be sent"; "error" => %e);
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                error!(log, "cannot set up notifications; none will be sent"; "error" => %e);
+                None
+            }
+        };
+        let watchdog = match self.env.watchdog() {
+            Ok(Some(interval)) if sender.is_none() => {
+                warn!(log, "WATCHDOG_USEC is set but there is no NOTIFY_SOCKET to ping";
+                    "interval_ms" => interval.as_millis() as u64);
+                None
+            }
+            Ok(w) => w,
+            Err(e) => {
+                error!(log, "watchdog turned off"; "error" => %e);
+                None
+            }
+        };
+        SystemdNotifier {
+            sender,
+            watchdog,
+            shutdown: self.shutdown,
+            connections: self.connections,
+            broker: self.broker,
+            listeners: self.listeners,
+            log,
+            status_interval: self.status_interval,
+            readiness: Readiness::Waiting,
+            ready_waiters: Vec::new(),
+            handed_over_to: None,
+            last_status: None,
+            last_status_at: None,
+            sent: 0,
+            send_errors: 0,
+            failing: false,
+            watchdog_pings: 0,
+        }
+    }
+
+    /// Builds and starts the actor on the current arbiter. Start it on the
+    /// arbiter whose liveness the watchdog should prove (normally the
+    /// System's, where the lifecycle runs).
+    pub fn start(self) -> Addr<SystemdNotifier> {
+        self.build().start()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Readiness {
+    Waiting,
+    Ready,
+    Never,
+}
+
+/// Tells the service manager (systemd, `Type=notify`) how a [`Lifecycle`]
+/// fares, when `NOTIFY_SOCKET` is set; without it nothing is sent and
+/// nothing fails.
+///
+/// * `READY=1` once every listener accepts: every listener of the
+///   lifecycle's inventory was taken from the [`FdBroker`] (served, or
+///   closed as unclaimed) and every [`ListenerActor`] given to the builder
+///   answers [`GetListenerInfo`] with `accepting`. Never, if shutdown
+///   begins first or a listener dies before it accepts (logged).
+/// * `STATUS=` with the phase and live connections per listener
+///   (`running: 3 connections (imap 1, smtp 2)`), at most once per
+///   status interval (1 s) and only when the text changed.
+/// * `STOPPING=1` when draining begins.
+/// * `WATCHDOG=1` at half of `WATCHDOG_USEC`, when it is set for this
+///   process, from an interval on this actor's arbiter: if the arbiter is
+///   stuck, the pings stop and the service manager restarts the service.
+/// * `MAINPID=` on request ([`SendMainPid`]).
+///
+/// The variables are read once, by [`from_env`](Self::from_env), or given
+/// explicitly with [`builder`](Self::builder). [`WaitReady`] tells the
+/// service itself when it is ready, with or without a service manager.
+///
+/// ```
+/// use actix_lifecycle::{
+///     BeginShutdown, ConnHandler, Lifecycle, NotifyEnv, SystemdNotifier, WaitReady,
+/// };
+/// use lifecycle_handoff::{Inventory, ListenerSpec, PassedListener};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("notify");
+/// // Stands in for systemd's notification socket.
+/// let systemd = std::os::unix::net::UnixDatagram::bind(&path)?;
+///
+/// let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let inventory = Inventory {
+///     listeners: vec![PassedListener { spec: ListenerSpec::tcp("web", tcp.local_addr()?), fd: tcp.into() }],
+///     files: vec![],
+/// };
+/// actix::System::new().block_on(async move {
+///     let lifecycle = Lifecycle::builder(inventory).handle_signals(false).start().unwrap();
+///     let web = lifecycle.serve("web", "http", ConnHandler::new(|_conn| async {}));
+///     // In a service: SystemdNotifier::from_env(&lifecycle).listener(web).start()
+///     let env = NotifyEnv::new().notify_socket(&path);
+///     let notifier = SystemdNotifier::builder(&lifecycle, env).listener(web).start();
+///     assert!(notifier.send(WaitReady).await.unwrap());
+///     lifecycle.coordinator().do_send(BeginShutdown);
+/// });
+/// let mut buf = [0u8; 256];
+/// let n = systemd.recv(&mut buf)?;
+/// assert_eq!(&buf[..n], b"READY=1\n");
+/// # Ok(())
+/// # }
+/// ```
+pub struct SystemdNotifier {
+    sender: Option<NotifySender>,
+    watchdog: Option<Duration>,
+    shutdown: ShutdownHandle,
+    connections: RegistryHandle,
+    broker: Addr<FdBroker>,
+    listeners: Vec<Addr<ListenerActor>>,
+    log: Logger,
+    status_interval: Duration,
+    readiness: Readiness,
+    ready_waiters: Vec<oneshot::Sender<bool>>,
+    handed_over_to: Option<u32>,
+    last_status: Option<String>,
+    last_status_at: Option<Instant>,
+    sent: u64,
+    send_errors: u64,
+    failing: bool,
+    watchdog_pings: u64,
+}
+
+impl std::fmt::Debug for SystemdNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemdNotifier")
+            .field("socket", &self.sender.as_ref().map(NotifySender::socket))
+            .field("watchdog", &self.watchdog)
+            .field("readiness", &self.readiness)
+            .finish()
+    }
+}
+
+impl SystemdNotifier {
+    /// A builder for `lifecycle` with the variables of this process
+    /// (`NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID`), read now.
+    pub fn from_env(lifecycle: &Lifecycle) -> NotifierBuilder {
+        SystemdNotifier::builder(lifecycle, NotifyEnv::from_process())
+    }
+
+    /// A builder for `lifecycle` with the variables given in `env`.
+    pub fn builder(lifecycle: &Lifecycle, env: NotifyEnv) -> NotifierBuilder {
+        NotifierBuilder {
+            env,
+            shutdown: lifecycle.shutdown_handle(),
+            connections: lifecycle.connections().clone(),
+            broker: lifecycle.broker().clone(),
+            listeners: Vec::new(),
+            log: lifecycle.logger().clone(),
+            status_interval: DEFAULT_STATUS_INTERVAL,
+        }
+    }
+
+    /// Sends with `f` if notifications are on and this process is still
+    /// the main one; counts and logs the outcome (the first failure of a
+    /// run at warning level, the rest at debug level).
+    fn send(&mut self, what: &str, f: impl FnOnce(&NotifySender) -> Result<(), NotifyError>) {
+        if self.handed_over_to.is_some() {
+            debug!(self.log, "not the main process any more: notification dropped"; "what" => what);
+            return;
+        }
+        let Some(sender) = &self.sender else {
+            return;
+        };
+        match f(sender) {
+            Ok(()) => {
+                self.sent += 1;
+                if self.failing {
+                    info!(self.log, "notifications get through again"; "what" => what);
+                    self.failing = false;
+                }
+            }
+            Err(e) => {
+                self.send_errors += 1;
+                if self.failing {
+                    debug!(self.log, "notification not sent"; "what" => what, "error" => %e);
+                } else {
+                    warn!(self.log, "notification not sent"; "what" => what, "error" => %e);
+                    self.failing = true;
+                }
+            }
+        }
+    }
+
+    fn became_ready(&mut self, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                self.readiness = Readiness::Ready;
+                info!(self.log, "ready: every listener accepts";
+                    "listeners" => self.listeners.len(), "notify" => self.sender.is_some());
+                self.send("READY=1", NotifySender::ready);
+            }
+            Err(why) => {
+                self.readiness = Readiness::Never;
+                if self.shutdown.is_draining() {
+                    info!(self.log, "not ready: {}", why);
+                } else {
+                    error!(self.log, "not ready: {}", why);
+                }
+            }
+        }
+        let ready = self.readiness == Readiness::Ready;
+        for waiter in self.ready_waiters.drain(..) {
+            let _ = waiter.send(ready);
+        }
+    }
+
+    fn status_tick(&mut self) {
+        if self.sender.is_none() || self.handed_over_to.is_some() {
+            return;
+        }
+        if self
+            .last_status_at
+            .is_some_and(|at| at.elapsed() < self.status_interval)
+        {
+            return;
+        }
+        let line = status::status_line(
+            self.shutdown.phase(),
+            self.readiness == Readiness::Ready,
+            &self.connections.snapshot(),
+        );
+        if self.last_status.as_deref() == Some(line.as_str()) {
+            return;
+        }
+        self.last_status_at = Some(Instant::now());
+        let errors = self.send_errors;
+        self.send("STATUS=", |s| s.status(&line));
+        if self.send_errors == errors {
+            self.last_status = Some(line);
+        }
+    }
+}
+
+/// Waits until every inventory listener was taken and every given listener
+/// accepts; `Err` says why that will not happen.
+async fn wait_until_ready(
+    broker: Addr<FdBroker>,
+    listeners: Vec<Addr<ListenerActor>>,
+    shutdown: ShutdownHandle,
+    log: Logger,
+) -> Result<(), String> {
+    let began = Instant::now();
+    let mut warned = false;
+    loop {
+        if shutdown.is_draining() {
+            return Err("shutdown began before every listener accepted".to_owned());
+        }
+        let report = broker
+            .send(GetInventory)
+            .await
+            .map_err(|_| "the FdBroker stopped before every listener was taken".to_owned())?;
+        let pending: Vec<&str> = report
+            .listeners
+            .iter()
+            .filter(|l| !l.taken)
+            .map(|l| l.spec.name())
+            .collect();
+        if pending.is_empty() {
+            break;
+        }
+        if !warned && began.elapsed() >= READY_SLOW {
+            warn!(log, "still not ready: listeners of the inventory nobody serves; \
+                start a ListenerActor for each or send CloseUnclaimed";
+                "listeners" => pending.join(","));
+            warned = true;
+        }
+        actix_rt::time::sleep(READY_POLL).await;
+    }
+    for (i, listener) in listeners.iter().enumerate() {
+        loop {
+            if shutdown.is_draining() {
+                return Err("shutdown began before every listener accepted".to_owned());
+            }
+            let info = listener.send(GetListenerInfo).await.map_err(|_| {
+                format!(
+                    "listener actor #{} given to the notifier stopped before it accepted \
+                     (its error is logged above)",
+                    i + 1
+                )
+            })?;
+            if info.accepting {
+                break;
+            }
+            actix_rt::time::sleep(READY_POLL).await;
+        }
+    }
+    Ok(())
+}
+
+impl Actor for SystemdNotifier {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        info!(self.log, "service manager notifications";
+            "notify_socket" => self.sender.as_ref().map(|s| s.socket().to_owned()),
+            "watchdog_ms" => self.watchdog.map(|w| w.as_millis() as u64));
+
+        if let Some(interval) = self.watchdog {
+            let period = (interval / 2).max(MIN_WATCHDOG_PERIOD);
+            let ping = |act: &mut Self, _: &mut Context<Self>| {
+                let sent = act.sent;
+                act.send("WATCHDOG=1", NotifySender::watchdog);
+                if act.sent > sent {
+                    act.watchdog_pings += 1;
+                }
+            };
+            ping(self, ctx);
+            ctx.run_interval(period, ping);
+        }
+
+        let wait = wait_until_ready(
+            self.broker.clone(),
+            self.listeners.clone(),
+            self.shutdown.clone(),
+            self.log.clone(),
+        );
+        ctx.spawn(
+            wait.into_actor(self)
+                .map(|res, act, _| act.became_ready(res)),
+        );
+
+        let shutdown = self.shutdown.clone();
+        ctx.spawn(
+            async move { shutdown.draining().await }
+                .into_actor(self)
+                .map(|(), act, _| act.send("STOPPING=1", NotifySender::stopping)),
+        );
+
+        if self.sender.is_some() {
+            // Ticks several times per interval; status_tick itself keeps
+            // the sends at least one interval apart.
+            let tick = (self.status_interval / 4).max(Duration::from_millis(1));
+            ctx.run_interval(tick, |act, _| act.status_tick());
+        }
+    }
+}
+
+impl Handler<WaitReady> for SystemdNotifier {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, _msg: WaitReady, _ctx: &mut Self::Context) -> Self::Result {
+        debug!(self.log, "wait ready");
+        match self.readiness {
+            Readiness::Ready => Box::pin(async { true }),
+            Readiness::Never => Box::pin(async { false }),
+            Readiness::Waiting => {
+                let (tx, rx) = oneshot::channel();
+                self.ready_waiters.push(tx);
+                Box::pin(async move { rx.await.unwrap_or(false) })
+            }
+        }
+    }
+}
+
+impl Handler<SendMainPid> for SystemdNotifier {
+    type Result = Result<(), NotifyError>;
+
+    fn handle(&mut self, msg: SendMainPid, _ctx: &mut Self::Context) -> Self::Result {
+        debug!(self.log, "send main pid"; "pid" => msg.pid);
+        let Some(sender) = &self.sender else {
+            return Ok(());
+        };
+        if let Some(to) = self.handed_over_to {
+            debug!(self.log, "MAINPID= not sent: already handed over"; "to" => to);
+            return Ok(());
+        }
+        match sender.main_pid(msg.pid) {
+            Ok(()) => {
+                self.sent += 1;
+                if msg.pid != std::process::id() {
+                    info!(self.log, "main process handed over; this process sends no more notifications";
+                        "main_pid" => msg.pid);
+                    self.handed_over_to = Some(msg.pid);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.send_errors += 1;
+                warn!(self.log, "MAINPID= not sent"; "error" => %e);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Handler<GetNotifierState> for SystemdNotifier {
+    type Result = MessageResult<GetNotifierState>;
+
+    fn handle(&mut self, _msg: GetNotifierState, _ctx: &mut Self::Context) -> Self::Result {
+        debug!(self.log, "get notifier state");
+        MessageResult(NotifierState {
+            notify_socket: self.sender.as_ref().map(|s| s.socket().to_owned()),
+            watchdog_interval: self.watchdog,
+            ready: self.readiness == Readiness::Ready,
+            handed_over_to: self.handed_over_to,
+            sent: self.sent,
+            send_errors: self.send_errors,
+            watchdog_pings: self.watchdog_pings,
+            last_status: self.last_status.clone(),
+        })
+    }
+}
