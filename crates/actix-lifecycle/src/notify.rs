@@ -429,6 +429,10 @@ impl Actor for SystemdNotifier {
                 .map(|res, act, _| act.became_ready(res)),
         );
 
+        // STOPPING=1 is sent synchronously where draining is observed, not
+        // through a queue: an idle service goes from Draining to Stopped and
+        // stops the System in one step, and a further hop could be dropped
+        // with the runtime.
         let shutdown = self.shutdown.clone();
         ctx.spawn(
             async move { shutdown.draining().await }
