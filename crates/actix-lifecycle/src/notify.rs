@@ -8,6 +8,7 @@ mod messages;
 mod sender;
 mod status;
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use actix::{
@@ -30,9 +31,16 @@ use crate::registry::RegistryHandle;
 
 /// Default least time between two `STATUS=` notifications.
 const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(1);
-/// A send from the actor waits at most this long for room in the service
-/// manager's queue: the arbiter must not stall behind a stuck manager.
-const ACTOR_SEND_TIMEOUT: Duration = Duration::from_millis(100);
+/// Sends from the actor never wait for room in the service manager's
+/// queue: a stuck manager must not stall the arbiter (with a short watchdog
+/// period, waiting sends would occupy it completely). A full queue drops a
+/// `WATCHDOG=1` or `STATUS=` (the next one follows), while `READY=1` and
+/// `STOPPING=1` are kept in order and retried.
+const ACTOR_SEND_TIMEOUT: Duration = Duration::ZERO;
+/// How often `READY=1`/`STOPPING=1` are retried while the queue is full.
+const OUTBOX_RETRY: Duration = Duration::from_millis(20);
+/// Retries before a `READY=1`/`STOPPING=1` is given up (5 s).
+const OUTBOX_MAX_RETRIES: u32 = 250;
 /// How often readiness is polled while listeners start.
 const READY_POLL: Duration = Duration::from_millis(20);
 /// After this long without readiness, the listeners still missing are logged.
@@ -131,6 +139,9 @@ impl NotifierBuilder {
             status_interval: self.status_interval,
             readiness: Readiness::Waiting,
             ready_waiters: Vec::new(),
+            outbox: VecDeque::new(),
+            outbox_retries: 0,
+            outbox_retry_scheduled: false,
             handed_over_to: None,
             last_status: None,
             last_status_at: None,
@@ -147,6 +158,33 @@ impl NotifierBuilder {
     pub fn start(self) -> Addr<SystemdNotifier> {
         self.build().start()
     }
+}
+
+/// A notification that must not be lost to a momentarily full queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Note {
+    Ready,
+    Stopping,
+}
+
+impl Note {
+    fn what(self) -> &'static str {
+        match self {
+            Note::Ready => "READY=1",
+            Note::Stopping => "STOPPING=1",
+        }
+    }
+
+    fn send(self, sender: &NotifySender) -> Result<(), NotifyError> {
+        match self {
+            Note::Ready => sender.ready(),
+            Note::Stopping => sender.stopping(),
+        }
+    }
+}
+
+fn queue_full(e: &NotifyError) -> bool {
+    matches!(e, NotifyError::Send { source, .. } if source.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +211,10 @@ enum Readiness {
 ///   process, from an interval on this actor's arbiter: if the arbiter is
 ///   stuck, the pings stop and the service manager restarts the service.
 /// * `MAINPID=` on request ([`SendMainPid`]).
+///
+/// Sends never block the arbiter: when the service manager's queue is
+/// full, a ping or a status is dropped (counted, logged once per run of
+/// failures) and `READY=1`/`STOPPING=1` are retried in order for up to 5 s.
 ///
 /// The variables are read once, by [`from_env`](Self::from_env), or given
 /// explicitly with [`builder`](Self::builder). [`WaitReady`] tells the
@@ -221,6 +263,9 @@ pub struct SystemdNotifier {
     status_interval: Duration,
     readiness: Readiness,
     ready_waiters: Vec<oneshot::Sender<bool>>,
+    outbox: VecDeque<Note>,
+    outbox_retries: u32,
+    outbox_retry_scheduled: bool,
     handed_over_to: Option<u32>,
     last_status: Option<String>,
     last_status_at: Option<Instant>,
@@ -291,13 +336,65 @@ impl SystemdNotifier {
         }
     }
 
-    fn became_ready(&mut self, outcome: Result<(), String>) {
+    /// Queues `note` behind any earlier one and sends what it can.
+    fn post(&mut self, ctx: &mut Context<Self>, note: Note) {
+        if self.sender.is_none() || self.handed_over_to.is_some() {
+            return;
+        }
+        self.outbox.push_back(note);
+        self.flush(ctx);
+    }
+
+    /// Sends queued notes in order; on a full queue retries later.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.handed_over_to.is_some() {
+            self.outbox.clear();
+            return;
+        }
+        let Some(sender) = &self.sender else {
+            self.outbox.clear();
+            return;
+        };
+        while let Some(note) = self.outbox.front().copied() {
+            match note.send(sender) {
+                Ok(()) => {
+                    self.outbox.pop_front();
+                    self.outbox_retries = 0;
+                    self.sent += 1;
+                    if self.failing {
+                        info!(self.log, "notifications get through again"; "what" => note.what());
+                        self.failing = false;
+                    }
+                }
+                Err(e) if queue_full(&e) && self.outbox_retries < OUTBOX_MAX_RETRIES => {
+                    self.outbox_retries += 1;
+                    if !self.outbox_retry_scheduled {
+                        self.outbox_retry_scheduled = true;
+                        ctx.run_later(OUTBOX_RETRY, |act, ctx| {
+                            act.outbox_retry_scheduled = false;
+                            act.flush(ctx);
+                        });
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.outbox.pop_front();
+                    self.outbox_retries = 0;
+                    self.send_errors += 1;
+                    self.failing = true;
+                    error!(self.log, "notification not sent"; "what" => note.what(), "error" => %e);
+                }
+            }
+        }
+    }
+
+    fn became_ready(&mut self, ctx: &mut Context<Self>, outcome: Result<(), String>) {
         match outcome {
             Ok(()) => {
                 self.readiness = Readiness::Ready;
                 info!(self.log, "ready: every listener accepts";
                     "listeners" => self.listeners.len(), "notify" => self.sender.is_some());
-                self.send("READY=1", NotifySender::ready);
+                self.post(ctx, Note::Ready);
             }
             Err(why) => {
                 self.readiness = Readiness::Never;
@@ -426,7 +523,7 @@ impl Actor for SystemdNotifier {
         );
         ctx.spawn(
             wait.into_actor(self)
-                .map(|res, act, _| act.became_ready(res)),
+                .map(|res, act, ctx| act.became_ready(ctx, res)),
         );
 
         // STOPPING=1 is sent synchronously where draining is observed, not
@@ -437,7 +534,7 @@ impl Actor for SystemdNotifier {
         ctx.spawn(
             async move { shutdown.draining().await }
                 .into_actor(self)
-                .map(|(), act, _| act.send("STOPPING=1", NotifySender::stopping)),
+                .map(|(), act, ctx| act.post(ctx, Note::Stopping)),
         );
 
         if self.sender.is_some() {
