@@ -2,9 +2,11 @@
 //! notifications to the service manager (`sd_notify(3)`), and the
 //! synchronous [`NotifySender`] underneath it.
 
+mod builder;
 mod env;
 mod error;
 mod messages;
+mod readiness;
 mod sender;
 mod status;
 
@@ -15,17 +17,18 @@ use actix::{
     Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, MessageResult, ResponseFuture,
     WrapFuture,
 };
-use slog::{debug, error, info, o, warn, Logger};
+use slog::{debug, error, info, warn, Logger};
 use tokio::sync::oneshot;
 
+pub use builder::NotifierBuilder;
 pub use env::NotifyEnv;
 pub use error::NotifyError;
 pub use messages::{GetNotifierState, NotifierState, SendMainPid, WaitReady};
 pub use sender::NotifySender;
 
-use crate::broker::{FdBroker, GetInventory};
+use crate::broker::FdBroker;
 use crate::lifecycle::Lifecycle;
-use crate::listener::{GetListenerInfo, ListenerActor};
+use crate::listener::ListenerActor;
 use crate::phase::ShutdownHandle;
 use crate::registry::RegistryHandle;
 
@@ -41,124 +44,8 @@ const ACTOR_SEND_TIMEOUT: Duration = Duration::ZERO;
 const OUTBOX_RETRY: Duration = Duration::from_millis(20);
 /// Retries before a `READY=1`/`STOPPING=1` is given up (5 s).
 const OUTBOX_MAX_RETRIES: u32 = 250;
-/// How often readiness is polled while listeners start.
-const READY_POLL: Duration = Duration::from_millis(20);
-/// After this long without readiness, the listeners still missing are logged.
-const READY_SLOW: Duration = Duration::from_secs(5);
 /// Watchdog pings are never closer together than this.
 const MIN_WATCHDOG_PERIOD: Duration = Duration::from_millis(1);
-
-/// Builds a [`SystemdNotifier`]; see there.
-#[must_use]
-pub struct NotifierBuilder {
-    env: NotifyEnv,
-    shutdown: ShutdownHandle,
-    connections: RegistryHandle,
-    broker: Addr<FdBroker>,
-    listeners: Vec<Addr<ListenerActor>>,
-    log: Logger,
-    status_interval: Duration,
-}
-
-impl std::fmt::Debug for NotifierBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NotifierBuilder")
-            .field("env", &self.env)
-            .field("listeners", &self.listeners.len())
-            .field("status_interval", &self.status_interval)
-            .finish()
-    }
-}
-
-impl NotifierBuilder {
-    /// Logs go to `log` (key `actor=notify`). Default: the lifecycle's logger.
-    pub fn logger(mut self, log: Logger) -> Self {
-        self.log = log;
-        self
-    }
-
-    /// Readiness also waits until this listener reports that it accepts
-    /// ([`GetListenerInfo`]). Give every listener actor you start.
-    pub fn listener(mut self, listener: Addr<ListenerActor>) -> Self {
-        self.listeners.push(listener);
-        self
-    }
-
-    /// [`listener`](Self::listener) for each of `listeners`.
-    pub fn listeners(mut self, listeners: impl IntoIterator<Item = Addr<ListenerActor>>) -> Self {
-        self.listeners.extend(listeners);
-        self
-    }
-
-    /// The least time between two `STATUS=` notifications. Default 1 s; a
-    /// status is sent only when its text changed.
-    pub fn status_interval(mut self, interval: Duration) -> Self {
-        self.status_interval = interval.max(Duration::from_millis(1));
-        self
-    }
-
-    /// The actor, not started. Bad `NOTIFY_SOCKET`, `WATCHDOG_USEC` or
-    /// `WATCHDOG_PID` values are logged as errors naming the variable, and
-    /// that part is turned off; nothing panics.
-    pub fn build(self) -> SystemdNotifier {
-        let log = self.log.new(o!("actor" => "notify"));
-        let sender = match self.env.sender() {
-            Ok(Some(sender)) => match sender.send_timeout(ACTOR_SEND_TIMEOUT) {
-                Ok(sender) => Some(sender),
-                Err(e) => {
-                    error!(log, "cannot set up notifications; none will be sent"; "error" => %e);
-                    None
-                }
-            },
-            Ok(None) => None,
-            Err(e) => {
-                error!(log, "cannot set up notifications; none will be sent"; "error" => %e);
-                None
-            }
-        };
-        let watchdog = match self.env.watchdog() {
-            Ok(Some(interval)) if sender.is_none() => {
-                warn!(log, "WATCHDOG_USEC is set but there is no NOTIFY_SOCKET to ping";
-                    "interval_ms" => interval.as_millis() as u64);
-                None
-            }
-            Ok(w) => w,
-            Err(e) => {
-                error!(log, "watchdog turned off"; "error" => %e);
-                None
-            }
-        };
-        SystemdNotifier {
-            sender,
-            watchdog,
-            shutdown: self.shutdown,
-            connections: self.connections,
-            broker: self.broker,
-            listeners: self.listeners,
-            log,
-            status_interval: self.status_interval,
-            readiness: Readiness::Waiting,
-            ready_waiters: Vec::new(),
-            outbox: VecDeque::new(),
-            outbox_retries: 0,
-            outbox_retry_scheduled: false,
-            handed_over_to: None,
-            last_status: None,
-            last_status_at: None,
-            sent: 0,
-            send_errors: 0,
-            failing: false,
-            watchdog_pings: 0,
-        }
-    }
-
-    /// Builds and starts the actor on the current arbiter. Start it on the
-    /// arbiter whose liveness the watchdog should prove (normally the
-    /// System's, where the lifecycle runs).
-    pub fn start(self) -> Addr<SystemdNotifier> {
-        self.build().start()
-    }
-}
 
 /// A notification that must not be lost to a momentarily full queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,7 +88,7 @@ enum Readiness {
 /// * `READY=1` once every listener accepts: every listener of the
 ///   lifecycle's inventory was taken from the [`FdBroker`] (served, or
 ///   closed as unclaimed) and every [`ListenerActor`] given to the builder
-///   answers [`GetListenerInfo`] with `accepting`. Never, if shutdown
+///   answers [`GetListenerInfo`](crate::GetListenerInfo) with `accepting`. Never, if shutdown
 ///   begins first or a listener dies before it accepts (logged).
 /// * `STATUS=` with the phase and live connections per listener
 ///   (`running: 3 connections (imap 1, smtp 2)`), at most once per
@@ -294,15 +181,7 @@ impl SystemdNotifier {
 
     /// A builder for `lifecycle` with the variables given in `env`.
     pub fn builder(lifecycle: &Lifecycle, env: NotifyEnv) -> NotifierBuilder {
-        NotifierBuilder {
-            env,
-            shutdown: lifecycle.shutdown_handle(),
-            connections: lifecycle.connections().clone(),
-            broker: lifecycle.broker().clone(),
-            listeners: Vec::new(),
-            log: lifecycle.logger().clone(),
-            status_interval: DEFAULT_STATUS_INTERVAL,
-        }
+        NotifierBuilder::new(lifecycle, env)
     }
 
     /// Sends with `f` if notifications are on and this process is still
@@ -438,62 +317,6 @@ impl SystemdNotifier {
     }
 }
 
-/// Waits until every inventory listener was taken and every given listener
-/// accepts; `Err` says why that will not happen.
-async fn wait_until_ready(
-    broker: Addr<FdBroker>,
-    listeners: Vec<Addr<ListenerActor>>,
-    shutdown: ShutdownHandle,
-    log: Logger,
-) -> Result<(), String> {
-    let began = Instant::now();
-    let mut warned = false;
-    loop {
-        if shutdown.is_draining() {
-            return Err("shutdown began before every listener accepted".to_owned());
-        }
-        let report = broker
-            .send(GetInventory)
-            .await
-            .map_err(|_| "the FdBroker stopped before every listener was taken".to_owned())?;
-        let pending: Vec<&str> = report
-            .listeners
-            .iter()
-            .filter(|l| !l.taken)
-            .map(|l| l.spec.name())
-            .collect();
-        if pending.is_empty() {
-            break;
-        }
-        if !warned && began.elapsed() >= READY_SLOW {
-            warn!(log, "still not ready: listeners of the inventory nobody serves; \
-                start a ListenerActor for each or send CloseUnclaimed";
-                "listeners" => pending.join(","));
-            warned = true;
-        }
-        actix_rt::time::sleep(READY_POLL).await;
-    }
-    for (i, listener) in listeners.iter().enumerate() {
-        loop {
-            if shutdown.is_draining() {
-                return Err("shutdown began before every listener accepted".to_owned());
-            }
-            let info = listener.send(GetListenerInfo).await.map_err(|_| {
-                format!(
-                    "listener actor #{} given to the notifier stopped before it accepted \
-                     (its error is logged above)",
-                    i + 1
-                )
-            })?;
-            if info.accepting {
-                break;
-            }
-            actix_rt::time::sleep(READY_POLL).await;
-        }
-    }
-    Ok(())
-}
-
 impl Actor for SystemdNotifier {
     type Context = Context<Self>;
 
@@ -515,7 +338,7 @@ impl Actor for SystemdNotifier {
             ctx.run_interval(period, ping);
         }
 
-        let wait = wait_until_ready(
+        let wait = readiness::wait_until_ready(
             self.broker.clone(),
             self.listeners.clone(),
             self.shutdown.clone(),
