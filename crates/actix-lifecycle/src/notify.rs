@@ -349,10 +349,11 @@ impl Actor for SystemdNotifier {
                 .map(|res, act, ctx| act.became_ready(ctx, res)),
         );
 
-        // STOPPING=1 is sent synchronously where draining is observed, not
-        // through a queue: an idle service goes from Draining to Stopped and
-        // stops the System in one step, and a further hop could be dropped
-        // with the runtime.
+        // STOPPING=1 is sent synchronously where draining is observed (the
+        // outbox holds it back only while the manager's queue is full): an
+        // idle service goes from Draining to Stopped and stops the System in
+        // one step, and a further hop (a channel, another task) could be
+        // dropped with the runtime.
         let shutdown = self.shutdown.clone();
         ctx.spawn(
             async move { shutdown.draining().await }
