@@ -100,6 +100,7 @@ mod harness;
 mod lifecycle;
 mod listener;
 mod metrics;
+mod notify;
 mod phase;
 mod registry;
 mod shutdown;
@@ -116,6 +117,10 @@ pub use listener::{
     ListenerInfo, PeerAddr, StopAccepting, Stream, ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN,
 };
 pub use metrics::{DEFAULT_PREFIX, DURATION_BUCKETS};
+pub use notify::{
+    GetNotifierState, NotifierBuilder, NotifierState, NotifyEnv, NotifyError, NotifySender,
+    SendMainPid, SystemdNotifier, WaitReady,
+};
 pub use phase::{Phase, PhaseController, ShutdownHandle};
 pub use registry::{
     Abort, ConnKind, ConnectionGuard, ConnectionInfo, ConnectionRegistry, Done, KindCount,
@@ -129,3 +134,5 @@ pub use shutdown::{
 
 #[doc(no_inline)]
 pub use lifecycle_handoff::Inventory;
+#[doc(no_inline)]
+pub use sd_notify::NotifyState;

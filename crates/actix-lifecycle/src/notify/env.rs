@@ -1,0 +1,124 @@
+//! [`NotifyEnv`]: the service manager's variables, read once and injectable.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use super::error::NotifyError;
+use super::sender::{lossy, NotifySender};
+
+/// The variables a service manager passes about notifications:
+/// `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID`.
+///
+/// Read them once at start with [`from_process`](Self::from_process), or
+/// set them explicitly (tests, or a process that got them from elsewhere);
+/// nothing here reads the environment again.
+///
+/// ```
+/// use std::time::Duration;
+/// use actix_lifecycle::NotifyEnv;
+///
+/// let env = NotifyEnv::new().watchdog_usec("30000000");
+/// assert_eq!(env.watchdog().unwrap(), Some(Duration::from_secs(30)));
+/// assert!(env.sender().unwrap().is_none(), "no NOTIFY_SOCKET: nothing to send to");
+///
+/// let bad = NotifyEnv::new().watchdog_usec("30s");
+/// assert!(bad.watchdog().unwrap_err().to_string().contains("WATCHDOG_USEC"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NotifyEnv {
+    notify_socket: Option<OsString>,
+    watchdog_usec: Option<OsString>,
+    watchdog_pid: Option<OsString>,
+}
+
+impl NotifyEnv {
+    /// No variable set: nothing is sent and there is no watchdog.
+    pub fn new() -> NotifyEnv {
+        NotifyEnv::default()
+    }
+
+    /// The three variables of this process, read now. They are left in the
+    /// environment: remove them from children you spawn
+    /// (`Command::env_remove`) so they do not notify in your name.
+    pub fn from_process() -> NotifyEnv {
+        NotifyEnv {
+            notify_socket: std::env::var_os("NOTIFY_SOCKET"),
+            watchdog_usec: std::env::var_os("WATCHDOG_USEC"),
+            watchdog_pid: std::env::var_os("WATCHDOG_PID"),
+        }
+    }
+
+    /// Sets `NOTIFY_SOCKET`: an absolute path or `@abstract-name`.
+    pub fn notify_socket(mut self, value: impl Into<OsString>) -> NotifyEnv {
+        self.notify_socket = Some(value.into());
+        self
+    }
+
+    /// Sets `WATCHDOG_USEC`: the watchdog interval in microseconds.
+    pub fn watchdog_usec(mut self, value: impl Into<OsString>) -> NotifyEnv {
+        self.watchdog_usec = Some(value.into());
+        self
+    }
+
+    /// Sets `WATCHDOG_PID`: the process the watchdog is meant for.
+    pub fn watchdog_pid(mut self, value: impl Into<OsString>) -> NotifyEnv {
+        self.watchdog_pid = Some(value.into());
+        self
+    }
+
+    /// True when `NOTIFY_SOCKET` is set and not empty.
+    pub fn has_notify_socket(&self) -> bool {
+        self.notify_socket.as_ref().is_some_and(|v| !v.is_empty())
+    }
+
+    /// A sender for `NOTIFY_SOCKET`; `None` when it is unset or empty.
+    pub fn sender(&self) -> Result<Option<NotifySender>, NotifyError> {
+        match &self.notify_socket {
+            Some(value) if !value.is_empty() => NotifySender::new(value).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The watchdog interval the service manager expects pings within, as
+    /// `sd_watchdog_enabled(3)` decides: `None` when `WATCHDOG_USEC` is
+    /// unset or `WATCHDOG_PID` names another process; an error naming the
+    /// variable when either is not a number (or the interval is zero).
+    pub fn watchdog(&self) -> Result<Option<Duration>, NotifyError> {
+        let Some(raw) = &self.watchdog_usec else {
+            return Ok(None);
+        };
+        let usec_err = |reason: &str| NotifyError::WatchdogUsec {
+            value: lossy(raw),
+            reason: reason.to_owned(),
+        };
+        let usec: u64 = raw
+            .to_str()
+            .ok_or_else(|| usec_err("it is not UTF-8"))?
+            .parse()
+            .map_err(|e| usec_err(&format!("not a whole number ({e})")))?;
+        if usec == 0 {
+            return Err(usec_err("zero would need pings without pause"));
+        }
+        if usec == u64::MAX {
+            return Err(usec_err("it is the infinity marker"));
+        }
+        if let Some(raw_pid) = &self.watchdog_pid {
+            let pid_err = |reason: &str| NotifyError::WatchdogPid {
+                value: lossy(raw_pid),
+                reason: reason.to_owned(),
+            };
+            let pid: u32 = raw_pid
+                .to_str()
+                .ok_or_else(|| pid_err("it is not UTF-8"))?
+                .parse()
+                .map_err(|e| pid_err(&format!("not a whole number ({e})")))?;
+            if pid == 0 {
+                return Err(pid_err("0 is not a process"));
+            }
+            if pid != std::process::id() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(Duration::from_micros(usec)))
+    }
+}
