@@ -1,13 +1,14 @@
 //! The `SystemdNotifier` actor: readiness, status, stopping and watchdog
-//! notifications to the service manager (`sd_notify(3)`), and the
-//! synchronous [`NotifySender`] underneath it.
+//! notifications to the service manager (`sd_notify(3)`). The synchronous
+//! sender underneath it, the parsing of `NOTIFY_SOCKET`, `WATCHDOG_USEC` and
+//! `WATCHDOG_PID`, and their error are lifecycle-handoff's
+//! ([`Notifier`](lifecycle_handoff::Notifier),
+//! re-exported here as [`NotifySender`]; [`NotifyEnv`]; [`NotifyError`]),
+//! shared with the privileged parent.
 
 mod builder;
-mod env;
-mod error;
 mod messages;
 mod readiness;
-mod sender;
 mod status;
 
 use std::collections::VecDeque;
@@ -21,10 +22,8 @@ use slog::{debug, error, info, warn, Logger};
 use tokio::sync::oneshot;
 
 pub use builder::NotifierBuilder;
-pub use env::NotifyEnv;
-pub use error::NotifyError;
+pub use lifecycle_handoff::{Notifier as NotifySender, NotifyEnv, NotifyError};
 pub use messages::{GetNotifierState, NotifierState, SendMainPid, WaitReady};
-pub use sender::NotifySender;
 
 use crate::broker::FdBroker;
 use crate::lifecycle::Lifecycle;
@@ -68,10 +67,6 @@ impl Note {
             Note::Stopping => sender.stopping(),
         }
     }
-}
-
-fn queue_full(e: &NotifyError) -> bool {
-    matches!(e, NotifyError::Send { source, .. } if source.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,7 +240,7 @@ impl SystemdNotifier {
                         self.failing = false;
                     }
                 }
-                Err(e) if queue_full(&e) && self.outbox_retries < OUTBOX_MAX_RETRIES => {
+                Err(e) if e.is_queue_full() && self.outbox_retries < OUTBOX_MAX_RETRIES => {
                     self.outbox_retries += 1;
                     if !self.outbox_retry_scheduled {
                         self.outbox_retry_scheduled = true;

@@ -195,7 +195,10 @@ pub use handoff::{Handoff, HandoffBuilder};
 pub use inventory::{Inventory, PassedFile, PassedListener};
 pub use lineage::Lineage;
 pub use mode::{Mode, ModeChoice};
-pub use notify::{Notifier, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
+pub use notify::{
+    Notifier, NotifyEnv, NotifyError, NotifyState, DEFAULT_SEND_TIMEOUT, NOTIFY_SOCKET,
+    WATCHDOG_PID, WATCHDOG_USEC,
+};
 pub use privilege::{verify_cannot_regain_root, TargetUser};
 pub use ready::{ReadyChannel, ReadyPair, ReadyReceiver, ReadyState, READY_MESSAGE};
 pub use spawn::{pass_fds, ChildSpawner};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use actix::Message;
 
-use super::error::NotifyError;
+use lifecycle_handoff::NotifyError;
 
 /// Resolves once the service is ready (every listener accepts): `true`.
 /// Resolves `false` when it never will be: shutdown began first, or a

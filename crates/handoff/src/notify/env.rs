@@ -4,18 +4,21 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use super::error::NotifyError;
-use super::sender::{lossy, NotifySender};
+use super::{Notifier, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
+use crate::environment::{Environment, ProcessEnvironment};
 
 /// The variables a service manager passes about notifications:
 /// `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID`.
 ///
-/// Read them once at start with [`from_process`](Self::from_process), or
-/// set them explicitly (tests, or a process that got them from elsewhere);
-/// nothing here reads the environment again.
+/// Read them once at start with [`from_process`](Self::from_process) (or
+/// [`from_environment`](Self::from_environment) from any [`Environment`]),
+/// or set them explicitly (tests, or a process that got them from
+/// elsewhere); nothing here reads the environment again. This is the only
+/// place that parses them.
 ///
 /// ```
 /// use std::time::Duration;
-/// use actix_lifecycle::NotifyEnv;
+/// use lifecycle_handoff::NotifyEnv;
 ///
 /// let env = NotifyEnv::new().watchdog_usec("30000000");
 /// assert_eq!(env.watchdog().unwrap(), Some(Duration::from_secs(30)));
@@ -41,10 +44,25 @@ impl NotifyEnv {
     /// environment: remove them from children you spawn
     /// (`Command::env_remove`) so they do not notify in your name.
     pub fn from_process() -> NotifyEnv {
+        NotifyEnv::from_environment(&ProcessEnvironment)
+    }
+
+    /// The three variables as `env` holds them, read now (and left there).
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// use lifecycle_handoff::NotifyEnv;
+    ///
+    /// let env = BTreeMap::from([("NOTIFY_SOCKET".into(), "@systemd-notify".into())]);
+    /// let env = NotifyEnv::from_environment(&env);
+    /// assert!(env.has_notify_socket());
+    /// assert_eq!(env.watchdog().unwrap(), None);
+    /// ```
+    pub fn from_environment(env: &impl Environment) -> NotifyEnv {
         NotifyEnv {
-            notify_socket: std::env::var_os("NOTIFY_SOCKET"),
-            watchdog_usec: std::env::var_os("WATCHDOG_USEC"),
-            watchdog_pid: std::env::var_os("WATCHDOG_PID"),
+            notify_socket: env.var(NOTIFY_SOCKET),
+            watchdog_usec: env.var(WATCHDOG_USEC),
+            watchdog_pid: env.var(WATCHDOG_PID),
         }
     }
 
@@ -71,10 +89,12 @@ impl NotifyEnv {
         self.notify_socket.as_ref().is_some_and(|v| !v.is_empty())
     }
 
-    /// A sender for `NOTIFY_SOCKET`; `None` when it is unset or empty.
-    pub fn sender(&self) -> Result<Option<NotifySender>, NotifyError> {
+    /// A sender for `NOTIFY_SOCKET`; `None` when it is unset or empty (an
+    /// empty value is the usual way to turn notifications off, e.g.
+    /// `NOTIFY_SOCKET= program`).
+    pub fn sender(&self) -> Result<Option<Notifier>, NotifyError> {
         match &self.notify_socket {
-            Some(value) if !value.is_empty() => NotifySender::new(value).map(Some),
+            Some(value) if !value.is_empty() => Notifier::new(value).map(Some),
             _ => Ok(None),
         }
     }
@@ -121,4 +141,9 @@ impl NotifyEnv {
         }
         Ok(Some(Duration::from_micros(usec)))
     }
+}
+
+/// Lossy text of a variable's value, for error messages.
+fn lossy(value: &OsString) -> String {
+    value.to_string_lossy().into_owned()
 }

@@ -44,7 +44,7 @@ pub enum NotifyError {
     /// A notification field would break the line-based protocol.
     #[error(
         "notification {state:?} contains a newline, which would split it into two \
-         assignments; send one assignment per state (STATUS= text is cleaned by NotifySender::status)"
+         assignments; send one assignment per state (STATUS= text is cleaned by Notifier::status)"
     )]
     Newline {
         /// The offending assignment.
@@ -73,4 +73,24 @@ pub enum NotifyError {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+impl NotifyError {
+    /// True when a send failed only because the service manager's queue
+    /// stayed full for the whole send timeout (`WouldBlock`, at once with a
+    /// zero timeout): a later send of the same notification may succeed.
+    ///
+    /// ```
+    /// use lifecycle_handoff::NotifyError;
+    ///
+    /// let full = NotifyError::Send {
+    ///     socket: "/run/systemd/notify".into(),
+    ///     what: "READY=1".into(),
+    ///     source: std::io::ErrorKind::WouldBlock.into(),
+    /// };
+    /// assert!(full.is_queue_full());
+    /// ```
+    pub fn is_queue_full(&self) -> bool {
+        matches!(self, NotifyError::Send { source, .. } if source.kind() == io::ErrorKind::WouldBlock)
+    }
 }
