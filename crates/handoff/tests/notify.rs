@@ -228,7 +228,16 @@ fn the_variables_are_read_from_an_injected_environment() {
 
 #[test]
 fn bad_watchdog_values_are_errors_naming_the_variable() {
-    for bad in ["abc", "0", "", "-5", "30s", "18446744073709551615"] {
+    for bad in [
+        "abc",
+        "0",
+        "",
+        "-5",
+        "+5",
+        " 5",
+        "30s",
+        "18446744073709551615",
+    ] {
         let err = NotifyEnv::new().watchdog_usec(bad).watchdog().unwrap_err();
         assert!(matches!(err, NotifyError::WatchdogUsec { .. }), "{err:?}");
         let text = err.to_string();
@@ -237,7 +246,7 @@ fn bad_watchdog_values_are_errors_naming_the_variable() {
             "{text}"
         );
     }
-    for bad in ["me", "0"] {
+    for bad in ["me", "0", "+1", "4294967296"] {
         let err = NotifyEnv::new()
             .watchdog_usec("1000000")
             .watchdog_pid(bad)

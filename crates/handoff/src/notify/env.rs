@@ -111,11 +111,7 @@ impl NotifyEnv {
             value: lossy(raw),
             reason: reason.to_owned(),
         };
-        let usec: u64 = raw
-            .to_str()
-            .ok_or_else(|| usec_err("it is not UTF-8"))?
-            .parse()
-            .map_err(|e| usec_err(&format!("not a whole number ({e})")))?;
+        let usec = whole_number(raw).map_err(|reason| usec_err(&reason))?;
         if usec == 0 {
             return Err(usec_err("zero would need pings without pause"));
         }
@@ -127,11 +123,8 @@ impl NotifyEnv {
                 value: lossy(raw_pid),
                 reason: reason.to_owned(),
             };
-            let pid: u32 = raw_pid
-                .to_str()
-                .ok_or_else(|| pid_err("it is not UTF-8"))?
-                .parse()
-                .map_err(|e| pid_err(&format!("not a whole number ({e})")))?;
+            let pid = whole_number(raw_pid).map_err(|reason| pid_err(&reason))?;
+            let pid = u32::try_from(pid).map_err(|_| pid_err("too large for a process id"))?;
             if pid == 0 {
                 return Err(pid_err("0 is not a process"));
             }
@@ -141,6 +134,16 @@ impl NotifyEnv {
         }
         Ok(Some(Duration::from_micros(usec)))
     }
+}
+
+/// A decimal number of digits only (no sign, no spaces), or why not.
+fn whole_number(raw: &OsString) -> Result<u64, String> {
+    let text = raw.to_str().ok_or("it is not UTF-8")?;
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("not a whole number".to_owned());
+    }
+    text.parse()
+        .map_err(|e| format!("not a whole number ({e})"))
 }
 
 /// Lossy text of a variable's value, for error messages.
