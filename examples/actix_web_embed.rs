@@ -17,7 +17,7 @@
 //!   ends; the process then exits 0.
 //!
 //! `cargo run -p lifecycle-examples --example actix_web_embed [ADDR]`
-//! (default `127.0.0.1:8080`; prints `listening on ADDR`), then
+//! (default `127.0.0.1:8080`; prints `listening on ADDR` once ready), then
 //! `curl localhost:8080/`, `curl localhost:8080/metrics`, `curl localhost:8080/readyz`,
 //! and Ctrl-C. Here actix-web binds its own socket; to take it from a
 //! privileged parent or systemd instead, pass
@@ -27,7 +27,7 @@ use std::any::Any;
 use std::io;
 use std::time::Duration;
 
-use actix_lifecycle::{ConnKind, Lifecycle, RegistryShard, ShutdownHandle};
+use actix_lifecycle::{ConnKind, GetPhase, Lifecycle, RegistryShard, ShutdownHandle};
 use actix_web::dev::Extensions;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use lifecycle_handoff::Inventory;
@@ -112,9 +112,7 @@ fn main() -> io::Result<()> {
         .disable_signals()
         .shutdown_timeout(DRAIN_GRACE.saturating_sub(READINESS_DELAY).as_secs())
         .bind(&addr)?;
-        for addr in server.addrs() {
-            println!("listening on {addr}");
-        }
+        let addrs = server.addrs();
         let server = server.run();
         let server_handle = server.handle();
         actix_web::rt::spawn(server);
@@ -129,6 +127,11 @@ fn main() -> io::Result<()> {
             );
             server_handle.stop(true).await;
         });
+        // Once the coordinator answers, its signal handlers are in place.
+        let _ = lifecycle.coordinator().send(GetPhase).await;
+        for addr in addrs {
+            println!("listening on {addr}");
+        }
         Ok::<_, io::Error>(())
     })?;
     // The coordinator stops the System with 0 after a clean SIGTERM/SIGINT.

@@ -1,16 +1,14 @@
-//! A complete echo service with the whole lifecycle: descriptors from
-//! `Handoff`, tracked connections, and a graceful stop on SIGTERM/Ctrl-C
-//! (open clients get `bye`, the process exits 0).
+//! A complete echo service with the whole lifecycle: descriptors from `Handoff`,
+//! tracked connections, a graceful stop on SIGTERM/Ctrl-C (clients get `bye`; exit 0).
 //!
-//! `cargo run -p lifecycle-examples --example minimal [ADDR]` (default
-//! `127.0.0.1:7007`; prints `listening on ADDR`), then `nc 127.0.0.1 7007`.
-//! `Handoff::detect("ECHO")` also takes sockets from systemd
-//! (`systemd-socket-activate -l 127.0.0.1:7007 target/debug/examples/minimal`)
-//! or an `ECHO_*` hand-off. As root it says `privileged` and binds as in
-//! immediate mode, but this example starts no unprivileged child (the
+//! `cargo run -p lifecycle-examples --example minimal [ADDR]` (default `127.0.0.1:7007`;
+//! prints `listening on ADDR` once ready), then `nc 127.0.0.1 7007`. `Handoff::detect`
+//! also takes sockets from systemd (`systemd-socket-activate -l 127.0.0.1:7007
+//! target/debug/examples/minimal`) or an `ECHO_*` hand-off. As root it says `privileged`
+//! and binds as immediate mode does, but this example starts no unprivileged child (the
 //! gateway does), so it serves as root: fine to try, not for production.
 
-use actix_lifecycle::{ConnHandler, Lifecycle};
+use actix_lifecycle::{ConnHandler, GetPhase, Lifecycle};
 use lifecycle_handoff::{Handoff, ListenerSpec};
 use slog::{info, o, Drain};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -43,16 +41,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let drain = slog_term::FullFormat::new(slog_term::PlainSyncDecorator::new(std::io::stderr()));
     let log = slog::Logger::root(drain.build().fuse(), o!());
     info!(log, "descriptors ready"; "mode" => %handoff.mode(), "reason" => handoff.reason());
-    for listener in &handoff.inventory().listeners {
-        println!("listening on {}", listener.spec.address());
-    }
+    let listening: String = (handoff.inventory().listeners.iter())
+        .map(|l| format!("listening on {}\n", l.spec.address()))
+        .collect();
     let inventory = handoff.into_inventory();
 
     let system = actix::System::new();
     system.block_on(async move {
         let lifecycle = Lifecycle::builder(inventory).logger(log).start()?;
         lifecycle.serve("echo", "echo", echo());
-        Ok::<_, actix_lifecycle::LifecycleError>(())
+        lifecycle.coordinator().send(GetPhase).await?; // signal handlers are in place
+        print!("{listening}");
+        Ok::<_, Box<dyn std::error::Error>>(())
     })?;
     // The coordinator stops the System with 0 after a clean SIGTERM/SIGINT.
     std::process::exit(system.run_with_code()?)
