@@ -2,11 +2,11 @@
 //! tracked connections, a graceful stop on SIGTERM/Ctrl-C (clients get `bye`; exit 0).
 //!
 //! `cargo run -p lifecycle-examples --example minimal [ADDR]` (default `127.0.0.1:7007`;
-//! prints `listening on ADDR` once ready), then `nc 127.0.0.1 7007`. `Handoff::detect`
-//! also takes sockets from systemd (`systemd-socket-activate -l 127.0.0.1:7007
-//! target/debug/examples/minimal`) or an `ECHO_*` hand-off. As root it says `privileged`
-//! and binds as immediate mode does, but this example starts no unprivileged child (the
-//! gateway does), so it serves as root: fine to try, not for production.
+//! prints `listening on ADDR` once ready), then `nc 127.0.0.1 7007`. `Handoff::detect` also
+//! takes the socket from systemd (`systemd-socket-activate -l 127.0.0.1:7007 --fdname=echo
+//! target/debug/examples/minimal`) or an `ECHO_*` hand-off. As root it says `privileged` and
+//! binds as immediate mode does, but this example starts no unprivileged child (the gateway
+//! does), so it serves as root: fine to try, not for production.
 
 use actix_lifecycle::{ConnHandler, GetPhase, Lifecycle};
 use lifecycle_handoff::{Handoff, ListenerSpec};
