@@ -14,7 +14,8 @@
 //!   flight, close idle keep-alive connections). The coordinator's abort
 //!   cannot cut these connections (they are not `Tracked` streams), so
 //!   actix-web's `shutdown_timeout` drops what is left when the drain grace
-//!   ends; the process then exits 0.
+//!   ends; the process then exits 0. A service with no open connection
+//!   stops at once (there is nobody to tell it is unready).
 //!
 //! `cargo run -p lifecycle-examples --example actix_web_embed [ADDR]`
 //! (default `127.0.0.1:8080`; prints `listening on ADDR` once ready), then
@@ -128,7 +129,7 @@ fn main() -> io::Result<()> {
             server_handle.stop(true).await;
         });
         // Once the coordinator answers, its signal handlers are in place.
-        let _ = lifecycle.coordinator().send(GetPhase).await;
+        (lifecycle.coordinator().send(GetPhase).await).map_err(io::Error::other)?;
         for addr in addrs {
             println!("listening on {addr}");
         }
