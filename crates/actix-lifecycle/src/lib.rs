@@ -1,12 +1,112 @@
 //! Connection lifecycle for actix services.
 //!
-//! Actors that own the descriptors a process was given (`FdBroker`), serve
-//! them (`ListenerActor`), track every live connection by protocol and
-//! listener (`ConnectionRegistry`, with prometheus gauges), and shut down
-//! gracefully within bounds (`Shutdown`).
+//! Actors that own the descriptors a process was given ([`FdBroker`]),
+//! serve them ([`ListenerActor`]), track every live connection by protocol
+//! and listener ([`ConnectionRegistry`], with prometheus metrics), and shut
+//! down gracefully within bounds ([`ShutdownCoordinator`]): `Running →
+//! Draining → Aborting → Stopped`, observed by handlers through a
+//! [`ShutdownHandle`]. [`Lifecycle`] starts them together; [`Harness`]
+//! runs the whole thing in a test, driven by messages.
+//!
+//! A complete echo server. In production the [`Inventory`] comes from
+//! `lifecycle_handoff` (a privileged parent, systemd, or a direct bind) and
+//! the service stops on SIGTERM; here it binds itself and a client sends
+//! [`BeginShutdown`] so the example ends.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use actix_lifecycle::{BeginShutdown, ConnHandler, Lifecycle};
+//! use lifecycle_handoff::{Inventory, ListenerSpec, PassedListener};
+//! use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+//!
+//! fn main() -> std::io::Result<()> {
+//!     let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+//!     let addr = tcp.local_addr()?;
+//!     let inventory = Inventory {
+//!         listeners: vec![PassedListener { spec: ListenerSpec::tcp("echo", addr), fd: tcp.into() }],
+//!         files: vec![],
+//!     };
+//!     let log = slog::Logger::root(slog::Discard, slog::o!());
+//!
+//!     let system = actix::System::new();
+//!     system.block_on(async move {
+//!         let lifecycle = Lifecycle::builder(inventory)
+//!             .logger(log)
+//!             .drain_grace(Duration::from_secs(3))
+//!             .start()
+//!             .expect("metrics register on a fresh registry");
+//!
+//!         lifecycle.serve("echo", "echo", ConnHandler::new(|conn| async move {
+//!             let shutdown = conn.shutdown().clone();
+//!             // The Conn is the stream; it stays registered until dropped.
+//!             let (reader, mut writer) = tokio::io::split(conn);
+//!             let mut lines = BufReader::new(reader).lines();
+//!             while let Ok(Some(line)) = lines.next_line().await {
+//!                 if shutdown.is_draining() {
+//!                     let _ = writer.write_all(b"bye: shutting down\n").await;
+//!                     break;
+//!                 }
+//!                 if writer.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+//!                     break;
+//!                 }
+//!             }
+//!             // The halves drop here: the socket closes and the connection is unregistered.
+//!         }));
+//!
+//!         // A client, then a shutdown message in place of SIGTERM.
+//!         let coordinator = lifecycle.coordinator().clone();
+//!         actix::spawn(async move {
+//!             let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+//!             let (reader, mut writer) = client.into_split();
+//!             writer.write_all(b"hello\n").await.unwrap();
+//!             let mut lines = BufReader::new(reader).lines();
+//!             assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("hello"));
+//!             drop((lines, writer));
+//!             coordinator.do_send(BeginShutdown);
+//!         });
+//!     });
+//!     // The coordinator stops the System with status 0 once everything closed.
+//!     let code = system.run_with_code()?;
+//!     assert_eq!(code, 0);
+//!     Ok(())
+//! }
+//! ```
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod broker;
+mod error;
+mod harness;
+mod lifecycle;
+mod listener;
+mod metrics;
 mod phase;
+mod registry;
+mod shutdown;
 
+pub use broker::{
+    CloseUnclaimed, FdBroker, FileState, GetInventory, InventoryReport, ListenerState, TakeFile,
+    TakeListener,
+};
+pub use error::{BrokerError, LifecycleError, ListenerError};
+pub use harness::{Harness, HarnessBuilder, HarnessInfo, Start};
+pub use lifecycle::{Lifecycle, LifecycleBuilder};
+pub use listener::{
+    Accepted, Conn, ConnHandler, ConnParts, GetListenerInfo, ListenerActor, ListenerBuilder,
+    ListenerInfo, PeerAddr, StopAccepting, Stream, ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN,
+};
+pub use metrics::{DEFAULT_PREFIX, DURATION_BUCKETS};
 pub use phase::{Phase, PhaseController, ShutdownHandle};
+pub use registry::{
+    Abort, ConnKind, ConnectionGuard, ConnectionInfo, ConnectionRegistry, Done, KindCount,
+    Register, RegistryBuilder, RegistryHandle, RegistryShard, RegistrySnapshot, Shutdown, Snapshot,
+    Tracked, Unregister,
+};
+pub use shutdown::{
+    BeginShutdown, GetPhase, ShutdownBuilder, ShutdownCoordinator, SignalReceived, StopOutcome,
+    WaitStopped, DEFAULT_ABORT_GRACE, DEFAULT_DRAIN_GRACE,
+};
+
+#[doc(no_inline)]
+pub use lifecycle_handoff::Inventory;

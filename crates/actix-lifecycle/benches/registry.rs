@@ -1,0 +1,2 @@
+//! Registry benchmark (placeholder until the criterion bench lands).
+fn main() {}

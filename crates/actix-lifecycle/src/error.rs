@@ -1,0 +1,113 @@
+//! Typed errors of the actors. Every message names the culprit and the fix.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Why the [`FdBroker`](crate::FdBroker) could not hand out a descriptor.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// No listener with this name was ever in the inventory.
+    #[error(
+        "no listener named {name:?} in the inventory (known: {known}); \
+         declare it in the configuration so it is bound or passed to this process"
+    )]
+    UnknownListener {
+        /// The name asked for.
+        name: String,
+        /// The names the inventory holds, comma-separated.
+        known: String,
+    },
+    /// The listener was handed out before; a second take is refused
+    /// instead of silently duplicating the socket.
+    #[error(
+        "listener {name:?} was already taken by another ListenerActor; \
+         start one ListenerActor per listener name"
+    )]
+    ListenerTaken {
+        /// The name asked for.
+        name: String,
+    },
+    /// No file with this path was ever in the inventory.
+    #[error(
+        "no file {path:?} in the inventory; declare it so the privileged \
+         start opens it and passes it to this process"
+    )]
+    UnknownFile {
+        /// The path asked for.
+        path: PathBuf,
+    },
+    /// Every descriptor opened for this path was already taken.
+    #[error(
+        "every descriptor for file {path:?} was already taken ({count} passed); \
+         declare the file once more per extra reader"
+    )]
+    FileExhausted {
+        /// The path asked for.
+        path: PathBuf,
+        /// How many descriptors were passed for the path.
+        count: usize,
+    },
+    /// The broker actor is gone (its System stopped).
+    #[error("the FdBroker actor is not running; start it before the listeners")]
+    Gone,
+}
+
+/// Why a [`ListenerActor`](crate::ListenerActor) could not serve its socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// The broker refused the socket.
+    #[error("listener {name:?}: {source}")]
+    Broker {
+        /// The listener name.
+        name: String,
+        /// What the broker said.
+        #[source]
+        source: BrokerError,
+    },
+    /// The descriptor could not be turned into a non-blocking tokio listener.
+    #[error(
+        "listener {name:?}: cannot adopt the socket into tokio: {source}; \
+         the descriptor must be a listening stream socket of the declared network"
+    )]
+    Adopt {
+        /// The listener name.
+        name: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why the lifecycle (or a test harness) could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// The metrics could not be registered on the injected prometheus registry.
+    #[error(
+        "cannot register metrics with prefix {prefix:?}: {source}; \
+         use another prefix or a separate prometheus::Registry per instance"
+    )]
+    Metrics {
+        /// The metric name prefix in use.
+        prefix: String,
+        /// What prometheus said.
+        #[source]
+        source: prometheus::Error,
+    },
+    /// A listener of a test harness could not be bound.
+    #[error("cannot bind listener {name:?} on {address}: {source}; pick a free address")]
+    Bind {
+        /// The listener name.
+        name: String,
+        /// The address it was to be bound on.
+        address: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The harness was started twice.
+    #[error("this harness was already started; start a new Harness actor per instance")]
+    AlreadyStarted,
+    /// The harness was asked for something before it was started.
+    #[error("this harness is not started yet; send Start first")]
+    NotStarted,
+}

@@ -1,0 +1,233 @@
+//! `Lifecycle`: the broker, the registry and the shutdown coordinator
+//! started together, and the place listeners are made from.
+
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use lifecycle_handoff::Inventory;
+use slog::{o, Logger};
+
+use crate::broker::FdBroker;
+use crate::error::LifecycleError;
+use crate::listener::{ConnHandler, ListenerActor, ListenerBuilder};
+use crate::metrics::DEFAULT_PREFIX;
+use crate::phase::ShutdownHandle;
+use crate::registry::{ConnectionRegistry, RegistryHandle};
+use crate::shutdown::ShutdownCoordinator;
+
+/// Builds and starts a [`Lifecycle`].
+#[must_use]
+pub struct LifecycleBuilder {
+    inventory: Inventory,
+    log: Logger,
+    metrics: prometheus::Registry,
+    prefix: String,
+    drain_grace: Option<Duration>,
+    abort_grace: Option<Duration>,
+    signals: bool,
+    stop_system: bool,
+    force_exit: Option<Box<dyn Fn(i32) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for LifecycleBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LifecycleBuilder")
+            .field("inventory", &self.inventory.len())
+            .field("prefix", &self.prefix)
+            .field("signals", &self.signals)
+            .field("stop_system", &self.stop_system)
+            .finish()
+    }
+}
+
+impl LifecycleBuilder {
+    /// Logs of every actor go to `log`. Default: discarded.
+    pub fn logger(mut self, log: Logger) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// Metrics go to `registry`. Default: a private registry of this
+    /// lifecycle (see [`Lifecycle::metrics`]).
+    pub fn metrics(mut self, registry: &prometheus::Registry) -> Self {
+        self.metrics = registry.clone();
+        self
+    }
+
+    /// Metric name prefix. Default `lifecycle`.
+    pub fn metrics_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Drain grace; default 3 s (see [`crate::ShutdownBuilder::drain_grace`]).
+    pub fn drain_grace(mut self, grace: Duration) -> Self {
+        self.drain_grace = Some(grace);
+        self
+    }
+
+    /// Abort grace; default 1 s (see [`crate::ShutdownBuilder::abort_grace`]).
+    pub fn abort_grace(mut self, grace: Duration) -> Self {
+        self.abort_grace = Some(grace);
+        self
+    }
+
+    /// Listen for SIGTERM/SIGINT; default true.
+    pub fn handle_signals(mut self, on: bool) -> Self {
+        self.signals = on;
+        self
+    }
+
+    /// Stop the actix `System` with exit code 0 at `Stopped`; default true.
+    pub fn stop_system(mut self, on: bool) -> Self {
+        self.stop_system = on;
+        self
+    }
+
+    /// What a second signal does (see [`crate::ShutdownBuilder::on_force_exit`]).
+    pub fn on_force_exit(mut self, f: impl Fn(i32) + Send + Sync + 'static) -> Self {
+        self.force_exit = Some(Box::new(f));
+        self
+    }
+
+    /// Starts the broker, the registry and the coordinator on the current
+    /// arbiter. Must be called inside a running actix `System`.
+    pub fn start(self) -> Result<Lifecycle, LifecycleError> {
+        let registry = ConnectionRegistry::builder()
+            .logger(self.log.clone())
+            .metrics(&self.metrics)
+            .prefix(self.prefix)
+            .build()?;
+        let connections = registry.handle();
+        let mut shutdown = ShutdownCoordinator::builder(connections.clone())
+            .logger(self.log.clone())
+            .handle_signals(self.signals)
+            .stop_system(self.stop_system);
+        if let Some(grace) = self.drain_grace {
+            shutdown = shutdown.drain_grace(grace);
+        }
+        if let Some(grace) = self.abort_grace {
+            shutdown = shutdown.abort_grace(grace);
+        }
+        if let Some(f) = self.force_exit {
+            shutdown = shutdown.on_force_exit(f);
+        }
+        let coordinator = shutdown.build();
+        let shutdown_handle = coordinator.handle();
+        Ok(Lifecycle {
+            broker: FdBroker::new(self.inventory, self.log.clone()).start(),
+            registry: registry.start(),
+            connections,
+            coordinator: coordinator.start(),
+            shutdown_handle,
+            log: self.log,
+            metrics: self.metrics,
+        })
+    }
+}
+
+/// A running lifecycle: [`FdBroker`], [`ConnectionRegistry`] and
+/// [`ShutdownCoordinator`], plus what listeners need. Cheap to clone.
+///
+/// See the crate documentation for a complete server.
+#[derive(Clone)]
+pub struct Lifecycle {
+    broker: Addr<FdBroker>,
+    registry: Addr<ConnectionRegistry>,
+    connections: RegistryHandle,
+    coordinator: Addr<ShutdownCoordinator>,
+    shutdown_handle: ShutdownHandle,
+    log: Logger,
+    metrics: prometheus::Registry,
+}
+
+impl std::fmt::Debug for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lifecycle")
+            .field("phase", &self.shutdown_handle.phase())
+            .finish()
+    }
+}
+
+impl Lifecycle {
+    /// A builder for a lifecycle owning `inventory`.
+    pub fn builder(inventory: Inventory) -> LifecycleBuilder {
+        LifecycleBuilder {
+            inventory,
+            log: Logger::root(slog::Discard, o!()),
+            metrics: prometheus::Registry::new(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            drain_grace: None,
+            abort_grace: None,
+            signals: true,
+            stop_system: true,
+            force_exit: None,
+        }
+    }
+
+    /// A listener builder for `name` (as in the inventory) serving
+    /// `protocol` with `handler`, with this lifecycle's broker, registry,
+    /// shutdown handle and logger filled in.
+    pub fn listener(
+        &self,
+        name: impl Into<String>,
+        protocol: impl Into<String>,
+        handler: ConnHandler,
+    ) -> ListenerBuilder {
+        ListenerActor::builder(
+            name,
+            protocol,
+            self.broker.clone(),
+            self.connections.clone(),
+            self.shutdown_handle.clone(),
+            handler,
+        )
+        .logger(self.log.clone())
+    }
+
+    /// Starts a listener with default settings on the current arbiter.
+    pub fn serve(
+        &self,
+        name: impl Into<String>,
+        protocol: impl Into<String>,
+        handler: ConnHandler,
+    ) -> Addr<ListenerActor> {
+        self.listener(name, protocol, handler).start()
+    }
+
+    /// The fd broker.
+    pub fn broker(&self) -> &Addr<FdBroker> {
+        &self.broker
+    }
+
+    /// The connection registry actor.
+    pub fn registry(&self) -> &Addr<ConnectionRegistry> {
+        &self.registry
+    }
+
+    /// The registry's direct handle (shards, snapshot, done without messages).
+    pub fn connections(&self) -> &RegistryHandle {
+        &self.connections
+    }
+
+    /// The shutdown coordinator (send it [`BeginShutdown`](crate::BeginShutdown),
+    /// [`WaitStopped`](crate::WaitStopped)).
+    pub fn coordinator(&self) -> &Addr<ShutdownCoordinator> {
+        &self.coordinator
+    }
+
+    /// The handle protocol handlers watch.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown_handle.clone()
+    }
+
+    /// The logger every actor was given.
+    pub fn logger(&self) -> &Logger {
+        &self.log
+    }
+
+    /// The prometheus registry the metrics are on.
+    pub fn metrics(&self) -> &prometheus::Registry {
+        &self.metrics
+    }
+}

@@ -1,0 +1,317 @@
+//! The `ListenerActor`: pulls its socket from the broker, accepts, registers
+//! each connection and hands it to the protocol handler.
+
+mod accept;
+mod conn;
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix::{
+    Actor, ActorContext, ActorFutureExt, Addr, ArbiterHandle, AsyncContext, Context, Handler,
+    Message, MessageResult, SpawnHandle, WrapFuture,
+};
+use lifecycle_handoff::{ListenAddress, PassedListener};
+use slog::{debug, error, info, o, Logger};
+
+pub use conn::{Accepted, Conn, ConnHandler, ConnParts, PeerAddr, Stream};
+
+use crate::broker::{FdBroker, TakeListener};
+use crate::error::{BrokerError, ListenerError};
+use crate::phase::{Phase, ShutdownHandle};
+use crate::registry::{ConnKind, RegistryHandle, RegistryShard};
+use accept::{AcceptLoop, Acceptor, Counters};
+
+pub use accept::{ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN};
+
+/// Stop accepting now. Replies with how many connections were accepted.
+/// Closes the listening socket; accepted connections are not affected.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "u64")]
+pub struct StopAccepting;
+
+/// Ask a listener what it serves and how it fares.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "ListenerInfo")]
+pub struct GetListenerInfo;
+
+/// The reply to [`GetListenerInfo`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerInfo {
+    /// The listener's name.
+    pub name: String,
+    /// The protocol label.
+    pub protocol: String,
+    /// The address the socket is bound to, once taken from the broker.
+    pub address: Option<ListenAddress>,
+    /// True while the accept loop runs.
+    pub accepting: bool,
+    /// Connections accepted so far.
+    pub accepted: u64,
+    /// Accept errors seen so far (each backed off or retried).
+    pub accept_errors: u64,
+}
+
+/// Builds a [`ListenerActor`].
+#[must_use]
+pub struct ListenerBuilder {
+    name: String,
+    protocol: String,
+    broker: Addr<FdBroker>,
+    registry: RegistryHandle,
+    shutdown: ShutdownHandle,
+    handler: ConnHandler,
+    log: Logger,
+    arbiters: Vec<ArbiterHandle>,
+    stop_at: Phase,
+}
+
+impl std::fmt::Debug for ListenerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerBuilder")
+            .field("name", &self.name)
+            .field("protocol", &self.protocol)
+            .field("arbiters", &self.arbiters.len())
+            .field("stop_at", &self.stop_at)
+            .finish()
+    }
+}
+
+impl ListenerBuilder {
+    /// Logs go to `log` (keys `listener`, `protocol`). Default: discarded.
+    pub fn logger(mut self, log: Logger) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// Serve connections round-robin on these arbiters (each gets its own
+    /// registry shard). Default: none, every connection is served on the
+    /// listener's own arbiter.
+    pub fn arbiters(mut self, arbiters: Vec<ArbiterHandle>) -> Self {
+        self.arbiters = arbiters;
+        self
+    }
+
+    /// The phase at which the listener stops accepting: [`Phase::Draining`]
+    /// (refuse connections as soon as shutdown starts) or
+    /// [`Phase::Aborting`] (keep accepting while draining so handlers can
+    /// answer "shutting down", e.g. SMTP 421). Default `Aborting`; `Running`
+    /// is taken as `Draining`.
+    pub fn stop_accepting_at(mut self, phase: Phase) -> Self {
+        self.stop_at = phase.max(Phase::Draining);
+        self
+    }
+
+    /// The actor, not started.
+    pub fn build(self) -> ListenerActor {
+        let kind = self.registry.kind(&self.protocol, &self.name);
+        let log = self.log.new(o!(
+            "actor" => "listener",
+            "listener" => self.name.clone(),
+            "protocol" => self.protocol.clone()
+        ));
+        let remote = self
+            .arbiters
+            .into_iter()
+            .map(|a| (a, self.registry.shard()))
+            .collect();
+        ListenerActor {
+            name: Arc::from(self.name),
+            protocol: Arc::from(self.protocol),
+            broker: self.broker,
+            local_shard: self.registry.shard(),
+            kind,
+            shutdown: self.shutdown,
+            handler: self.handler,
+            log,
+            remote: Rc::new(remote),
+            stop_at: self.stop_at,
+            counters: Rc::new(Counters::default()),
+            accept_loop: None,
+            address: None,
+        }
+    }
+
+    /// Builds and starts the actor on the current arbiter.
+    pub fn start(self) -> Addr<ListenerActor> {
+        self.build().start()
+    }
+}
+
+/// Serves one listener: on start it takes its socket from the
+/// [`FdBroker`] by name (an unknown or already taken name is logged and
+/// stops the actor), accepts connections (TCP or Unix), registers each on
+/// the registry shard of the arbiter that serves it, and hands a [`Conn`]
+/// to the [`ConnHandler`].
+///
+/// Accept errors never spin a core: `EMFILE`, `ENFILE`, `ENOBUFS` and
+/// `ENOMEM` back off exponentially from [`ACCEPT_BACKOFF_MIN`] to
+/// [`ACCEPT_BACKOFF_MAX`], logged once per burst with a count; transient
+/// errors (`ECONNABORTED`, ...) are retried at once.
+pub struct ListenerActor {
+    name: Arc<str>,
+    protocol: Arc<str>,
+    broker: Addr<FdBroker>,
+    local_shard: RegistryShard,
+    kind: ConnKind,
+    shutdown: ShutdownHandle,
+    handler: ConnHandler,
+    log: Logger,
+    remote: Rc<Vec<(ArbiterHandle, RegistryShard)>>,
+    stop_at: Phase,
+    counters: Rc<Counters>,
+    accept_loop: Option<SpawnHandle>,
+    address: Option<ListenAddress>,
+}
+
+impl std::fmt::Debug for ListenerActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerActor")
+            .field("name", &self.name)
+            .field("protocol", &self.protocol)
+            .field("accepting", &self.accept_loop.is_some())
+            .finish()
+    }
+}
+
+impl ListenerActor {
+    /// A builder for the listener `name` (as in the inventory) serving
+    /// `protocol` (the metrics' `protocol` label) with `handler`.
+    pub fn builder(
+        name: impl Into<String>,
+        protocol: impl Into<String>,
+        broker: Addr<FdBroker>,
+        registry: RegistryHandle,
+        shutdown: ShutdownHandle,
+        handler: ConnHandler,
+    ) -> ListenerBuilder {
+        ListenerBuilder {
+            name: name.into(),
+            protocol: protocol.into(),
+            broker,
+            registry,
+            shutdown,
+            handler,
+            log: Logger::root(slog::Discard, o!()),
+            arbiters: Vec::new(),
+            stop_at: Phase::Aborting,
+        }
+    }
+
+    fn serve(
+        &mut self,
+        passed: PassedListener,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), ListenerError> {
+        let (acceptor, address) =
+            Acceptor::adopt(passed).map_err(|source| ListenerError::Adopt {
+                name: self.name.to_string(),
+                source,
+            })?;
+        info!(self.log, "listening"; "address" => %address);
+        self.address = Some(address);
+        let accept_loop = AcceptLoop {
+            acceptor,
+            kind: self.kind.clone(),
+            local_shard: self.local_shard.clone(),
+            remote: Rc::clone(&self.remote),
+            next_remote: Cell::new(0),
+            handler: self.handler.clone(),
+            shutdown: self.shutdown.clone(),
+            log: self.log.clone(),
+            counters: Rc::clone(&self.counters),
+        };
+        let handle = ctx.spawn(accept_loop.run().into_actor(self).map(|res, act, ctx| {
+            act.accept_loop = None;
+            if let Err(e) = res {
+                error!(act.log, "accept loop failed; listener stops"; "error" => %e);
+                ctx.stop();
+            }
+        }));
+        self.accept_loop = Some(handle);
+
+        // Stop accepting at the configured phase.
+        let shutdown = self.shutdown.clone();
+        let stop_at = self.stop_at;
+        let me = ctx.address();
+        actix::spawn(async move {
+            if stop_at <= Phase::Draining {
+                shutdown.draining().await;
+            } else {
+                shutdown.aborting().await;
+            }
+            me.do_send(StopAccepting);
+        });
+        Ok(())
+    }
+}
+
+impl Actor for ListenerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let request = self.broker.send(TakeListener::new(&*self.name));
+        ctx.wait(request.into_actor(self).map(|res, act, ctx| {
+            let passed = match res {
+                Ok(Ok(passed)) => passed,
+                Ok(Err(source)) => {
+                    let e = ListenerError::Broker {
+                        name: act.name.to_string(),
+                        source,
+                    };
+                    error!(act.log, "cannot take the listener's socket; listener stops"; "error" => %e);
+                    ctx.stop();
+                    return;
+                }
+                Err(_) => {
+                    let e = ListenerError::Broker {
+                        name: act.name.to_string(),
+                        source: BrokerError::Gone,
+                    };
+                    error!(act.log, "cannot take the listener's socket; listener stops"; "error" => %e);
+                    ctx.stop();
+                    return;
+                }
+            };
+            if let Err(e) = act.serve(passed, ctx) {
+                error!(act.log, "cannot serve the listener's socket; listener stops"; "error" => %e);
+                ctx.stop();
+            }
+        }));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        debug!(self.log, "listener actor stopped"; "accepted" => self.counters.accepted.get());
+    }
+}
+
+impl Handler<StopAccepting> for ListenerActor {
+    type Result = u64;
+
+    fn handle(&mut self, _msg: StopAccepting, ctx: &mut Self::Context) -> u64 {
+        debug!(self.log, "stop accepting");
+        if let Some(handle) = self.accept_loop.take() {
+            ctx.cancel_future(handle);
+            self.counters.end_burst(&self.log);
+            info!(self.log, "stopped accepting"; "accepted" => self.counters.accepted.get());
+        }
+        self.counters.accepted.get()
+    }
+}
+
+impl Handler<GetListenerInfo> for ListenerActor {
+    type Result = MessageResult<GetListenerInfo>;
+
+    fn handle(&mut self, _msg: GetListenerInfo, _ctx: &mut Self::Context) -> Self::Result {
+        debug!(self.log, "listener info");
+        MessageResult(ListenerInfo {
+            name: self.name.to_string(),
+            protocol: self.protocol.to_string(),
+            address: self.address.clone(),
+            accepting: self.accept_loop.is_some(),
+            accepted: self.counters.accepted.get(),
+            accept_errors: self.counters.errors.get(),
+        })
+    }
+}

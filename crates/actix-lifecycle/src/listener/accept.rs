@@ -1,0 +1,295 @@
+//! The accept loop: adopting the socket into tokio, accepting with backoff,
+//! registering and dispatching each connection.
+
+use std::cell::Cell;
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::ArbiterHandle;
+use lifecycle_handoff::{ListenAddress, Network, PassedListener};
+use slog::{debug, info, warn, Logger};
+use tokio::net::{TcpListener, UnixListener};
+
+use super::conn::{Conn, ConnHandler, PeerAddr, Stream};
+use crate::phase::ShutdownHandle;
+use crate::registry::{ConnKind, RegistryShard};
+
+/// First wait after a resource-exhaustion accept error (`EMFILE`, ...).
+pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest wait between accept attempts while resources stay exhausted.
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// A listening socket adopted into tokio.
+pub(crate) enum Acceptor {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+fn not_listening(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("the descriptor is a {what} socket that is not listening"),
+    )
+}
+
+impl Acceptor {
+    /// Sets O_NONBLOCK (tokio needs it; a hand-built inventory may be
+    /// blocking), checks the socket matches the declared network and is
+    /// listening, and registers it with the current arbiter's reactor.
+    pub(crate) fn adopt(passed: PassedListener) -> io::Result<(Acceptor, ListenAddress)> {
+        let PassedListener { spec, fd } = passed;
+        let sock = socket2::Socket::from(fd);
+        if !sock.is_listener()? {
+            return Err(not_listening(spec.network().as_str()));
+        }
+        sock.set_nonblocking(true)?;
+        match spec.network() {
+            Network::Tcp => {
+                let std = std::net::TcpListener::from(sock);
+                let addr = std.local_addr()?;
+                Ok((
+                    Acceptor::Tcp(TcpListener::from_std(std)?),
+                    ListenAddress::Tcp(addr),
+                ))
+            }
+            Network::Unix => {
+                let std = std::os::unix::net::UnixListener::from(std::os::fd::OwnedFd::from(sock));
+                let local = std.local_addr()?;
+                let path = local
+                    .as_pathname()
+                    .map(|p| p.to_path_buf())
+                    .unwrap_or_default();
+                Ok((
+                    Acceptor::Unix(UnixListener::from_std(std)?),
+                    ListenAddress::Unix(path),
+                ))
+            }
+        }
+    }
+
+    async fn accept(&self) -> io::Result<(Stream, PeerAddr)> {
+        match self {
+            Acceptor::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                Ok((Stream::Tcp(s), PeerAddr::Tcp(peer)))
+            }
+            Acceptor::Unix(l) => {
+                let (s, peer) = l.accept().await?;
+                Ok((
+                    Stream::Unix(s),
+                    PeerAddr::Unix(peer.as_pathname().map(|p| p.to_path_buf())),
+                ))
+            }
+        }
+    }
+}
+
+/// How an accept error is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorClass {
+    /// Out of descriptors or memory: back off.
+    Exhausted,
+    /// The connection died in the queue or a signal interrupted: retry.
+    Transient,
+    /// The listening socket itself is broken: stop.
+    Fatal,
+}
+
+pub(crate) fn classify(e: &io::Error) -> ErrorClass {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => ErrorClass::Exhausted,
+        Some(
+            libc::ECONNABORTED
+            | libc::EINTR
+            | libc::EAGAIN
+            | libc::EPROTO
+            | libc::ECONNRESET
+            | libc::EPERM
+            | libc::ENETDOWN
+            | libc::ENOPROTOOPT
+            | libc::EHOSTDOWN
+            | libc::ENONET
+            | libc::EHOSTUNREACH
+            | libc::EOPNOTSUPP
+            | libc::ENETUNREACH
+            | libc::ETIMEDOUT,
+        ) => ErrorClass::Transient,
+        Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EFAULT) => ErrorClass::Fatal,
+        // Unknown: back off rather than risk spinning.
+        _ => ErrorClass::Exhausted,
+    }
+}
+
+/// Counters shared by the actor and its accept loop (same arbiter).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) accepted: Cell<u64>,
+    pub(crate) errors: Cell<u64>,
+    burst: Cell<u64>,
+}
+
+impl Counters {
+    /// Ends a burst of exhaustion errors, logging how long it was.
+    pub(crate) fn end_burst(&self, log: &Logger) {
+        let burst = self.burst.replace(0);
+        if burst > 0 {
+            info!(log, "accept errors over: accepting again"; "errors_in_burst" => burst);
+        }
+    }
+}
+
+pub(crate) struct AcceptLoop {
+    pub(crate) acceptor: Acceptor,
+    pub(crate) kind: ConnKind,
+    pub(crate) local_shard: RegistryShard,
+    pub(crate) remote: Rc<Vec<(ArbiterHandle, RegistryShard)>>,
+    pub(crate) next_remote: Cell<usize>,
+    pub(crate) handler: ConnHandler,
+    pub(crate) shutdown: ShutdownHandle,
+    pub(crate) log: Logger,
+    pub(crate) counters: Rc<Counters>,
+}
+
+impl AcceptLoop {
+    /// Accepts until cancelled; returns only on a fatal error.
+    pub(crate) async fn run(self) -> io::Result<()> {
+        let mut delay = ACCEPT_BACKOFF_MIN;
+        loop {
+            match self.acceptor.accept().await {
+                Ok((stream, peer)) => {
+                    if self.counters.burst.get() > 0 {
+                        self.counters.end_burst(&self.log);
+                        delay = ACCEPT_BACKOFF_MIN;
+                    }
+                    self.counters.accepted.set(self.counters.accepted.get() + 1);
+                    self.dispatch(stream, peer);
+                }
+                Err(e) => {
+                    self.counters.errors.set(self.counters.errors.get() + 1);
+                    match classify(&e) {
+                        ErrorClass::Exhausted => {
+                            let burst = self.counters.burst.get() + 1;
+                            self.counters.burst.set(burst);
+                            if burst == 1 {
+                                warn!(self.log, "accept failed: out of resources; backing off";
+                                    "error" => %e, "backoff_ms" => delay.as_millis() as u64);
+                            }
+                            actix_rt::time::sleep(delay).await;
+                            delay = (delay * 2).min(ACCEPT_BACKOFF_MAX);
+                        }
+                        ErrorClass::Transient => {
+                            debug!(self.log, "accept failed transiently; retrying"; "error" => %e);
+                            tokio::task::yield_now().await;
+                        }
+                        ErrorClass::Fatal => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
+    fn dispatch(&self, stream: Stream, peer: PeerAddr) {
+        if self.remote.is_empty() {
+            serve(
+                stream,
+                peer,
+                &self.local_shard,
+                &self.kind,
+                &self.handler,
+                &self.shutdown,
+                &self.log,
+            );
+            return;
+        }
+        let i = self.next_remote.get() % self.remote.len();
+        self.next_remote.set(i.wrapping_add(1));
+        let (arbiter, shard) = &self.remote[i];
+        // Leave this arbiter's reactor; the target registers it with its own.
+        let std_stream = match stream {
+            Stream::Tcp(s) => s.into_std().map(StdStream::Tcp),
+            Stream::Unix(s) => s.into_std().map(StdStream::Unix),
+        };
+        let std_stream = match std_stream {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(self.log, "cannot move a connection to its arbiter; dropped";
+                    "peer" => %peer, "error" => %e);
+                return;
+            }
+        };
+        let (shard, kind, handler, shutdown, log) = (
+            shard.clone(),
+            self.kind.clone(),
+            self.handler.clone(),
+            self.shutdown.clone(),
+            self.log.clone(),
+        );
+        let sent = arbiter.spawn(async move {
+            let stream = match std_stream {
+                StdStream::Tcp(s) => tokio::net::TcpStream::from_std(s).map(Stream::Tcp),
+                StdStream::Unix(s) => tokio::net::UnixStream::from_std(s).map(Stream::Unix),
+            };
+            match stream {
+                Ok(stream) => serve(stream, peer, &shard, &kind, &handler, &shutdown, &log),
+                Err(e) => debug!(log, "cannot adopt a moved connection; dropped"; "error" => %e),
+            }
+        });
+        if !sent {
+            warn!(
+                self.log,
+                "an arbiter serving this listener is gone; connection dropped"
+            );
+        }
+    }
+}
+
+enum StdStream {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+/// Registers the connection on `shard` and hands it to the handler.
+fn serve(
+    stream: Stream,
+    peer: PeerAddr,
+    shard: &RegistryShard,
+    kind: &ConnKind,
+    handler: &ConnHandler,
+    shutdown: &ShutdownHandle,
+    log: &Logger,
+) {
+    let guard = shard.register(kind);
+    debug!(log, "connection accepted"; "conn" => guard.id(), "peer" => %peer);
+    let conn = Conn::new(
+        guard.track(stream),
+        peer,
+        shutdown.clone(),
+        kind.listener.clone(),
+        kind.protocol.clone(),
+    );
+    handler.dispatch(conn);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified() {
+        let e = |n| io::Error::from_raw_os_error(n);
+        assert_eq!(classify(&e(libc::EMFILE)), ErrorClass::Exhausted);
+        assert_eq!(classify(&e(libc::ENFILE)), ErrorClass::Exhausted);
+        assert_eq!(classify(&e(libc::ENOBUFS)), ErrorClass::Exhausted);
+        assert_eq!(classify(&e(libc::ENOMEM)), ErrorClass::Exhausted);
+        assert_eq!(classify(&e(libc::ECONNABORTED)), ErrorClass::Transient);
+        assert_eq!(classify(&e(libc::EINTR)), ErrorClass::Transient);
+        assert_eq!(classify(&e(libc::EBADF)), ErrorClass::Fatal);
+        assert_eq!(classify(&e(libc::EINVAL)), ErrorClass::Fatal);
+        assert_eq!(
+            classify(&io::Error::other("no errno")),
+            ErrorClass::Exhausted,
+            "unknown errors back off instead of spinning"
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! What a protocol handler gets for each accepted connection.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use actix::{Message, Recipient};
+use futures_util::future::LocalBoxFuture;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::phase::ShutdownHandle;
+use crate::registry::{ConnectionGuard, Tracked};
+
+/// An accepted stream: TCP or Unix-domain.
+#[derive(Debug)]
+pub enum Stream {
+    /// A TCP connection.
+    Tcp(TcpStream),
+    /// A Unix-domain stream connection.
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The peer of an accepted connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAddr {
+    /// A TCP peer.
+    Tcp(SocketAddr),
+    /// A Unix-domain peer; usually unnamed (`None`).
+    Unix(Option<PathBuf>),
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerAddr::Tcp(a) => write!(f, "{a}"),
+            PeerAddr::Unix(Some(p)) => write!(f, "unix:{}", p.display()),
+            PeerAddr::Unix(None) => f.write_str("unix:(unnamed)"),
+        }
+    }
+}
+
+/// One accepted, registered connection, handed to the protocol handler.
+///
+/// `Conn` is itself the stream ([`AsyncRead`] + [`AsyncWrite`]): after an
+/// abort, reads return end-of-file and writes fail, persistently. The
+/// connection stays registered until the `Conn` (or the [`Tracked`] stream
+/// taken from it) is dropped, which also closes the socket. Watch
+/// [`shutdown`](Self::shutdown) to refuse new work while draining.
+///
+/// Fields are reached through methods on purpose: an `async move` block
+/// that used only one public field would capture just that field and drop
+/// the rest of the connection early.
+#[derive(Debug)]
+pub struct Conn {
+    stream: Tracked<Stream>,
+    peer: PeerAddr,
+    shutdown: ShutdownHandle,
+    listener: Arc<str>,
+    protocol: Arc<str>,
+}
+
+/// The parts of a [`Conn`], from [`Conn::into_parts`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ConnParts {
+    /// The stream; it holds the registration.
+    pub stream: Tracked<Stream>,
+    /// Who connected.
+    pub peer: PeerAddr,
+    /// The service's shutdown phase.
+    pub shutdown: ShutdownHandle,
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// The protocol label.
+    pub protocol: Arc<str>,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        stream: Tracked<Stream>,
+        peer: PeerAddr,
+        shutdown: ShutdownHandle,
+        listener: Arc<str>,
+        protocol: Arc<str>,
+    ) -> Self {
+        Conn {
+            stream,
+            peer,
+            shutdown,
+            listener,
+            protocol,
+        }
+    }
+
+    /// The connection id (also in the registry's snapshot and logs).
+    pub fn id(&self) -> u64 {
+        self.stream.id()
+    }
+
+    /// Who connected.
+    pub fn peer(&self) -> &PeerAddr {
+        &self.peer
+    }
+
+    /// The service's shutdown phase.
+    pub fn shutdown(&self) -> &ShutdownHandle {
+        &self.shutdown
+    }
+
+    /// The listener's name.
+    pub fn listener(&self) -> &str {
+        &self.listener
+    }
+
+    /// The protocol label.
+    pub fn protocol(&self) -> &str {
+        &self.protocol
+    }
+
+    /// True once the connection was aborted.
+    pub fn is_aborted(&self) -> bool {
+        self.stream.is_aborted()
+    }
+
+    /// The registration.
+    pub fn guard(&self) -> &ConnectionGuard {
+        self.stream.guard()
+    }
+
+    /// The tracked stream (for socket options and addresses via
+    /// [`Tracked::get_ref`]).
+    pub fn stream(&mut self) -> &mut Tracked<Stream> {
+        &mut self.stream
+    }
+
+    /// Takes the connection apart; the stream keeps the registration.
+    pub fn into_parts(self) -> ConnParts {
+        ConnParts {
+            stream: self.stream,
+            peer: self.peer,
+            shutdown: self.shutdown,
+            listener: self.listener,
+            protocol: self.protocol,
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// A connection sent to a [`Recipient`] handler.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Accepted(pub Conn);
+
+type HandlerFn = dyn Fn(Conn) -> LocalBoxFuture<'static, ()> + Send + Sync;
+
+/// The protocol handler of a [`ListenerActor`](crate::ListenerActor): a
+/// closure whose future is spawned on the arbiter serving the connection,
+/// or a [`Recipient<Accepted>`].
+///
+/// ```
+/// use actix_lifecycle::ConnHandler;
+/// use tokio::io::AsyncWriteExt;
+///
+/// let hello = ConnHandler::new(|mut conn| async move {
+///     let _ = conn.write_all(b"hello\r\n").await;
+/// });
+/// # drop(hello);
+/// ```
+#[derive(Clone)]
+pub struct ConnHandler {
+    inner: HandlerInner,
+}
+
+#[derive(Clone)]
+enum HandlerInner {
+    Func(Arc<HandlerFn>),
+    Recipient(Recipient<Accepted>),
+}
+
+impl fmt::Debug for ConnHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner {
+            HandlerInner::Func(_) => f.write_str("ConnHandler(closure)"),
+            HandlerInner::Recipient(_) => f.write_str("ConnHandler(recipient)"),
+        }
+    }
+}
+
+impl ConnHandler {
+    /// A closure handler: `f(conn)` is spawned with `actix::spawn` on the
+    /// arbiter serving the connection. Its future need not be `Send`.
+    pub fn new<F, Fut>(f: F) -> Self
+    where
+        F: Fn(Conn) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        ConnHandler {
+            inner: HandlerInner::Func(Arc::new(move |conn| Box::pin(f(conn)))),
+        }
+    }
+
+    /// A recipient handler: each connection is sent as [`Accepted`]
+    /// (`do_send`, no round trip). Serve it on the same arbiter as the
+    /// listener for the cheapest path.
+    pub fn recipient(recipient: Recipient<Accepted>) -> Self {
+        ConnHandler {
+            inner: HandlerInner::Recipient(recipient),
+        }
+    }
+
+    /// Hands `conn` to the handler: spawns the closure's future on the
+    /// current arbiter, or sends it to the recipient.
+    pub(crate) fn dispatch(&self, conn: Conn) {
+        match &self.inner {
+            HandlerInner::Func(f) => {
+                actix::spawn(f(conn));
+            }
+            HandlerInner::Recipient(r) => r.do_send(Accepted(conn)),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Messages of the [`ConnectionRegistry`](crate::ConnectionRegistry) and
+//! the snapshot it replies with.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Message;
+
+use super::shard::ConnectionGuard;
+use super::ConnKind;
+
+/// Register a connection on the registry's own shard and reply with its
+/// guard. This costs a round trip: on an accept path use
+/// [`RegistryShard::register`](crate::RegistryShard::register) instead.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "ConnectionGuard")]
+pub struct Register {
+    /// What the connection is (protocol, listener).
+    pub kind: ConnKind,
+}
+
+/// Unregister a connection by id. Unregistering twice, or an unknown id,
+/// is harmless (logged at debug level). Replies whether it was live.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "bool")]
+pub struct Unregister {
+    /// The connection id ([`ConnectionGuard::id`]).
+    pub id: u64,
+}
+
+/// Abort every live connection now, and every connection registered from
+/// now on. Replies with how many were aborted by this message.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "usize")]
+pub struct Shutdown;
+
+/// Abort one live connection by id. Replies whether it was live.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "bool")]
+pub struct Abort {
+    /// The connection id ([`ConnectionGuard::id`]).
+    pub id: u64,
+}
+
+/// Resolves when no connection remains: at once if none is live. Any number
+/// of senders may wait.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Done;
+
+/// Counts per kind and every live entry with its age.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "RegistrySnapshot")]
+pub struct Snapshot;
+
+/// Counts for one (protocol, listener) pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindCount {
+    /// The protocol label.
+    pub protocol: Arc<str>,
+    /// The listener label.
+    pub listener: Arc<str>,
+    /// Connections live now.
+    pub live: u64,
+    /// Connections registered so far.
+    pub accepted: u64,
+    /// Connections aborted so far.
+    pub aborted: u64,
+}
+
+/// One live connection in a [`RegistrySnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// The connection id.
+    pub id: u64,
+    /// The protocol label.
+    pub protocol: Arc<str>,
+    /// The listener label.
+    pub listener: Arc<str>,
+    /// Time since registration.
+    pub age: Duration,
+    /// True once the connection was aborted.
+    pub aborted: bool,
+}
+
+/// The reply to [`Snapshot`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistrySnapshot {
+    /// Live connections in all shards.
+    pub live: u64,
+    /// True once the registry was shut down.
+    pub shut_down: bool,
+    /// Counts per kind, for every kind seen so far.
+    pub kinds: Vec<KindCount>,
+    /// Every live connection, oldest first.
+    pub entries: Vec<ConnectionInfo>,
+}
+
+impl RegistrySnapshot {
+    /// The counts of one (protocol, listener) pair, if it was seen.
+    pub fn kind(&self, protocol: &str, listener: &str) -> Option<&KindCount> {
+        self.kinds
+            .iter()
+            .find(|k| &*k.protocol == protocol && &*k.listener == listener)
+    }
+
+    /// Connections registered so far, all kinds.
+    pub fn accepted(&self) -> u64 {
+        self.kinds.iter().map(|k| k.accepted).sum()
+    }
+
+    /// Connections aborted so far, all kinds.
+    pub fn aborted(&self) -> u64 {
+        self.kinds.iter().map(|k| k.aborted).sum()
+    }
+}

@@ -1,0 +1,411 @@
+//! The shutdown coordinator: turns SIGTERM/SIGINT (or a message) into the
+//! phases `Running → Draining → Aborting → Stopped`, bounded by two graces.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{
+    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, ResponseFuture,
+    System, WrapFuture,
+};
+use futures_util::future::{select, Either};
+use slog::{debug, error, info, o, warn, Logger};
+use tokio::sync::oneshot;
+
+use crate::phase::{Phase, PhaseController, ShutdownHandle};
+use crate::registry::{ConnectionInfo, RegistryHandle};
+
+/// Default time handlers get to finish open work before connections are aborted.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(3);
+/// Default time aborted connections get to close before the service stops anyway.
+pub const DEFAULT_ABORT_GRACE: Duration = Duration::from_secs(1);
+
+/// Begin a graceful shutdown, as the first SIGTERM would. Idempotent: a
+/// second `BeginShutdown` does not force anything.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct BeginShutdown;
+
+/// What a received SIGTERM or SIGINT does: the first begins the shutdown,
+/// a second one while it runs forces an exit through the force-exit policy
+/// ([`ShutdownBuilder::on_force_exit`]) with status `128 + signal`.
+/// The coordinator sends this to itself for real signals; tests may send it.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct SignalReceived {
+    /// The signal number (`libc::SIGTERM`, `libc::SIGINT`).
+    pub signal: i32,
+}
+
+/// Resolves when the phase is `Stopped`, with how it ended.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "StopOutcome")]
+pub struct WaitStopped;
+
+/// The current phase.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Phase")]
+pub struct GetPhase;
+
+/// How a shutdown ended (the reply to [`WaitStopped`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopOutcome {
+    /// The process exit status this stop asks for: 0 for a clean stop.
+    pub exit_code: i32,
+    /// Connections still open when the abort grace expired (each logged).
+    pub left_open: Vec<ConnectionInfo>,
+    /// From the start of draining to `Stopped`.
+    pub elapsed: Duration,
+}
+
+type ForceExit = Arc<dyn Fn(i32) + Send + Sync>;
+
+/// Builds a [`ShutdownCoordinator`].
+///
+/// ```
+/// use std::time::Duration;
+/// use actix_lifecycle::{ConnectionRegistry, ShutdownCoordinator};
+///
+/// let registry = ConnectionRegistry::builder().build().unwrap();
+/// let coordinator = ShutdownCoordinator::builder(registry.handle())
+///     .drain_grace(Duration::from_secs(10))
+///     .abort_grace(Duration::from_millis(500))
+///     .handle_signals(false)
+///     .build();
+/// let handle = coordinator.handle(); // give this to protocol handlers
+/// # drop(handle);
+/// ```
+#[must_use]
+pub struct ShutdownBuilder {
+    registry: RegistryHandle,
+    log: Logger,
+    drain_grace: Duration,
+    abort_grace: Duration,
+    signals: bool,
+    stop_system: bool,
+    force_exit: ForceExit,
+}
+
+impl std::fmt::Debug for ShutdownBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShutdownBuilder")
+            .field("drain_grace", &self.drain_grace)
+            .field("abort_grace", &self.abort_grace)
+            .field("signals", &self.signals)
+            .field("stop_system", &self.stop_system)
+            .finish()
+    }
+}
+
+impl ShutdownBuilder {
+    /// Logs go to `log` (key `actor=shutdown`). Default: discarded.
+    pub fn logger(mut self, log: Logger) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// How long handlers may finish open work once draining starts.
+    /// Default [`DEFAULT_DRAIN_GRACE`] (3 s). Skipped when nothing is open.
+    pub fn drain_grace(mut self, grace: Duration) -> Self {
+        self.drain_grace = grace;
+        self
+    }
+
+    /// How long aborted connections may take to close. Default
+    /// [`DEFAULT_ABORT_GRACE`] (1 s). Skipped when nothing is open.
+    pub fn abort_grace(mut self, grace: Duration) -> Self {
+        self.abort_grace = grace;
+        self
+    }
+
+    /// Whether to listen for SIGTERM and SIGINT. Default true. Signal
+    /// handlers are process-wide: a test harness running several instances
+    /// in one process turns this off and sends [`BeginShutdown`].
+    pub fn handle_signals(mut self, on: bool) -> Self {
+        self.signals = on;
+        self
+    }
+
+    /// Whether reaching `Stopped` stops the actix `System` with the exit
+    /// code (0 for a clean stop). Default true; harnesses turn it off.
+    pub fn stop_system(mut self, on: bool) -> Self {
+        self.stop_system = on;
+        self
+    }
+
+    /// What a second signal does, given the exit status (`128 + signal`).
+    /// Default: log and `std::process::exit(status)`. Tests inject a
+    /// closure that records the call instead.
+    pub fn on_force_exit(mut self, f: impl Fn(i32) + Send + Sync + 'static) -> Self {
+        self.force_exit = Arc::new(f);
+        self
+    }
+
+    /// The coordinator, not started.
+    pub fn build(self) -> ShutdownCoordinator {
+        ShutdownCoordinator {
+            controller: PhaseController::new(),
+            registry: self.registry,
+            log: self.log.new(o!("actor" => "shutdown")),
+            drain_grace: self.drain_grace,
+            abort_grace: self.abort_grace,
+            signals: self.signals,
+            stop_system: self.stop_system,
+            force_exit: self.force_exit,
+            began: None,
+            outcome: None,
+            waiters: Vec::new(),
+        }
+    }
+}
+
+/// Turns SIGTERM/SIGINT (or [`BeginShutdown`]) into phases that handlers
+/// observe through [`ShutdownHandle`]:
+///
+/// 1. `Draining`: handlers refuse new work; listeners keep or stop
+///    accepting as configured.
+/// 2. `Aborting` after the drain grace, or as soon as no connection is
+///    open: the registry aborts every connection.
+/// 3. `Stopped` after the abort grace, or as soon as no connection is
+///    open: every connection still open is logged, [`WaitStopped`]
+///    waiters get the [`StopOutcome`], and the actix `System` stops with
+///    exit code 0 (unless turned off).
+///
+/// An idle service goes through all phases at once. A second signal
+/// forces an exit with a non-zero status.
+pub struct ShutdownCoordinator {
+    controller: PhaseController,
+    registry: RegistryHandle,
+    log: Logger,
+    drain_grace: Duration,
+    abort_grace: Duration,
+    signals: bool,
+    stop_system: bool,
+    force_exit: ForceExit,
+    began: Option<Instant>,
+    outcome: Option<StopOutcome>,
+    waiters: Vec<oneshot::Sender<StopOutcome>>,
+}
+
+impl std::fmt::Debug for ShutdownCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShutdownCoordinator")
+            .field("phase", &self.controller.handle().phase())
+            .field("drain_grace", &self.drain_grace)
+            .field("abort_grace", &self.abort_grace)
+            .finish()
+    }
+}
+
+impl ShutdownCoordinator {
+    /// A builder for a coordinator that shuts down `registry`.
+    pub fn builder(registry: RegistryHandle) -> ShutdownBuilder {
+        let force_exit: ForceExit = Arc::new(|code| std::process::exit(code));
+        ShutdownBuilder {
+            registry,
+            log: Logger::root(slog::Discard, o!()),
+            drain_grace: DEFAULT_DRAIN_GRACE,
+            abort_grace: DEFAULT_ABORT_GRACE,
+            signals: true,
+            stop_system: true,
+            force_exit,
+        }
+    }
+
+    /// The handle protocol handlers watch.
+    pub fn handle(&self) -> ShutdownHandle {
+        self.controller.handle()
+    }
+
+    fn phase(&self) -> Phase {
+        self.controller.handle().phase()
+    }
+
+    fn begin(&mut self, ctx: &mut Context<Self>, why: &str) {
+        if self.began.is_some() {
+            debug!(self.log, "shutdown already under way"; "trigger" => why);
+            return;
+        }
+        self.began = Some(Instant::now());
+        self.controller.advance(Phase::Draining);
+        let live = self.registry.live();
+        info!(self.log, "phase"; "phase" => "draining", "trigger" => why, "live" => live,
+            "drain_grace_ms" => self.drain_grace.as_millis() as u64);
+        if live == 0 {
+            self.enter_aborting(ctx, "nothing open");
+            return;
+        }
+        self.wait_then(ctx, self.drain_grace, |act, ctx, why| {
+            act.enter_aborting(ctx, why)
+        });
+    }
+
+    /// Waits for the registry to empty or `grace` to pass, then calls `next`.
+    fn wait_then(
+        &mut self,
+        ctx: &mut Context<Self>,
+        grace: Duration,
+        next: fn(&mut Self, &mut Context<Self>, &'static str),
+    ) {
+        let done = Box::pin(self.registry.done());
+        let timer = Box::pin(actix_rt::time::sleep(grace));
+        let wait = async move {
+            match select(done, timer).await {
+                Either::Left(_) => "nothing open",
+                Either::Right(_) => "grace expired",
+            }
+        };
+        ctx.spawn(
+            wait.into_actor(self)
+                .map(move |why, act, ctx| next(act, ctx, why)),
+        );
+    }
+
+    fn enter_aborting(&mut self, ctx: &mut Context<Self>, why: &'static str) {
+        if self.phase() >= Phase::Aborting {
+            return;
+        }
+        self.controller.advance(Phase::Aborting);
+        let aborted = self.registry.shutdown();
+        let live = self.registry.live();
+        info!(self.log, "phase"; "phase" => "aborting", "reason" => why, "aborted" => aborted,
+            "live" => live, "abort_grace_ms" => self.abort_grace.as_millis() as u64);
+        if live == 0 {
+            self.enter_stopped(ctx, "nothing open");
+            return;
+        }
+        self.wait_then(ctx, self.abort_grace, |act, ctx, why| {
+            act.enter_stopped(ctx, why)
+        });
+    }
+
+    fn enter_stopped(&mut self, _ctx: &mut Context<Self>, why: &'static str) {
+        if self.phase() >= Phase::Stopped {
+            return;
+        }
+        let left_open = self.registry.snapshot().entries;
+        for c in &left_open {
+            warn!(self.log, "connection still open at stop";
+                "conn" => c.id, "protocol" => &*c.protocol, "listener" => &*c.listener,
+                "age_ms" => c.age.as_millis() as u64, "aborted" => c.aborted);
+        }
+        let elapsed = self.began.map(|t| t.elapsed()).unwrap_or_default();
+        self.controller.advance(Phase::Stopped);
+        info!(self.log, "phase"; "phase" => "stopped", "reason" => why,
+            "left_open" => left_open.len(), "elapsed_ms" => elapsed.as_millis() as u64);
+        let outcome = StopOutcome {
+            exit_code: 0,
+            left_open,
+            elapsed,
+        };
+        for w in self.waiters.drain(..) {
+            let _ = w.send(outcome.clone());
+        }
+        self.outcome = Some(outcome);
+        if self.stop_system {
+            System::current().stop_with_code(0);
+        }
+    }
+
+    fn listen_for_signals(&self, ctx: &mut Context<Self>) {
+        use actix_rt::signal::unix::{signal, SignalKind};
+        for (kind, signo) in [
+            (SignalKind::terminate(), libc::SIGTERM),
+            (SignalKind::interrupt(), libc::SIGINT),
+        ] {
+            match signal(kind) {
+                Ok(mut stream) => {
+                    let me = ctx.address();
+                    ctx.spawn(
+                        async move {
+                            while stream.recv().await.is_some() {
+                                me.do_send(SignalReceived { signal: signo });
+                            }
+                        }
+                        .into_actor(self),
+                    );
+                }
+                Err(e) => {
+                    error!(self.log, "cannot listen for a signal; stop with a message instead";
+                        "signal" => signo, "error" => %e);
+                }
+            }
+        }
+    }
+}
+
+impl Actor for ShutdownCoordinator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if self.signals {
+            self.listen_for_signals(ctx);
+        }
+        debug!(self.log, "shutdown coordinator started"; "signals" => self.signals);
+    }
+}
+
+impl Handler<BeginShutdown> for ShutdownCoordinator {
+    type Result = ();
+
+    fn handle(&mut self, _msg: BeginShutdown, ctx: &mut Self::Context) {
+        debug!(self.log, "begin shutdown requested");
+        self.begin(ctx, "message");
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        _ => "signal",
+    }
+}
+
+impl Handler<SignalReceived> for ShutdownCoordinator {
+    type Result = ();
+
+    fn handle(&mut self, msg: SignalReceived, ctx: &mut Self::Context) {
+        let name = signal_name(msg.signal);
+        debug!(self.log, "signal received"; "signal" => name);
+        if self.began.is_none() {
+            self.begin(ctx, name);
+        } else if self.phase() < Phase::Stopped {
+            let code = 128 + msg.signal;
+            error!(self.log, "second signal during shutdown: forcing exit";
+                "signal" => name, "exit_code" => code, "phase" => %self.phase());
+            (self.force_exit)(code);
+        }
+    }
+}
+
+impl Handler<WaitStopped> for ShutdownCoordinator {
+    type Result = ResponseFuture<StopOutcome>;
+
+    fn handle(&mut self, _msg: WaitStopped, _ctx: &mut Self::Context) -> Self::Result {
+        debug!(self.log, "wait stopped");
+        if let Some(outcome) = self.outcome.clone() {
+            return Box::pin(async move { outcome });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push(tx);
+        Box::pin(async move {
+            // The sender only drops unanswered if the actor dies first:
+            // report that as an unclean stop.
+            rx.await.unwrap_or(StopOutcome {
+                exit_code: 1,
+                left_open: Vec::new(),
+                elapsed: Duration::ZERO,
+            })
+        })
+    }
+}
+
+impl Handler<GetPhase> for ShutdownCoordinator {
+    type Result = MessageResult<GetPhase>;
+
+    fn handle(&mut self, _msg: GetPhase, _ctx: &mut Self::Context) -> Self::Result {
+        debug!(self.log, "get phase");
+        MessageResult(self.phase())
+    }
+}
