@@ -5,11 +5,10 @@
 use crate::client::LoadClient;
 use crate::listen::loopback_listener;
 use crate::stats::{Samples, Unit};
-use crate::{rotate, Res};
+use crate::{join, rotate, Res};
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
@@ -21,7 +20,8 @@ pub(crate) struct IdleServer {
     go: Option<tokio::sync::oneshot::Sender<()>>,
     /// Carries the measured abort time.
     result: mpsc::Receiver<Duration>,
-    thread: Option<JoinHandle<Res<()>>>,
+    /// Stops the server and joins its thread.
+    finish: Box<dyn FnOnce() -> Res<()>>,
 }
 
 impl IdleServer {
@@ -30,14 +30,14 @@ impl IdleServer {
         accepted: mpsc::Receiver<()>,
         go: tokio::sync::oneshot::Sender<()>,
         result: mpsc::Receiver<Duration>,
-        thread: JoinHandle<Res<()>>,
+        finish: impl FnOnce() -> Res<()> + 'static,
     ) -> Self {
         Self {
             addr,
             accepted,
             go: Some(go),
             result,
-            thread: Some(thread),
+            finish: Box::new(finish),
         }
     }
 
@@ -55,20 +55,14 @@ impl IdleServer {
         Ok(took)
     }
 
-    fn join(mut self) -> Res<()> {
-        if let Some(thread) = self.thread.take() {
-            thread
-                .join()
-                .map_err(|_| "server thread panicked")?
-                .map_err(|e| format!("server thread failed: {e}"))?;
-        }
-        Ok(())
+    fn finish(self) -> Res<()> {
+        (self.finish)()
     }
 }
 
 /// The baseline: a current-thread tokio runtime, one task per connection
 /// waiting to read; abort is a loop calling shutdown(2) on every socket,
-/// then waiting for all the tasks to end.
+/// then waiting for all the tasks to end (each closes its socket).
 pub(crate) fn start_shutdown_loop(n: usize) -> Res<IdleServer> {
     let std_listener = loopback_listener()?;
     let addr = std_listener.local_addr()?;
@@ -108,6 +102,9 @@ pub(crate) fn start_shutdown_loop(n: usize) -> Res<IdleServer> {
             for socket in &sockets {
                 let _ = socket2::SockRef::from(&**socket).shutdown(std::net::Shutdown::Both);
             }
+            // As in ours, each socket closes when its task ends, inside
+            // the measured time.
+            drop(sockets);
             while let Some(done) = tasks.join_next().await {
                 done?;
             }
@@ -116,7 +113,13 @@ pub(crate) fn start_shutdown_loop(n: usize) -> Res<IdleServer> {
         })?;
         Ok(())
     });
-    Ok(IdleServer::new(addr, accepted_rx, go_tx, result_rx, thread))
+    Ok(IdleServer::new(
+        addr,
+        accepted_rx,
+        go_tx,
+        result_rx,
+        move || join(thread),
+    ))
 }
 
 /// One abort contender: starts a server that will hold `n` connections.
@@ -146,7 +149,7 @@ pub(crate) fn measure(
             client
                 .wait_closed()
                 .map_err(|e| format!("abort, {}: {e}", c.name))?;
-            server.join()?;
+            server.finish()?;
             samples[i].push_duration(took);
         }
     }

@@ -5,9 +5,8 @@
 use crate::client::LoadClient;
 use crate::listen::loopback_listener;
 use crate::stats::{Samples, Unit};
-use crate::{rotate, Res};
+use crate::{join, rotate, Res};
 use std::net::SocketAddr;
-use std::thread::JoinHandle;
 use tokio::io::AsyncWriteExt;
 
 /// The line every accept-path handler writes before closing.
@@ -30,14 +29,6 @@ impl Running {
     pub(crate) fn stop(self) -> Res<()> {
         (self.stop)()
     }
-}
-
-fn join(thread: JoinHandle<Res<()>>) -> Res<()> {
-    thread
-        .join()
-        .map_err(|_| "server thread panicked")?
-        .map_err(|e| format!("server thread failed: {e}"))?;
-    Ok(())
 }
 
 /// A plain tokio accept loop on a current-thread runtime: one task per

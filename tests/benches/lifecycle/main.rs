@@ -13,7 +13,7 @@
 //! (the order rotates every repetition) and reported as median, min, max.
 //!
 //! Options (after `--` with cargo bench):
-//! `--reps N`, `--only accept,abort,registry,memory,start,stop,smtp`,
+//! `--reps N`, `--only registry,accept,abort,memory,start,smtp`,
 //! `--report FILE` (write the Markdown table there),
 //! `--gateway PATH` (the lifecycle-gateway binary; default: next to the
 //! bench's own target directory).
@@ -21,16 +21,18 @@
 mod abort;
 mod accept;
 mod client;
+mod gateway;
 mod listen;
 mod memory;
+mod ours;
 mod registry;
 mod report;
+mod scenarios;
 mod smtp_sink;
 mod start;
 mod stats;
 
-use report::Row;
-use stats::{Samples, Summary, Unit};
+use report::{Met, Row};
 use std::path::PathBuf;
 
 /// Counts allocations for the memory scenario only (off otherwise).
@@ -39,6 +41,15 @@ static ALLOCATOR: memory::Counting = memory::Counting::new();
 
 /// Errors of the bench: reported with their context, then exit 1.
 pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Joins a server thread, turning its panic or error into ours.
+pub(crate) fn join(thread: std::thread::JoinHandle<Res<()>>) -> Res<()> {
+    thread
+        .join()
+        .map_err(|_| "server thread panicked")?
+        .map_err(|e| format!("server thread failed: {e}"))?;
+    Ok(())
+}
 
 /// Contender order for repetition `rep`: rotates so none always goes first.
 pub(crate) fn rotate(n: usize, rep: usize) -> impl Iterator<Item = usize> {
@@ -156,14 +167,6 @@ fn raise_nofile_limit() -> Res<u64> {
     Ok(hard)
 }
 
-fn summaries(names: &[&str], samples: &[Samples]) -> Vec<(String, Summary)> {
-    names
-        .iter()
-        .zip(samples)
-        .filter_map(|(n, s)| s.summary().map(|s| (n.to_string(), s)))
-        .collect()
-}
-
 fn main() {
     if std::env::var(client::ROLE_VAR).as_deref() == Ok(client::ROLE_CLIENT) {
         if let Err(e) = raise_nofile_limit().and_then(|_| client::run_client_role()) {
@@ -187,26 +190,56 @@ fn run() -> Res<()> {
         sizes.reps,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let mut rows = Vec::new();
+    let gateway = gateway::locate(options.gateway.as_deref());
+    match &gateway {
+        Some(p) => eprintln!("gateway binary: {}", p.display()),
+        None => eprintln!("no lifecycle-gateway binary found: its rows stay unmeasured"),
+    }
+    let gateway = gateway.as_deref();
     let mut client = client::LoadClient::spawn()?;
-
+    let mut rows = Vec::new();
+    let mut failed = false;
+    let mut add = |name: &str, result: Res<Vec<Row>>| match result {
+        Ok(r) => rows.extend(r),
+        Err(e) => {
+            eprintln!("scenario {name} failed: {e}");
+            failed = true;
+            rows.push(Row {
+                what: name.to_string(),
+                ours: None,
+                baselines: vec![],
+                target: String::new(),
+                met: Met::Failed(e.to_string().replace(['\n', '|'], " ")),
+            });
+        }
+    };
+    let sizes = &options.sizes;
     if options.wants("registry") {
-        rows.extend(registry_rows(sizes)?);
+        add("registry", scenarios::registry_rows(sizes));
     }
     if options.wants("accept") {
-        rows.push(accept_row(&mut client, sizes)?);
+        add(
+            "accept",
+            scenarios::accept_row(&mut client, sizes).map(|r| vec![r]),
+        );
     }
     if options.wants("abort") {
-        rows.push(abort_row(&mut client, sizes)?);
+        add(
+            "abort",
+            scenarios::abort_row(&mut client, sizes).map(|r| vec![r]),
+        );
     }
     if options.wants("memory") {
-        rows.push(memory_row(sizes)?);
+        add("memory", scenarios::memory_rows(&ALLOCATOR, sizes));
     }
     if options.wants("start") {
-        rows.push(start_row(sizes)?);
+        add("start/stop", scenarios::start_stop_rows(sizes, gateway));
     }
     if options.wants("smtp") {
-        rows.push(smtp_row(&mut client, sizes)?);
+        add(
+            "smtp",
+            scenarios::smtp_row(&mut client, sizes, gateway).map(|r| vec![r]),
+        );
     }
     drop(client);
 
@@ -217,187 +250,8 @@ fn run() -> Res<()> {
         std::fs::write(path, &text)
             .map_err(|e| format!("cannot write the report to {}: {e}", path.display()))?;
     }
+    if failed {
+        return Err("some scenarios failed (see above and the table)".into());
+    }
     Ok(())
-}
-
-const NOT_IN_MAIN: &str = "actix-lifecycle's actors are not in main yet";
-const NO_GATEWAY: &str = "the lifecycle-gateway binary is not in main yet";
-
-fn registry_rows(sizes: &Sizes) -> Res<Vec<Row>> {
-    let contenders = vec![
-        registry::Contender {
-            name: "Mutex<HashMap>, 1 thread",
-            threads: 1,
-            run: Box::new(|pairs| registry::mutex_hashmap(1, pairs)),
-        },
-        registry::Contender {
-            name: "Mutex<HashMap>, 2 threads",
-            threads: 2,
-            run: Box::new(|pairs| registry::mutex_hashmap(2, pairs)),
-        },
-        registry::Contender {
-            name: "do_send same thread",
-            threads: 1,
-            run: Box::new(registry::do_send_same_thread),
-        },
-        registry::Contender {
-            name: "do_send cross thread",
-            threads: 1,
-            run: Box::new(registry::do_send_cross_thread),
-        },
-    ];
-    let samples = registry::measure(&contenders, sizes.reps, sizes.registry_pairs)?;
-    let all = summaries(
-        &contenders.iter().map(|c| c.name).collect::<Vec<_>>(),
-        &samples,
-    );
-    let pick = |names: &[&str]| -> Vec<(String, Summary)> {
-        all.iter()
-            .filter(|(n, _)| names.contains(&n.as_str()))
-            .cloned()
-            .collect()
-    };
-    let target = "≥ 2,000,000 pairs/s and ≥ 0.5× do_send cross thread";
-    Ok(vec![
-        Row::without_ours(
-            "registry: register+unregister pairs/s, 1 producer thread",
-            pick(&[
-                "Mutex<HashMap>, 1 thread",
-                "do_send same thread",
-                "do_send cross thread",
-            ]),
-            target,
-            NOT_IN_MAIN,
-        ),
-        Row::without_ours(
-            "registry: register+unregister pairs/s, 2 producer threads",
-            pick(&[
-                "Mutex<HashMap>, 2 threads",
-                "do_send same thread",
-                "do_send cross thread",
-            ]),
-            target,
-            NOT_IN_MAIN,
-        ),
-    ])
-}
-
-fn accept_row(client: &mut client::LoadClient, sizes: &Sizes) -> Res<Row> {
-    let contenders = [
-        accept::Contender {
-            name: "plain tokio",
-            start: accept::start_tokio,
-        },
-        accept::Contender {
-            name: "actix-server",
-            start: accept::start_actix_server,
-        },
-    ];
-    let samples = accept::measure(
-        client,
-        &contenders,
-        sizes.reps,
-        sizes.accept_connections,
-        sizes.accept_concurrency,
-    )?;
-    let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
-    Ok(Row::without_ours(
-        format!(
-            "accept path: connections/s ({} per rep, {} in flight)",
-            sizes.accept_connections, sizes.accept_concurrency
-        ),
-        summaries(&names, &samples),
-        "≥ 0.95× plain tokio, ≥ 1.0× actix-server",
-        NOT_IN_MAIN,
-    ))
-}
-
-fn abort_row(client: &mut client::LoadClient, sizes: &Sizes) -> Res<Row> {
-    let contenders = [abort::Contender {
-        name: "shutdown(2) loop",
-        start: abort::start_shutdown_loop,
-    }];
-    let samples = abort::measure(client, &contenders, sizes.reps, sizes.abort_connections)?;
-    let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
-    Ok(Row::without_ours(
-        format!(
-            "abort: {} idle connections, order to all ended",
-            sizes.abort_connections
-        ),
-        summaries(&names, &samples),
-        "≤ 1.2× shutdown(2) loop",
-        NOT_IN_MAIN,
-    ))
-}
-
-fn memory_row(sizes: &Sizes) -> Res<Row> {
-    let mut reference = Samples::new(Unit::Bytes);
-    for _ in 0..sizes.reps {
-        reference.push(memory::mutex_hashmap_bytes(
-            &ALLOCATOR,
-            sizes.memory_guards,
-        )?);
-    }
-    Ok(Row::without_ours(
-        format!(
-            "memory per tracked connection ({} guards)",
-            sizes.memory_guards
-        ),
-        summaries(&["Mutex<HashMap> entry (mox, for reference)"], &[reference]),
-        "≤ 128 B, 0 extra fds",
-        NOT_IN_MAIN,
-    ))
-}
-
-fn start_row(sizes: &Sizes) -> Res<Row> {
-    let Some(trivial) = start::trivial_binary() else {
-        return Err("no /bin/true or /usr/bin/true for the start baseline".into());
-    };
-    let mut exec = Samples::new(Unit::Millis);
-    for _ in 0..sizes.reps {
-        exec.push_duration(start::exec_to_exit(trivial)?);
-    }
-    let baselines = summaries(&["exec of /bin/true"], &[exec]);
-    Ok(Row::without_ours(
-        "start: exec to ready, immediate mode",
-        baselines,
-        "≤ 50 ms",
-        NO_GATEWAY,
-    ))
-}
-
-fn smtp_row(client: &mut client::LoadClient, sizes: &Sizes) -> Res<Row> {
-    let spool_root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
-    let mut sink = Samples::new(Unit::PerSecond);
-    let total = (sizes.smtp_clients * sizes.smtp_messages_per_client) as u64;
-    for rep in 0..sizes.reps {
-        let spool = spool_root.path().join(format!("sink-{rep}"));
-        std::fs::create_dir(&spool)?;
-        let server = smtp_sink::start(spool.clone())?;
-        let took = client.smtp(
-            server.addr,
-            sizes.smtp_clients,
-            sizes.smtp_messages_per_client,
-            sizes.smtp_message_size,
-        );
-        server.stop()?;
-        sink.push_rate(
-            total,
-            took.map_err(|e| format!("smtp, no-fsync sink: {e}"))?,
-        );
-        let spooled = std::fs::read_dir(&spool)?.count() as u64;
-        if spooled != total {
-            return Err(format!("no-fsync sink spooled {spooled} messages, sent {total}").into());
-        }
-    }
-    Ok(Row::without_ours(
-        format!(
-            "SMTP: messages/s, {} clients, {} KiB messages, fsync on",
-            sizes.smtp_clients,
-            sizes.smtp_message_size / 1024
-        ),
-        summaries(&["sink without fsync"], &[sink]),
-        "report the ratio",
-        NO_GATEWAY,
-    ))
 }

@@ -82,10 +82,6 @@ unsafe impl GlobalAlloc for Counting {
 
 /// Open file descriptors of this process (entries of /proc/self/fd, less
 /// the one the listing itself holds).
-#[expect(
-    dead_code,
-    reason = "used by our side of the memory row once the actors land"
-)]
 pub(crate) fn open_fds() -> Res<usize> {
     let n = std::fs::read_dir("/proc/self/fd")
         .map_err(|e| format!("cannot list /proc/self/fd to count fds: {e}"))?

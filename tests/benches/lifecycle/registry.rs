@@ -27,17 +27,47 @@ struct Entry {
     since: Instant,
 }
 
+/// Runs one producer per closure on its own thread, started together
+/// (barrier); the time is from the first producer's start to the last
+/// one's end, taken by the producers themselves (the spawning thread may
+/// be descheduled past the barrier).
+pub(crate) fn run_producers<F>(producers: Vec<F>) -> Res<Duration>
+where
+    F: FnOnce() -> Res<()> + Send + 'static,
+{
+    let barrier = Arc::new(Barrier::new(producers.len()));
+    let workers: Vec<_> = producers
+        .into_iter()
+        .map(|work| {
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                let start = Instant::now();
+                work().map(|()| (start, Instant::now()))
+            })
+        })
+        .collect();
+    let mut first: Option<Instant> = None;
+    let mut last: Option<Instant> = None;
+    for w in workers {
+        let (start, end) = w.join().map_err(|_| "producer panicked")??;
+        first = Some(first.map_or(start, |f| f.min(start)));
+        last = Some(last.map_or(end, |l| l.max(end)));
+    }
+    match (first, last) {
+        (Some(first), Some(last)) => Ok(last - first),
+        _ => Err("no producers".into()),
+    }
+}
+
 /// `threads` producers, each inserting and removing `pairs` entries of one
 /// shared `Mutex<HashMap>` (mox's `Connections`). Returns the wall time.
 pub(crate) fn mutex_hashmap(threads: usize, pairs: u64) -> Res<Duration> {
     let map: Arc<Mutex<HashMap<u64, Entry>>> = Arc::default();
-    let barrier = Arc::new(Barrier::new(threads + 1));
-    let workers: Vec<_> = (0..threads)
+    let producers = (0..threads)
         .map(|t| {
             let map = Arc::clone(&map);
-            let barrier = Arc::clone(&barrier);
-            std::thread::spawn(move || {
-                barrier.wait();
+            move || -> Res<()> {
                 let base = (t as u64) << 40;
                 for i in 0..pairs {
                     let id = base | i;
@@ -49,16 +79,11 @@ pub(crate) fn mutex_hashmap(threads: usize, pairs: u64) -> Res<Duration> {
                     map.lock().map_err(|_| "poisoned")?.insert(id, entry);
                     std::hint::black_box(map.lock().map_err(|_| "poisoned")?.remove(&id));
                 }
-                Ok::<_, &'static str>(())
-            })
+                Ok(())
+            }
         })
         .collect();
-    barrier.wait();
-    let start = Instant::now();
-    for w in workers {
-        w.join().map_err(|_| "producer panicked")??;
-    }
-    Ok(start.elapsed())
+    run_producers(producers)
 }
 
 #[derive(Message)]

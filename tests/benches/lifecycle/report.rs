@@ -10,6 +10,10 @@ pub(crate) enum Met {
     No(String),
     /// Our side could not be measured in this run; the text says why.
     NotMeasured(String),
+    /// The row has no target: the figures are reported as they are.
+    Report,
+    /// The scenario failed; the text says how.
+    Failed(String),
 }
 
 /// One line of the table.
@@ -82,6 +86,8 @@ pub(crate) fn markdown(rows: &[Row]) -> String {
             Met::Yes => "yes".to_string(),
             Met::No(why) => format!("**no**: {why}"),
             Met::NotMeasured(why) => format!("not measured: {why}"),
+            Met::Report => "(reported)".to_string(),
+            Met::Failed(why) => format!("**bench failed**: {why}"),
         };
         let _ = writeln!(
             out,
@@ -108,10 +114,6 @@ pub(crate) fn legend(reps: usize) -> String {
 
 /// Checks "ours ≥ factor × baseline" (rates) or "ours ≤ factor × baseline"
 /// (times), returning the shortfall as text.
-#[expect(
-    dead_code,
-    reason = "used by our side of the rows once the actors land"
-)]
 pub(crate) fn check_ratio(
     ours: &Summary,
     baseline: &Summary,
@@ -136,10 +138,6 @@ pub(crate) fn check_ratio(
 }
 
 /// Checks an absolute bound in the summary's unit.
-#[expect(
-    dead_code,
-    reason = "used by our side of the rows once the actors land"
-)]
 pub(crate) fn check_abs(ours: &Summary, bound: f64, what: &str) -> Result<(), String> {
     let ok = match ours.unit {
         Unit::PerSecond => ours.median >= bound,
@@ -162,10 +160,6 @@ pub(crate) fn check_abs(ours: &Summary, bound: f64, what: &str) -> Result<(), St
 }
 
 /// Combines checks into a [`Met`].
-#[expect(
-    dead_code,
-    reason = "used by our side of the rows once the actors land"
-)]
 pub(crate) fn met(checks: Vec<Result<(), String>>) -> Met {
     let misses: Vec<String> = checks.into_iter().filter_map(Result::err).collect();
     if misses.is_empty() {

@@ -4,7 +4,7 @@
 
 use crate::accept::Running;
 use crate::listen::loopback_listener;
-use crate::Res;
+use crate::{join, Res};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,11 +44,7 @@ pub(crate) fn start(spool: PathBuf) -> Res<Running> {
     });
     Ok(Running::new(addr, move || {
         let _ = stop_tx.send(());
-        thread
-            .join()
-            .map_err(|_| "smtp sink thread panicked")?
-            .map_err(|e| format!("smtp sink failed: {e}"))?;
-        Ok(())
+        join(thread)
     }))
 }
 

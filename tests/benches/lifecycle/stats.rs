@@ -13,6 +13,8 @@ pub(crate) enum Unit {
     Millis,
     /// Bytes (lower is better).
     Bytes,
+    /// A count (lower is better), e.g. extra file descriptors.
+    Count,
 }
 
 /// One figure per repetition.
@@ -109,6 +111,7 @@ pub(crate) fn format_value(unit: Unit, v: f64) -> String {
             }
         }
         Unit::Bytes => format!("{v:.0} B"),
+        Unit::Count => format!("{v:.0}"),
     }
 }
 

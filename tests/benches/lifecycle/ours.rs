@@ -1,0 +1,192 @@
+//! Our side: actix-lifecycle's ListenerActor, ConnectionRegistry (with its
+//! prometheus metrics) and guards, used only through their public API.
+
+use crate::abort::IdleServer;
+use crate::accept::{Running, LINE};
+use crate::listen::loopback_listener;
+use crate::memory::{open_fds, Counting};
+use crate::{join, Res};
+use actix_lifecycle::{ConnHandler, ConnectionRegistry, Done, Lifecycle, Shutdown};
+use lifecycle_handoff::{Inventory, ListenerSpec, PassedListener};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The listener's name and protocol label in every scenario.
+const NAME: &str = "bench";
+
+/// A lifecycle (broker, registry with metrics, coordinator) serving one
+/// loopback listener (backlog 1024) with `handler`, inside an actix
+/// `System` on its own thread. Returns the listener's address, the
+/// lifecycle's handles (sent back from the System thread) and the thread.
+fn start_lifecycle(
+    handler: fn() -> ConnHandler,
+) -> Res<(
+    std::net::SocketAddr,
+    Lifecycle,
+    actix::System,
+    std::thread::JoinHandle<Res<()>>,
+)> {
+    let std_listener = loopback_listener()?;
+    let addr = std_listener.local_addr()?;
+    let inventory = Inventory {
+        listeners: vec![PassedListener {
+            spec: ListenerSpec::tcp(NAME, addr).with_backlog(crate::listen::BACKLOG as u32),
+            fd: std_listener.into(),
+        }],
+        files: vec![],
+    };
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let thread = std::thread::spawn(move || -> Res<()> {
+        let system = actix::System::new();
+        let started = system.block_on(async move {
+            let lifecycle = Lifecycle::builder(inventory)
+                .handle_signals(false)
+                .stop_system(false)
+                .metrics(&prometheus::Registry::new())
+                .start()
+                .map_err(|e| e.to_string())?;
+            lifecycle.serve(NAME, NAME, handler());
+            Ok::<_, String>(lifecycle)
+        });
+        match started {
+            Ok(lifecycle) => {
+                let _ = ready_tx.send(Ok((lifecycle, actix::System::current())));
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return Ok(());
+            }
+        }
+        system.run()?;
+        Ok(())
+    });
+    let (lifecycle, system) = ready_rx
+        .recv()
+        .map_err(|_| "the lifecycle thread ended before starting")?
+        .map_err(|e| format!("cannot start the lifecycle: {e}"))?;
+    Ok((addr, lifecycle, system, thread))
+}
+
+/// Accept path: ListenerActor + registry + metrics, the handler writes the
+/// line and drops the connection (which unregisters it).
+pub(crate) fn start_accept() -> Res<Running> {
+    let (addr, lifecycle, system, thread) = start_lifecycle(|| {
+        ConnHandler::new(|mut conn| async move {
+            let _ = conn.write_all(LINE).await;
+        })
+    })?;
+    Ok(Running::new(addr, move || {
+        // Held until now so the registry actor lives as long as the server.
+        drop(lifecycle);
+        system.stop();
+        join(thread)
+    }))
+}
+
+/// Abort: the handler reads until end of stream; the abort is the
+/// registry's `Shutdown` message, and it is over when `Done` resolves.
+pub(crate) fn start_abort(n: usize) -> Res<IdleServer> {
+    let (addr, lifecycle, system, thread) = start_lifecycle(|| {
+        ConnHandler::new(|mut conn| async move {
+            let mut buf = [0u8; 64];
+            while let Ok(read) = conn.read(&mut buf).await {
+                if read == 0 {
+                    break;
+                }
+            }
+        })
+    })?;
+    let (accepted_tx, accepted_rx) = mpsc::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let (result_tx, result_rx) = mpsc::channel();
+    let registry = lifecycle.registry().clone();
+    let connections = lifecycle.connections().clone();
+    // The measurement runs on the lifecycle's own arbiter; this thread
+    // only waits for it and then stops the System.
+    let arbiter = system.arbiter().clone();
+    let spawned = arbiter.spawn(async move {
+        while connections.live() < n as u64 {
+            actix_rt::time::sleep(Duration::from_millis(1)).await;
+        }
+        let _ = accepted_tx.send(());
+        if go_rx.await.is_err() {
+            return;
+        }
+        let start = Instant::now();
+        let sent = registry.send(Shutdown).await;
+        let done = registry.send(Done).await;
+        if sent.is_ok() && done.is_ok() {
+            let _ = result_tx.send(start.elapsed());
+        }
+    });
+    if !spawned {
+        return Err("the lifecycle's arbiter is gone".into());
+    }
+    Ok(IdleServer::new(
+        addr,
+        accepted_rx,
+        go_tx,
+        result_rx,
+        move || {
+            system.stop();
+            join(thread)
+        },
+    ))
+}
+
+/// Registry pairs: `threads` producers, each with its own shard (as each
+/// arbiter has), registering and dropping `pairs` guards.
+pub(crate) fn registry_pairs(threads: usize, pairs: u64) -> Res<Duration> {
+    let registry = ConnectionRegistry::builder()
+        .metrics(&prometheus::Registry::new())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let handle = registry.handle();
+    let kind = handle.kind("smtp", NAME);
+    let producers = (0..threads)
+        .map(|_| {
+            let shard = handle.shard();
+            let kind = kind.clone();
+            move || -> Res<()> {
+                for _ in 0..pairs {
+                    drop(std::hint::black_box(shard.register(&kind)));
+                }
+                Ok(())
+            }
+        })
+        .collect();
+    let took = crate::registry::run_producers(producers)?;
+    if handle.live() != 0 {
+        return Err(format!("{} connections still live after the pairs", handle.live()).into());
+    }
+    Ok(took)
+}
+
+/// Memory: live heap bytes per guard with `n` guards registered (the
+/// guards themselves held in a Vec, counted), and the fds opened meanwhile.
+pub(crate) fn memory_per_guard(counting: &Counting, n: usize) -> Res<(f64, f64)> {
+    let registry = ConnectionRegistry::builder()
+        .metrics(&prometheus::Registry::new())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let handle = registry.handle();
+    let kind = handle.kind("smtp", NAME);
+    let shard = handle.shard();
+    // Warm up: the first registration creates per-kind state once.
+    drop(shard.register(&kind));
+    let fds_before = open_fds()?;
+    counting.start();
+    let guards: Vec<_> = (0..n).map(|_| shard.register(&kind)).collect();
+    let bytes = counting.live();
+    counting.stop();
+    let fds_after = open_fds()?;
+    if handle.live() != n as u64 {
+        return Err(format!("{} live, expected {n}", handle.live()).into());
+    }
+    drop(guards);
+    Ok((
+        bytes as f64 / n as f64,
+        fds_after as f64 - fds_before as f64,
+    ))
+}

@@ -1,0 +1,370 @@
+//! One function per row group of the table: runs ours and the baselines
+//! interleaved and judges the row against its target (issue 9).
+
+use crate::client::LoadClient;
+use crate::report::{check_abs, check_ratio, met, Met, Row};
+use crate::stats::{Samples, Summary, Unit};
+use crate::{abort, accept, gateway, memory, ours, registry, smtp_sink, start, Res, Sizes};
+use std::path::Path;
+use std::time::Duration;
+
+/// Pause between the gateway's greeting and SIGTERM, so the greeting
+/// connection is gone and the service is idle (not measured).
+const SETTLE: Duration = Duration::from_millis(100);
+
+fn summaries(names: &[&str], samples: &[Samples]) -> Vec<(String, Summary)> {
+    names
+        .iter()
+        .zip(samples)
+        .filter_map(|(n, s)| s.summary().map(|s| (n.to_string(), s)))
+        .collect()
+}
+
+fn find<'a>(all: &'a [(String, Summary)], name: &str) -> Res<&'a Summary> {
+    all.iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, s)| s)
+        .ok_or_else(|| format!("no figures for {name}").into())
+}
+
+pub(crate) fn registry_rows(sizes: &Sizes) -> Res<Vec<Row>> {
+    let contenders = vec![
+        registry::Contender {
+            name: "ours, 1 thread",
+            threads: 1,
+            run: Box::new(|pairs| ours::registry_pairs(1, pairs)),
+        },
+        registry::Contender {
+            name: "ours, 2 threads",
+            threads: 2,
+            run: Box::new(|pairs| ours::registry_pairs(2, pairs)),
+        },
+        registry::Contender {
+            name: "Mutex<HashMap>, 1 thread",
+            threads: 1,
+            run: Box::new(|pairs| registry::mutex_hashmap(1, pairs)),
+        },
+        registry::Contender {
+            name: "Mutex<HashMap>, 2 threads",
+            threads: 2,
+            run: Box::new(|pairs| registry::mutex_hashmap(2, pairs)),
+        },
+        registry::Contender {
+            name: "do_send same thread",
+            threads: 1,
+            run: Box::new(registry::do_send_same_thread),
+        },
+        registry::Contender {
+            name: "do_send cross thread",
+            threads: 1,
+            run: Box::new(registry::do_send_cross_thread),
+        },
+    ];
+    let samples = registry::measure(&contenders, sizes.reps, sizes.registry_pairs)?;
+    let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
+    let all = summaries(&names, &samples);
+    let cross = *find(&all, "do_send cross thread")?;
+    let mut rows = Vec::new();
+    for (threads, ours_name, mutex_name) in [
+        (1, "ours, 1 thread", "Mutex<HashMap>, 1 thread"),
+        (2, "ours, 2 threads", "Mutex<HashMap>, 2 threads"),
+    ] {
+        let ours = *find(&all, ours_name)?;
+        let baselines = all
+            .iter()
+            .filter(|(n, _)| {
+                n == mutex_name || n == "do_send same thread" || n == "do_send cross thread"
+            })
+            .cloned()
+            .collect();
+        rows.push(Row {
+            what: format!(
+                "registry: register+unregister pairs/s through the guard API, \
+                 {threads} producer thread(s), each with its own shard"
+            ),
+            ours: Some(ours),
+            baselines,
+            target: "≥ 2,000,000 pairs/s and ≥ 0.5× do_send cross thread".into(),
+            met: met(vec![
+                check_abs(&ours, 2e6, "pairs/s"),
+                check_ratio(&ours, &cross, 0.5, "do_send cross thread"),
+            ]),
+        });
+    }
+    Ok(rows)
+}
+
+pub(crate) fn accept_row(client: &mut LoadClient, sizes: &Sizes) -> Res<Row> {
+    let contenders = [
+        accept::Contender {
+            name: "ours",
+            start: ours::start_accept,
+        },
+        accept::Contender {
+            name: "plain tokio",
+            start: accept::start_tokio,
+        },
+        accept::Contender {
+            name: "actix-server",
+            start: accept::start_actix_server,
+        },
+    ];
+    let samples = accept::measure(
+        client,
+        &contenders,
+        sizes.reps,
+        sizes.accept_connections,
+        sizes.accept_concurrency,
+    )?;
+    let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
+    let mut all = summaries(&names, &samples);
+    let ours = all.remove(0).1;
+    let tokio = *find(&all, "plain tokio")?;
+    let actix_server = *find(&all, "actix-server")?;
+    Ok(Row {
+        what: format!(
+            "accept path: connections/s, ListenerActor + registry + metrics \
+             ({} per rep, {} in flight)",
+            sizes.accept_connections, sizes.accept_concurrency
+        ),
+        ours: Some(ours),
+        baselines: all,
+        target: "≥ 0.95× plain tokio, ≥ 1.0× actix-server".into(),
+        met: met(vec![
+            check_ratio(&ours, &tokio, 0.95, "plain tokio"),
+            check_ratio(&ours, &actix_server, 1.0, "actix-server"),
+        ]),
+    })
+}
+
+pub(crate) fn abort_row(client: &mut LoadClient, sizes: &Sizes) -> Res<Row> {
+    let contenders = [
+        abort::Contender {
+            name: "ours",
+            start: ours::start_abort,
+        },
+        abort::Contender {
+            name: "shutdown(2) loop",
+            start: abort::start_shutdown_loop,
+        },
+    ];
+    let samples = abort::measure(client, &contenders, sizes.reps, sizes.abort_connections)?;
+    let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
+    let mut all = summaries(&names, &samples);
+    let ours = all.remove(0).1;
+    let baseline = *find(&all, "shutdown(2) loop")?;
+    Ok(Row {
+        what: format!(
+            "abort: {} idle connections, registry Shutdown to Done",
+            sizes.abort_connections
+        ),
+        ours: Some(ours),
+        baselines: all,
+        target: "≤ 1.2× shutdown(2) loop".into(),
+        met: met(vec![check_ratio(&ours, &baseline, 1.2, "shutdown(2) loop")]),
+    })
+}
+
+pub(crate) fn memory_rows(counting: &memory::Counting, sizes: &Sizes) -> Res<Vec<Row>> {
+    let n = sizes.memory_guards;
+    let mut ours_bytes = Samples::new(Unit::Bytes);
+    let mut ours_fds = Samples::new(Unit::Count);
+    let mut reference = Samples::new(Unit::Bytes);
+    for _ in 0..sizes.reps {
+        let (bytes, fds) = ours::memory_per_guard(counting, n)?;
+        ours_bytes.push(bytes);
+        ours_fds.push(fds);
+        reference.push(memory::mutex_hashmap_bytes(counting, n)?);
+    }
+    let bytes = ours_bytes.summary().ok_or("no memory figures")?;
+    let fds = ours_fds.summary().ok_or("no fd figures")?;
+    Ok(vec![
+        Row {
+            what: format!(
+                "memory per tracked connection: heap bytes of registry entry + guard, \
+                 {n} guards (counting allocator)"
+            ),
+            ours: Some(bytes),
+            baselines: summaries(&["Mutex<HashMap> entry (mox, reference)"], &[reference]),
+            target: "≤ 128 B".into(),
+            met: met(vec![check_abs(&bytes, 128.0, "bytes per connection")]),
+        },
+        Row {
+            what: format!("extra fds for {n} tracked connections (/proc/self/fd)"),
+            ours: Some(fds),
+            baselines: vec![],
+            target: "0".into(),
+            met: met(vec![check_abs(&fds, 0.0, "extra fds")]),
+        },
+    ])
+}
+
+/// Start (exec to SMTP greeting) and stop (SIGTERM to exit, idle), the
+/// gateway interleaved with an exec of `/bin/true`.
+pub(crate) fn start_stop_rows(sizes: &Sizes, gateway_bin: Option<&Path>) -> Res<Vec<Row>> {
+    let Some(trivial) = start::trivial_binary() else {
+        return Err("no /bin/true or /usr/bin/true for the start baseline".into());
+    };
+    let mut exec = Samples::new(Unit::Millis);
+    let mut starts = Samples::new(Unit::Millis);
+    let mut stops = Samples::new(Unit::Millis);
+    let mut failure = None;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    for rep in 0..sizes.reps {
+        exec.push_duration(start::exec_to_exit(trivial)?);
+        let Some(bin) = gateway_bin else { continue };
+        if failure.is_some() {
+            continue;
+        }
+        let run = dir.path().join(format!("start-{rep}"));
+        std::fs::create_dir(&run)?;
+        let spool = run.join("spool");
+        match gateway::Gateway::start(bin, &run, &spool) {
+            Ok((gw, took)) => {
+                starts.push_duration(took);
+                std::thread::sleep(SETTLE);
+                match gw.stop() {
+                    Ok(took) => stops.push_duration(took),
+                    Err(e) => failure = Some(format!("stop failed: {e}")),
+                }
+            }
+            Err(e) => failure = Some(format!("start failed: {e}")),
+        }
+    }
+    let baselines = summaries(&["exec of /bin/true"], &[exec]);
+    let start_what = "start: gateway exec to SMTP greeting, immediate mode";
+    let stop_what = "stop: gateway SIGTERM to exit (status 0), idle, immediate mode";
+    let why = match (gateway_bin, &failure) {
+        (None, _) => Some(NO_GATEWAY.to_string()),
+        (Some(_), Some(f)) => Some(one_line(f)),
+        _ => None,
+    };
+    if let Some(why) = why {
+        return Ok(vec![
+            Row::without_ours(start_what, baselines, "≤ 50 ms", why.clone()),
+            Row::without_ours(stop_what, vec![], "≤ 50 ms (mox waits ≥ 1 s)", why),
+        ]);
+    }
+    let start = starts.summary().ok_or("no start figures")?;
+    let stop = stops.summary().ok_or("no stop figures")?;
+    Ok(vec![
+        Row {
+            what: start_what.into(),
+            ours: Some(start),
+            baselines,
+            target: "≤ 50 ms".into(),
+            met: met(vec![check_abs(&start, 50.0, "exec to ready")]),
+        },
+        Row {
+            what: stop_what.into(),
+            ours: Some(stop),
+            baselines: vec![],
+            target: "≤ 50 ms (mox waits ≥ 1 s)".into(),
+            met: met(vec![check_abs(&stop, 50.0, "SIGTERM to exit")]),
+        },
+    ])
+}
+
+/// SMTP messages/s: the gateway (fsync'd spool) interleaved with the
+/// no-fsync sink; both spool into the same file system.
+pub(crate) fn smtp_row(
+    client: &mut LoadClient,
+    sizes: &Sizes,
+    gateway_bin: Option<&Path>,
+) -> Res<Row> {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let mut sink = Samples::new(Unit::PerSecond);
+    let mut ours = Samples::new(Unit::PerSecond);
+    let mut failure = None;
+    let total = (sizes.smtp_clients * sizes.smtp_messages_per_client) as u64;
+    let load = |client: &mut LoadClient, addr| {
+        client.smtp(
+            addr,
+            sizes.smtp_clients,
+            sizes.smtp_messages_per_client,
+            sizes.smtp_message_size,
+        )
+    };
+    for rep in 0..sizes.reps {
+        for turn in crate::rotate(2, rep) {
+            let run = dir.path().join(format!("smtp-{rep}-{turn}"));
+            std::fs::create_dir(&run)?;
+            let spool = run.join("spool");
+            if turn == 0 {
+                std::fs::create_dir(&spool)?;
+                let server = smtp_sink::start(spool.clone())?;
+                let took = load(client, server.addr);
+                server.stop()?;
+                sink.push_rate(
+                    total,
+                    took.map_err(|e| format!("smtp, no-fsync sink: {e}"))?,
+                );
+                check_spooled(&spool, total, "no-fsync sink")?;
+            } else if let (Some(bin), None) = (gateway_bin, &failure) {
+                let result = gateway::Gateway::start(bin, &run, &spool).and_then(|(gw, _)| {
+                    let server = gw.into_running();
+                    let took = load(client, server.addr);
+                    server.stop()?;
+                    let took = took?;
+                    check_spooled(&spool, total, "gateway")?;
+                    Ok(took)
+                });
+                match result {
+                    Ok(took) => ours.push_rate(total, took),
+                    Err(e) => failure = Some(one_line(&format!("gateway: {e}"))),
+                }
+            }
+        }
+    }
+    let what = format!(
+        "SMTP: messages/s, {} clients × {} messages of {} KiB, gateway with fsync'd spool",
+        sizes.smtp_clients,
+        sizes.smtp_messages_per_client,
+        sizes.smtp_message_size / 1024
+    );
+    let baselines = summaries(&["sink without fsync"], &[sink]);
+    match (gateway_bin, failure, ours.summary()) {
+        (None, _, _) => Ok(Row::without_ours(
+            what,
+            baselines,
+            "report the ratio",
+            NO_GATEWAY,
+        )),
+        (Some(_), Some(f), _) => Ok(Row::without_ours(what, baselines, "report the ratio", f)),
+        (Some(_), None, summary) => Ok(Row {
+            what,
+            ours: summary,
+            baselines,
+            target: "report the ratio".into(),
+            met: Met::Report,
+        }),
+    }
+}
+
+/// The spool must hold exactly one `.eml` file per message sent.
+fn check_spooled(spool: &Path, expected: u64, who: &str) -> Res<()> {
+    let found = std::fs::read_dir(spool)?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .count() as u64;
+    if found != expected {
+        return Err(format!(
+            "{who} spooled {found} messages in {}, {expected} were sent",
+            spool.display()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+const NO_GATEWAY: &str = "no lifecycle-gateway binary (build it, or pass --gateway PATH)";
+
+/// The first line of an error, for a table cell.
+fn one_line(text: &str) -> String {
+    let first = text.lines().next().unwrap_or_default();
+    let mut s: String = first.chars().take(200).collect();
+    if s.len() < first.len() {
+        s.push('…');
+    }
+    s.replace('|', "/")
+}
