@@ -45,4 +45,13 @@ impl Inventory {
     pub fn len(&self) -> usize {
         self.listeners.len() + self.files.len()
     }
+
+    /// Closes every file (the privileged parent does this once the child
+    /// runs: the child has its own copies of the secrets) and returns how
+    /// many were closed. Listeners stay.
+    pub fn close_files(&mut self) -> usize {
+        let count = self.files.len();
+        self.files.clear();
+        count
+    }
 }

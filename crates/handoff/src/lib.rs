@@ -5,11 +5,143 @@
 //! them from a privileged parent, or take them from systemd), validates every
 //! inherited descriptor before use, and hands the result over as an
 //! [`Inventory`] of [`OwnedFd`](std::os::fd::OwnedFd)s.
+//!
+//! # Modes
+//!
+//! [`Handoff::detect`] picks one of four [`Mode`]s and says why
+//! ([`Handoff::reason`], for the start-up log). The rule, first match wins
+//! (see [`HandoffBuilder::choose`]):
+//!
+//! 1. a mode forced with [`HandoffBuilder::mode`] (the explicit override);
+//! 2. any `LIFECYCLE_*` hand-off variable set → [`Mode::Inherited`];
+//! 3. `MOX_SOCKETS` set and [`HandoffBuilder::mox_compat`] on → inherited, mox format;
+//! 4. `LISTEN_FDS` or `LISTEN_PID` set → [`Mode::Systemd`];
+//! 5. effective uid 0 → [`Mode::Privileged`];
+//! 6. otherwise → [`Mode::Immediate`].
+//!
+//! In every mode the program makes the same calls, as with mox:
+//! [`Handoff::listen`] for each listener and [`Handoff::open_privileged`] for
+//! each secret file. Privileged mode binds/opens and keeps a duplicate of
+//! each for the child; immediate mode binds/opens; inherited and systemd
+//! modes hand out the passed descriptors (listeners by name, files first in
+//! first out per path).
+//!
+//! # The hand-off protocol
+//!
+//! A privileged parent passes its descriptors to its child at fd 3, 4, ...:
+//! **listeners first, then files, each in entry order**, and describes them
+//! in four variables (the prefix `LIFECYCLE` is configurable):
+//!
+//! | variable | value |
+//! |---|---|
+//! | `LIFECYCLE_SOCKETS` | comma-separated `name=network:address` entries; network `tcp` (address `IP:port`, `[v6]:port`) or `unix` (a path) |
+//! | `LIFECYCLE_FILES` | comma-separated paths; a path may repeat (each open is its own fd) |
+//! | `LIFECYCLE_FDS` | the number of descriptors, a guard against truncation |
+//! | `LIFECYCLE_PARENT_PID` | the parent's pid |
+//!
+//! Every name, address and path is percent-escaped ([`escape`]): each byte
+//! outside `A-Z a-z 0-9 - . _ ~ / : @ + [ ]` is written `%XX`, so commas,
+//! `=`, `%`, newlines and non-UTF-8 bytes round-trip and values stay ASCII.
+//! The decoder is strict: a bad escape, an unescaped byte, an empty entry,
+//! an unknown network, a duplicate name or a count mismatch is an [`Error`]
+//! naming the variable, the entry and the fix.
+//!
+//! The child accepts the hand-off only if `LIFECYCLE_PARENT_PID` equals its
+//! `getppid()`, so a grandchild that inherited the variables does not take
+//! descriptors that were never passed to it; and it removes the variables
+//! once read. Each descriptor is then checked before use (open; socket vs
+//! file; listening; stream type and family; `getsockname` against the
+//! declared address, port 0 matching any port only when declared) and made
+//! non-blocking (listeners) and close-on-exec.
+//!
+//! systemd socket activation uses `LISTEN_FDS`, `LISTEN_PID` and
+//! `LISTEN_FDNAMES` (see [`SystemdManifest`]): names map to listener names,
+//! unnamed descriptors match by address. mox's `MOX_SOCKETS`/`MOX_FILES`
+//! can be read with [`Manifest::decode_mox`].
+//!
+//! Detection removes environment variables, which is only sound before other
+//! threads exist: call [`Handoff::detect`] first thing in `main`.
+//!
+//! # The privileged start
+//!
+//! In privileged mode the parent looks up the service user first
+//! ([`TargetUser::lookup`]: an unknown user fails before anything is bound),
+//! binds and opens, blocks the signals it will forward ([`Supervisor::new`]),
+//! and starts the child with [`ChildSpawner`]: the same executable and
+//! arguments, the hand-off variables ([`ChildHandoff`]), fds placed at 3..
+//! with a two-step `dup2` that cannot clobber a source ([`pass_fds`]), every
+//! other fd close-on-exec, and before exec an empty signal mask,
+//! `setgroups([])`, `setgid`, `setuid`, `PR_SET_NO_NEW_PRIVS` and
+//! `PR_SET_PDEATHSIG(SIGKILL)`. The child calls
+//! [`verify_cannot_regain_root`]. The parent keeps its listeners (for
+//! upgrades), closes its copies of the files ([`Inventory::close_files`]),
+//! forwards SIGTERM, SIGINT, SIGHUP and SIGUSR2 and exits with the child's
+//! status ([`Supervisor::wait`], 128 + signal for a signal death).
+//!
+//! # Example
+//!
+//! A parent encodes its kept inventory; the child decodes it (here from a
+//! map standing in for the environment):
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use lifecycle_handoff::{ChildHandoff, Handoff, ListenerSpec, Manifest, Mode, VarNames};
+//!
+//! // Parent (privileged mode: it binds and keeps a copy for the child).
+//! let mut parent = Handoff::builder().mode(Mode::Privileged).detect()?;
+//! let smtp = ListenerSpec::tcp("smtp", "127.0.0.1:0".parse().unwrap());
+//! let _served_elsewhere = parent.listen(&smtp)?;
+//! let kept = parent.into_inventory();
+//! let child = ChildHandoff::new(&kept, &VarNames::default(), 4242);
+//! assert_eq!(child.fds.len(), 1); // goes to fd 3 in the child
+//!
+//! // Child: the same variables, read back (and removed).
+//! let mut env: BTreeMap<_, _> = child.vars.into_iter().collect();
+//! let manifest = Manifest::decode(&mut env, &VarNames::default(), 4242)?;
+//! assert_eq!(manifest.listeners[0].name(), "smtp");
+//! assert_eq!(manifest.listeners[0].address(), kept.listeners[0].spec.address());
+//! assert!(env.is_empty());
+//!
+//! // A grandchild that inherited the variables is refused.
+//! let mut env: BTreeMap<_, _> = ChildHandoff::new(&kept, &VarNames::default(), 4242)
+//!     .vars.into_iter().collect();
+//! assert!(Manifest::decode(&mut env, &VarNames::default(), 4243).is_err());
+//! # Ok::<(), lifecycle_handoff::Error>(())
+//! ```
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod bind;
+mod env;
+mod environment;
+mod error;
+mod escape;
+mod handoff;
 mod inventory;
+mod mode;
+mod privilege;
+mod spawn;
 mod spec;
+mod supervise;
+mod systemd;
+mod validate;
 
+#[cfg(test)]
+mod bad_inputs;
+
+pub use bind::{bind_listener, open_file};
+pub use env::{
+    ChildHandoff, Manifest, VarNames, DEFAULT_PREFIX, FIRST_PASSED_FD, MOX_FILES, MOX_SOCKETS,
+};
+pub use environment::{Environment, ProcessEnvironment};
+pub use error::{Error, Result};
+pub use escape::{escape, unescape};
+pub use handoff::{Handoff, HandoffBuilder};
 pub use inventory::{Inventory, PassedFile, PassedListener};
+pub use mode::{Mode, ModeChoice};
+pub use privilege::{verify_cannot_regain_root, TargetUser};
+pub use spawn::{pass_fds, ChildSpawner};
 pub use spec::{FileSpec, ListenAddress, ListenerSpec, Network, DEFAULT_BACKLOG};
+pub use supervise::{exit_code, Supervisor, FORWARDED_SIGNALS};
+pub use systemd::{SystemdManifest, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID, SD_LISTEN_FDS_START};
+pub use validate::{inspect_listener, validate_file, validate_listener};

@@ -52,6 +52,28 @@ impl ListenAddress {
             ListenAddress::Unix(_) => Network::Unix,
         }
     }
+
+    /// True when a socket bound to `actual` satisfies this declared address:
+    /// same network, same IP (or path), and the same port unless this
+    /// address declares port 0 (any port).
+    ///
+    /// ```
+    /// use lifecycle_handoff::ListenAddress;
+    ///
+    /// let any_port = ListenAddress::Tcp("127.0.0.1:0".parse().unwrap());
+    /// let bound = ListenAddress::Tcp("127.0.0.1:40001".parse().unwrap());
+    /// assert!(any_port.accepts(&bound));
+    /// assert!(!bound.accepts(&any_port));
+    /// ```
+    pub fn accepts(&self, actual: &ListenAddress) -> bool {
+        match (self, actual) {
+            (ListenAddress::Tcp(want), ListenAddress::Tcp(got)) => {
+                want.ip() == got.ip() && (want.port() == 0 || want.port() == got.port())
+            }
+            (ListenAddress::Unix(want), ListenAddress::Unix(got)) => want == got,
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for ListenAddress {
@@ -126,6 +148,13 @@ impl ListenerSpec {
     /// The listen backlog used when this process binds the listener.
     pub fn backlog(&self) -> u32 {
         self.backlog
+    }
+
+    /// The same listener at another address (the bound one, when port 0
+    /// was declared).
+    pub fn with_address(mut self, address: ListenAddress) -> Self {
+        self.address = address;
+        self
     }
 }
 

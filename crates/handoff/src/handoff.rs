@@ -1,0 +1,455 @@
+//! How this process gets its descriptors: the four modes, the rule that
+//! picks one, and the `listen` / `open_privileged` calls that behave the same
+//! in every mode.
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use crate::bind::{bind_listener, open_file};
+use crate::env::{Manifest, VarNames, FIRST_PASSED_FD};
+use crate::environment::{Environment, ProcessEnvironment};
+use crate::error::{Error, Result};
+use crate::inventory::{Inventory, PassedFile, PassedListener};
+use crate::mode::{choose_mode, Mode, ModeChoice};
+use crate::spec::{FileSpec, ListenerSpec};
+use crate::systemd::SystemdManifest;
+
+/// Configures and runs mode detection (a consuming builder).
+///
+/// ```
+/// use lifecycle_handoff::{Handoff, Mode};
+///
+/// let handoff = Handoff::builder().prefix("GATEWAY").mode(Mode::Immediate).detect().unwrap();
+/// assert_eq!(handoff.mode(), Mode::Immediate);
+/// assert_eq!(handoff.reason(), "immediate mode chosen explicitly");
+/// ```
+#[derive(Debug, Clone)]
+pub struct HandoffBuilder {
+    prefix: String,
+    mode: Option<Mode>,
+    mox: bool,
+}
+
+impl Default for HandoffBuilder {
+    fn default() -> Self {
+        HandoffBuilder {
+            prefix: crate::env::DEFAULT_PREFIX.to_owned(),
+            mode: None,
+            mox: false,
+        }
+    }
+}
+
+impl HandoffBuilder {
+    /// The hand-off variable prefix (default `LIFECYCLE`): variables are
+    /// `<PREFIX>_SOCKETS`, `_FILES`, `_FDS`, `_PARENT_PID`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Uses `mode` instead of detecting one (default: detect).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = Some(mode);
+        self
+    }
+
+    /// Also accepts mox's `MOX_SOCKETS`/`MOX_FILES` hand-off (default
+    /// off), for programs migrating from mox's privileged parent.
+    pub fn mox_compat(mut self, accept: bool) -> Self {
+        self.mox = accept;
+        self
+    }
+
+    /// Applies the detection rule to `env` for a process with effective
+    /// user id `euid`, without touching any descriptor. The rule, first
+    /// match wins:
+    ///
+    /// 1. a mode set with [`mode`](Self::mode) is used (privileged refuses
+    ///    when hand-off variables are present, like mox);
+    /// 2. any `<PREFIX>_*` hand-off variable is set → [`Mode::Inherited`];
+    /// 3. with [`mox_compat`](Self::mox_compat), `MOX_SOCKETS` is set →
+    ///    [`Mode::Inherited`] in mox format;
+    /// 4. `LISTEN_FDS` or `LISTEN_PID` is set → [`Mode::Systemd`];
+    /// 5. `euid` is 0 → [`Mode::Privileged`];
+    /// 6. otherwise → [`Mode::Immediate`].
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// use lifecycle_handoff::{Handoff, Mode};
+    ///
+    /// let mut env = BTreeMap::new();
+    /// assert_eq!(Handoff::builder().choose(&env, 0).unwrap().mode, Mode::Privileged);
+    /// assert_eq!(Handoff::builder().choose(&env, 1000).unwrap().mode, Mode::Immediate);
+    /// env.insert("LISTEN_FDS".into(), "1".into());
+    /// assert_eq!(Handoff::builder().choose(&env, 0).unwrap().mode, Mode::Systemd);
+    /// ```
+    pub fn choose(&self, env: &impl Environment, euid: u32) -> Result<ModeChoice> {
+        let names = VarNames::new(&self.prefix)?;
+        choose_mode(&names, env, euid, self.mode, self.mox)
+    }
+
+    /// Detects the mode from this process's environment and effective user
+    /// and, in inherited and systemd modes, takes and validates the passed
+    /// descriptors (removing the variables).
+    ///
+    /// Call it once, at start-up, before other threads exist: it removes
+    /// environment variables, and it adopts descriptors 3.. as owned.
+    pub fn detect(self) -> Result<Handoff> {
+        let mut env = ProcessEnvironment;
+        let euid = nix::unistd::geteuid().as_raw();
+        let choice = self.choose(&env, euid)?;
+        let names = VarNames::new(&self.prefix)?;
+        let inventory = match choice.mode {
+            Mode::Privileged | Mode::Immediate => Inventory::default(),
+            Mode::Inherited => {
+                let manifest = if choice.mox_format {
+                    Manifest::decode_mox(&mut env)?
+                } else {
+                    let ppid = nix::unistd::getppid().as_raw();
+                    Manifest::decode(&mut env, &names, u32::try_from(ppid).unwrap_or(0))?
+                };
+                // SAFETY: the variables were addressed to this process (parent
+                // pid checked; mox format: opted into) and are now removed, so
+                // no later call adopts these numbers again; at start-up nothing
+                // else in the process owns descriptors 3.., which the parent
+                // placed there for us.
+                unsafe { crate::validate::adopt_manifest(&manifest, &names, FIRST_PASSED_FD) }?
+            }
+            Mode::Systemd => {
+                let pid = std::process::id();
+                let manifest = SystemdManifest::decode(&mut env, pid)?;
+                // SAFETY: LISTEN_PID names this process and the variables are
+                // now removed, so no later call adopts these numbers again;
+                // systemd placed them at 3.. for us and nothing else in the
+                // process owns them at start-up.
+                unsafe { manifest.adopt(crate::systemd::SD_LISTEN_FDS_START) }?
+            }
+        };
+        Ok(Handoff {
+            choice,
+            names,
+            inventory,
+        })
+    }
+}
+
+/// The descriptors of this process's lifecycle and the mode they come from.
+///
+/// The same program makes the same calls in every mode: [`listen`](Self::listen)
+/// for each listener and [`open_privileged`](Self::open_privileged) for each
+/// secret file (or [`prepare`](Self::prepare) for all of them, then
+/// [`into_inventory`](Self::into_inventory) for an `FdBroker`).
+///
+/// ```
+/// use std::io::Read;
+/// use lifecycle_handoff::{Handoff, ListenerSpec, Mode};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let key = dir.path().join("key.pem");
+/// std::fs::write(&key, "secret").unwrap();
+///
+/// let mut handoff = Handoff::builder().mode(Mode::Privileged).detect().unwrap();
+/// let spec = ListenerSpec::tcp("smtp", "127.0.0.1:0".parse().unwrap());
+/// let listener = std::net::TcpListener::from(handoff.listen(&spec).unwrap());
+/// let mut text = String::new();
+/// handoff.open_privileged(&key).unwrap().read_to_string(&mut text).unwrap();
+/// assert_eq!(text, "secret");
+///
+/// // Privileged mode kept a copy of each for the child, with the bound port.
+/// let kept = handoff.into_inventory();
+/// assert_eq!(kept.listeners[0].spec.address().to_string(),
+///            listener.local_addr().unwrap().to_string());
+/// assert_eq!(kept.files[0].path, key);
+/// ```
+#[derive(Debug)]
+pub struct Handoff {
+    choice: ModeChoice,
+    names: VarNames,
+    inventory: Inventory,
+}
+
+impl Handoff {
+    /// A builder to set the prefix, force a mode or accept mox's format.
+    pub fn builder() -> HandoffBuilder {
+        HandoffBuilder::default()
+    }
+
+    /// Detects the mode with variable prefix `prefix` (see
+    /// [`HandoffBuilder::choose`] for the rule) and takes any passed
+    /// descriptors. Call once at start-up, before other threads exist.
+    pub fn detect(prefix: &str) -> Result<Handoff> {
+        Self::builder().prefix(prefix).detect()
+    }
+
+    /// Uses `mode` instead of detecting one.
+    pub fn with_mode(prefix: &str, mode: Mode) -> Result<Handoff> {
+        Self::builder().prefix(prefix).mode(mode).detect()
+    }
+
+    /// A hand-off in `mode` holding `inventory` (for tests and harnesses
+    /// that already own their descriptors).
+    pub fn from_inventory(mode: Mode, inventory: Inventory) -> Handoff {
+        Handoff {
+            choice: ModeChoice {
+                mode,
+                reason: format!("{mode} mode with a given inventory"),
+                mox_format: false,
+            },
+            names: VarNames::default(),
+            inventory,
+        }
+    }
+
+    /// The mode in use.
+    pub fn mode(&self) -> Mode {
+        self.choice.mode
+    }
+
+    /// Why that mode was chosen, for the start-up log line.
+    pub fn reason(&self) -> &str {
+        &self.choice.reason
+    }
+
+    /// The mode and the reason.
+    pub fn choice(&self) -> &ModeChoice {
+        &self.choice
+    }
+
+    /// The hand-off variable names in use.
+    pub fn var_names(&self) -> &VarNames {
+        &self.names
+    }
+
+    /// What this hand-off holds: in privileged mode the copies kept for the
+    /// child; in inherited and systemd modes what was passed and not yet
+    /// taken.
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    /// A listening socket for `spec` (non-blocking, close-on-exec), the
+    /// same call in every mode:
+    ///
+    /// - privileged: binds, keeps a duplicate for the child (with the bound
+    ///   address when port 0 was asked for);
+    /// - immediate: binds;
+    /// - inherited, systemd: takes the passed listener of that name whose
+    ///   address `spec` accepts; failing that, the first one bound to an
+    ///   address `spec` accepts (unnamed systemd sockets, mox entries).
+    pub fn listen(&mut self, spec: &ListenerSpec) -> Result<OwnedFd> {
+        match self.mode() {
+            Mode::Privileged => {
+                self.check_unique(spec)?;
+                let (fd, bound) = bind_listener(spec)?;
+                let kept = fd.try_clone().map_err(|source| Error::Dup {
+                    what: spec.to_string(),
+                    source,
+                })?;
+                self.inventory.listeners.push(PassedListener {
+                    spec: spec.clone().with_address(bound),
+                    fd: kept,
+                });
+                Ok(fd)
+            }
+            Mode::Immediate => Ok(bind_listener(spec)?.0),
+            Mode::Inherited | Mode::Systemd => Ok(self.take_listener(spec)?.fd),
+        }
+    }
+
+    /// A name may be bound once: two listeners on one address stay two only
+    /// when their names differ.
+    fn check_unique(&self, spec: &ListenerSpec) -> Result<()> {
+        let listeners = &self.inventory.listeners;
+        match listeners.iter().position(|l| l.spec.name() == spec.name()) {
+            Some(first) => Err(Error::DuplicateName {
+                var: "listen()".to_owned(),
+                name: spec.name().to_owned(),
+                first,
+                second: listeners.len(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn take_listener(&mut self, spec: &ListenerSpec) -> Result<PassedListener> {
+        let listeners = &mut self.inventory.listeners;
+        let by_name = listeners
+            .iter()
+            .position(|l| l.spec.name() == spec.name() && spec.address().accepts(l.spec.address()));
+        let by_address = || {
+            listeners
+                .iter()
+                .position(|l| spec.address().accepts(l.spec.address()))
+        };
+        if let Some(index) = by_name.or_else(by_address) {
+            return Ok(listeners.remove(index));
+        }
+        if let Some(other) = listeners.iter().find(|l| l.spec.name() == spec.name()) {
+            return Err(Error::SpecMismatch {
+                name: spec.name().to_owned(),
+                passed: other.spec.to_string(),
+                requested: spec.to_string(),
+            });
+        }
+        Err(Error::NoSuchListener {
+            spec: spec.to_string(),
+            mode: self.choice.mode,
+            available: list(listeners.iter().map(|l| l.spec.to_string())),
+        })
+    }
+
+    /// An open, read-only, close-on-exec file for `path`, the same call in
+    /// every mode:
+    ///
+    /// - privileged: opens, keeps a duplicate for the child;
+    /// - immediate, systemd: opens;
+    /// - inherited: takes the first passed descriptor for `path` (a path
+    ///   opened twice by the parent is taken twice, in order).
+    pub fn open_privileged(&mut self, path: impl AsRef<Path>) -> Result<File> {
+        let path = path.as_ref();
+        match self.mode() {
+            Mode::Privileged => {
+                let file = open_file(path)?;
+                let kept = file
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|source| Error::Dup {
+                        what: format!("{path:?}"),
+                        source,
+                    })?;
+                self.inventory.files.push(PassedFile {
+                    path: path.to_owned(),
+                    fd: kept,
+                });
+                Ok(file)
+            }
+            Mode::Immediate | Mode::Systemd => open_file(path),
+            Mode::Inherited => Ok(File::from(self.take_file(path)?.fd)),
+        }
+    }
+
+    fn take_file(&mut self, path: &Path) -> Result<PassedFile> {
+        let files = &mut self.inventory.files;
+        match files.iter().position(|f| f.path == path) {
+            Some(index) => Ok(files.remove(index)),
+            None => Err(Error::NoSuchFile {
+                path: path.to_owned(),
+                mode: self.choice.mode,
+                available: list(files.iter().map(|f| format!("{:?}", f.path))),
+            }),
+        }
+    }
+
+    /// Makes the inventory hold one listener per spec and one file per
+    /// file spec, for an `FdBroker` to own after
+    /// [`into_inventory`](Self::into_inventory):
+    ///
+    /// - privileged, immediate: binds and opens each into the inventory;
+    /// - systemd: checks each listener was passed, opens the files;
+    /// - inherited: checks each listener and file was passed.
+    ///
+    /// Listeners are reordered to follow `listeners`; passed ones nobody
+    /// asked for stay at the end.
+    pub fn prepare(&mut self, listeners: &[ListenerSpec], files: &[FileSpec]) -> Result<()> {
+        match self.mode() {
+            Mode::Privileged | Mode::Immediate => {
+                for spec in listeners {
+                    self.check_unique(spec)?;
+                    let (fd, bound) = bind_listener(spec)?;
+                    self.inventory.listeners.push(PassedListener {
+                        spec: spec.clone().with_address(bound),
+                        fd,
+                    });
+                }
+                for file in files {
+                    let fd = OwnedFd::from(open_file(file.path())?);
+                    self.inventory.files.push(PassedFile {
+                        path: file.path().to_owned(),
+                        fd,
+                    });
+                }
+            }
+            Mode::Inherited | Mode::Systemd => {
+                let mut taken = Vec::with_capacity(listeners.len());
+                for spec in listeners {
+                    match self.take_listener(spec) {
+                        Ok(listener) => taken.push(listener),
+                        Err(err) => {
+                            // Put back what was taken so nothing is lost.
+                            self.inventory.listeners.splice(0..0, taken);
+                            return Err(err);
+                        }
+                    }
+                }
+                let rest = std::mem::take(&mut self.inventory.listeners);
+                self.inventory.listeners = taken;
+                self.inventory.listeners.extend(rest);
+                if self.mode() == Mode::Systemd {
+                    for file in files {
+                        let fd = OwnedFd::from(open_file(file.path())?);
+                        self.inventory.files.push(PassedFile {
+                            path: file.path().to_owned(),
+                            fd,
+                        });
+                    }
+                } else {
+                    for file in files {
+                        let needed = files.iter().filter(|f| f.path() == file.path()).count();
+                        let have = self
+                            .inventory
+                            .files
+                            .iter()
+                            .filter(|f| f.path == file.path())
+                            .count();
+                        if have < needed {
+                            return Err(Error::NoSuchFile {
+                                path: file.path().to_owned(),
+                                mode: self.mode(),
+                                available: list(
+                                    self.inventory.files.iter().map(|f| format!("{:?}", f.path)),
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes every descriptor still held (passed and not taken) and
+    /// returns a description of each, for a warning.
+    pub fn close_unclaimed(&mut self) -> Vec<String> {
+        let inventory = std::mem::take(&mut self.inventory);
+        let mut closed: Vec<String> = inventory
+            .listeners
+            .into_iter()
+            .map(|l| format!("listener {}", l.spec))
+            .collect();
+        closed.extend(
+            inventory
+                .files
+                .into_iter()
+                .map(|f| format!("file {:?}", f.path)),
+        );
+        closed
+    }
+
+    /// Everything this hand-off holds, for an `FdBroker` to own (or, in
+    /// privileged mode, for the child). Each descriptor moves; none is
+    /// closed twice or leaked.
+    pub fn into_inventory(self) -> Inventory {
+        self.inventory
+    }
+}
+
+fn list(items: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = items.collect();
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
+}

@@ -1,0 +1,290 @@
+//! Starting the unprivileged child: descriptors placed at 3, 4, ..., the
+//! privilege drop, and the parent-death signal, all between fork and exec.
+//!
+//! Between `fork` and `exec` only async-signal-safe calls are allowed: no
+//! allocation, no locks, no logging. Everything the closure needs is
+//! prepared before the fork.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+
+use crate::env::{ChildHandoff, VarNames, FIRST_PASSED_FD};
+use crate::error::{Error, Result};
+use crate::inventory::Inventory;
+use crate::privilege::TargetUser;
+
+/// How far to mark descriptors close-on-exec when `close_range` is missing
+/// and the open-files limit cannot be read.
+const FALLBACK_FD_LIMIT: RawFd = 65_536;
+
+/// Arranges for the child of `command` to receive `fds` at 3, 4, ... in
+/// order, with every other descriptor above 2 marked close-on-exec, so
+/// only stdio and the placed descriptors survive `exec`.
+///
+/// The mapping is done in two steps so no source is clobbered: first every
+/// source is duplicated above the target range (`F_DUPFD_CLOEXEC`), then
+/// each copy is `dup2`ed into place (which clears close-on-exec on the
+/// target; the copies stay close-on-exec). The descriptors in `fds` must
+/// stay open until `command` is spawned.
+///
+/// If `exec` fails after the mapping, std's internal error pipe may have been
+/// replaced by a placed descriptor, so the failure shows as the child exiting
+/// with status 1 rather than as a spawn error.
+pub fn pass_fds(command: &mut Command, fds: &[BorrowedFd<'_>]) {
+    let mut plan = FdPlan::new(fds);
+    // SAFETY: `place` only calls async-signal-safe functions (fcntl, dup2,
+    // close_range) and writes into vectors allocated before the fork.
+    unsafe {
+        command.pre_exec(move || plan.place());
+    }
+}
+
+/// Everything the fd mapping needs, allocated before the fork.
+struct FdPlan {
+    sources: Vec<RawFd>,
+    moved: Vec<RawFd>,
+    floor: RawFd,
+    limit: RawFd,
+}
+
+impl FdPlan {
+    fn new(fds: &[BorrowedFd<'_>]) -> Self {
+        let sources: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        let moved = vec![-1; sources.len()];
+        let count = RawFd::try_from(sources.len()).unwrap_or(RawFd::MAX - FIRST_PASSED_FD);
+        let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .ok()
+            .and_then(|(soft, _)| RawFd::try_from(soft).ok())
+            .unwrap_or(FALLBACK_FD_LIMIT);
+        FdPlan {
+            sources,
+            moved,
+            floor: FIRST_PASSED_FD + count,
+            limit,
+        }
+    }
+
+    /// Runs in the child between fork and exec: async-signal-safe only.
+    fn place(&mut self) -> io::Result<()> {
+        for (slot, &source) in self.moved.iter_mut().zip(&self.sources) {
+            // SAFETY: fcntl(F_DUPFD_CLOEXEC) is async-signal-safe and creates a
+            // new descriptor; `source` was open when the command was built.
+            let copy = unsafe { libc::fcntl(source, libc::F_DUPFD_CLOEXEC, self.floor) };
+            if copy < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            *slot = copy;
+        }
+        for (target, &copy) in (FIRST_PASSED_FD..).zip(&self.moved) {
+            // SAFETY: dup2 is async-signal-safe; `copy` >= floor > target, so
+            // this is never the dup2(fd, fd) no-op that would keep
+            // FD_CLOEXEC set, and the new `target` is not close-on-exec.
+            if unsafe { libc::dup2(copy, target) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        close_others_on_exec(self.floor, self.limit);
+        Ok(())
+    }
+}
+
+/// Starts the unprivileged child: the same executable with the same
+/// arguments (by default), the hand-off variables set, the inventory's
+/// descriptors at 3.. (listeners, then files), every other descriptor above
+/// 2 close-on-exec, and, before exec: an empty signal mask, `setgroups([])`, `setgid`, `setuid`
+/// to the target user, `PR_SET_NO_NEW_PRIVS`, `PR_SET_PDEATHSIG(SIGKILL)`
+/// and a check that the parent is still alive.
+///
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked exits: spawn from
+/// the main thread (or one that lives as long as the parent).
+///
+/// ```no_run
+/// use lifecycle_handoff::{ChildSpawner, Handoff, ListenerSpec, Mode, Supervisor, TargetUser};
+///
+/// # fn main() -> Result<(), lifecycle_handoff::Error> {
+/// let user = TargetUser::lookup("nobody")?; // before binding anything
+/// let mut handoff = Handoff::with_mode("LIFECYCLE", Mode::Privileged)?;
+/// drop(handoff.listen(&ListenerSpec::tcp("smtp", "0.0.0.0:25".parse().unwrap()))?);
+/// let mut kept = handoff.into_inventory();
+/// let supervisor = Supervisor::new()?; // block signals before the child exists
+/// let mut child = ChildSpawner::new()?.user(user).spawn(&kept)?;
+/// kept.close_files(); // the child has its copies of the secrets
+/// std::process::exit(supervisor.wait(&mut child)?);
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ChildSpawner {
+    program: PathBuf,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+    user: Option<TargetUser>,
+    names: VarNames,
+}
+
+impl ChildSpawner {
+    /// A spawner for this executable (`std::env::current_exe`) with this
+    /// process's arguments, no user change, variable prefix `LIFECYCLE`.
+    pub fn new() -> Result<Self> {
+        let program = std::env::current_exe().map_err(|source| Error::Spawn {
+            program: PathBuf::from("(current executable)"),
+            user: "(unchanged)".to_owned(),
+            source,
+        })?;
+        Ok(ChildSpawner {
+            program,
+            args: std::env::args_os().skip(1).collect(),
+            envs: Vec::new(),
+            user: None,
+            names: VarNames::default(),
+        })
+    }
+
+    /// Runs `program` instead of this executable.
+    pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = program.into();
+        self
+    }
+
+    /// Passes `args` instead of this process's arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets one more environment variable in the child.
+    pub fn env(mut self, name: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.envs.push((name.into(), value.into()));
+        self
+    }
+
+    /// Runs the child as `user` (default: keep this process's ids, which
+    /// for a root parent means a root child — only for `allow_root` setups).
+    pub fn user(mut self, user: TargetUser) -> Self {
+        self.user = Some(user);
+        self
+    }
+
+    /// Uses these hand-off variable names (default prefix `LIFECYCLE`).
+    pub fn var_names(mut self, names: VarNames) -> Self {
+        self.names = names;
+        self
+    }
+
+    /// The user the child will run as, if any.
+    pub fn target_user(&self) -> Option<&TargetUser> {
+        self.user.as_ref()
+    }
+
+    /// Spawns the child with everything in `inventory`.
+    pub fn spawn(&self, inventory: &Inventory) -> Result<Child> {
+        let handoff = ChildHandoff::new(inventory, &self.names, std::process::id());
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .envs(self.envs.iter().cloned())
+            .envs(handoff.vars.iter().cloned());
+        let mut plan = FdPlan::new(&handoff.fds);
+        let ids = self.user.as_ref().map(|u| (u.uid(), u.gid()));
+        let parent = nix::unistd::getpid().as_raw();
+        // SAFETY: the closure only calls async-signal-safe functions (fcntl,
+        // dup2, close_range, sigemptyset, pthread_sigmask, setgroups, setgid,
+        // setuid, prctl, getppid) and
+        // uses memory allocated before the fork; it takes no lock and logs
+        // nothing.
+        unsafe {
+            command.pre_exec(move || {
+                plan.place()?;
+                unblock_all_signals()?;
+                drop_privileges(ids, parent)
+            });
+        }
+        command.spawn().map_err(|source| Error::Spawn {
+            program: self.program.clone(),
+            user: self
+                .user
+                .as_ref()
+                .map_or_else(|| "(unchanged)".to_owned(), ToString::to_string),
+            source,
+        })
+    }
+}
+
+/// Runs in the child between fork and exec: clears the signal mask, which
+/// fork and exec keep (std does not reset it, and a parent that blocks
+/// signals to supervise the child would otherwise hand it a blocked SIGTERM).
+fn unblock_all_signals() -> io::Result<()> {
+    let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set it is given; both calls are
+    // async-signal-safe; the set lives on this stack frame.
+    let result = unsafe {
+        libc::sigemptyset(empty.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut())
+    };
+    if result != 0 {
+        return Err(io::Error::from_raw_os_error(result));
+    }
+    Ok(())
+}
+
+/// Runs in the child between fork and exec: async-signal-safe only.
+/// Order matters: groups, then gid, then uid (a non-root process can no
+/// longer change groups); the parent-death signal last, because changing
+/// credentials clears it; then make sure the parent did not die first.
+fn drop_privileges(ids: Option<(u32, u32)>, parent: libc::pid_t) -> io::Result<()> {
+    let check = |result: libc::c_int| {
+        if result < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    if let Some((uid, gid)) = ids {
+        // SAFETY: setgroups with a zero count reads no memory.
+        check(unsafe { libc::setgroups(0, std::ptr::null()) })?;
+        // SAFETY: setgid/setuid are plain system calls on this process.
+        check(unsafe { libc::setgid(gid) })?;
+        // SAFETY: as above.
+        check(unsafe { libc::setuid(uid) })?;
+    }
+    // SAFETY: prctl with integer arguments only; no memory is passed.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
+    // SAFETY: getppid cannot fail and touches no memory.
+    if unsafe { libc::getppid() } != parent {
+        // The parent died before the death signal was armed.
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
+}
+
+/// Marks every descriptor from `floor` on close-on-exec (async-signal-safe).
+fn close_others_on_exec(floor: RawFd, limit: RawFd) {
+    let first = u32::try_from(floor).unwrap_or(u32::MAX);
+    // SAFETY: close_range(CLOSE_RANGE_CLOEXEC) only sets flags on descriptors
+    // in the range; it is a plain system call, async-signal-safe.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    } == 0;
+    if !done {
+        // Kernels before 5.11: mark each one (EBADF on closed numbers is fine).
+        for fd in floor..limit {
+            // SAFETY: F_SETFD on any number only changes that descriptor's
+            // close-on-exec flag, or fails with EBADF.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+}
