@@ -36,20 +36,40 @@ pub(crate) struct Gateway {
     log: PathBuf,
 }
 
+/// How the gateway is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Binds its own listeners and serves in one process.
+    Immediate,
+    /// Started as root with `user = "nobody"`: the root parent binds and
+    /// spawns the unprivileged child that serves.
+    Privileged,
+}
+
+/// The user the privileged mode drops to.
+const UNPRIVILEGED: &str = "nobody";
+
 impl Gateway {
     /// Writes a config (one SMTP listener with backlog 1024 on a free
     /// port, `spool`) into `dir` and starts `bin` with it; returns once the
     /// SMTP greeting arrived, with the time from exec to greeting.
-    pub(crate) fn start(bin: &Path, dir: &Path, spool: &Path) -> Res<(Self, Duration)> {
+    pub(crate) fn start(bin: &Path, dir: &Path, spool: &Path, mode: Mode) -> Res<(Self, Duration)> {
         let port = lifecycle_tests::free_port()?;
         let smtp = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let config = dir.join("gateway.toml");
+        let who = match mode {
+            // The bench runs as root on CI machines.
+            Mode::Immediate => "allow_root = true\n".to_string(),
+            Mode::Privileged => {
+                prepare_for_unprivileged(dir, spool)?;
+                format!("user = \"{UNPRIVILEGED}\"\n")
+            }
+        };
         std::fs::write(
             &config,
             format!(
                 "spool_dir = {spool:?}\n\
-                 # immediate mode: the bench runs as root on CI machines\n\
-                 allow_root = true\n\
+                 {who}\
                  \n\
                  [[listener]]\n\
                  name = \"smtp\"\n\
@@ -73,7 +93,40 @@ impl Gateway {
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         let mut gateway = Gateway { child, smtp, log };
         let took = gateway.wait_greeting(start)?;
+        if mode == Mode::Privileged {
+            gateway.check_unprivileged_child()?;
+        }
         Ok((gateway, took))
+    }
+
+    /// In privileged mode the greeting must come from a child running as
+    /// [`UNPRIVILEGED`]; a gateway that ignored `user` and served as root
+    /// would make the figure meaningless.
+    fn check_unprivileged_child(&self) -> Res<()> {
+        let pid = self.child.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let uid = nix::unistd::User::from_name(UNPRIVILEGED)?
+            .ok_or(format!("no user {UNPRIVILEGED} on this machine"))?
+            .uid
+            .as_raw();
+        for child in children.split_whitespace() {
+            let status =
+                std::fs::read_to_string(format!("/proc/{child}/status")).unwrap_or_default();
+            let real_uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|u| u.parse::<u32>().ok());
+            if real_uid == Some(uid) {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "no child of the gateway runs as {UNPRIVILEGED}: privileged mode (root parent, \
+             unprivileged child) is not supported by this gateway build"
+        )
+        .into())
     }
 
     /// Connects until the SMTP greeting arrives, then says QUIT.
@@ -147,6 +200,25 @@ impl Gateway {
         let addr = self.smtp;
         Running::new(addr, move || self.stop().map(|_| ()))
     }
+}
+
+/// Lets the unprivileged child read the config in `dir` and write `spool`.
+fn prepare_for_unprivileged(dir: &Path, spool: &Path) -> Res<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let user = nix::unistd::User::from_name(UNPRIVILEGED)?
+        .ok_or(format!("no user {UNPRIVILEGED} on this machine"))?;
+    // The temporary directories between the target's tmp dir and `dir`
+    // are private to root; nothing outside it is touched.
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    for p in dir
+        .ancestors()
+        .take_while(|p| p.starts_with(root) && *p != root)
+    {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))?;
+    }
+    std::fs::create_dir_all(spool)?;
+    nix::unistd::chown(spool, Some(user.uid), Some(user.gid))?;
+    Ok(())
 }
 
 impl Drop for Gateway {
