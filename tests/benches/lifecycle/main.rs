@@ -16,7 +16,7 @@
 //! `--reps N`, `--only registry,accept,abort,memory,start,smtp`,
 //! `--report FILE` (write the Markdown table there),
 //! `--gateway PATH` (the lifecycle-gateway binary; default: next to the
-//! bench's own target directory).
+//! bench's own target directory), `--no-gateway` (leave its rows out).
 
 mod abort;
 mod accept;
@@ -106,6 +106,7 @@ struct Options {
     only: Option<Vec<String>>,
     report: Option<PathBuf>,
     gateway: Option<PathBuf>,
+    no_gateway: bool,
 }
 
 impl Options {
@@ -117,6 +118,7 @@ impl Options {
             only: None,
             report: None,
             gateway: None,
+            no_gateway: false,
         };
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
@@ -137,10 +139,11 @@ impl Options {
                 }
                 "--report" => options.report = Some(value("--report")?.into()),
                 "--gateway" => options.gateway = Some(value("--gateway")?.into()),
+                "--no-gateway" => options.no_gateway = true,
                 other => {
                     return Err(format!(
                         "unknown argument {other:?}; known: --reps N, --only LIST, \
-                         --report FILE, --gateway PATH"
+                         --report FILE, --gateway PATH, --no-gateway"
                     )
                     .into())
                 }
@@ -190,10 +193,14 @@ fn run() -> Res<()> {
         sizes.reps,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let gateway = gateway::locate(options.gateway.as_deref());
+    let gateway = if options.no_gateway {
+        None
+    } else {
+        gateway::locate(options.gateway.as_deref())
+    };
     match &gateway {
         Some(p) => eprintln!("gateway binary: {}", p.display()),
-        None => eprintln!("no lifecycle-gateway binary found: its rows stay unmeasured"),
+        None => eprintln!("no lifecycle-gateway binary: its rows stay unmeasured"),
     }
     let gateway = gateway.as_deref();
     let mut client = client::LoadClient::spawn()?;
