@@ -3,7 +3,7 @@
 
 use crate::Res;
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, Ordering};
 
 /// The system allocator, counting live bytes while [`Counting::start`]ed.
 ///
@@ -12,19 +12,28 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 pub(crate) struct Counting {
     enabled: AtomicBool,
     live: AtomicIsize,
+    /// Allocations by size, for sizes up to [`SIZES`] bytes.
+    by_size: [AtomicU32; SIZES + 1],
 }
+
+/// Largest allocation size counted one by one in [`Counting`].
+const SIZES: usize = 512;
 
 impl Counting {
     pub(crate) const fn new() -> Self {
         Self {
             enabled: AtomicBool::new(false),
             live: AtomicIsize::new(0),
+            by_size: [const { AtomicU32::new(0) }; SIZES + 1],
         }
     }
 
     /// Starts counting from zero.
     pub(crate) fn start(&self) {
         self.live.store(0, Ordering::SeqCst);
+        for n in &self.by_size {
+            n.store(0, Ordering::SeqCst);
+        }
         self.enabled.store(true, Ordering::SeqCst);
     }
 
@@ -34,6 +43,17 @@ impl Counting {
         self.live.load(Ordering::SeqCst)
     }
 
+    /// The most frequent allocation size (up to 512 bytes) since
+    /// [`start`](Self::start) and how many times it was allocated.
+    pub(crate) fn most_common_size(&self) -> (usize, u32) {
+        self.by_size
+            .iter()
+            .enumerate()
+            .map(|(size, n)| (size, n.load(Ordering::SeqCst)))
+            .max_by_key(|&(_, n)| n)
+            .unwrap_or((0, 0))
+    }
+
     pub(crate) fn stop(&self) {
         self.enabled.store(false, Ordering::SeqCst);
     }
@@ -41,6 +61,14 @@ impl Counting {
     fn add(&self, bytes: usize) {
         if self.enabled.load(Ordering::Relaxed) {
             self.live.fetch_add(bytes as isize, Ordering::Relaxed);
+        }
+    }
+
+    fn count(&self, bytes: usize) {
+        if self.enabled.load(Ordering::Relaxed) {
+            if let Some(n) = self.by_size.get(bytes) {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -56,12 +84,14 @@ impl Counting {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         self.add(layout.size());
+        self.count(layout.size());
         // SAFETY: same contract as our caller's: forwarded unchanged.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         self.add(layout.size());
+        self.count(layout.size());
         // SAFETY: same contract as our caller's: forwarded unchanged.
         unsafe { System.alloc_zeroed(layout) }
     }

@@ -163,9 +163,22 @@ pub(crate) fn registry_pairs(threads: usize, pairs: u64) -> Res<Duration> {
     Ok(took)
 }
 
+/// What one tracked connection costs.
+pub(crate) struct GuardMemory {
+    /// Live heap bytes per connection, all included.
+    pub(crate) bytes: f64,
+    /// Fds opened while registering all of them.
+    pub(crate) extra_fds: f64,
+    /// The allocation made once per connection (size in bytes), if one
+    /// size was allocated at least once per connection.
+    pub(crate) per_connection_alloc: Option<usize>,
+    /// The guard's own size (held by the handler; here in a Vec).
+    pub(crate) guard: usize,
+}
+
 /// Memory: live heap bytes per guard with `n` guards registered (the
 /// guards themselves held in a Vec, counted), and the fds opened meanwhile.
-pub(crate) fn memory_per_guard(counting: &Counting, n: usize) -> Res<(f64, f64)> {
+pub(crate) fn memory_per_guard(counting: &Counting, n: usize) -> Res<GuardMemory> {
     let registry = ConnectionRegistry::builder()
         .metrics(&prometheus::Registry::new())
         .build()
@@ -179,14 +192,17 @@ pub(crate) fn memory_per_guard(counting: &Counting, n: usize) -> Res<(f64, f64)>
     counting.start();
     let guards: Vec<_> = (0..n).map(|_| shard.register(&kind)).collect();
     let bytes = counting.live();
+    let (size, times) = counting.most_common_size();
     counting.stop();
     let fds_after = open_fds()?;
     if handle.live() != n as u64 {
         return Err(format!("{} live, expected {n}", handle.live()).into());
     }
     drop(guards);
-    Ok((
-        bytes as f64 / n as f64,
-        fds_after as f64 - fds_before as f64,
-    ))
+    Ok(GuardMemory {
+        bytes: bytes as f64 / n as f64,
+        extra_fds: fds_after as f64 - fds_before as f64,
+        per_connection_alloc: (times as usize >= n).then_some(size),
+        guard: std::mem::size_of::<actix_lifecycle::ConnectionGuard>(),
+    })
 }

@@ -171,19 +171,34 @@ pub(crate) fn memory_rows(counting: &memory::Counting, sizes: &Sizes) -> Res<Vec
     let mut ours_bytes = Samples::new(Unit::Bytes);
     let mut ours_fds = Samples::new(Unit::Count);
     let mut reference = Samples::new(Unit::Bytes);
+    let mut last = None;
     for _ in 0..sizes.reps {
-        let (bytes, fds) = ours::memory_per_guard(counting, n)?;
-        ours_bytes.push(bytes);
-        ours_fds.push(fds);
+        let m = ours::memory_per_guard(counting, n)?;
+        ours_bytes.push(m.bytes);
+        ours_fds.push(m.extra_fds);
+        last = Some(m);
         reference.push(memory::mutex_hashmap_bytes(counting, n)?);
     }
     let bytes = ours_bytes.summary().ok_or("no memory figures")?;
     let fds = ours_fds.summary().ok_or("no fd figures")?;
+    let breakdown = match last {
+        Some(ours::GuardMemory {
+            bytes: total,
+            per_connection_alloc: Some(alloc),
+            guard,
+            ..
+        }) => format!(
+            "; per connection: one {alloc} B allocation + the {guard} B guard + \
+             {:.0} B of shard hash table",
+            total - alloc as f64 - guard as f64
+        ),
+        _ => String::new(),
+    };
     Ok(vec![
         Row {
             what: format!(
                 "memory per tracked connection: heap bytes of registry entry + guard, \
-                 {n} guards (counting allocator)"
+                 {n} guards (counting allocator{breakdown})"
             ),
             ours: Some(bytes),
             baselines: summaries(&["Mutex<HashMap> entry (mox, reference)"], &[reference]),
