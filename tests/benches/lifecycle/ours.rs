@@ -8,7 +8,9 @@ use crate::memory::{open_fds, Counting};
 use crate::{join, Res};
 use actix_lifecycle::{ConnHandler, ConnectionRegistry, Done, Lifecycle, Shutdown};
 use lifecycle_handoff::{Inventory, ListenerSpec, PassedListener};
+use std::net::SocketAddr;
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -16,78 +18,82 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const NAME: &str = "bench";
 
 /// A lifecycle (broker, registry with metrics, coordinator) serving one
-/// loopback listener (backlog 1024) with `handler`, inside an actix
-/// `System` on its own thread. Returns the listener's address, the
-/// lifecycle's handles (sent back from the System thread) and the thread.
-fn start_lifecycle(
-    handler: fn() -> ConnHandler,
-) -> Res<(
-    std::net::SocketAddr,
-    Lifecycle,
-    actix::System,
-    std::thread::JoinHandle<Res<()>>,
-)> {
-    let std_listener = loopback_listener()?;
-    let addr = std_listener.local_addr()?;
-    let inventory = Inventory {
-        listeners: vec![PassedListener {
-            spec: ListenerSpec::tcp(NAME, addr).with_backlog(crate::listen::BACKLOG as u32),
-            fd: std_listener.into(),
-        }],
-        files: vec![],
-    };
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let thread = std::thread::spawn(move || -> Res<()> {
-        let system = actix::System::new();
-        let started = system.block_on(async move {
-            let lifecycle = Lifecycle::builder(inventory)
-                .handle_signals(false)
-                .stop_system(false)
-                .metrics(&prometheus::Registry::new())
-                .start()
-                .map_err(|e| e.to_string())?;
-            lifecycle.serve(NAME, NAME, handler());
-            Ok::<_, String>(lifecycle)
+/// loopback listener (backlog 1024), inside an actix `System` on its own
+/// thread.
+struct OursServer {
+    addr: SocketAddr,
+    /// Handles sent back from the System thread; held until [`stop`] so
+    /// every actor lives as long as the server.
+    lifecycle: Lifecycle,
+    system: actix::System,
+    thread: JoinHandle<Res<()>>,
+}
+
+impl OursServer {
+    fn start(handler: fn() -> ConnHandler) -> Res<Self> {
+        let std_listener = loopback_listener()?;
+        let addr = std_listener.local_addr()?;
+        let inventory = Inventory {
+            listeners: vec![PassedListener {
+                spec: ListenerSpec::tcp(NAME, addr).with_backlog(crate::listen::BACKLOG as u32),
+                fd: std_listener.into(),
+            }],
+            files: vec![],
+        };
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || -> Res<()> {
+            let system = actix::System::new();
+            let started = system.block_on(async move {
+                let lifecycle = Lifecycle::builder(inventory)
+                    .handle_signals(false)
+                    .stop_system(false)
+                    .metrics(&prometheus::Registry::new())
+                    .start()
+                    .map_err(|e| e.to_string())?;
+                lifecycle.serve(NAME, NAME, handler());
+                Ok::<_, String>(lifecycle)
+            });
+            let ok = started.is_ok();
+            let _ = ready_tx.send(started.map(|l| (l, actix::System::current())));
+            if ok {
+                system.run()?;
+            }
+            Ok(())
         });
-        match started {
-            Ok(lifecycle) => {
-                let _ = ready_tx.send(Ok((lifecycle, actix::System::current())));
-            }
-            Err(e) => {
-                let _ = ready_tx.send(Err(e));
-                return Ok(());
-            }
-        }
-        system.run()?;
-        Ok(())
-    });
-    let (lifecycle, system) = ready_rx
-        .recv()
-        .map_err(|_| "the lifecycle thread ended before starting")?
-        .map_err(|e| format!("cannot start the lifecycle: {e}"))?;
-    Ok((addr, lifecycle, system, thread))
+        let (lifecycle, system) = ready_rx
+            .recv()
+            .map_err(|_| "the lifecycle thread ended before starting")?
+            .map_err(|e| format!("cannot start the lifecycle: {e}"))?;
+        Ok(Self {
+            addr,
+            lifecycle,
+            system,
+            thread,
+        })
+    }
+
+    fn stop(self) -> Res<()> {
+        drop(self.lifecycle);
+        self.system.stop();
+        join(self.thread)
+    }
 }
 
 /// Accept path: ListenerActor + registry + metrics, the handler writes the
 /// line and drops the connection (which unregisters it).
 pub(crate) fn start_accept() -> Res<Running> {
-    let (addr, lifecycle, system, thread) = start_lifecycle(|| {
+    let server = OursServer::start(|| {
         ConnHandler::new(|mut conn| async move {
             let _ = conn.write_all(LINE).await;
         })
     })?;
-    Ok(Running::new(addr, move || {
-        // Held until now so the registry actor lives as long as the server.
-        drop(lifecycle);
-        system.stop();
-        join(thread)
-    }))
+    Ok(Running::new(server.addr, move || server.stop()))
 }
 
 /// Abort: the handler reads until end of stream; the abort is the
 /// registry's `Shutdown` message, and it is over when `Done` resolves.
 pub(crate) fn start_abort(n: usize) -> Res<IdleServer> {
-    let (addr, lifecycle, system, thread) = start_lifecycle(|| {
+    let server = OursServer::start(|| {
         ConnHandler::new(|mut conn| async move {
             let mut buf = [0u8; 64];
             while let Ok(read) = conn.read(&mut buf).await {
@@ -100,12 +106,10 @@ pub(crate) fn start_abort(n: usize) -> Res<IdleServer> {
     let (accepted_tx, accepted_rx) = mpsc::channel();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
     let (result_tx, result_rx) = mpsc::channel();
-    let registry = lifecycle.registry().clone();
-    let connections = lifecycle.connections().clone();
-    // The measurement runs on the lifecycle's own arbiter; this thread
-    // only waits for it and then stops the System.
-    let arbiter = system.arbiter().clone();
-    let spawned = arbiter.spawn(async move {
+    let registry = server.lifecycle.registry().clone();
+    let connections = server.lifecycle.connections().clone();
+    // The measurement runs on the lifecycle's own arbiter.
+    let spawned = server.system.arbiter().spawn(async move {
         while connections.live() < n as u64 {
             actix_rt::time::sleep(Duration::from_millis(1)).await;
         }
@@ -123,15 +127,13 @@ pub(crate) fn start_abort(n: usize) -> Res<IdleServer> {
     if !spawned {
         return Err("the lifecycle's arbiter is gone".into());
     }
+    let addr = server.addr;
     Ok(IdleServer::new(
         addr,
         accepted_rx,
         go_tx,
         result_rx,
-        move || {
-            system.stop();
-            join(thread)
-        },
+        move || server.stop(),
     ))
 }
 
