@@ -69,7 +69,7 @@ pub(crate) fn start_shutdown_loop(n: usize) -> Res<IdleServer> {
     let (accepted_tx, accepted_rx) = mpsc::channel();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel();
     let (result_tx, result_rx) = mpsc::channel();
-    let thread = std::thread::spawn(move || -> Res<()> {
+    let thread = crate::spawn_named("abort-baseline", move || -> Res<()> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -112,7 +112,7 @@ pub(crate) fn start_shutdown_loop(n: usize) -> Res<IdleServer> {
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
         })?;
         Ok(())
-    });
+    })?;
     Ok(IdleServer::new(
         addr,
         accepted_rx,

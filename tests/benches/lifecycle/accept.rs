@@ -37,7 +37,7 @@ pub(crate) fn start_tokio() -> Res<Running> {
     let std_listener = loopback_listener()?;
     let addr = std_listener.local_addr()?;
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || -> Res<()> {
+    let thread = crate::spawn_named("tokio", move || -> Res<()> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -57,7 +57,7 @@ pub(crate) fn start_tokio() -> Res<Running> {
             Ok::<_, std::io::Error>(())
         })?;
         Ok(())
-    });
+    })?;
     Ok(Running::new(addr, move || {
         let _ = stop_tx.send(());
         join(thread)
@@ -69,7 +69,7 @@ pub(crate) fn start_actix_server() -> Res<Running> {
     let std_listener = loopback_listener()?;
     let addr = std_listener.local_addr()?;
     let (handle_tx, handle_rx) = std::sync::mpsc::channel();
-    let thread = std::thread::spawn(move || -> Res<()> {
+    let thread = crate::spawn_named("actix-server", move || -> Res<()> {
         actix_rt::System::new().block_on(async move {
             let server = actix_server::Server::build()
                 .workers(1)
@@ -84,7 +84,7 @@ pub(crate) fn start_actix_server() -> Res<Running> {
             server.await
         })?;
         Ok(())
-    });
+    })?;
     let handle = handle_rx.recv().map_err(|_| "actix-server did not start")?;
     Ok(Running::new(addr, move || {
         // The stop command is queued at once; the returned future only

@@ -51,6 +51,17 @@ pub(crate) fn join(thread: std::thread::JoinHandle<Res<()>>) -> Res<()> {
     Ok(())
 }
 
+/// Starts a server thread named `srv-<name>` (so profiles can tell the
+/// contenders apart: `perf report --sort comm`).
+pub(crate) fn spawn_named(
+    name: &str,
+    f: impl FnOnce() -> Res<()> + Send + 'static,
+) -> Res<std::thread::JoinHandle<Res<()>>> {
+    Ok(std::thread::Builder::new()
+        .name(format!("srv-{name}"))
+        .spawn(f)?)
+}
+
 /// Contender order for repetition `rep`: rotates so none always goes first.
 pub(crate) fn rotate(n: usize, rep: usize) -> impl Iterator<Item = usize> {
     (0..n).map(move |i| (i + rep) % n)

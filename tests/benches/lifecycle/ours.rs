@@ -41,7 +41,7 @@ impl OursServer {
             files: vec![],
         };
         let (ready_tx, ready_rx) = mpsc::channel();
-        let thread = std::thread::spawn(move || -> Res<()> {
+        let thread = crate::spawn_named("ours", move || -> Res<()> {
             let system = actix::System::new();
             let started = system.block_on(async move {
                 let lifecycle = Lifecycle::builder(inventory)
@@ -59,7 +59,7 @@ impl OursServer {
                 system.run()?;
             }
             Ok(())
-        });
+        })?;
         let (lifecycle, system) = ready_rx
             .recv()
             .map_err(|_| "the lifecycle thread ended before starting")?

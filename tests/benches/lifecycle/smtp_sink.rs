@@ -16,7 +16,7 @@ pub(crate) fn start(spool: PathBuf) -> Res<Running> {
     let std_listener = loopback_listener()?;
     let addr = std_listener.local_addr()?;
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || -> Res<()> {
+    let thread = crate::spawn_named("smtp-sink", move || -> Res<()> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -41,7 +41,7 @@ pub(crate) fn start(spool: PathBuf) -> Res<Running> {
             Ok::<_, std::io::Error>(())
         })?;
         Ok(())
-    });
+    })?;
     Ok(Running::new(addr, move || {
         let _ = stop_tx.send(());
         join(thread)
