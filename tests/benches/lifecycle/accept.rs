@@ -7,6 +7,7 @@ use crate::listen::loopback_listener;
 use crate::stats::{Samples, Unit};
 use crate::{join, rotate, Res};
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 /// The line every accept-path handler writes before closing.
@@ -100,25 +101,52 @@ pub(crate) struct Contender {
     pub(crate) start: fn() -> Res<Running>,
 }
 
+/// Per contender: connections per second (the client's wall time) and
+/// the server process's CPU time per connection.
+pub(crate) struct Measured {
+    pub(crate) rate: Vec<Samples>,
+    pub(crate) cpu: Vec<Samples>,
+}
+
 /// Runs every contender `reps` times, interleaved, `n` connections each.
+///
+/// While the load client works, this process runs nothing but the server
+/// under test (its main thread waits on the client's pipe), so the
+/// process's CPU time over that span is the server's cost: a figure that a
+/// busy machine disturbs far less than the wall-clock rate.
 pub(crate) fn measure(
     client: &mut LoadClient,
     contenders: &[Contender],
     reps: usize,
     n: usize,
     concurrency: usize,
-) -> Res<Vec<Samples>> {
-    let mut samples = vec![Samples::new(Unit::PerSecond); contenders.len()];
+) -> Res<Measured> {
+    let mut rate = vec![Samples::new(Unit::PerSecond); contenders.len()];
+    let mut cpu = vec![Samples::new(Unit::Micros); contenders.len()];
     for rep in 0..reps {
         for i in rotate(contenders.len(), rep) {
             let c = &contenders[i];
             let server = (c.start)()?;
+            let cpu_before = process_cpu()?;
             let took = client
                 .accept(server.addr, n, concurrency)
                 .map_err(|e| format!("accept path, {}: {e}", c.name));
+            let cpu_used = process_cpu()? - cpu_before;
             server.stop()?;
-            samples[i].push_rate(n as u64, took?);
+            rate[i].push_rate(n as u64, took?);
+            cpu[i].push(cpu_used.as_secs_f64() * 1e6 / n as f64);
         }
     }
-    Ok(samples)
+    Ok(Measured { rate, cpu })
+}
+
+/// User + system CPU time of this process so far.
+pub(crate) fn process_cpu() -> Res<Duration> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let usage = getrusage(UsageWho::RUSAGE_SELF)?;
+    let micros = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec().max(0) as u64)
+            + Duration::from_micros(t.tv_usec().max(0) as u64)
+    };
+    Ok(micros(usage.user_time()) + micros(usage.system_time()))
 }

@@ -236,10 +236,7 @@ fn run() -> Res<()> {
         add("registry", scenarios::registry_rows(sizes));
     }
     if options.wants("accept") {
-        add(
-            "accept",
-            scenarios::accept_row(&mut client, sizes).map(|r| vec![r]),
-        );
+        add("accept", scenarios::accept_rows(&mut client, sizes));
     }
     if options.wants("abort") {
         add(

@@ -19,18 +19,21 @@ const NAME: &str = "bench";
 
 /// A lifecycle (broker, registry with metrics, coordinator) serving one
 /// loopback listener (backlog 1024), inside an actix `System` on its own
-/// thread.
+/// thread; connections are served on that thread or, with `workers`, on
+/// worker arbiters (as actix-server serves on workers beside its accept
+/// thread).
 struct OursServer {
     addr: SocketAddr,
     /// Handles sent back from the System thread; held until [`stop`] so
     /// every actor lives as long as the server.
     lifecycle: Lifecycle,
     system: actix::System,
+    workers: Vec<actix::Arbiter>,
     thread: JoinHandle<Res<()>>,
 }
 
 impl OursServer {
-    fn start(handler: fn() -> ConnHandler) -> Res<Self> {
+    fn start(handler: fn() -> ConnHandler, workers: usize) -> Res<Self> {
         let std_listener = loopback_listener()?;
         let addr = std_listener.local_addr()?;
         let inventory = Inventory {
@@ -50,17 +53,22 @@ impl OursServer {
                     .metrics(&prometheus::Registry::new())
                     .start()
                     .map_err(|e| e.to_string())?;
-                lifecycle.serve(NAME, NAME, handler());
-                Ok::<_, String>(lifecycle)
+                let arbiters: Vec<actix::Arbiter> =
+                    (0..workers).map(|_| actix::Arbiter::new()).collect();
+                lifecycle
+                    .listener(NAME, NAME, handler())
+                    .arbiters(arbiters.iter().map(|a| a.handle()).collect())
+                    .start();
+                Ok::<_, String>((lifecycle, arbiters))
             });
             let ok = started.is_ok();
-            let _ = ready_tx.send(started.map(|l| (l, actix::System::current())));
+            let _ = ready_tx.send(started.map(|(l, a)| (l, a, actix::System::current())));
             if ok {
                 system.run()?;
             }
             Ok(())
         })?;
-        let (lifecycle, system) = ready_rx
+        let (lifecycle, workers, system) = ready_rx
             .recv()
             .map_err(|_| "the lifecycle thread ended before starting")?
             .map_err(|e| format!("cannot start the lifecycle: {e}"))?;
@@ -68,41 +76,62 @@ impl OursServer {
             addr,
             lifecycle,
             system,
+            workers,
             thread,
         })
     }
 
     fn stop(self) -> Res<()> {
         drop(self.lifecycle);
+        for worker in self.workers {
+            worker.stop();
+            worker
+                .join()
+                .map_err(|_| "a worker arbiter of ours panicked")?;
+        }
         self.system.stop();
         join(self.thread)
     }
 }
 
-/// Accept path: ListenerActor + registry + metrics, the handler writes the
-/// line and drops the connection (which unregisters it).
+/// The accept-path handler: write the line, drop the connection (which
+/// closes and unregisters it).
+fn write_line() -> ConnHandler {
+    ConnHandler::new(|mut conn| async move {
+        let _ = conn.write_all(LINE).await;
+    })
+}
+
+/// Accept path: ListenerActor + registry + metrics, accepting and serving
+/// on one arbiter.
 pub(crate) fn start_accept() -> Res<Running> {
-    let server = OursServer::start(|| {
-        ConnHandler::new(|mut conn| async move {
-            let _ = conn.write_all(LINE).await;
-        })
-    })?;
+    let server = OursServer::start(write_line, 0)?;
+    Ok(Running::new(server.addr, move || server.stop()))
+}
+
+/// Accept path as actix-server is built: accepting on one thread, serving
+/// on one worker arbiter.
+pub(crate) fn start_accept_worker() -> Res<Running> {
+    let server = OursServer::start(write_line, 1)?;
     Ok(Running::new(server.addr, move || server.stop()))
 }
 
 /// Abort: the handler reads until end of stream; the abort is the
 /// registry's `Shutdown` message, and it is over when `Done` resolves.
 pub(crate) fn start_abort(n: usize) -> Res<IdleServer> {
-    let server = OursServer::start(|| {
-        ConnHandler::new(|mut conn| async move {
-            let mut buf = [0u8; 64];
-            while let Ok(read) = conn.read(&mut buf).await {
-                if read == 0 {
-                    break;
+    let server = OursServer::start(
+        || {
+            ConnHandler::new(|mut conn| async move {
+                let mut buf = [0u8; 64];
+                while let Ok(read) = conn.read(&mut buf).await {
+                    if read == 0 {
+                        break;
+                    }
                 }
-            }
-        })
-    })?;
+            })
+        },
+        0,
+    )?;
     let (accepted_tx, accepted_rx) = mpsc::channel();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
     let (result_tx, result_rx) = mpsc::channel();

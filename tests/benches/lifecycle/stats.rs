@@ -11,6 +11,8 @@ pub(crate) enum Unit {
     PerSecond,
     /// Milliseconds (lower is better).
     Millis,
+    /// Microseconds (lower is better), e.g. CPU time per connection.
+    Micros,
     /// Bytes (lower is better).
     Bytes,
     /// A count (lower is better), e.g. extra file descriptors.
@@ -110,6 +112,7 @@ pub(crate) fn format_value(unit: Unit, v: f64) -> String {
                 format!("{v:.2} ms")
             }
         }
+        Unit::Micros => format!("{v:.1} µs"),
         Unit::Bytes => format!("{v:.0} B"),
         Unit::Count => format!("{v:.0}"),
     }
