@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 /// Why the [`FdBroker`](crate::FdBroker) could not hand out a descriptor.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BrokerError {
     /// No listener with this name was ever in the inventory.
     #[error(
@@ -54,6 +55,7 @@ pub enum BrokerError {
 
 /// Why a [`ListenerActor`](crate::ListenerActor) could not serve its socket.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ListenerError {
     /// The broker refused the socket.
     #[error("listener {name:?}: {source}")]
@@ -80,6 +82,7 @@ pub enum ListenerError {
 
 /// Why the lifecycle (or a test harness) could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LifecycleError {
     /// The metrics could not be registered on the injected prometheus registry.
     #[error(
@@ -110,4 +113,17 @@ pub enum LifecycleError {
     /// The harness was asked for something before it was started.
     #[error("this harness is not started yet; send Start first")]
     NotStarted,
+    /// Started outside a running actix `System` (actors need an arbiter).
+    #[error(
+        "the lifecycle must be started inside a running actix System: call it from \
+         System::new().block_on(..), #[actix::main] or #[actix::test]"
+    )]
+    NoSystem,
+    /// A listener of a test harness stopped instead of accepting (its log
+    /// says why).
+    #[error("listener {name:?} of the harness did not start accepting; see its log for the cause")]
+    ListenerFailed {
+        /// The listener name.
+        name: String,
+    },
 }

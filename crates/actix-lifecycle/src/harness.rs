@@ -341,14 +341,20 @@ impl Handler<Start> for Harness {
         self.running = Some(Running {
             lifecycle: lifecycle.clone(),
         });
+        let names: Vec<String> = addresses.iter().map(|(n, _)| n.clone()).collect();
         let ready = async move {
-            // A listener answers once it took and adopted its socket.
-            for l in &listeners {
-                let _ = l.send(GetListenerInfo).await;
+            // A listener answers once it took and adopted its socket; one
+            // that failed has stopped and does not answer.
+            for (l, name) in listeners.iter().zip(names) {
+                match l.send(GetListenerInfo).await {
+                    Ok(info) if info.accepting => {}
+                    _ => return Err(LifecycleError::ListenerFailed { name }),
+                }
             }
+            Ok(())
         };
-        Box::pin(ready.into_actor(self).map(move |(), _act, _ctx| {
-            Ok(HarnessInfo {
+        Box::pin(ready.into_actor(self).map(move |res, _act, _ctx| {
+            res.map(|()| HarnessInfo {
                 addresses,
                 lifecycle,
             })

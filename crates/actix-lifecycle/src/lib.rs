@@ -73,6 +73,25 @@
 //! }
 //! ```
 
+//!
+//! # How connections are tracked
+//!
+//! * **Registration costs no message.** Each arbiter that serves
+//!   connections has its own [`RegistryShard`]; a [`ListenerActor`] gets the
+//!   shard of every arbiter it serves on. Registering is an allocation and an
+//!   uncontended lock on that shard; dropping the [`ConnectionGuard`] (held by
+//!   the connection's stream) unregisters, also while a panicking handler
+//!   unwinds. [`ConnectionRegistry`] visits every shard for [`Shutdown`],
+//!   [`Abort`], [`Done`], [`Snapshot`] and the metrics.
+//! * **Abort is persistent and never touches a descriptor.** The registry
+//!   knows no fd numbers. Aborting sets a flag on the connection that its
+//!   [`Tracked`] stream (and so its [`Conn`]) checks on every read and write:
+//!   from then on reads return end-of-file and writes fail, including ones
+//!   already waiting (they are woken). A reused fd of a newer connection is
+//!   never hit. A connection registered after [`Shutdown`] is aborted at once.
+//! * **Counts never go negative.** Unregistering twice, or an unknown id, is
+//!   a no-op (logged at debug level).
+
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod broker;

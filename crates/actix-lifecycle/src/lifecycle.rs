@@ -93,6 +93,9 @@ impl LifecycleBuilder {
     /// Starts the broker, the registry and the coordinator on the current
     /// arbiter. Must be called inside a running actix `System`.
     pub fn start(self) -> Result<Lifecycle, LifecycleError> {
+        if actix_rt::System::try_current().is_none() || actix_rt::Arbiter::try_current().is_none() {
+            return Err(LifecycleError::NoSystem);
+        }
         let registry = ConnectionRegistry::builder()
             .logger(self.log.clone())
             .metrics(&self.metrics)
@@ -129,7 +132,11 @@ impl LifecycleBuilder {
 /// A running lifecycle: [`FdBroker`], [`ConnectionRegistry`] and
 /// [`ShutdownCoordinator`], plus what listeners need. Cheap to clone.
 ///
-/// See the crate documentation for a complete server.
+/// Start one listener per inventory listener with [`serve`](Self::serve) or
+/// [`listener`](Self::listener); once they run, sending
+/// [`CloseUnclaimed`](crate::CloseUnclaimed) to the [`broker`](Self::broker)
+/// closes (and logs) every descriptor nobody took. See the crate
+/// documentation for a complete server.
 #[derive(Clone)]
 pub struct Lifecycle {
     broker: Addr<FdBroker>,

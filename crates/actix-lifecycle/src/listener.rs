@@ -137,6 +137,12 @@ impl ListenerBuilder {
     pub fn start(self) -> Addr<ListenerActor> {
         self.build().start()
     }
+
+    /// Builds and starts the actor on `arbiter` (its accept loop and, unless
+    /// [`arbiters`](Self::arbiters) says otherwise, its connections run there).
+    pub fn start_in(self, arbiter: &ArbiterHandle) -> Addr<ListenerActor> {
+        ListenerActor::start_in_arbiter(arbiter, move |_| self.build())
+    }
 }
 
 /// Serves one listener: on start it takes its socket from the

@@ -29,8 +29,10 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
 ];
 
-/// Per (protocol, listener) statistics of one shard.
+/// Per (protocol, listener) statistics of one shard. Aligned so that the
+/// statistics of shards on different threads never share a cache line.
 #[derive(Debug, Clone, Default)]
+#[repr(align(128))]
 pub(crate) struct KindStats {
     pub(crate) live: u64,
     pub(crate) accepted: u64,

@@ -207,19 +207,24 @@ impl RegistryHandle {
     /// from now on. Returns how many live connections this call aborted.
     pub fn shutdown(&self) -> usize {
         self.shared.common.shut_down.store(true, Ordering::SeqCst);
-        let mut aborted = 0;
+        let mut to_wake = Vec::new();
         self.shared.each_shard(|st| {
             let mut newly = Vec::new();
             for entry in st.live.values() {
-                if entry.abort.abort() {
+                if entry.mark_aborted() {
                     newly.push(entry.kind);
+                    to_wake.push(Arc::clone(entry));
                 }
             }
             for kind in newly {
                 st.kind_mut(kind).aborted += 1;
-                aborted += 1;
             }
         });
+        // Wake outside the shard locks.
+        for entry in &to_wake {
+            entry.wake();
+        }
+        let aborted = to_wake.len();
         info!(self.shared.common.log, "registry shut down: live connections aborted";
             "aborted" => aborted);
         aborted
@@ -241,12 +246,16 @@ impl RegistryHandle {
         let mut hit = false;
         if let Some(shard) = self.shard_of(id) {
             let mut st = shard.lock();
-            let newly = st.live.get(&id).map(|e| (e.abort.abort(), e.kind));
-            if let Some((first, kind)) = newly {
+            let entry = st.live.get(&id).cloned();
+            if let Some(entry) = &entry {
                 hit = true;
-                if first {
-                    st.kind_mut(kind).aborted += 1;
+                if entry.mark_aborted() {
+                    st.kind_mut(entry.kind).aborted += 1;
                 }
+            }
+            drop(st);
+            if let Some(entry) = entry {
+                entry.wake();
             }
         }
         if !hit {
@@ -305,7 +314,7 @@ impl RegistryHandle {
                         protocol,
                         listener,
                         age: Duration::from_nanos(now.saturating_sub(e.started)),
-                        aborted: e.abort.is_aborted(),
+                        aborted: e.is_aborted(),
                     },
                 ));
             }

@@ -409,3 +409,71 @@ impl Handler<GetPhase> for ShutdownCoordinator {
         MessageResult(self.phase())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::ConnectionRegistry;
+
+    fn coordinator(drain: Duration) -> (ShutdownCoordinator, RegistryHandle) {
+        let registry = ConnectionRegistry::builder().build().unwrap();
+        let handle = registry.handle();
+        let c = ShutdownCoordinator::builder(handle.clone())
+            .handle_signals(false)
+            .stop_system(false)
+            .drain_grace(drain)
+            .abort_grace(Duration::from_secs(60))
+            .build();
+        (c, handle)
+    }
+
+    #[actix::test]
+    async fn many_waiters_get_the_same_outcome_before_and_after_the_stop() {
+        let (c, registry) = coordinator(Duration::from_secs(60));
+        let handle = c.handle();
+        let addr = c.start();
+        let guard = registry.shard().register(&registry.kind("p", "l"));
+        let early: Vec<_> = (0..5).map(|_| addr.send(WaitStopped)).collect();
+        addr.send(BeginShutdown).await.unwrap();
+        assert_eq!(addr.send(GetPhase).await.unwrap(), Phase::Draining);
+        assert_eq!(handle.phase(), Phase::Draining);
+        drop(guard); // the last connection closes: the rest goes at once
+        for w in early {
+            let outcome = w.await.unwrap();
+            assert_eq!(outcome.exit_code, 0);
+            assert!(outcome.left_open.is_empty());
+        }
+        assert_eq!(handle.phase(), Phase::Stopped);
+        let late = addr.send(WaitStopped).await.unwrap();
+        assert_eq!(late.exit_code, 0);
+        assert!(registry.is_shut_down(), "Aborting shut the registry down");
+    }
+
+    #[actix::test]
+    async fn a_signal_after_the_stop_does_not_force() {
+        let forced = Arc::new(std::sync::Mutex::new(0));
+        let f = forced.clone();
+        let (c, _registry) = coordinator(Duration::from_secs(60));
+        let c = ShutdownCoordinator {
+            force_exit: Arc::new(move |_| *f.lock().unwrap() += 1),
+            ..c
+        };
+        let addr = c.start();
+        addr.send(SignalReceived {
+            signal: libc::SIGTERM,
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            addr.send(GetPhase).await.unwrap(),
+            Phase::Stopped,
+            "idle: stopped at once"
+        );
+        addr.send(SignalReceived {
+            signal: libc::SIGTERM,
+        })
+        .await
+        .unwrap();
+        assert_eq!(*forced.lock().unwrap(), 0);
+    }
+}

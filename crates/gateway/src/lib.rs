@@ -1,1 +1,40 @@
-//! The reference gateway (being built).
+//! The reference gateway of actix-lifecycle: an SMTP sink with a durable
+//! spool, a minimal IMAP greeting service and an HTTP endpoint for
+//! `/metrics`, `/healthz` and `/readyz`, built only from the public APIs of
+//! `lifecycle-handoff` and `actix-lifecycle`.
+//!
+//! The binary `lifecycle-gateway` wires these parts together; the library
+//! exposes them so that tests (and other programs) can serve any stream:
+//! every protocol handler is an `async fn` generic over
+//! `AsyncRead + AsyncWrite`, watching a [`ShutdownHandle`](actix_lifecycle::ShutdownHandle).
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod app;
+mod cli;
+mod config;
+mod http;
+mod imap;
+mod line;
+mod logging;
+mod metrics;
+mod parent;
+mod session;
+mod smtp;
+mod spool;
+mod wire;
+
+pub use app::{run, serve, StartError};
+pub use cli::{Cli, EXIT_CONFIG};
+pub use config::{
+    Config, ConfigError, ImapConfig, ListenerConfig, Located, LogConfig, LogFormat, LogLevel,
+    Protocol, ShutdownConfig, SmtpConfig, TlsConfig, TlsMode,
+};
+pub use http::{http_server, HttpListener, HttpState, Readiness};
+pub use imap::{serve_imap, ImapContext};
+pub use logging::{json_logger, resolve_format, stderr_logger, LogGuard};
+pub use metrics::GatewayMetrics;
+pub use parent::{service_user, supervise};
+pub use session::{EndReason, SessionSummary};
+pub use smtp::{serve_smtp, SmtpContext};
+pub use spool::{Spool, SpoolError, StoredMessage, MESSAGE_EXT, TMP_DIR};

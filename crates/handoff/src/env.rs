@@ -45,6 +45,10 @@ pub const MOX_FILES: &str = "MOX_FILES";
 /// assert_eq!(names.files(), "GATEWAY_FILES");
 /// assert_eq!(names.fds(), "GATEWAY_FDS");
 /// assert_eq!(names.parent_pid(), "GATEWAY_PARENT_PID");
+/// assert_eq!(names.ready_fd(), "GATEWAY_READY_FD");
+/// assert_eq!(names.generation(), "GATEWAY_GENERATION");
+/// assert_eq!(names.upgrades_ok(), "GATEWAY_UPGRADES_OK");
+/// assert_eq!(names.upgrades_failed(), "GATEWAY_UPGRADES_FAILED");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VarNames {
@@ -53,6 +57,10 @@ pub struct VarNames {
     files: String,
     fds: String,
     parent_pid: String,
+    ready_fd: String,
+    generation: String,
+    upgrades_ok: String,
+    upgrades_failed: String,
 }
 
 impl VarNames {
@@ -67,13 +75,21 @@ impl VarNames {
                 prefix: prefix.to_owned(),
             });
         }
-        Ok(VarNames {
+        Ok(Self::for_valid_prefix(prefix))
+    }
+
+    fn for_valid_prefix(prefix: &str) -> Self {
+        VarNames {
             prefix: prefix.to_owned(),
             sockets: format!("{prefix}_SOCKETS"),
             files: format!("{prefix}_FILES"),
             fds: format!("{prefix}_FDS"),
             parent_pid: format!("{prefix}_PARENT_PID"),
-        })
+            ready_fd: format!("{prefix}_READY_FD"),
+            generation: format!("{prefix}_GENERATION"),
+            upgrades_ok: format!("{prefix}_UPGRADES_OK"),
+            upgrades_failed: format!("{prefix}_UPGRADES_FAILED"),
+        }
     }
 
     /// The prefix.
@@ -101,12 +117,50 @@ impl VarNames {
         &self.parent_pid
     }
 
-    /// All four names.
+    /// `<PREFIX>_READY_FD`: the descriptor on which the child reports that
+    /// it is ready (see [`ReadyChannel`](crate::ReadyChannel)); it is always
+    /// the descriptor right after the listeners and files.
+    pub fn ready_fd(&self) -> &str {
+        &self.ready_fd
+    }
+
+    /// `<PREFIX>_GENERATION`: the child's generation (1 for the first
+    /// child of a parent, one more per upgrade attempt).
+    pub fn generation(&self) -> &str {
+        &self.generation
+    }
+
+    /// `<PREFIX>_UPGRADES_OK`: upgrades that succeeded before this child
+    /// was started.
+    pub fn upgrades_ok(&self) -> &str {
+        &self.upgrades_ok
+    }
+
+    /// `<PREFIX>_UPGRADES_FAILED`: upgrades that failed before this child
+    /// was started.
+    pub fn upgrades_failed(&self) -> &str {
+        &self.upgrades_failed
+    }
+
+    /// The four upgrade variables: ready fd, generation and both counters
+    /// (see [`Lineage`](crate::Lineage)). They are optional: a parent that
+    /// does not upgrade sets none of them.
+    pub fn upgrade_vars(&self) -> [&str; 4] {
+        [
+            &self.ready_fd,
+            &self.generation,
+            &self.upgrades_ok,
+            &self.upgrades_failed,
+        ]
+    }
+
+    /// The four core names: sockets, files, fd count, parent pid.
     pub fn all(&self) -> [&str; 4] {
         [&self.sockets, &self.files, &self.fds, &self.parent_pid]
     }
 
-    /// True when any of the four variables is set in `env`.
+    /// True when any of the four core variables is set in `env` (the
+    /// upgrade variables alone do not make a hand-off).
     pub fn any_present(&self, env: &impl Environment) -> bool {
         self.all().iter().any(|name| env.var(name).is_some())
     }
@@ -115,14 +169,7 @@ impl VarNames {
 impl Default for VarNames {
     fn default() -> Self {
         // DEFAULT_PREFIX is valid; build directly so this cannot fail.
-        let prefix = DEFAULT_PREFIX;
-        VarNames {
-            prefix: prefix.to_owned(),
-            sockets: format!("{prefix}_SOCKETS"),
-            files: format!("{prefix}_FILES"),
-            fds: format!("{prefix}_FDS"),
-            parent_pid: format!("{prefix}_PARENT_PID"),
-        }
+        Self::for_valid_prefix(DEFAULT_PREFIX)
     }
 }
 

@@ -496,4 +496,96 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The announced readiness descriptor is not where the protocol puts it
+    /// (right after the listeners and files).
+    #[error(
+        "{var}={value} but the readiness descriptor must be fd {expected}, the one right after \
+         the {passed} passed listeners and files; the variables were edited or written by \
+         another program, start this program from its parent unchanged",
+        expected = .passed.saturating_add(3)
+    )]
+    ReadyFdMisplaced {
+        /// The ready-fd variable.
+        var: String,
+        /// The number it holds.
+        value: u64,
+        /// How many listeners and files were passed before it.
+        passed: usize,
+    },
+
+    /// The readiness descriptor is not a connected Unix stream socket.
+    #[error(
+        "fd {fd} ({var}) is a {found}, not the connected Unix stream socket of the readiness \
+         channel; the parent's descriptors are out of order or {var} is wrong, start this \
+         program from its parent unchanged"
+    )]
+    NotAReadyChannel {
+        /// The descriptor number.
+        fd: RawFd,
+        /// The ready-fd variable.
+        var: String,
+        /// What the descriptor is.
+        found: String,
+    },
+
+    /// Writing the ready message failed (the parent went away or closed
+    /// its end).
+    #[error(
+        "cannot report readiness on fd {fd}: {source}; the parent closed the channel (it gave \
+         up waiting, or it exited), so this process will not be made the serving one"
+    )]
+    ReadyNotify {
+        /// The descriptor number.
+        fd: RawFd,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A system call on the parent's end of a readiness channel failed.
+    #[error("readiness channel: {operation} failed: {source}")]
+    ReadyChannel {
+        /// The operation.
+        operation: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The parent sent a counters line that does not parse.
+    #[error(
+        "the parent sent {line:?} on the readiness channel, expected \
+         `GENERATION=<g> UPGRADES_OK=<n> UPGRADES_FAILED=<m>`; parent and child are different \
+         versions of the protocol, restart the service"
+    )]
+    BadUpdate {
+        /// The line received (lossily decoded, at most 4 KiB).
+        line: String,
+    },
+
+    /// A started child (the first one, or a successor) did not become ready.
+    #[error(
+        "generation {generation} (pid {pid}) did not become ready: {reason}; check its log \
+         (it must call ReadyChannel::notify_ready once its listeners accept)"
+    )]
+    NotReady {
+        /// The child's generation.
+        generation: u64,
+        /// Its pid.
+        pid: u32,
+        /// What happened instead (exited, timed out, closed the channel).
+        reason: String,
+    },
+
+    /// `NOTIFY_SOCKET` holds something that is not a socket address.
+    #[error(
+        "NOTIFY_SOCKET={value:?} is not usable: {problem}; systemd sets an absolute path or an \
+         abstract name starting with @, unset NOTIFY_SOCKET outside systemd"
+    )]
+    BadNotifySocket {
+        /// The value.
+        value: String,
+        /// What is wrong.
+        problem: String,
+    },
 }

@@ -11,7 +11,9 @@ use crate::env::{Manifest, VarNames, FIRST_PASSED_FD};
 use crate::environment::{Environment, ProcessEnvironment};
 use crate::error::{Error, Result};
 use crate::inventory::{Inventory, PassedFile, PassedListener};
+use crate::lineage::{Lineage, UpgradeVars};
 use crate::mode::{choose_mode, Mode, ModeChoice};
+use crate::ready::ReadyChannel;
 use crate::spec::{FileSpec, ListenerSpec};
 use crate::systemd::SystemdManifest;
 
@@ -101,21 +103,40 @@ impl HandoffBuilder {
         let euid = nix::unistd::geteuid().as_raw();
         let choice = self.choose(&env, euid)?;
         let names = VarNames::new(&self.prefix)?;
+        let mut ready = None;
+        let mut lineage = None;
         let inventory = match choice.mode {
             Mode::Privileged | Mode::Immediate => Inventory::default(),
-            Mode::Inherited => {
-                let manifest = if choice.mox_format {
-                    Manifest::decode_mox(&mut env)?
-                } else {
-                    let ppid = nix::unistd::getppid().as_raw();
-                    Manifest::decode(&mut env, &names, u32::try_from(ppid).unwrap_or(0))?
-                };
-                // SAFETY: the variables were addressed to this process (parent
-                // pid checked; mox format: opted into) and are now removed, so
-                // no later call adopts these numbers again; at start-up nothing
-                // else in the process owns descriptors 3.., which the parent
-                // placed there for us.
+            Mode::Inherited if choice.mox_format => {
+                let manifest = Manifest::decode_mox(&mut env)?;
+                // SAFETY: the variables were opted into (mox format) and are
+                // now removed, so no later call adopts these numbers again; at
+                // start-up nothing else in the process owns descriptors 3..,
+                // which the parent placed there for us.
                 unsafe { crate::validate::adopt_manifest(&manifest, &names, FIRST_PASSED_FD) }?
+            }
+            Mode::Inherited => {
+                // Read (and remove) the upgrade variables first, so they are
+                // gone even when the hand-off is refused.
+                let upgrade = UpgradeVars::take(&mut env, &names);
+                let ppid = nix::unistd::getppid().as_raw();
+                let manifest =
+                    Manifest::decode(&mut env, &names, u32::try_from(ppid).unwrap_or(0))?;
+                let ready_fd = upgrade.ready_fd(&names, manifest.fd_count())?;
+                lineage = upgrade.lineage(&names)?;
+                // SAFETY: the variables were addressed to this process (parent
+                // pid checked) and are now removed, so no later call adopts
+                // these numbers again; at start-up nothing else in the process
+                // owns descriptors 3.., which the parent placed there for us.
+                let inventory =
+                    unsafe { crate::validate::adopt_manifest(&manifest, &names, FIRST_PASSED_FD) }?;
+                if let Some(fd) = ready_fd {
+                    // SAFETY: as above; the ready descriptor is the one right
+                    // after the manifest's (checked by `ready_fd`), so it is
+                    // not among those just adopted.
+                    ready = Some(unsafe { ReadyChannel::adopt(fd, names.ready_fd()) }?);
+                }
+                inventory
             }
             Mode::Systemd => {
                 let pid = std::process::id();
@@ -131,6 +152,8 @@ impl HandoffBuilder {
             choice,
             names,
             inventory,
+            ready,
+            lineage,
         })
     }
 }
@@ -168,6 +191,8 @@ pub struct Handoff {
     choice: ModeChoice,
     names: VarNames,
     inventory: Inventory,
+    ready: Option<ReadyChannel>,
+    lineage: Option<Lineage>,
 }
 
 impl Handoff {
@@ -199,7 +224,26 @@ impl Handoff {
             },
             names: VarNames::default(),
             inventory,
+            ready: None,
+            lineage: None,
         }
+    }
+
+    /// The readiness channel to the parent, taken once: `Some` only in
+    /// inherited mode when the parent passed one (an upgrade-capable parent
+    /// or a predecessor always does). Call
+    /// [`ReadyChannel::notify_ready`] once every listener accepts; the
+    /// parent waits for it before it drains the previous generation (and,
+    /// under systemd, before it reports `READY=1`).
+    pub fn take_ready_channel(&mut self) -> Option<ReadyChannel> {
+        self.ready.take()
+    }
+
+    /// This process's generation and the parent's upgrade counters, when
+    /// the parent wrote them (inherited mode), for the start-up log and the
+    /// metrics (`lifecycle_upgrades_total{result}`, the generation gauge).
+    pub fn lineage(&self) -> Option<Lineage> {
+        self.lineage
     }
 
     /// The mode in use.

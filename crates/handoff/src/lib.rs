@@ -78,6 +78,56 @@
 //! forwards SIGTERM, SIGINT, SIGHUP and SIGUSR2 and exits with the child's
 //! status ([`Supervisor::wait`], 128 + signal for a signal death).
 //!
+//! # Zero-downtime upgrades
+//!
+//! [`UpgradeSupervisor`] is the privileged parent with upgrades (it replaces
+//! [`Supervisor`] when upgrades are wanted). Every child it starts gets,
+//! besides the listeners and files, a readiness channel and its lineage:
+//!
+//! | variable | value |
+//! |---|---|
+//! | `LIFECYCLE_READY_FD` | the child's end of the readiness channel (a connected Unix stream socket): always the descriptor right after the listeners and files (`3 + LIFECYCLE_FDS`) |
+//! | `LIFECYCLE_GENERATION` | 1 for the first child, +1 per upgrade attempt |
+//! | `LIFECYCLE_UPGRADES_OK`, `LIFECYCLE_UPGRADES_FAILED` | the parent's upgrade counters when it started the child |
+//!
+//! The four are optional (a parent without upgrades sets none) and are
+//! removed by [`Handoff::detect`] with the others; `LIFECYCLE_FDS` still
+//! counts listeners and files only, so the ready descriptor is never taken
+//! for one of them. The child takes [`Handoff::take_ready_channel`] and
+//! [`Handoff::lineage`], and calls [`ReadyChannel::notify_ready`] once every
+//! listener accepts, then may read the parent's upgrade counters with
+//! [`ReadyChannel::recv_update`] (sent after every upgrade outcome, for its
+//! `lifecycle_upgrades_total{result}` metric). The upgrade, on SIGHUP or
+//! SIGUSR2 to the parent:
+//!
+//! 1. `RELOADING=1` to systemd (when `NOTIFY_SOCKET` is set);
+//! 2. every privileged file is re-opened from its path (a rotated
+//!    certificate is picked up);
+//! 3. generation n+1 of the program *path* resolved at start-up is started
+//!    (so a binary replaced with `mv` is the one that runs) with the same
+//!    listening sockets the parent kept; the re-opened files are closed in
+//!    the parent;
+//! 4. the parent waits for `READY=1` on the new child's channel (default 30 s);
+//! 5. ready: SIGTERM to generation n, which stops accepting and drains
+//!    while generation n+1 accepts from the same kernel queues (no
+//!    connection is refused); `READY=1` and `STATUS=serving generation n+1`;
+//! 6. not ready (exited, closed its channel, timed out): it is killed and
+//!    reaped, generation n keeps serving, `READY=1` and
+//!    `STATUS=upgrade failed: ...`.
+//!
+//! One upgrade runs at a time; a signal during one is queued (at most one
+//! waits). Each step is reported to the caller as a [`SupervisorEvent`]
+//! (the crate logs nothing itself). Under systemd the parent is the main
+//! process for its whole life: it sends `READY=1` with `MAINPID=<own pid>`
+//! when generation 1 is ready and `STOPPING=1` when it forwards SIGTERM or
+//! SIGINT, and its children never see `NOTIFY_SOCKET`, `WATCHDOG_USEC` or
+//! `WATCHDOG_PID`.
+//!
+//! Without a privileged parent, a running process hands its listeners to a
+//! successor of itself with [`SuccessorHandoff`]: the same protocol, no
+//! parent-death signal (the successor outlives it), and `MAINPID=<successor>`
+//! to systemd once the successor is ready.
+//!
 //! # Example
 //!
 //! A parent encodes its kept inventory; the child decodes it (here from a
@@ -118,12 +168,17 @@ mod error;
 mod escape;
 mod handoff;
 mod inventory;
+mod lineage;
 mod mode;
+mod notify;
 mod privilege;
+mod ready;
 mod spawn;
 mod spec;
+mod successor;
 mod supervise;
 mod systemd;
+mod upgrade;
 mod validate;
 
 #[cfg(test)]
@@ -138,10 +193,17 @@ pub use error::{Error, Result};
 pub use escape::{escape, unescape};
 pub use handoff::{Handoff, HandoffBuilder};
 pub use inventory::{Inventory, PassedFile, PassedListener};
+pub use lineage::Lineage;
 pub use mode::{Mode, ModeChoice};
+pub use notify::{Notifier, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
 pub use privilege::{verify_cannot_regain_root, TargetUser};
+pub use ready::{ReadyChannel, ReadyPair, ReadyReceiver, ReadyState, READY_MESSAGE};
 pub use spawn::{pass_fds, ChildSpawner};
 pub use spec::{FileSpec, ListenAddress, ListenerSpec, Network, DEFAULT_BACKLOG};
+pub use successor::{Successor, SuccessorHandoff};
 pub use supervise::{exit_code, Supervisor, FORWARDED_SIGNALS};
 pub use systemd::{SystemdManifest, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID, SD_LISTEN_FDS_START};
+pub use upgrade::{
+    SupervisorEvent, UpgradeFailure, UpgradeStats, UpgradeSupervisor, DEFAULT_READY_TIMEOUT,
+};
 pub use validate::{inspect_listener, validate_file, validate_listener};

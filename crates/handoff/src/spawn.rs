@@ -9,13 +9,15 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 use crate::env::{ChildHandoff, VarNames, FIRST_PASSED_FD};
 use crate::error::{Error, Result};
 use crate::inventory::Inventory;
+use crate::lineage::Lineage;
 use crate::privilege::TargetUser;
+use crate::ready::ReadyPair;
 
 /// How far to mark descriptors close-on-exec when `close_range` is missing
 /// and the open-files limit cannot be read.
@@ -121,13 +123,26 @@ pub struct ChildSpawner {
     program: PathBuf,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    removed: Vec<OsString>,
     user: Option<TargetUser>,
     names: VarNames,
+    death_signal: bool,
 }
 
+/// The suffix Linux appends to `/proc/self/exe` once the executable was
+/// replaced or removed.
+const DELETED_SUFFIX: &[u8] = b" (deleted)";
+
 impl ChildSpawner {
-    /// A spawner for this executable (`std::env::current_exe`) with this
-    /// process's arguments, no user change, variable prefix `LIFECYCLE`.
+    /// A spawner for this executable with this process's arguments, no user
+    /// change, variable prefix `LIFECYCLE`, parent-death signal on.
+    ///
+    /// The executable's path is resolved once, here
+    /// (`std::env::current_exe`), and every spawn execs that *path*: after
+    /// `mv new-binary /usr/local/bin/prog` a later spawn (an upgrade) runs
+    /// the new binary. Create the spawner at start-up, before the binary can
+    /// have been replaced; if Linux already reports the running image as
+    /// `... (deleted)`, the suffix is dropped so the path on disk is used.
     pub fn new() -> Result<Self> {
         let program = std::env::current_exe().map_err(|source| Error::Spawn {
             program: PathBuf::from("(current executable)"),
@@ -135,12 +150,35 @@ impl ChildSpawner {
             source,
         })?;
         Ok(ChildSpawner {
-            program,
+            program: path_on_disk(program),
             args: std::env::args_os().skip(1).collect(),
             envs: Vec::new(),
+            removed: Vec::new(),
             user: None,
             names: VarNames::default(),
+            death_signal: true,
         })
+    }
+
+    /// The program every spawn executes.
+    pub fn program_path(&self) -> &Path {
+        &self.program
+    }
+
+    /// Does not pass `name` to the child (it is removed from the inherited
+    /// environment).
+    pub fn env_remove(mut self, name: impl Into<OsString>) -> Self {
+        self.removed.push(name.into());
+        self
+    }
+
+    /// Whether the child gets `PR_SET_PDEATHSIG(SIGKILL)` and checks that
+    /// its parent is still alive before exec (default: on). Turn it off only
+    /// for a successor that must outlive the process starting it
+    /// ([`SuccessorHandoff`](crate::SuccessorHandoff)).
+    pub fn parent_death_signal(mut self, on: bool) -> Self {
+        self.death_signal = on;
+        self
     }
 
     /// Runs `program` instead of this executable.
@@ -183,17 +221,64 @@ impl ChildSpawner {
         self.user.as_ref()
     }
 
+    /// The hand-off variable names in use.
+    pub fn names(&self) -> &VarNames {
+        &self.names
+    }
+
     /// Spawns the child with everything in `inventory`.
     pub fn spawn(&self, inventory: &Inventory) -> Result<Child> {
-        let handoff = ChildHandoff::new(inventory, &self.names, std::process::id());
+        self.spawn_inner(inventory, None)
+    }
+
+    /// Spawns the child with everything in `inventory`, plus the child's end
+    /// of `ready` as the descriptor right after the listeners and files
+    /// (announced in `<PREFIX>_READY_FD`) and `lineage` in
+    /// `<PREFIX>_GENERATION`, `_UPGRADES_OK`, `_UPGRADES_FAILED`.
+    ///
+    /// Turn `ready` into a [`ReadyReceiver`](crate::ReadyReceiver) right
+    /// after this returns, so the child's exit shows as end-of-file.
+    pub fn spawn_with_ready(
+        &self,
+        inventory: &Inventory,
+        ready: &ReadyPair,
+        lineage: Lineage,
+    ) -> Result<Child> {
+        self.spawn_inner(inventory, Some((ready, lineage)))
+    }
+
+    fn spawn_inner(
+        &self,
+        inventory: &Inventory,
+        ready: Option<(&ReadyPair, Lineage)>,
+    ) -> Result<Child> {
+        let mut handoff = ChildHandoff::new(inventory, &self.names, std::process::id());
+        if let Some((pair, lineage)) = ready {
+            let number = FIRST_PASSED_FD.saturating_add(
+                RawFd::try_from(handoff.fds.len()).unwrap_or(RawFd::MAX - FIRST_PASSED_FD),
+            );
+            handoff
+                .vars
+                .push((self.names.ready_fd().into(), number.to_string().into()));
+            handoff.vars.extend(lineage.encode(&self.names));
+            handoff.fds.push(pair.child_end());
+        }
         let mut command = Command::new(&self.program);
+        command.args(&self.args);
+        for name in &self.removed {
+            command.env_remove(name);
+        }
+        // Stale upgrade variables (from a grandparent) never reach the child.
+        for name in self.names.upgrade_vars() {
+            command.env_remove(name);
+        }
         command
-            .args(&self.args)
             .envs(self.envs.iter().cloned())
             .envs(handoff.vars.iter().cloned());
         let mut plan = FdPlan::new(&handoff.fds);
         let ids = self.user.as_ref().map(|u| (u.uid(), u.gid()));
         let parent = nix::unistd::getpid().as_raw();
+        let death_signal = self.death_signal;
         // SAFETY: the closure only calls async-signal-safe functions (fcntl,
         // dup2, close_range, sigemptyset, pthread_sigmask, setgroups, setgid,
         // setuid, prctl, getppid) and
@@ -203,7 +288,7 @@ impl ChildSpawner {
             command.pre_exec(move || {
                 plan.place()?;
                 unblock_all_signals()?;
-                drop_privileges(ids, parent)
+                drop_privileges(ids, parent, death_signal)
             });
         }
         command.spawn().map_err(|source| Error::Spawn {
@@ -238,7 +323,11 @@ fn unblock_all_signals() -> io::Result<()> {
 /// Order matters: groups, then gid, then uid (a non-root process can no
 /// longer change groups); the parent-death signal last, because changing
 /// credentials clears it; then make sure the parent did not die first.
-fn drop_privileges(ids: Option<(u32, u32)>, parent: libc::pid_t) -> io::Result<()> {
+fn drop_privileges(
+    ids: Option<(u32, u32)>,
+    parent: libc::pid_t,
+    death_signal: bool,
+) -> io::Result<()> {
     let check = |result: libc::c_int| {
         if result < 0 {
             Err(io::Error::last_os_error())
@@ -256,6 +345,9 @@ fn drop_privileges(ids: Option<(u32, u32)>, parent: libc::pid_t) -> io::Result<(
     }
     // SAFETY: prctl with integer arguments only; no memory is passed.
     check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+    if !death_signal {
+        return Ok(());
+    }
     // SAFETY: as above.
     check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
     // SAFETY: getppid cannot fail and touches no memory.
@@ -286,5 +378,32 @@ fn close_others_on_exec(floor: RawFd, limit: RawFd) {
             // close-on-exec flag, or fails with EBADF.
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         }
+    }
+}
+
+/// `path` without the ` (deleted)` suffix Linux gives a replaced executable.
+fn path_on_disk(path: PathBuf) -> PathBuf {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let bytes = path.as_os_str().as_bytes();
+    match bytes.strip_suffix(DELETED_SUFFIX) {
+        Some(stripped) => PathBuf::from(OsString::from_vec(stripped.to_vec())),
+        None => path,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_executable_is_found_on_disk() {
+        assert_eq!(
+            path_on_disk(PathBuf::from("/usr/bin/gw (deleted)")),
+            PathBuf::from("/usr/bin/gw")
+        );
+        assert_eq!(
+            path_on_disk(PathBuf::from("/usr/bin/gw")),
+            PathBuf::from("/usr/bin/gw")
+        );
     }
 }

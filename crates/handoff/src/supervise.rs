@@ -35,6 +35,9 @@ pub fn exit_code(status: ExitStatus) -> i32 {
 
 /// Forwards [`FORWARDED_SIGNALS`] to the child and waits for it.
 ///
+/// For zero-downtime upgrades on SIGHUP/SIGUSR2 (instead of forwarding
+/// them), use [`UpgradeSupervisor`](crate::UpgradeSupervisor).
+///
 /// Creating it blocks those signals and `SIGCHLD` in the calling thread;
 /// threads started afterwards inherit the mask. Create it in the main
 /// thread, before other threads exist and before spawning the child, so

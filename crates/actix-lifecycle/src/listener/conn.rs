@@ -96,6 +96,27 @@ impl fmt::Display for PeerAddr {
 /// Fields are reached through methods on purpose: an `async move` block
 /// that used only one public field would capture just that field and drop
 /// the rest of the connection early.
+///
+/// ```
+/// use actix_lifecycle::ConnHandler;
+/// use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+///
+/// // A line protocol that refuses new work while the service drains.
+/// let smtp_like = ConnHandler::new(|conn| async move {
+///     let shutdown = conn.shutdown().clone();
+///     let peer = conn.peer().to_string();
+///     let (reader, mut writer) = tokio::io::split(conn);
+///     let _ = writer.write_all(format!("220 hello {peer}\r\n").as_bytes()).await;
+///     let mut lines = BufReader::new(reader).lines();
+///     while let Ok(Some(_command)) = lines.next_line().await {
+///         let reply: &[u8] = if shutdown.is_draining() { b"421 shutting down\r\n" } else { b"250 ok\r\n" };
+///         if writer.write_all(reply).await.is_err() || shutdown.is_draining() {
+///             break;
+///         }
+///     }
+/// });
+/// # drop(smtp_like);
+/// ```
 #[derive(Debug)]
 pub struct Conn {
     stream: Tracked<Stream>,

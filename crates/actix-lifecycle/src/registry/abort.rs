@@ -7,41 +7,31 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::shard::ConnectionGuard;
+use super::shard::{ConnectionGuard, Entry};
 
-/// The abort flag and the tasks to wake when it is set.
-#[derive(Debug, Default)]
-pub(crate) struct AbortState {
-    aborted: AtomicBool,
-    read: AtomicWaker,
-    write: AtomicWaker,
-}
-
-impl AbortState {
-    pub(crate) fn new(aborted: bool) -> Self {
-        AbortState {
-            aborted: AtomicBool::new(aborted),
-            read: AtomicWaker::new(),
-            write: AtomicWaker::new(),
-        }
-    }
-
+/// The abort half of a registry entry: the flag and the tasks to wake
+/// when it is set. Kept as fields of [`Entry`] (not a nested struct) so the
+/// flag shares padding with the entry's other small fields.
+impl Entry {
     pub(crate) fn is_aborted(&self) -> bool {
         self.aborted.load(Ordering::Acquire)
     }
 
-    /// Sets the flag and wakes pending I/O. Returns true the first time.
-    pub(crate) fn abort(&self) -> bool {
-        let first = !self.aborted.swap(true, Ordering::AcqRel);
-        self.read.wake();
-        self.write.wake();
-        first
+    /// Sets the flag; returns true the first time. Call [`wake`](Self::wake)
+    /// next, outside the shard lock.
+    pub(crate) fn mark_aborted(&self) -> bool {
+        !self.aborted.swap(true, Ordering::AcqRel)
+    }
+
+    /// Wakes the tasks waiting to read or write, so they see the flag.
+    pub(crate) fn wake(&self) {
+        self.read_waker.wake();
+        self.write_waker.wake();
     }
 }
 
@@ -115,13 +105,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let abort = this.guard.abort();
+        let abort = this.guard.entry();
         if abort.is_aborted() {
             return Poll::Ready(Ok(()));
         }
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Pending => {
-                abort.read.register(cx.waker());
+                abort.read_waker.register(cx.waker());
                 if abort.is_aborted() {
                     Poll::Ready(Ok(()))
                 } else {
@@ -140,13 +130,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let abort = this.guard.abort();
+        let abort = this.guard.entry();
         if abort.is_aborted() {
             return Poll::Ready(Err(aborted_error()));
         }
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Pending => {
-                abort.write.register(cx.waker());
+                abort.write_waker.register(cx.waker());
                 if abort.is_aborted() {
                     Poll::Ready(Err(aborted_error()))
                 } else {
@@ -159,13 +149,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let abort = this.guard.abort();
+        let abort = this.guard.entry();
         if abort.is_aborted() {
             return Poll::Ready(Err(aborted_error()));
         }
         match Pin::new(&mut this.inner).poll_flush(cx) {
             Poll::Pending => {
-                abort.write.register(cx.waker());
+                abort.write_waker.register(cx.waker());
                 if abort.is_aborted() {
                     Poll::Ready(Err(aborted_error()))
                 } else {

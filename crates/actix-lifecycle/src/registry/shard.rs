@@ -8,12 +8,14 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use slog::{debug, info};
 
-use super::abort::{AbortState, Tracked};
+use futures_util::task::AtomicWaker;
+
+use super::abort::Tracked;
 use super::{Common, ConnKind};
 use crate::metrics::KindStats;
 
@@ -29,7 +31,12 @@ pub(crate) struct Entry {
     /// Nanoseconds since the registry's epoch.
     pub(crate) started: u64,
     pub(crate) kind: u32,
-    pub(crate) abort: AbortState,
+    /// Set once, never cleared: the connection is aborted.
+    pub(crate) aborted: AtomicBool,
+    /// The task waiting to read, woken by an abort.
+    pub(crate) read_waker: AtomicWaker,
+    /// The task waiting to write or flush, woken by an abort.
+    pub(crate) write_waker: AtomicWaker,
 }
 
 /// Ids are unique sequence numbers: a multiplicative hash spreads them.
@@ -52,12 +59,26 @@ impl Hasher for IdHasher {
     }
 }
 
-#[derive(Default)]
 pub(crate) struct ShardState {
     next_seq: u64,
     pub(crate) live: HashMap<u64, Arc<Entry>, BuildHasherDefault<IdHasher>>,
     /// Indexed by [`ConnKind`] index.
     pub(crate) kinds: Vec<KindStats>,
+}
+
+/// Initial room in a shard's map: its table is allocated once at this size
+/// (not grown from tiny), which also keeps it off cache lines that another
+/// shard's small allocations could share.
+const INITIAL_CAPACITY: usize = 256;
+
+impl Default for ShardState {
+    fn default() -> Self {
+        ShardState {
+            next_seq: 0,
+            live: HashMap::with_capacity_and_hasher(INITIAL_CAPACITY, Default::default()),
+            kinds: Vec::new(),
+        }
+    }
 }
 
 impl ShardState {
@@ -70,6 +91,10 @@ impl ShardState {
     }
 }
 
+/// Aligned to two cache lines so that shards used by different threads
+/// never share one (the lock word and counters are written on every
+/// registration).
+#[repr(align(128))]
 pub(crate) struct ShardInner {
     pub(crate) index: u64,
     pub(crate) shared: Arc<Common>,
@@ -144,7 +169,9 @@ impl RegistryShard {
             id,
             started,
             kind: kind_index,
-            abort: AbortState::new(aborted),
+            aborted: AtomicBool::new(aborted),
+            read_waker: AtomicWaker::new(),
+            write_waker: AtomicWaker::new(),
         });
         st.live.insert(id, Arc::clone(&entry));
         let stats = st.kind_mut(kind_index);
@@ -190,7 +217,7 @@ impl ConnectionGuard {
 
     /// True once the connection was aborted.
     pub fn is_aborted(&self) -> bool {
-        self.entry.abort.is_aborted()
+        self.entry.is_aborted()
     }
 
     /// Wraps the connection's stream so that an abort ends its I/O
@@ -199,8 +226,8 @@ impl ConnectionGuard {
         Tracked::new(stream, self)
     }
 
-    pub(crate) fn abort(&self) -> &AbortState {
-        &self.entry.abort
+    pub(crate) fn entry(&self) -> &Entry {
+        &self.entry
     }
 }
 
@@ -212,4 +239,91 @@ impl Drop for ConnectionGuard {
 
 pub(crate) fn unregister_by_id(shard: &ShardInner, id: u64) -> bool {
     shard.unregister(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::RegistryHandle;
+    use slog::o;
+
+    fn handle() -> RegistryHandle {
+        RegistryHandle::new(slog::Logger::root(slog::Discard, o!()))
+    }
+
+    #[test]
+    fn per_connection_memory_stays_small() {
+        // Issue 9 budgets 128 bytes per tracked connection (entry + guard):
+        // the entry's allocation (with the Arc counts), its map slot, and
+        // the guard. Keep these from growing unnoticed.
+        let entry_alloc = std::mem::size_of::<Entry>() + 2 * std::mem::size_of::<usize>();
+        let map_slot = std::mem::size_of::<(u64, Arc<Entry>)>() + 1;
+        let guard = std::mem::size_of::<ConnectionGuard>();
+        assert!(entry_alloc <= 88, "entry allocation {entry_alloc} bytes");
+        assert_eq!(guard, 16);
+        assert!(
+            entry_alloc + map_slot + guard <= 128,
+            "{entry_alloc} + {map_slot} + {guard}"
+        );
+    }
+
+    #[test]
+    fn ids_are_unique_and_name_their_shard() {
+        let h = handle();
+        let kind = h.kind("p", "l");
+        let (s0, s1) = (h.shard(), h.shard());
+        let a = s0.register(&kind);
+        let b = s0.register(&kind);
+        let c = s1.register(&kind);
+        assert_ne!(a.id(), b.id());
+        assert_eq!(a.id() >> SEQ_BITS, 0);
+        assert_eq!(c.id() >> SEQ_BITS, 1);
+        assert_eq!(h.live(), 3);
+        drop((a, b, c));
+        assert_eq!(h.live(), 0);
+    }
+
+    #[test]
+    fn unregister_is_counted_once() {
+        let h = handle();
+        let kind = h.kind("p", "l");
+        let g = h.shard().register(&kind);
+        assert!(h.unregister(g.id()));
+        assert!(!h.unregister(g.id()));
+        drop(g);
+        let snap = h.snapshot();
+        assert_eq!(snap.kind("p", "l").map(|k| k.live), Some(0));
+        assert_eq!(snap.accepted(), 1);
+    }
+
+    #[test]
+    fn kinds_are_interned_and_foreign_kinds_reinterned() {
+        let (h1, h2) = (handle(), handle());
+        let a = h1.kind("smtp", "mx");
+        let b = h1.kind("smtp", "mx");
+        assert_eq!(a.index, b.index);
+        let _other = h2.kind("imap", "imap");
+        // A kind made by h1 used on h2 lands on h2's own ("smtp", "mx").
+        let g = h2.shard().register(&a);
+        let snap = h2.snapshot();
+        assert_eq!(snap.kind("smtp", "mx").map(|k| k.live), Some(1));
+        assert_eq!(snap.kind("imap", "imap").map(|k| k.live), Some(0));
+        drop(g);
+    }
+
+    #[test]
+    fn shutdown_and_abort_count_each_connection_once() {
+        let h = handle();
+        let kind = h.kind("p", "l");
+        let shard = h.shard();
+        let a = shard.register(&kind);
+        let b = shard.register(&kind);
+        assert!(h.abort(a.id()));
+        assert!(h.abort(a.id()), "still live, already aborted");
+        assert!(!h.abort(12345), "unknown id");
+        assert_eq!(h.shutdown(), 1, "only b was not aborted yet");
+        assert_eq!(h.shutdown(), 0);
+        assert!(a.is_aborted() && b.is_aborted());
+        assert_eq!(h.snapshot().aborted(), 2);
+    }
 }

@@ -1,0 +1,260 @@
+//! The running service: listeners taken or bound through the hand-off, the
+//! actix-lifecycle actors (broker, registry, shutdown coordinator), one
+//! `ListenerActor` per SMTP and IMAP listener, and the HTTP server on the
+//! sockets it takes from the broker.
+
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_lifecycle::{
+    CloseUnclaimed, ConnHandler, GetListenerInfo, Lifecycle, LifecycleError, ListenerActor,
+    TakeListener,
+};
+use lifecycle_handoff::{Handoff, Inventory, Mode, Network, PassedListener};
+use slog::{error, info, o, Logger};
+
+use crate::config::{Config, Protocol};
+use crate::http::{http_server, HttpListener, HttpState, Readiness};
+use crate::imap::{serve_imap, ImapContext};
+use crate::metrics::GatewayMetrics;
+use crate::smtp::{serve_smtp, SmtpContext};
+use crate::spool::{Spool, SpoolError};
+
+/// How long the listeners may take to start accepting.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The spool directory cannot be used.
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+    /// Binding, taking or passing descriptors failed.
+    #[error(transparent)]
+    Handoff(lifecycle_handoff::Error),
+    /// The configured user cannot be used.
+    #[error("{0}")]
+    User(#[source] lifecycle_handoff::Error),
+    /// The service would run as root without `allow_root = true`.
+    #[error("refusing to run the service as root{}: set `user` to an unprivileged user (the root parent binds the ports and drops to it), or set `allow_root = true` to serve as root (not recommended)", user.as_ref().map(|u| format!(" (user {u})")).unwrap_or_default())]
+    Root {
+        /// The configured user, when it is root.
+        user: Option<String>,
+    },
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The lifecycle actors could not start.
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    /// A listener did not start.
+    #[error("listener `{listener}`: {reason}")]
+    Listener {
+        /// The listener's name.
+        listener: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The HTTP server could not use its listeners.
+    #[error("http server: {0}")]
+    Http(#[source] std::io::Error),
+    /// The actor system failed.
+    #[error("actix system: {0}")]
+    System(#[from] std::io::Error),
+}
+
+impl StartError {
+    /// The exit status for this error: 2 when the configuration must change
+    /// (unknown user, root not allowed), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::User(_) | StartError::Root { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Serves in this process (immediate, inherited or systemd mode): takes or
+/// binds every configured listener through `handoff`, then [`run`]s.
+pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32, StartError> {
+    if handoff.mode() == Mode::Inherited && !nix::unistd::getuid().is_root() {
+        // A child of the privileged parent must not be able to become root.
+        lifecycle_handoff::verify_cannot_regain_root().map_err(StartError::Handoff)?;
+    }
+    if nix::unistd::geteuid().is_root() && !config.allow_root() {
+        // Serving here means serving as root (systemd mode without User=,
+        // or a child of a parent that kept root).
+        return Err(StartError::Root { user: None });
+    }
+    handoff
+        .prepare(&config.listener_specs(), &[])
+        .map_err(StartError::Handoff)?;
+    let what = match handoff.mode() {
+        Mode::Inherited | Mode::Systemd => "listener taken",
+        Mode::Privileged | Mode::Immediate => "listener bound",
+    };
+    let inventory = handoff.into_inventory();
+    for l in &inventory.listeners {
+        info!(log, "{}", what; "listener" => l.spec.name(), "address" => %l.spec.address());
+    }
+    run(config, log, inventory)
+}
+
+/// Runs the gateway on `inventory` until it stops; returns the process exit
+/// status (0 after a clean signal-initiated stop).
+pub fn run(config: &Config, log: &Logger, inventory: Inventory) -> Result<i32, StartError> {
+    raise_open_files_limit(log);
+    let spool = Arc::new(Spool::open(config.spool_dir(), log)?);
+    let system = actix::System::new();
+    system.block_on(async {
+        let lifecycle = Lifecycle::builder(inventory)
+            .logger(log.clone())
+            .metrics_prefix(config.metrics_prefix())
+            .drain_grace(config.shutdown().drain_grace())
+            .abort_grace(config.shutdown().abort_grace())
+            .start()?;
+        start_listeners(config, log, &lifecycle, spool).await
+    })?;
+    let code = system.run_with_code()?;
+    info!(log, "exiting"; "status" => code);
+    Ok(code)
+}
+
+async fn start_listeners(
+    config: &Config,
+    log: &Logger,
+    lifecycle: &Lifecycle,
+    spool: Arc<Spool>,
+) -> Result<(), StartError> {
+    let gateway_metrics = GatewayMetrics::register(lifecycle.metrics(), config.metrics_prefix())?;
+    // One context per listener, so that every session's log lines name it.
+    let smtp = |name: &str| {
+        let log = log.new(o!("listener" => name.to_owned()));
+        Arc::new(
+            SmtpContext::from_config(config.smtp(), spool.clone(), log)
+                .metrics(gateway_metrics.clone()),
+        )
+    };
+    let imap = |name: &str| {
+        let log = log.new(o!("listener" => name.to_owned()));
+        Arc::new(ImapContext::from_config(config.imap(), log))
+    };
+    let readiness = Readiness::new();
+    let mut actors: Vec<(String, Addr<ListenerActor>)> = Vec::new();
+    let mut http = Vec::new();
+    for l in config.listeners() {
+        let name = l.name().to_owned();
+        match l.protocol() {
+            Protocol::Smtp => {
+                let ctx = smtp(&name);
+                let handler = ConnHandler::new(move |conn| {
+                    let ctx = ctx.clone();
+                    async move {
+                        let peer = conn.peer().to_string();
+                        let shutdown = conn.shutdown().clone();
+                        serve_smtp(conn, peer, shutdown, ctx).await;
+                    }
+                });
+                actors.push((name.clone(), lifecycle.serve(name, "smtp", handler)));
+            }
+            Protocol::Imap => {
+                let ctx = imap(&name);
+                let handler = ConnHandler::new(move |conn| {
+                    let ctx = ctx.clone();
+                    async move {
+                        let peer = conn.peer().to_string();
+                        let shutdown = conn.shutdown().clone();
+                        serve_imap(conn, peer, shutdown, ctx).await;
+                    }
+                });
+                actors.push((name.clone(), lifecycle.serve(name, "imap", handler)));
+            }
+            Protocol::Http => {
+                let passed = lifecycle
+                    .broker()
+                    .send(TakeListener::new(name.clone()))
+                    .await
+                    .map_err(|e| listener_error(&name, e))?
+                    .map_err(|e| listener_error(&name, e))?;
+                http.push(http_listener(passed));
+            }
+        }
+    }
+    if !http.is_empty() {
+        let state = HttpState::new(
+            lifecycle.metrics().clone(),
+            lifecycle.shutdown_handle(),
+            readiness.clone(),
+        );
+        let server =
+            http_server(state, http, config.shutdown().abort_grace()).map_err(StartError::Http)?;
+        let log = log.clone();
+        actix::spawn(async move {
+            if let Err(e) = server.await {
+                error!(log, "http server failed"; "error" => %e);
+            }
+        });
+    }
+    for (name, actor) in &actors {
+        wait_accepting(name, actor).await?;
+    }
+    let closed = lifecycle
+        .broker()
+        .send(CloseUnclaimed)
+        .await
+        .map_err(|e| listener_error("(broker)", e))?;
+    readiness.set_ready(true);
+    info!(log, "ready"; "listeners" => config.listeners().len(), "unclaimed_closed" => closed);
+    Ok(())
+}
+
+async fn wait_accepting(name: &str, actor: &Addr<ListenerActor>) -> Result<(), StartError> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        let info = actor
+            .send(GetListenerInfo)
+            .await
+            .map_err(|_| listener_error(name, "it stopped before accepting (see the log)"))?;
+        if info.accepting {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(listener_error(name, "not accepting after 10 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn listener_error(name: &str, reason: impl std::fmt::Display) -> StartError {
+    StartError::Listener {
+        listener: name.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+fn http_listener(passed: PassedListener) -> HttpListener {
+    match passed.spec.network() {
+        Network::Tcp => HttpListener::Tcp(std::net::TcpListener::from(passed.fd)),
+        Network::Unix => HttpListener::Unix(UnixListener::from(passed.fd)),
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, as Go programs
+/// (mox among them) do at start: each connection is a descriptor, and the
+/// usual soft default of 1024 is far below what a mail server needs. The
+/// hard limit, which the operator sets, is left alone.
+fn raise_open_files_limit(log: &Logger) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(log, "open files limit raised"; "from" => soft, "to" => hard),
+            Err(e) => {
+                error!(log, "cannot raise the open files limit"; "soft" => soft, "hard" => hard, "error" => %e)
+            }
+        },
+        Ok((soft, _)) => info!(log, "open files limit"; "limit" => soft),
+        Err(e) => error!(log, "cannot read the open files limit"; "error" => %e),
+    }
+}

@@ -1,0 +1,178 @@
+use std::time::Duration;
+
+use super::*;
+
+#[test]
+fn empty_file_gives_the_defaults() {
+    let c = Config::from_toml("", "x").unwrap();
+    assert_eq!(c, Config::default());
+    let specs = c.listener_specs();
+    let shown: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        shown,
+        [
+            "smtp (tcp 127.0.0.1:2525)",
+            "imap (tcp 127.0.0.1:1143)",
+            "http (tcp 127.0.0.1:9090)"
+        ]
+    );
+    assert_eq!(c.spool_dir(), Path::new("spool"));
+    assert_eq!(c.shutdown().drain_grace(), Duration::from_secs(3));
+    assert_eq!(c.shutdown().abort_grace(), Duration::from_secs(1));
+    assert_eq!(c.metrics_prefix(), "lifecycle");
+    assert_eq!(c.log().level(), LogLevel::Info);
+    assert_eq!(c.log().format(), None);
+    assert!(!c.allow_root());
+}
+
+const FULL: &str = r#"
+user = "mail"
+allow_root = false
+spool_dir = "/var/spool/gw"
+metrics_prefix = "gw"
+
+[shutdown]
+drain_grace = "5s"
+abort_grace = "1500ms"
+
+[log]
+format = "json"
+level = "warn"
+
+[smtp]
+hostname = "mx.example.org"
+max_message_size = 1048576
+max_recipients = 5
+idle_timeout = "1m"
+
+[imap]
+idle_timeout = "2m"
+
+[tls]
+cert = "/etc/gw/cert.pem"
+key = "/etc/gw/key.pem"
+
+[[listener]]
+name = "smtp"
+protocol = "smtp"
+address = "0.0.0.0:25"
+backlog = 4096
+tls = "starttls"
+
+[[listener]]
+name = "imaps"
+protocol = "imap"
+address = "[::]:993"
+tls = "implicit"
+
+[[listener]]
+name = "http"
+protocol = "http"
+address = "unix:/run/gw/http.sock"
+"#;
+
+#[test]
+fn full_file_is_read_and_printed_back() {
+    let c = Config::from_toml(FULL, "full.toml").unwrap();
+    assert_eq!(c.user(), Some("mail"));
+    assert_eq!(c.shutdown().abort_grace(), Duration::from_millis(1500));
+    assert_eq!(c.log().format(), Some(LogFormat::Json));
+    assert_eq!(c.log().level(), LogLevel::Warning);
+    assert_eq!(c.smtp().max_recipients(), 5);
+    assert_eq!(c.smtp().hostname(), "mx.example.org");
+    assert_eq!(c.imap().idle_timeout(), Duration::from_secs(120));
+    assert_eq!(c.tls().unwrap().key(), Path::new("/etc/gw/key.pem"));
+    let l = &c.listeners()[0];
+    assert_eq!(l.spec().backlog(), 4096);
+    assert_eq!(l.tls(), Some(TlsMode::Starttls));
+    assert_eq!(
+        c.listeners()[2].address(),
+        &ListenAddress::Unix("/run/gw/http.sock".into())
+    );
+    assert_eq!(
+        c.listeners()[1].spec().backlog(),
+        lifecycle_handoff::DEFAULT_BACKLOG
+    );
+
+    let printed = c.to_toml();
+    let again = Config::from_toml(&printed, "printed").unwrap();
+    assert_eq!(again, c, "printed config:\n{printed}");
+
+    let printed = Config::default().to_toml();
+    assert_eq!(
+        Config::from_toml(&printed, "printed").unwrap(),
+        Config::default(),
+        "{printed}"
+    );
+}
+
+/// Each bad config, the line the error must point at, and words the message
+/// must contain.
+const BAD: &[(&str, usize, &[&str])] = &[
+    ("spool = \"x\"\n", 1, &["unknown field `spool`", "spool_dir"]),
+    ("[shutdown]\ndrain = \"3s\"\n", 2, &["unknown field `drain`", "drain_grace"]),
+    ("[shutdown]\ndrain_grace = \"3x\"\n", 2, &["drain_grace", "invalid duration `3x`", "\"3s\""]),
+    ("[shutdown]\nabort_grace = 5\n", 2, &["abort_grace", "invalid type: integer"]),
+    ("[log]\nformat = \"xml\"\n", 2, &["format", "unknown variant `xml`", "`term`", "`json`"]),
+    ("[log]\nlevel = \"loud\"\n", 2, &["level", "unknown variant `loud`"]),
+    ("[[listener]]\nname = \"a\"\nprotocol = \"ftp\"\naddress = \"127.0.0.1:21\"\n", 3, &["unknown variant `ftp`", "smtp"]),
+    ("[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\naddress = \"localhost:25\"\n", 4, &["address", "not an IP address"]),
+    ("[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1\"\n", 4, &["no port"]),
+    ("[[listener]]\nname = \"\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:25\"\n", 2, &["name", "empty"]),
+    ("[[listener]]\nname = \"a b\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:25\"\n", 2, &["letters, digits"]),
+    (
+        "[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:25\"\n\n[[listener]]\nname = \"a\"\nprotocol = \"imap\"\naddress = \"127.0.0.1:143\"\n",
+        7,
+        &["`a` is already used", "line 2"],
+    ),
+    (
+        "[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:25\"\n\n[[listener]]\nname = \"b\"\nprotocol = \"imap\"\naddress = \"127.0.0.1:25\"\n",
+        9,
+        &["address `127.0.0.1:25` is already used by listener `a` on line 4"],
+    ),
+    ("[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\n", 1, &["missing field `address`"]),
+    ("[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:25\"\nport = 25\n", 5, &["unknown field `port`"]),
+    ("[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:25\"\ntls = \"implicit\"\n", 5, &["no [tls] table"]),
+    ("[[listener]]\nname = \"a\"\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\ntls = \"implicit\"\n", 5, &["not supported on http"]),
+    ("[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:25\"\nbacklog = 0\n", 5, &["backlog", "positive"]),
+    ("listener = []\n", 1, &["no listeners"]),
+    ("metrics_prefix = \"9x\"\n", 1, &["metrics_prefix", "not a valid Prometheus"]),
+    ("[smtp]\nmax_message_size = 0\n", 2, &["max_message_size", "from 1"]),
+    ("[smtp]\nidle_timeout = \"0s\"\n", 2, &["idle_timeout", "longer than zero"]),
+    ("[tls]\ncert = \"c.pem\"\n", 1, &["missing field `key`"]),
+    ("user = \"\"\n", 1, &["`user` is empty"]),
+    ("spool_dir = \"a\"\nspool_dir = \"b\"\n", 2, &["duplicate key"]),
+    ("[shutdown\n", 1, &["unclosed table"]),
+];
+
+#[test]
+fn bad_configs_point_at_the_line_and_name_the_problem() {
+    for (text, line, words) in BAD {
+        let err = Config::from_toml(text, "bad.toml").expect_err(text);
+        let shown = err.to_string();
+        println!("{shown}\n");
+        assert_eq!(err.line(), Some(*line), "wrong line for {text:?}: {shown}");
+        assert!(
+            shown.starts_with(&format!("bad.toml:{line}:")),
+            "{text:?}: {shown}"
+        );
+        for w in *words {
+            assert!(shown.contains(w), "{text:?}: expected {w:?} in: {shown}");
+        }
+    }
+}
+
+#[test]
+fn two_listeners_with_port_zero_are_fine() {
+    let text = "[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\n[[listener]]\nname = \"b\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\n";
+    assert_eq!(Config::from_toml(text, "x").unwrap().listeners().len(), 2);
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nope.toml");
+    let err = Config::from_file(&path).unwrap_err();
+    assert!(err.to_string().contains("nope.toml"), "{err}");
+    assert!(matches!(err, ConfigError::Read { .. }));
+}

@@ -1,0 +1,311 @@
+//! The IMAP greeting service: enough IMAP4rev1 for probes and clients to
+//! connect, ask for capabilities and log out (greeting, CAPABILITY, NOOP,
+//! LOGOUT; LIST answers an empty list so that `curl imap://host/` works as
+//! a probe; anything else is `BAD`). While draining, new sessions and the
+//! next command of open ones get `* BYE shutting down`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_lifecycle::ShutdownHandle;
+use slog::{info, o, Logger};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::config::ImapConfig;
+use crate::session::{EndReason, SessionSummary};
+use crate::wire::Wire;
+
+/// Longest command line accepted.
+const MAX_LINE: usize = 8 * 1024;
+/// After this many `BAD` replies the session is closed.
+const MAX_ERRORS: u32 = 20;
+const CAPABILITY: &str = "IMAP4rev1";
+
+/// What every IMAP session of a listener shares.
+///
+/// ```
+/// use std::time::Duration;
+/// let log = slog::Logger::root(slog::Discard, slog::o!());
+/// let ctx = lifecycle_gateway::ImapContext::new(log).idle_timeout(Duration::from_secs(60));
+/// # let _ = ctx;
+/// ```
+#[derive(Debug)]
+pub struct ImapContext {
+    idle_timeout: Duration,
+    logger: Logger,
+}
+
+impl ImapContext {
+    /// A context with a 30 minute idle timeout.
+    pub fn new(logger: Logger) -> Self {
+        ImapContext {
+            idle_timeout: Duration::from_secs(1800),
+            logger,
+        }
+    }
+
+    /// A context with the settings of an `[imap]` config table.
+    pub fn from_config(config: &ImapConfig, logger: Logger) -> Self {
+        Self::new(logger).idle_timeout(config.idle_timeout())
+    }
+
+    /// How long a session waits for the client (default 30 minutes).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+}
+
+/// Serves one IMAP session on `stream`; see the module documentation.
+/// Logs one line when the session opens and one when it closes.
+pub async fn serve_imap<S>(
+    stream: S,
+    peer: String,
+    shutdown: ShutdownHandle,
+    ctx: Arc<ImapContext>,
+) -> SessionSummary
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let log = ctx.logger.new(o!("protocol" => "imap", "peer" => peer));
+    info!(log, "connection open");
+    let mut wire = Wire::new(stream, shutdown.abort_token(), ctx.idle_timeout);
+    let reason = converse(&mut wire, &shutdown).await;
+    match reason {
+        EndReason::IdleTimeout => wire.reply("* BYE idle timeout, closing connection"),
+        EndReason::TooManyErrors => wire.reply("* BYE too many errors, closing connection"),
+        _ => {}
+    }
+    wire.finish(&reason).await;
+    info!(log, "connection closed"; "reason" => %reason);
+    SessionSummary {
+        reason,
+        messages: 0,
+    }
+}
+
+async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+    wire: &mut Wire<S>,
+    shutdown: &ShutdownHandle,
+) -> EndReason {
+    if shutdown.is_draining() {
+        wire.reply("* BYE shutting down");
+        return EndReason::Draining;
+    }
+    wire.reply(&format!(
+        "* OK [CAPABILITY {CAPABILITY}] lifecycle-gateway ready"
+    ));
+    let mut errors = 0;
+    loop {
+        let line = match wire.line(MAX_LINE).await {
+            Ok(Some(line)) => line,
+            Ok(None) => {
+                wire.reply("* BAD line too long");
+                errors += 1;
+                if errors >= MAX_ERRORS {
+                    return EndReason::TooManyErrors;
+                }
+                continue;
+            }
+            Err(end) => return end,
+        };
+        let text = String::from_utf8_lossy(&line);
+        let (tag, rest) = text.split_once(' ').unwrap_or((&text, ""));
+        let command = rest.split(' ').next().unwrap_or("").to_ascii_uppercase();
+        if shutdown.is_draining() && command != "LOGOUT" {
+            wire.reply("* BYE shutting down");
+            return EndReason::Draining;
+        }
+        if !valid_tag(tag) {
+            wire.reply("* BAD missing or invalid tag");
+            errors += 1;
+        } else {
+            match command.as_str() {
+                "CAPABILITY" => {
+                    wire.reply(&format!("* CAPABILITY {CAPABILITY}"));
+                    wire.reply(&format!("{tag} OK CAPABILITY completed"));
+                }
+                "NOOP" => wire.reply(&format!("{tag} OK NOOP completed")),
+                // There are no mailboxes: an empty list (curl's probe asks).
+                "LIST" => wire.reply(&format!("{tag} OK LIST completed")),
+                "LOGOUT" => {
+                    wire.reply("* BYE logging out");
+                    wire.reply(&format!("{tag} OK LOGOUT completed"));
+                    return EndReason::Quit;
+                }
+                _ => {
+                    wire.reply(&format!("{tag} BAD command unknown or not supported"));
+                    errors += 1;
+                }
+            }
+        }
+        if errors >= MAX_ERRORS {
+            return EndReason::TooManyErrors;
+        }
+        if let Err(end) = wire.flush_if_full().await {
+            return end;
+        }
+    }
+}
+
+/// A tag is one or more ASTRING-CHARs other than `+` (RFC 9051).
+fn valid_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= 64
+        && tag.bytes().all(|b| {
+            b.is_ascii_graphic()
+                && !matches!(b, b'(' | b')' | b'{' | b'%' | b'*' | b'"' | b'\\' | b'+')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_lifecycle::{Phase, PhaseController};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    fn start(
+        phases: &PhaseController,
+        idle: Duration,
+    ) -> (
+        BufReader<tokio::io::DuplexStream>,
+        tokio::task::JoinHandle<SessionSummary>,
+    ) {
+        let (client, server) = tokio::io::duplex(16 * 1024);
+        let ctx = Arc::new(ImapContext::new(Logger::root(slog::Discard, o!())).idle_timeout(idle));
+        let task = tokio::spawn(serve_imap(server, "t".into(), phases.handle(), ctx));
+        (BufReader::new(client), task)
+    }
+
+    async fn line(c: &mut BufReader<tokio::io::DuplexStream>) -> String {
+        let mut s = String::new();
+        c.read_line(&mut s).await.unwrap();
+        s
+    }
+
+    async fn eof(c: &mut BufReader<tokio::io::DuplexStream>) -> bool {
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.is_ok() && rest.is_empty()
+    }
+
+    #[tokio::test]
+    async fn greeting_capability_noop_logout() {
+        let phases = PhaseController::new();
+        let (mut c, task) = start(&phases, Duration::from_secs(20));
+        assert_eq!(
+            line(&mut c).await,
+            "* OK [CAPABILITY IMAP4rev1] lifecycle-gateway ready\r\n"
+        );
+        // Pipelined commands are answered in order.
+        c.get_mut()
+            .write_all(
+                b"a1 CAPABILITY\r\na2 noop\r\na3 LOGIN u p\r\nbad\r\n\r\na5 LIST \"\" *\r\na4 LOGOUT\r\n",
+            )
+            .await
+            .unwrap();
+        assert_eq!(line(&mut c).await, "* CAPABILITY IMAP4rev1\r\n");
+        assert_eq!(line(&mut c).await, "a1 OK CAPABILITY completed\r\n");
+        assert_eq!(line(&mut c).await, "a2 OK NOOP completed\r\n");
+        assert_eq!(
+            line(&mut c).await,
+            "a3 BAD command unknown or not supported\r\n"
+        );
+        assert_eq!(
+            line(&mut c).await,
+            "bad BAD command unknown or not supported\r\n"
+        );
+        assert_eq!(line(&mut c).await, "* BAD missing or invalid tag\r\n");
+        assert_eq!(line(&mut c).await, "a5 OK LIST completed\r\n");
+        assert_eq!(line(&mut c).await, "* BYE logging out\r\n");
+        assert_eq!(line(&mut c).await, "a4 OK LOGOUT completed\r\n");
+        assert!(eof(&mut c).await);
+        assert_eq!(task.await.unwrap().reason, EndReason::Quit);
+    }
+
+    #[tokio::test]
+    async fn draining_says_bye_to_new_and_open_sessions() {
+        let phases = PhaseController::new();
+        let (mut open, open_task) = start(&phases, Duration::from_secs(20));
+        assert!(line(&mut open).await.starts_with("* OK"));
+        phases.advance(Phase::Draining);
+        let (mut late, late_task) = start(&phases, Duration::from_secs(20));
+        assert_eq!(line(&mut late).await, "* BYE shutting down\r\n");
+        assert!(eof(&mut late).await);
+        assert_eq!(late_task.await.unwrap().reason, EndReason::Draining);
+        open.get_mut().write_all(b"a1 NOOP\r\n").await.unwrap();
+        assert_eq!(line(&mut open).await, "* BYE shutting down\r\n");
+        assert!(eof(&mut open).await);
+        assert_eq!(open_task.await.unwrap().reason, EndReason::Draining);
+    }
+
+    #[tokio::test]
+    async fn aborting_ends_a_silent_session() {
+        let phases = PhaseController::new();
+        let (mut c, task) = start(&phases, Duration::from_secs(20));
+        assert!(line(&mut c).await.starts_with("* OK"));
+        phases.advance(Phase::Aborting);
+        assert_eq!(task.await.unwrap().reason, EndReason::Aborted);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_sessions_get_bye() {
+        let phases = PhaseController::new();
+        let (mut c, task) = start(&phases, Duration::from_secs(60));
+        assert!(line(&mut c).await.starts_with("* OK"));
+        assert_eq!(
+            line(&mut c).await,
+            "* BYE idle timeout, closing connection\r\n"
+        );
+        assert_eq!(task.await.unwrap().reason, EndReason::IdleTimeout);
+    }
+
+    #[tokio::test]
+    async fn overlong_lines_and_garbage_end_in_bye() {
+        let phases = PhaseController::new();
+        let (mut c, task) = start(&phases, Duration::from_secs(20));
+        assert!(line(&mut c).await.starts_with("* OK"));
+        c.get_mut().write_all(&vec![b'x'; 100_000]).await.unwrap();
+        c.get_mut().write_all(b"\r\n").await.unwrap();
+        assert_eq!(line(&mut c).await, "* BAD line too long\r\n");
+        c.get_mut()
+            .write_all(&b"\x00\xff junk\r\n".repeat(30))
+            .await
+            .unwrap();
+        let mut last = String::new();
+        loop {
+            let l = line(&mut c).await;
+            if l.is_empty() {
+                break;
+            }
+            last = l;
+        }
+        assert_eq!(last, "* BYE too many errors, closing connection\r\n");
+        assert_eq!(task.await.unwrap().reason, EndReason::TooManyErrors);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// Whatever the bytes, the session answers and ends when the client does.
+        #[test]
+        fn any_bytes_end_cleanly(input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20_000)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let phases = PhaseController::new();
+                let (client, task) = start(&phases, Duration::from_secs(20));
+                let (mut rd, mut wr) = tokio::io::split(client.into_inner());
+                let writer = tokio::spawn(async move {
+                    let _ = wr.write_all(&input).await;
+                    let _ = wr.shutdown().await;
+                });
+                let mut out = Vec::new();
+                let read = tokio::time::timeout(Duration::from_secs(30), rd.read_to_end(&mut out)).await;
+                assert!(read.is_ok(), "the session did not end");
+                writer.await.unwrap();
+                let summary = task.await.unwrap();
+                assert!(out.starts_with(b"* OK "));
+                assert!(matches!(summary.reason, EndReason::ClientClosed | EndReason::TooManyErrors | EndReason::Quit | EndReason::Io(_)), "{summary:?}");
+            });
+        }
+    }
+}

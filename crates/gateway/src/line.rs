@@ -1,0 +1,212 @@
+//! A line reader with a fixed buffer: whatever a client sends, a session
+//! holds at most [`BUFFER`] bytes of unread input.
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Size of the input buffer of a session.
+pub(crate) const BUFFER: usize = 8 * 1024;
+
+/// One piece of input returned by [`LineReader::segment`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Segment<'a> {
+    /// Bytes up to and including a line feed.
+    Line(&'a [u8]),
+    /// `max` bytes without a line feed (the line continues), or the bytes
+    /// before end of input.
+    Part(&'a [u8]),
+    /// End of input.
+    Eof,
+}
+
+/// Outcome of [`LineReader::line`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Line<'a> {
+    /// A complete line without its line ending (CRLF or bare LF).
+    Text(&'a [u8]),
+    /// A line longer than the limit; it was read and discarded up to its
+    /// line feed.
+    TooLong,
+    /// End of input (a final unterminated line is dropped).
+    Eof,
+}
+
+/// Reads lines and line pieces from a stream through a fixed buffer.
+pub(crate) struct LineReader {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl LineReader {
+    pub(crate) fn new() -> Self {
+        LineReader {
+            buf: vec![0; BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// True when [`segment`](Self::segment) with this `max` can return
+    /// without reading: use it to flush replies before blocking (pipelining).
+    pub(crate) fn has_segment(&self, max: usize) -> bool {
+        let avail = &self.buf[self.start..self.end];
+        let lim = avail.len().min(max);
+        avail.len() >= max || avail[..lim].contains(&b'\n')
+    }
+
+    /// The next line (with its line feed), or the next `max` bytes of a
+    /// longer line. `max` is clamped to the buffer size.
+    pub(crate) async fn segment<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        max: usize,
+    ) -> io::Result<Segment<'_>> {
+        let max = max.clamp(1, BUFFER);
+        let mut eof = false;
+        loop {
+            let avail = &self.buf[self.start..self.end];
+            let lim = avail.len().min(max);
+            if let Some(i) = avail[..lim].iter().position(|&b| b == b'\n') {
+                let s = self.start;
+                self.start += i + 1;
+                return Ok(Segment::Line(&self.buf[s..s + i + 1]));
+            }
+            if avail.len() >= max || (eof && !avail.is_empty()) {
+                let s = self.start;
+                let n = lim;
+                self.start += n;
+                return Ok(Segment::Part(&self.buf[s..s + n]));
+            }
+            if eof {
+                return Ok(Segment::Eof);
+            }
+            // Need more input: make room at the end first.
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            } else if self.end == self.buf.len() {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let n = io.read(&mut self.buf[self.end..]).await?;
+            if n == 0 {
+                eof = true;
+            }
+            self.end += n;
+        }
+    }
+
+    /// The next command line of at most `max` bytes including its line
+    /// ending; longer lines are consumed and reported as [`Line::TooLong`].
+    pub(crate) async fn line<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        max: usize,
+    ) -> io::Result<Line<'_>> {
+        let mut too_long = false;
+        loop {
+            let (complete, range) = match self.segment(io, max).await? {
+                Segment::Eof => return Ok(Line::Eof),
+                Segment::Part(p) => (false, p.len()),
+                Segment::Line(l) => (true, l.len()),
+            };
+            if !complete {
+                // Without a line feed the piece is either `max` bytes (too
+                // long) or the tail before end of input.
+                too_long = true;
+                continue;
+            }
+            if too_long {
+                return Ok(Line::TooLong);
+            }
+            // The line just returned ends at self.start.
+            let end = self.start - 1;
+            let begin = self.start - range;
+            let end = if end > begin && self.buf[end - 1] == b'\r' {
+                end - 1
+            } else {
+                end
+            };
+            return Ok(Line::Text(&self.buf[begin..end]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn lines_parts_and_eof() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        tokio::spawn(async move {
+            client.write_all(b"ab\r\ncdefgh\nij").await.unwrap();
+        });
+        let mut r = LineReader::new();
+        assert_eq!(
+            r.segment(&mut server, 100).await.unwrap(),
+            Segment::Line(b"ab\r\n")
+        );
+        assert_eq!(
+            r.segment(&mut server, 3).await.unwrap(),
+            Segment::Part(b"cde")
+        );
+        assert_eq!(
+            r.segment(&mut server, 3).await.unwrap(),
+            Segment::Part(b"fgh")
+        );
+        assert_eq!(
+            r.segment(&mut server, 3).await.unwrap(),
+            Segment::Line(b"\n")
+        );
+        assert_eq!(
+            r.segment(&mut server, 3).await.unwrap(),
+            Segment::Part(b"ij")
+        );
+        assert_eq!(r.segment(&mut server, 3).await.unwrap(), Segment::Eof);
+    }
+
+    #[tokio::test]
+    async fn overlong_lines_are_consumed_whole() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let long = vec![b'x'; 3 * BUFFER];
+        tokio::spawn(async move {
+            client.write_all(&long).await.unwrap();
+            client.write_all(b"\r\nNOOP\r\nlast").await.unwrap();
+        });
+        let mut r = LineReader::new();
+        assert_eq!(r.line(&mut server, 1000).await.unwrap(), Line::TooLong);
+        assert_eq!(
+            r.line(&mut server, 1000).await.unwrap(),
+            Line::Text(b"NOOP")
+        );
+        assert_eq!(r.line(&mut server, 1000).await.unwrap(), Line::Eof);
+    }
+
+    #[tokio::test]
+    async fn limit_counts_the_line_ending() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let mut ok = vec![b'a'; 998];
+        ok.extend_from_slice(b"\r\n");
+        let mut long = vec![b'b'; 999];
+        long.extend_from_slice(b"\r\n");
+        client.write_all(&ok).await.unwrap();
+        client.write_all(&long).await.unwrap();
+        drop(client);
+        let mut r = LineReader::new();
+        assert!(
+            !r.has_segment(1000),
+            "nothing is buffered before the first read"
+        );
+        match r.line(&mut server, 1000).await.unwrap() {
+            Line::Text(t) => assert_eq!(t.len(), 998),
+            other => panic!("{other:?}"),
+        }
+        assert!(r.has_segment(1000), "the second line is already buffered");
+        assert_eq!(r.line(&mut server, 1000).await.unwrap(), Line::TooLong);
+    }
+}

@@ -1,0 +1,93 @@
+//! `lifecycle-gateway`: see `lifecycle-gateway --help`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use lifecycle_gateway::{serve, stderr_logger, supervise, Cli, Config, EXIT_CONFIG};
+use lifecycle_handoff::{Handoff, Mode, Supervisor};
+use slog::{error, info, o};
+
+/// Prefix of the hand-off variables from the privileged parent to the
+/// service (`LIFECYCLE_SOCKETS`, ...).
+const HANDOFF_PREFIX: &str = "LIFECYCLE";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.load_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("lifecycle-gateway: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if cli.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    if cli.check_config {
+        println!("{}", summary(&cli, &config));
+        return ExitCode::SUCCESS;
+    }
+    // Before any thread exists: detection removes environment variables,
+    // and the privileged parent blocks the signals it forwards.
+    let handoff = match Handoff::detect(HANDOFF_PREFIX) {
+        Ok(handoff) => handoff,
+        Err(e) => {
+            eprintln!("lifecycle-gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let supervisor = match handoff.mode() {
+        Mode::Privileged => match Supervisor::new() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("lifecycle-gateway: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let (log, guard) = stderr_logger(config.log().format(), config.log().level());
+    // The privileged parent's lines say so; the service's lines are plain.
+    let log = match supervisor {
+        Some(_) => log.new(o!("process" => "parent")),
+        None => log,
+    };
+    info!(log, "starting"; "version" => env!("CARGO_PKG_VERSION"), "pid" => std::process::id(),
+        "mode" => handoff.mode().as_str(), "reason" => handoff.reason(),
+        "config" => cli.config.as_ref().map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string()));
+    let result = match &supervisor {
+        Some(supervisor) => supervise(&config, handoff, supervisor, &log),
+        None => serve(&config, handoff, &log),
+    };
+    let code = match result {
+        Ok(code) => u8::try_from(code).unwrap_or(1),
+        Err(e) => {
+            error!(log, "cannot start"; "error" => %e);
+            drop(log);
+            drop(guard);
+            eprintln!("lifecycle-gateway: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    drop(log);
+    drop(guard);
+    ExitCode::from(code)
+}
+
+fn summary(cli: &Cli, config: &Config) -> String {
+    let origin = cli
+        .config
+        .as_ref()
+        .map_or_else(|| "defaults".to_owned(), |p| p.display().to_string());
+    let listeners: Vec<String> = config
+        .listeners()
+        .iter()
+        .map(|l| format!("{} {} {}", l.name(), l.protocol(), l.address()))
+        .collect();
+    format!(
+        "{origin}: configuration ok; {} listener(s): {}",
+        listeners.len(),
+        listeners.join(", ")
+    )
+}

@@ -1,0 +1,143 @@
+//! The SMTP sink (an RFC 5321 subset): greeting, EHLO/HELO, MAIL, RCPT,
+//! DATA with dot-unstuffing, RSET, NOOP, VRFY, HELP, QUIT, pipelining
+//! (RFC 2920), size and line limits, and the shutdown phases.
+//!
+//! Each accepted message is in the [`Spool`] before the client reads `250`.
+//! While draining, a new session gets `421 4.3.2 shutting down`, an open
+//! session gets 421 at its next command, and a DATA transfer in progress
+//! completes (and is spooled and acknowledged). At `Aborting` the session
+//! ends at once, storing nothing that was not complete.
+
+mod command;
+mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_lifecycle::ShutdownHandle;
+use slog::{info, o, Logger};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::config::SmtpConfig;
+use crate::metrics::GatewayMetrics;
+use crate::session::SessionSummary;
+use crate::spool::Spool;
+
+/// What every SMTP session of a listener shares: limits, the spool, the
+/// logger and the metrics. Build it once, wrap it in an [`Arc`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use lifecycle_gateway::{SmtpContext, Spool};
+///
+/// let dir = tempfile::tempdir()?;
+/// let log = slog::Logger::root(slog::Discard, slog::o!());
+/// let spool = Arc::new(Spool::open(dir.path(), &log)?);
+/// let ctx = SmtpContext::new(spool, log)
+///     .hostname("mx.example.org")
+///     .max_message_size(1 << 20)
+///     .max_recipients(10);
+/// assert_eq!(ctx.max_message_size_limit(), 1 << 20);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct SmtpContext {
+    hostname: String,
+    max_message_size: usize,
+    max_recipients: usize,
+    idle_timeout: Duration,
+    spool: Arc<Spool>,
+    logger: Logger,
+    metrics: Option<GatewayMetrics>,
+}
+
+impl SmtpContext {
+    /// A context with the default limits: host name `localhost`, 10 MiB
+    /// messages, 100 recipients, 5 minutes idle timeout.
+    pub fn new(spool: Arc<Spool>, logger: Logger) -> Self {
+        SmtpContext {
+            hostname: "localhost".to_owned(),
+            max_message_size: 10 * 1024 * 1024,
+            max_recipients: 100,
+            idle_timeout: Duration::from_secs(300),
+            spool,
+            logger,
+            metrics: None,
+        }
+    }
+
+    /// A context with the limits of an `[smtp]` config table.
+    pub fn from_config(config: &SmtpConfig, spool: Arc<Spool>, logger: Logger) -> Self {
+        Self::new(spool, logger)
+            .hostname(config.hostname())
+            .max_message_size(config.max_message_size())
+            .max_recipients(config.max_recipients())
+            .idle_timeout(config.idle_timeout())
+    }
+
+    /// The name in the greeting and EHLO reply (default `localhost`).
+    pub fn hostname(mut self, hostname: impl Into<String>) -> Self {
+        self.hostname = hostname.into();
+        self
+    }
+
+    /// Largest message accepted, in octets (default 10 MiB).
+    pub fn max_message_size(mut self, octets: usize) -> Self {
+        self.max_message_size = octets;
+        self
+    }
+
+    /// Most recipients per message (default 100).
+    pub fn max_recipients(mut self, n: usize) -> Self {
+        self.max_recipients = n.max(1);
+        self
+    }
+
+    /// How long a session waits for the client (default 5 minutes).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Counts messages in these metrics (default: not counted).
+    pub fn metrics(mut self, metrics: GatewayMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The configured message size limit.
+    pub fn max_message_size_limit(&self) -> usize {
+        self.max_message_size
+    }
+
+    /// The spool messages go to.
+    pub fn spool(&self) -> &Arc<Spool> {
+        &self.spool
+    }
+}
+
+/// Serves one SMTP session on `stream` until the client quits, the
+/// connection fails, or the shutdown phase ends it. `peer` names the client
+/// in logs. Logs one line when the session opens and one when it closes.
+pub async fn serve_smtp<S>(
+    stream: S,
+    peer: String,
+    shutdown: ShutdownHandle,
+    ctx: Arc<SmtpContext>,
+) -> SessionSummary
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let log = ctx.logger.new(o!("protocol" => "smtp", "peer" => peer));
+    info!(log, "connection open");
+    let mut session = session::Session::new(stream, shutdown, ctx, log);
+    let reason = session.run().await;
+    info!(session.log, "connection closed"; "reason" => %reason, "messages" => session.messages);
+    SessionSummary {
+        reason,
+        messages: session.messages,
+    }
+}
+
+#[cfg(test)]
+mod tests;

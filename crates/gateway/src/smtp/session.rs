@@ -1,0 +1,331 @@
+//! The SMTP session: reads commands, answers them, and holds the state of
+//! the mail transaction.
+
+use std::sync::Arc;
+
+use actix_lifecycle::ShutdownHandle;
+use slog::{error, info, Logger};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::command::{parse, Command, ParseError, MAX_COMMAND_LINE};
+use super::SmtpContext;
+use crate::session::EndReason;
+use crate::wire::Wire;
+
+/// After this many errors the session is closed (421).
+const MAX_ERRORS: u32 = 20;
+/// Longest message line, including CRLF (RFC 5321 §4.5.3.1.6).
+const MAX_DATA_LINE: usize = 1000;
+
+type Step = Result<(), EndReason>;
+
+pub(super) struct Session<S> {
+    wire: Wire<S>,
+    ctx: Arc<SmtpContext>,
+    shutdown: ShutdownHandle,
+    pub(super) log: Logger,
+    helo: Option<String>,
+    from: Option<String>,
+    rcpts: Vec<String>,
+    errors: u32,
+    pub(super) messages: u32,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    pub(super) fn new(io: S, shutdown: ShutdownHandle, ctx: Arc<SmtpContext>, log: Logger) -> Self {
+        Session {
+            wire: Wire::new(io, shutdown.abort_token(), ctx.idle_timeout),
+            shutdown,
+            ctx,
+            log,
+            helo: None,
+            from: None,
+            rcpts: Vec::new(),
+            errors: 0,
+            messages: 0,
+        }
+    }
+
+    pub(super) async fn run(&mut self) -> EndReason {
+        let end = self.converse().await;
+        if end == EndReason::IdleTimeout {
+            let text = format!(
+                "4.4.2 {} idle timeout, closing connection",
+                self.ctx.hostname
+            );
+            self.reply(421, &text);
+        }
+        self.wire.finish(&end).await;
+        end
+    }
+
+    async fn converse(&mut self) -> EndReason {
+        if self.shutdown.is_draining() {
+            self.reply(421, "4.3.2 shutting down");
+            return EndReason::Draining;
+        }
+        let greeting = format!("{} ESMTP lifecycle-gateway ready", self.ctx.hostname);
+        self.reply(220, &greeting);
+        loop {
+            let line = match self.wire.line(MAX_COMMAND_LINE).await {
+                Ok(line) => line,
+                Err(end) => return end,
+            };
+            let step = match line {
+                None => self.error(
+                    500,
+                    "5.5.2 line too long (limit 1000 octets including CRLF)",
+                ),
+                Some(line) => match parse(&line) {
+                    Ok(Command::Quit) => {
+                        let text = format!("2.0.0 {} closing connection", self.ctx.hostname);
+                        self.reply(221, &text);
+                        Err(EndReason::Quit)
+                    }
+                    _ if self.shutdown.is_draining() => {
+                        self.reply(421, "4.3.2 shutting down");
+                        Err(EndReason::Draining)
+                    }
+                    Ok(cmd) => self.handle(cmd).await,
+                    Err(ParseError::Unknown) => self.error(500, "5.5.1 command not recognized"),
+                    Err(ParseError::Syntax(why)) => {
+                        self.error(501, &format!("5.5.4 syntax error: {why}"))
+                    }
+                    Err(ParseError::Parameter(p)) => {
+                        self.error(555, &format!("5.5.4 parameter {p} not supported"))
+                    }
+                },
+            };
+            if let Err(end) = step {
+                return end;
+            }
+            if let Err(end) = self.wire.flush_if_full().await {
+                return end;
+            }
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) -> Step {
+        match cmd {
+            Command::Ehlo(domain) => {
+                self.reset();
+                let lines = [
+                    format!("{} greets {domain}", self.ctx.hostname),
+                    "PIPELINING".to_owned(),
+                    format!("SIZE {}", self.ctx.max_message_size),
+                    "8BITMIME".to_owned(),
+                    "ENHANCEDSTATUSCODES".to_owned(),
+                ];
+                self.reply_lines(250, &lines);
+                self.helo = Some(domain);
+            }
+            Command::Helo(domain) => {
+                self.reset();
+                let text = self.ctx.hostname.clone();
+                self.reply(250, &text);
+                self.helo = Some(domain);
+            }
+            Command::Mail { from, size } => {
+                if self.helo.is_none() {
+                    return self.error(503, "5.5.1 send EHLO or HELO first");
+                }
+                if self.from.is_some() {
+                    return self.error(503, "5.5.1 sender already given; send RSET to start over");
+                }
+                if size.is_some_and(|s| s > self.ctx.max_message_size as u64) {
+                    let text = format!(
+                        "5.3.4 message size exceeds the limit of {} octets",
+                        self.ctx.max_message_size
+                    );
+                    self.reply(552, &text);
+                    return Ok(());
+                }
+                self.from = Some(from);
+                self.reply(250, "2.1.0 sender ok");
+            }
+            Command::Rcpt(to) => {
+                if self.from.is_none() {
+                    return self.error(503, "5.5.1 send MAIL FROM first");
+                }
+                if self.rcpts.len() >= self.ctx.max_recipients {
+                    let text = format!(
+                        "4.5.3 too many recipients (limit {})",
+                        self.ctx.max_recipients
+                    );
+                    self.reply(452, &text);
+                    return Ok(());
+                }
+                self.rcpts.push(to);
+                self.reply(250, "2.1.5 recipient ok");
+            }
+            Command::Data => {
+                if self.from.is_none() {
+                    return self.error(503, "5.5.1 send MAIL FROM first");
+                }
+                if self.rcpts.is_empty() {
+                    return self.error(503, "5.5.1 no valid recipients; send RCPT TO first");
+                }
+                return self.data().await;
+            }
+            Command::Rset => {
+                self.reset();
+                self.reply(250, "2.0.0 ok");
+            }
+            Command::Noop => self.reply(250, "2.0.0 ok"),
+            Command::Vrfy => self.reply(
+                252,
+                "2.5.0 cannot verify the user, but will accept the message",
+            ),
+            Command::Help => self.reply(
+                214,
+                "2.0.0 commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+            ),
+            Command::Starttls => {
+                return self.error(502, "5.5.1 STARTTLS is not offered on this listener")
+            }
+            Command::Quit => {
+                // Answered before dispatch; kept for completeness.
+                self.reply(221, "2.0.0 bye");
+                return Err(EndReason::Quit);
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives the message after `354`, then spools it and answers.
+    async fn data(&mut self) -> Step {
+        self.reply(354, "start mail input; end with <CRLF>.<CRLF>");
+        let max = self.ctx.max_message_size;
+        let mut msg = self.envelope_header();
+        let header_len = msg.len();
+        let mut too_big = false;
+        let mut line_too_long = false;
+        // Position in the message: at the start of a line, and whether the
+        // previous line ended with CRLF (only then is "." special).
+        let mut line_start = true;
+        let mut after_crlf = true;
+        let mut line_len = 0usize;
+        // The previous piece ended with CR (a CRLF split across pieces).
+        let mut prev_cr = false;
+        loop {
+            let (bytes, complete) = self.wire.segment(MAX_DATA_LINE).await?;
+            let special = line_start && after_crlf;
+            if special && bytes == b".\r\n" {
+                break;
+            }
+            let body = if special && bytes.first() == Some(&b'.') {
+                &bytes[1..]
+            } else {
+                bytes
+            };
+            line_len += bytes.len();
+            let ends_cr = bytes.last() == Some(&b'\r');
+            if complete {
+                after_crlf = bytes.ends_with(b"\r\n") || (bytes == b"\n" && prev_cr);
+                line_start = true;
+                line_len = 0;
+            } else {
+                line_start = false;
+                // 1000 octets and still no line feed: longer than 998 + CRLF.
+                if line_len >= MAX_DATA_LINE {
+                    line_too_long = true;
+                }
+            }
+            prev_cr = ends_cr;
+            if too_big || line_too_long {
+                if msg.capacity() > 0 {
+                    msg = Vec::new();
+                }
+                continue;
+            }
+            if msg.len() - header_len + body.len() > max {
+                too_big = true;
+                msg = Vec::new();
+                continue;
+            }
+            msg.extend_from_slice(body);
+        }
+        let recipients = self.rcpts.len();
+        self.reset();
+        if line_too_long {
+            self.count("line_too_long");
+            return self.error(
+                500,
+                "5.5.2 message has a line longer than 1000 octets including CRLF",
+            );
+        }
+        if too_big {
+            self.count("too_big");
+            let text = format!("5.3.4 message exceeds the limit of {max} octets");
+            self.reply(552, &text);
+            return Ok(());
+        }
+        let body_len = msg.len() - header_len;
+        match self.ctx.spool.store_async(msg).await {
+            Ok(stored) => {
+                self.count("accepted");
+                if let Some(m) = &self.ctx.metrics {
+                    m.spooled(stored.len);
+                }
+                self.messages += 1;
+                info!(self.log, "message spooled"; "id" => &stored.id, "bytes" => body_len, "recipients" => recipients);
+                let text = format!("2.0.0 ok: queued as {}", stored.id);
+                self.reply(250, &text);
+            }
+            Err(e) => {
+                self.count("spool_error");
+                error!(self.log, "cannot spool message"; "error" => %e);
+                let text = if e.is_full() {
+                    "4.3.1 insufficient system storage, try again later"
+                } else {
+                    "4.3.1 cannot store the message now, try again later"
+                };
+                self.reply(452, text);
+            }
+        }
+        Ok(())
+    }
+
+    fn envelope_header(&self) -> Vec<u8> {
+        let mut h = Vec::with_capacity(64 + 64 * self.rcpts.len());
+        let from = self.from.as_deref().unwrap_or("");
+        h.extend_from_slice(format!("Return-Path: <{from}>\r\n").as_bytes());
+        for r in &self.rcpts {
+            h.extend_from_slice(format!("Delivered-To: {r}\r\n").as_bytes());
+        }
+        h
+    }
+
+    fn count(&self, outcome: &str) {
+        if let Some(m) = &self.ctx.metrics {
+            m.message(outcome);
+        }
+    }
+
+    fn reset(&mut self) {
+        self.from = None;
+        self.rcpts.clear();
+    }
+
+    fn error(&mut self, code: u16, text: &str) -> Step {
+        self.reply(code, text);
+        self.errors += 1;
+        if self.errors >= MAX_ERRORS {
+            self.reply(421, "4.7.0 too many errors, closing connection");
+            return Err(EndReason::TooManyErrors);
+        }
+        Ok(())
+    }
+
+    fn reply(&mut self, code: u16, text: &str) {
+        self.wire.reply(&format!("{code} {text}"));
+    }
+
+    fn reply_lines(&mut self, code: u16, lines: &[String]) {
+        let last = lines.len().saturating_sub(1);
+        for (i, line) in lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            self.wire.reply(&format!("{code}{sep}{line}"));
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! The real `lifecycle-gateway` binary under test: started on port 0 with a
+//! JSON log on stderr, from which the tests learn the bound addresses and
+//! follow the shutdown phases.
+
+#![allow(dead_code)] // each test file uses a different part
+#![allow(unreachable_pub)] // shared by the test crates through `mod common`
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use lifecycle_tests::ChildGuard;
+use nix::sys::signal::Signal;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_lifecycle-gateway");
+
+/// Generous bound for things that should take milliseconds.
+pub const SOON: Duration = Duration::from_secs(20);
+
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+pub struct Gateway {
+    child: ChildGuard,
+    pub dir: tempfile::TempDir,
+    log: Arc<Log>,
+    pub smtp: SocketAddr,
+    pub imap: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl Gateway {
+    /// Starts the gateway with SMTP, IMAP and HTTP listeners on 127.0.0.1
+    /// port 0 and the given `[shutdown]` graces; waits until it is ready.
+    /// As root (CI) this is the privileged start: a root parent binds and
+    /// passes the sockets to a child (`allow_root`, as the temporary spool
+    /// belongs to root); otherwise the immediate mode.
+    pub fn start(drain: &str, abort: &str) -> Gateway {
+        Self::start_with(drain, abort, "")
+    }
+
+    /// [`start`](Self::start) with more keys for the `[smtp]` table.
+    pub fn start_with(drain: &str, abort: &str, smtp: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            r#"allow_root = true
+spool_dir = "{spool}"
+[shutdown]
+drain_grace = "{drain}"
+abort_grace = "{abort}"
+[log]
+format = "json"
+level = "info"
+[smtp]
+hostname = "gw.test"
+{smtp}
+[[listener]]
+name = "smtp"
+protocol = "smtp"
+address = "127.0.0.1:0"
+[[listener]]
+name = "imap"
+protocol = "imap"
+address = "127.0.0.1:0"
+[[listener]]
+name = "http"
+protocol = "http"
+address = "127.0.0.1:0"
+"#,
+            spool = dir.path().join("spool").display()
+        );
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = ChildGuard::spawn(
+            Command::new(BIN)
+                .arg("--config")
+                .arg(&config_path)
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        )
+        .unwrap();
+        let stderr = child.child_mut().stderr.take().unwrap();
+        let log = Arc::new(Log::default());
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lines.lock().unwrap().push(line);
+                sink.grew.notify_all();
+            }
+        });
+        let mut gw = Gateway {
+            child,
+            dir,
+            log,
+            smtp: "0.0.0.0:0".parse().unwrap(),
+            imap: "0.0.0.0:0".parse().unwrap(),
+            http: "0.0.0.0:0".parse().unwrap(),
+        };
+        gw.wait_log(SOON, |l| l.contains(r#""msg":"ready""#))
+            .unwrap_or_else(|| panic!("gateway not ready; log:\n{}", gw.log_text()));
+        for line in gw.logs() {
+            if !line.contains(r#""msg":"listener bound""#)
+                && !line.contains(r#""msg":"listener taken""#)
+            {
+                continue;
+            }
+            let addr: SocketAddr = field(&line, "address").unwrap().parse().unwrap();
+            match field(&line, "listener").unwrap().as_str() {
+                "smtp" => gw.smtp = addr,
+                "imap" => gw.imap = addr,
+                "http" => gw.http = addr,
+                other => panic!("unexpected listener {other}"),
+            }
+        }
+        gw
+    }
+
+    /// The pid of the process that serves (the child in privileged mode).
+    pub fn service_pid(&self) -> u32 {
+        let line = self
+            .wait_log(SOON, |l| {
+                l.contains(r#""msg":"starting""#) && !l.contains(r#""mode":"privileged""#)
+            })
+            .expect("no start line of the serving process");
+        number(&line, "pid").unwrap().try_into().unwrap()
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// Complete messages in the spool.
+    pub fn messages(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = std::fs::read_dir(self.spool_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .collect();
+        out.sort();
+        out
+    }
+
+    pub fn temp_files(&self) -> usize {
+        std::fs::read_dir(self.spool_dir().join("tmp"))
+            .unwrap()
+            .count()
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.log.lines.lock().unwrap().clone()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs().join("\n")
+    }
+
+    /// Waits for a log line matching `pred`.
+    pub fn wait_log(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().find(|l| pred(l)) {
+                return Some(l.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            lines = self.log.grew.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    /// The log line of shutdown phase `phase`, waiting for it.
+    pub fn wait_phase(&self, phase: &str, timeout: Duration) -> Option<String> {
+        let needle = format!(r#""phase":"{phase}""#);
+        self.wait_log(timeout, |l| {
+            l.contains(r#""msg":"phase""#) && l.contains(&needle)
+        })
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        self.child.signal(sig).unwrap();
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.child.wait_timeout(timeout).unwrap()
+    }
+
+    /// `/metrics` fetched with a plain HTTP/1.0 request.
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Status and body of `GET path` (HTTP/1.0, no client library).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.http).unwrap();
+        s.set_read_timeout(Some(SOON)).unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, body.to_owned())
+    }
+}
+
+/// The string value of `"key":"value"` in a JSON log line.
+pub fn field(line: &str, key: &str) -> Option<String> {
+    let needle = format!(r#""{key}":""#);
+    let start = line.find(&needle)? + needle.len();
+    let end = line[start..].find('"')? + start;
+    Some(line[start..end].to_owned())
+}
+
+/// The number of `"key":N` in a JSON log line.
+pub fn number(line: &str, key: &str) -> Option<i64> {
+    let needle = format!(r#""{key}":"#);
+    let start = line.find(&needle)? + needle.len();
+    let digits: String = line[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect();
+    digits.parse().ok()
+}
+
+/// The value of a sample in Prometheus text output, labels in any order;
+/// `None` when the series is absent.
+pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (labels_text, value) = if let Some(r) = rest.strip_prefix('{') {
+            let (l, v) = r.split_once('}')?;
+            (l, v)
+        } else if rest.starts_with(' ') {
+            ("", rest)
+        } else {
+            return None;
+        };
+        let all = labels
+            .iter()
+            .all(|(k, v)| labels_text.split(',').any(|p| p == format!("{k}=\"{v}\"")));
+        all.then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
+/// A line-oriented client (SMTP or IMAP) with read timeouts.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(SOON)).unwrap();
+        Client {
+            writer: s.try_clone().unwrap(),
+            reader: BufReader::new(s),
+        }
+    }
+
+    pub fn send(&mut self, text: &str) {
+        self.writer.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// One line, "" at end of input (or when the connection was reset).
+    pub fn line(&mut self) -> String {
+        let mut l = String::new();
+        match self.reader.read_line(&mut l) {
+            Ok(_) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => String::new(),
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+
+    /// One whole SMTP reply (multi-line replies joined).
+    pub fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let l = self.line();
+            all.push_str(&l);
+            if l.as_bytes().get(3) != Some(&b'-') {
+                return all;
+            }
+        }
+    }
+
+    pub fn expect(&mut self, prefix: &str) -> String {
+        let r = self.reply();
+        assert!(r.starts_with(prefix), "expected {prefix:?}, got {r:?}");
+        r
+    }
+}
+
+/// Counts the non-overlapping occurrences of `needle` in `hay`.
+pub fn occurrences(hay: &[u8], needle: &[u8]) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while i + needle.len() <= hay.len() {
+        if &hay[i..i + needle.len()] == needle {
+            n += 1;
+            i += needle.len();
+        } else {
+            i += 1;
+        }
+    }
+    n
+}

@@ -1,0 +1,196 @@
+//! The privileged parent with zero-downtime upgrades: it keeps the
+//! listeners, and on SIGHUP or SIGUSR2 starts a new child of the binary on
+//! disk with the same listeners and freshly re-opened files, waits until it
+//! is ready, then tells the old one to drain.
+
+mod child;
+mod event;
+mod run;
+
+use std::io;
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+pub use event::{SupervisorEvent, UpgradeFailure, UpgradeStats};
+
+use crate::environment::ProcessEnvironment;
+use crate::error::{Error, Result};
+use crate::inventory::Inventory;
+use crate::notify::{Notifier, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
+use crate::spawn::ChildSpawner;
+use run::Loop;
+
+/// How long the parent waits for a new child's ready message by default.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a child that closed its readiness channel may take to exit
+/// before it is killed.
+const CLOSED_CHANNEL_GRACE: Duration = Duration::from_secs(1);
+
+/// The privileged parent's supervision loop, with upgrades.
+///
+/// Create it in the main thread before other threads exist (it blocks
+/// SIGTERM, SIGINT, SIGHUP, SIGUSR2 and SIGCHLD and reads them from a
+/// signalfd), then [`run`](Self::run) it with the spawner and the kept
+/// inventory. It:
+///
+/// 1. starts generation 1 with the listeners, the files and a readiness
+///    channel ([`ChildSpawner::spawn_with_ready`]), then closes its copies of
+///    the files (it keeps their paths);
+/// 2. when the child reports ready, sends systemd `READY=1` and
+///    `MAINPID=<own pid>` (only with `NOTIFY_SOCKET`; the child never gets
+///    `NOTIFY_SOCKET`, `WATCHDOG_USEC` or `WATCHDOG_PID`);
+/// 3. on SIGHUP or SIGUSR2: sends `RELOADING=1`, re-opens every file from
+///    its path (a rotated certificate is picked up), starts generation n+1
+///    of the program *path* resolved at start-up (the binary now on disk)
+///    with the same listeners, and closes the re-opened copies;
+///    - ready within the timeout → SIGTERM to the old child (it drains and
+///      exits; its exit is reported, not passed on), `READY=1` and
+///      `STATUS=serving generation n+1`;
+///    - exited, closed its channel, or timed out → killed and reaped, the
+///      old child keeps serving, `READY=1` and `STATUS=upgrade failed: ...`;
+/// 4. on SIGTERM or SIGINT: `STOPPING=1`, forwards the signal to the
+///    serving child and any candidate, and returns the serving child's exit
+///    code once it exits (after waiting for draining old children, which
+///    would otherwise die with the parent through their death signal).
+///
+/// One upgrade at a time: an upgrade signal that arrives while a child is
+/// starting is **queued** (at most one waits; a further one is ignored with
+/// an event) and runs once the start is settled. Signals during stopping are
+/// ignored with an event.
+///
+/// If the first child exits before it is ready, `run` returns its exit code;
+/// if it does not report ready in time it is killed and `run` fails with
+/// [`Error::NotReady`]. A child started this way must report ready with
+/// [`ReadyChannel::notify_ready`](crate::ReadyChannel::notify_ready).
+///
+/// ```no_run
+/// use lifecycle_handoff::{ChildSpawner, Handoff, ListenerSpec, Mode, TargetUser, UpgradeSupervisor};
+///
+/// # fn main() -> Result<(), lifecycle_handoff::Error> {
+/// let user = TargetUser::lookup("nobody")?;
+/// let mut handoff = Handoff::with_mode("LIFECYCLE", Mode::Privileged)?;
+/// drop(handoff.listen(&ListenerSpec::tcp("smtp", "0.0.0.0:25".parse().unwrap()))?);
+/// drop(handoff.open_privileged("/etc/gw/tls.key")?);
+/// let kept = handoff.into_inventory();
+/// let spawner = ChildSpawner::new()?.user(user);
+/// let code = UpgradeSupervisor::new()?.run(spawner, kept, |event| eprintln!("{event}"))?;
+/// std::process::exit(code);
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct UpgradeSupervisor {
+    signals: SignalFd,
+    previous: SigSet,
+    ready_timeout: Duration,
+    notifier: Option<Notifier>,
+}
+
+impl UpgradeSupervisor {
+    /// Blocks the supervised signals in this thread and opens a signalfd
+    /// for them; reads `NOTIFY_SOCKET` (a bad value is an error).
+    pub fn new() -> Result<Self> {
+        let notifier = Notifier::from_env(&ProcessEnvironment)?;
+        let fail = |operation| {
+            move |errno: nix::errno::Errno| Error::Supervise {
+                pid: 0,
+                operation,
+                source: io::Error::from(errno),
+            }
+        };
+        let mut set = SigSet::empty();
+        for signal in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGUSR2,
+            Signal::SIGCHLD,
+        ] {
+            set.add(signal);
+        }
+        let mut previous = SigSet::empty();
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut previous))
+            .map_err(fail("pthread_sigmask"))?;
+        let signals =
+            match SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
+                Ok(signals) => signals,
+                Err(errno) => {
+                    let _ = nix::sys::signal::pthread_sigmask(
+                        SigmaskHow::SIG_SETMASK,
+                        Some(&previous),
+                        None,
+                    );
+                    return Err(fail("signalfd")(errno));
+                }
+            };
+        Ok(UpgradeSupervisor {
+            signals,
+            previous,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            notifier,
+        })
+    }
+
+    /// How long a new child may take to report ready (default 30 s).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use lifecycle_handoff::UpgradeSupervisor;
+    /// let supervisor = UpgradeSupervisor::new()?.ready_timeout(Duration::from_secs(10));
+    /// # Ok::<(), lifecycle_handoff::Error>(())
+    /// ```
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Where to send systemd notifications (default: `NOTIFY_SOCKET` as it
+    /// was when [`new`](Self::new) ran; `None`: send nothing).
+    pub fn notifier(mut self, notifier: Option<Notifier>) -> Self {
+        self.notifier = notifier;
+        self
+    }
+
+    /// Starts generation 1 from `spawner` with everything in `inventory`
+    /// and supervises until the serving child exits; returns its exit code
+    /// (128 + signal for a signal death). `on_event` hears everything that
+    /// happens. Call from the main thread (the children's parent-death
+    /// signal follows the spawning thread).
+    pub fn run(
+        self,
+        spawner: ChildSpawner,
+        inventory: Inventory,
+        on_event: impl FnMut(&SupervisorEvent),
+    ) -> Result<i32> {
+        let spawner = spawner
+            .env_remove(NOTIFY_SOCKET)
+            .env_remove(WATCHDOG_USEC)
+            .env_remove(WATCHDOG_PID);
+        let mut state = Loop {
+            supervisor: &self,
+            spawner,
+            inventory,
+            paths: Vec::new(),
+            on_event,
+            serving: None,
+            candidate: None,
+            draining: Vec::new(),
+            pending: None,
+            stopping: false,
+            next_generation: 1,
+            stats: UpgradeStats::default(),
+        };
+        state.start_first()?;
+        state.run()
+    }
+}
+
+impl Drop for UpgradeSupervisor {
+    fn drop(&mut self) {
+        // Restoring the mask cannot meaningfully fail; nothing to report.
+        let _ =
+            nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.previous), None);
+    }
+}

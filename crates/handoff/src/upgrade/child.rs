@@ -1,0 +1,69 @@
+//! The children the upgrade supervisor tracks: a running generation, and a
+//! candidate that has not reported ready yet.
+
+use std::io;
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::ready::ReadyReceiver;
+
+/// A running child and its generation.
+#[derive(Debug)]
+pub(super) struct Generation {
+    pub(super) number: u64,
+    pub(super) child: Child,
+    /// The readiness channel, kept while this generation serves to send it
+    /// the parent's counters.
+    pub(super) channel: Option<ReadyReceiver>,
+}
+
+impl Generation {
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(super) fn signal(&self, signal: Signal) {
+        let pid = Pid::from_raw(i32::try_from(self.pid()).unwrap_or(i32::MAX));
+        // ESRCH (already gone, not yet reaped) is fine; nothing else can
+        // fail for our own child.
+        let _ = kill(pid, signal);
+    }
+
+    /// Kills (SIGKILL) and reaps the child; returns its status.
+    pub(super) fn kill_and_reap(&mut self) -> io::Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        self.signal(Signal::SIGKILL);
+        self.child.wait()
+    }
+
+    /// Waits at most `grace` for the child to exit, then kills it; returns
+    /// the status and whether it had to be killed.
+    pub(super) fn settle(&mut self, grace: Duration) -> io::Result<(ExitStatus, bool)> {
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok((status, false));
+            }
+            if Instant::now() >= deadline {
+                return Ok((self.kill_and_reap()?, true));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// A child that has not reported ready yet.
+#[derive(Debug)]
+pub(super) struct Candidate {
+    pub(super) generation: Generation,
+    pub(super) receiver: ReadyReceiver,
+    pub(super) deadline: Instant,
+    /// The channel said all it will (ready while stopping): stop polling
+    /// it, or its end-of-file would wake the loop until the child is reaped.
+    pub(super) settled: bool,
+}

@@ -1,0 +1,247 @@
+//! What the upgrade supervisor reports: one [`SupervisorEvent`] per thing
+//! that happened, each with a log line (`Display`) that names the
+//! generations involved.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The supervisor's counters, as of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UpgradeStats {
+    /// The serving generation (0 before the first child is ready).
+    pub serving: u64,
+    /// Upgrades that succeeded (`lifecycle_upgrades_total{result="ok"}`).
+    pub succeeded: u64,
+    /// Upgrades that failed (`lifecycle_upgrades_total{result="failed"}`).
+    pub failed: u64,
+}
+
+/// Why an upgrade failed. The old child keeps serving in every case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpgradeFailure {
+    /// A privileged file could not be re-opened.
+    Reopen {
+        /// The file.
+        path: PathBuf,
+        /// The error, as text.
+        error: String,
+    },
+    /// The new child could not be started.
+    Spawn {
+        /// The error, as text.
+        error: String,
+    },
+    /// The new child exited before reporting ready.
+    Exited {
+        /// Its exit code (128 + signal for a signal death).
+        code: i32,
+    },
+    /// The new child closed the readiness channel without reporting ready
+    /// and kept running; it was killed.
+    ClosedChannel,
+    /// The new child did not report ready in time; it was killed.
+    Timeout {
+        /// The limit that passed.
+        after: Duration,
+    },
+    /// SIGTERM or SIGINT arrived during the upgrade: the new child was told
+    /// to stop with the old one.
+    Stopping,
+}
+
+impl fmt::Display for UpgradeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpgradeFailure::Reopen { path, error } => {
+                write!(f, "cannot re-open {path:?}: {error}")
+            }
+            UpgradeFailure::Spawn { error } => write!(f, "cannot start the new child: {error}"),
+            UpgradeFailure::Exited { code } => {
+                write!(
+                    f,
+                    "the new child exited with code {code} before it was ready"
+                )
+            }
+            UpgradeFailure::ClosedChannel => write!(
+                f,
+                "the new child closed its readiness channel without reporting ready"
+            ),
+            UpgradeFailure::Timeout { after } => {
+                write!(f, "the new child was not ready within {after:?}")
+            }
+            UpgradeFailure::Stopping => write!(f, "the service is stopping"),
+        }
+    }
+}
+
+/// One thing the upgrade supervisor did or saw, for the caller's log and
+/// metrics (the supervisor itself logs nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SupervisorEvent {
+    /// A child was started (the first one, or an upgrade candidate).
+    Started {
+        /// Its generation.
+        generation: u64,
+        /// Its pid.
+        pid: u32,
+    },
+    /// The first child reported ready: the service is up.
+    Ready {
+        /// Its generation (1).
+        generation: u64,
+        /// Its pid.
+        pid: u32,
+    },
+    /// An upgrade began.
+    UpgradeStarted {
+        /// The serving generation.
+        from: u64,
+        /// The new generation.
+        to: u64,
+        /// The signal that asked for it (`SIGHUP`, `SIGUSR2`).
+        signal: &'static str,
+    },
+    /// An upgrade signal arrived while a child was still starting; it runs
+    /// once that one is settled (at most one waits).
+    UpgradeQueued {
+        /// The signal.
+        signal: &'static str,
+        /// The generation still starting.
+        starting: u64,
+    },
+    /// An upgrade signal was dropped.
+    UpgradeIgnored {
+        /// The signal.
+        signal: &'static str,
+        /// Why (one already waits, or the service is stopping).
+        reason: &'static str,
+    },
+    /// The new child is ready and serving; the old one was told to drain.
+    UpgradeSucceeded {
+        /// The old generation (now draining).
+        from: u64,
+        /// The new, serving generation.
+        to: u64,
+        /// The new child's pid.
+        pid: u32,
+        /// The counters after this upgrade.
+        stats: UpgradeStats,
+    },
+    /// The upgrade failed; the old child keeps serving.
+    UpgradeFailed {
+        /// The serving generation.
+        from: u64,
+        /// The generation that failed.
+        to: u64,
+        /// Why.
+        failure: UpgradeFailure,
+        /// The counters after this failure.
+        stats: UpgradeStats,
+    },
+    /// A drained old child exited (logged, not the service's exit).
+    OldChildExited {
+        /// Its generation.
+        generation: u64,
+        /// Its pid.
+        pid: u32,
+        /// Its exit code.
+        code: i32,
+    },
+    /// SIGTERM or SIGINT was forwarded.
+    Forwarded {
+        /// The signal.
+        signal: &'static str,
+        /// The generations it went to (the serving one, and a candidate).
+        generations: Vec<u64>,
+    },
+    /// The serving child exited; the supervisor returns its code.
+    ServingExited {
+        /// Its generation.
+        generation: u64,
+        /// Its pid.
+        pid: u32,
+        /// Its exit code (128 + signal for a signal death).
+        code: i32,
+    },
+    /// A notification to systemd could not be sent (the service goes on).
+    NotifyFailed {
+        /// The first line of the message.
+        message: String,
+        /// The error, as text.
+        error: String,
+    },
+}
+
+impl fmt::Display for SupervisorEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SupervisorEvent::Started { generation, pid } => {
+                write!(f, "started generation {generation} (pid {pid})")
+            }
+            SupervisorEvent::Ready { generation, pid } => {
+                write!(
+                    f,
+                    "generation {generation} (pid {pid}) is ready and serving"
+                )
+            }
+            SupervisorEvent::UpgradeStarted { from, to, signal } => {
+                write!(f, "{signal}: upgrading from generation {from} to {to}")
+            }
+            SupervisorEvent::UpgradeQueued { signal, starting } => write!(
+                f,
+                "{signal}: generation {starting} is still starting, the upgrade waits for it"
+            ),
+            SupervisorEvent::UpgradeIgnored { signal, reason } => {
+                write!(f, "{signal}: upgrade not started: {reason}")
+            }
+            SupervisorEvent::UpgradeSucceeded {
+                from,
+                to,
+                pid,
+                stats,
+            } => write!(
+                f,
+                "upgrade from generation {from} to {to} succeeded: generation {to} (pid {pid}) \
+                 serves, generation {from} drains (upgrades ok {}, failed {})",
+                stats.succeeded, stats.failed
+            ),
+            SupervisorEvent::UpgradeFailed {
+                from,
+                to,
+                failure,
+                stats,
+            } => write!(
+                f,
+                "upgrade from generation {from} to {to} failed: {failure}; generation {from} \
+                 keeps serving (upgrades ok {}, failed {})",
+                stats.succeeded, stats.failed
+            ),
+            SupervisorEvent::OldChildExited {
+                generation,
+                pid,
+                code,
+            } => write!(
+                f,
+                "old generation {generation} (pid {pid}) exited with code {code}"
+            ),
+            SupervisorEvent::Forwarded {
+                signal,
+                generations,
+            } => write!(f, "{signal} forwarded to generations {generations:?}"),
+            SupervisorEvent::ServingExited {
+                generation,
+                pid,
+                code,
+            } => write!(
+                f,
+                "serving generation {generation} (pid {pid}) exited with code {code}"
+            ),
+            SupervisorEvent::NotifyFailed { message, error } => {
+                write!(f, "cannot notify systemd ({message}): {error}")
+            }
+        }
+    }
+}

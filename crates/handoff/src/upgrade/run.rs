@@ -1,0 +1,564 @@
+//! The supervision loop: one `poll` over the signalfd and the candidate's
+//! readiness channel, and the state that decides what each event means.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+
+use super::child::{Candidate, Generation};
+use super::{
+    SupervisorEvent, UpgradeFailure, UpgradeStats, UpgradeSupervisor, CLOSED_CHANNEL_GRACE,
+};
+use crate::bind::open_file;
+use crate::error::{Error, Result};
+use crate::inventory::{Inventory, PassedFile};
+use crate::lineage::Lineage;
+use crate::notify::monotonic_usec;
+use crate::ready::{poll_readable, ReadyPair, ReadyState};
+use crate::spawn::ChildSpawner;
+use crate::supervise::exit_code;
+
+/// The supervision state.
+pub(super) struct Loop<'a, F> {
+    pub(super) supervisor: &'a UpgradeSupervisor,
+    pub(super) spawner: ChildSpawner,
+    /// The listeners (kept for the whole life) and, until the first child
+    /// runs, the files.
+    pub(super) inventory: Inventory,
+    /// The files' paths, re-opened for every upgrade.
+    pub(super) paths: Vec<PathBuf>,
+    pub(super) on_event: F,
+    pub(super) serving: Option<Generation>,
+    pub(super) candidate: Option<Candidate>,
+    pub(super) draining: Vec<Generation>,
+    pub(super) pending: Option<&'static str>,
+    pub(super) stopping: bool,
+    pub(super) next_generation: u64,
+    pub(super) stats: UpgradeStats,
+}
+
+impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
+    fn emit(&mut self, event: SupervisorEvent) {
+        (self.on_event)(&event);
+    }
+
+    fn notify(&mut self, lines: Vec<String>) {
+        let Some(notifier) = &self.supervisor.notifier else {
+            return;
+        };
+        if let Err(err) = notifier.send(&lines) {
+            let message = lines.first().cloned().unwrap_or_default();
+            self.emit(SupervisorEvent::NotifyFailed {
+                message,
+                error: err.to_string(),
+            });
+        }
+    }
+
+    fn lineage(&self, generation: u64) -> Lineage {
+        Lineage {
+            generation,
+            upgrades_ok: self.stats.succeeded,
+            upgrades_failed: self.stats.failed,
+        }
+    }
+
+    /// Starts `inventory` as generation `number` with a readiness channel.
+    fn spawn(&mut self, number: u64, inventory: &Inventory) -> Result<Candidate> {
+        let pair = ReadyPair::new()?;
+        let child = self
+            .spawner
+            .spawn_with_ready(inventory, &pair, self.lineage(number))?;
+        let receiver = pair.into_receiver();
+        let generation = Generation {
+            number,
+            child,
+            channel: None,
+        };
+        self.emit(SupervisorEvent::Started {
+            generation: number,
+            pid: generation.pid(),
+        });
+        Ok(Candidate {
+            generation,
+            receiver,
+            deadline: Instant::now() + self.supervisor.ready_timeout,
+            settled: false,
+        })
+    }
+
+    pub(super) fn start_first(&mut self) -> Result<()> {
+        self.paths = self
+            .inventory
+            .files
+            .iter()
+            .map(|f| f.path.clone())
+            .collect();
+        let inventory = std::mem::take(&mut self.inventory);
+        let started = self.spawn(1, &inventory);
+        self.inventory = inventory;
+        // The child has its copies of the secrets (or failed to start).
+        self.inventory.close_files();
+        self.next_generation = 2;
+        self.candidate = Some(started?);
+        Ok(())
+    }
+
+    pub(super) fn run(&mut self) -> Result<i32> {
+        loop {
+            let timeout = self
+                .candidate
+                .as_ref()
+                .map(|c| c.deadline.saturating_duration_since(Instant::now()));
+            let readable = {
+                let mut fds = vec![self.supervisor.signals.as_fd()];
+                if let Some(candidate) = self.candidate.as_ref().filter(|c| !c.settled) {
+                    fds.push(candidate.receiver.as_fd());
+                }
+                poll_readable(&fds, timeout).map_err(|source| Error::Supervise {
+                    pid: 0,
+                    operation: "poll",
+                    source,
+                })?
+            };
+            if readable.contains(&1) {
+                if let Some(code) = self.check_candidate()? {
+                    return Ok(code);
+                }
+            }
+            if readable.contains(&0) {
+                if let Some(code) = self.read_signals()? {
+                    return Ok(code);
+                }
+            }
+            if let Some(code) = self.check_deadline()? {
+                return Ok(code);
+            }
+        }
+    }
+
+    fn read_signals(&mut self) -> Result<Option<i32>> {
+        loop {
+            let info = self
+                .supervisor
+                .signals
+                .read_signal()
+                .map_err(|errno| Error::Supervise {
+                    pid: 0,
+                    operation: "read(signalfd)",
+                    source: io::Error::from(errno),
+                })?;
+            let Some(info) = info else {
+                return Ok(None);
+            };
+            let signal = i32::try_from(info.ssi_signo)
+                .ok()
+                .and_then(|n| Signal::try_from(n).ok());
+            let code = match signal {
+                Some(Signal::SIGCHLD) => self.reap()?,
+                Some(signal @ (Signal::SIGHUP | Signal::SIGUSR2)) => {
+                    self.upgrade_requested(signal.as_str())?;
+                    None
+                }
+                Some(signal @ (Signal::SIGTERM | Signal::SIGINT)) => {
+                    self.stop(signal);
+                    None
+                }
+                _ => None,
+            };
+            if code.is_some() {
+                return Ok(code);
+            }
+        }
+    }
+
+    fn stop(&mut self, signal: Signal) {
+        if !self.stopping {
+            self.stopping = true;
+            self.pending = None;
+            self.notify(vec![
+                "STOPPING=1".to_owned(),
+                format!("STATUS=stopping ({})", signal.as_str()),
+            ]);
+        }
+        let mut generations = Vec::new();
+        if let Some(serving) = &self.serving {
+            serving.signal(signal);
+            generations.push(serving.number);
+        }
+        if let Some(candidate) = &self.candidate {
+            candidate.generation.signal(signal);
+            generations.push(candidate.generation.number);
+        }
+        self.emit(SupervisorEvent::Forwarded {
+            signal: signal.as_str(),
+            generations,
+        });
+    }
+
+    fn upgrade_requested(&mut self, signal: &'static str) -> Result<()> {
+        if self.stopping {
+            self.emit(SupervisorEvent::UpgradeIgnored {
+                signal,
+                reason: "the service is stopping",
+            });
+            return Ok(());
+        }
+        if let Some(candidate) = &self.candidate {
+            let starting = candidate.generation.number;
+            if self.pending.is_some() {
+                self.emit(SupervisorEvent::UpgradeIgnored {
+                    signal,
+                    reason: "an upgrade is running and another one already waits",
+                });
+            } else {
+                self.pending = Some(signal);
+                self.emit(SupervisorEvent::UpgradeQueued { signal, starting });
+            }
+            return Ok(());
+        }
+        self.start_upgrade(signal)
+    }
+
+    fn start_upgrade(&mut self, signal: &'static str) -> Result<()> {
+        let from = self.serving.as_ref().map_or(0, |g| g.number);
+        let to = self.next_generation;
+        self.next_generation += 1;
+        self.emit(SupervisorEvent::UpgradeStarted { from, to, signal });
+        self.notify(vec![
+            "RELOADING=1".to_owned(),
+            monotonic_usec(),
+            format!("STATUS=upgrading from generation {from} to {to}"),
+        ]);
+        let mut files = Vec::with_capacity(self.paths.len());
+        for path in &self.paths {
+            match open_file(path) {
+                Ok(file) => files.push(PassedFile {
+                    path: path.clone(),
+                    fd: file.into(),
+                }),
+                Err(err) => {
+                    let failure = UpgradeFailure::Reopen {
+                        path: path.clone(),
+                        error: err.to_string(),
+                    };
+                    self.upgrade_failed(from, to, failure);
+                    return self.run_pending();
+                }
+            }
+        }
+        let mut inventory = Inventory {
+            listeners: std::mem::take(&mut self.inventory.listeners),
+            files,
+        };
+        let started = self.spawn(to, &inventory);
+        self.inventory.listeners = std::mem::take(&mut inventory.listeners);
+        drop(inventory); // the re-opened copies: the child has its own
+        match started {
+            Ok(candidate) => self.candidate = Some(candidate),
+            Err(err) => {
+                let failure = UpgradeFailure::Spawn {
+                    error: err.to_string(),
+                };
+                self.upgrade_failed(from, to, failure);
+                return self.run_pending();
+            }
+        }
+        Ok(())
+    }
+
+    fn run_pending(&mut self) -> Result<()> {
+        match self.pending.take() {
+            Some(signal) if !self.stopping => self.start_upgrade(signal),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends the serving child the current counters (for its metrics).
+    fn send_update(&self) {
+        let Some(serving) = &self.serving else {
+            return;
+        };
+        if let Some(channel) = &serving.channel {
+            // A child that does not read loses the update; nothing to do.
+            let _ = channel.send_update(&Lineage {
+                generation: serving.number,
+                upgrades_ok: self.stats.succeeded,
+                upgrades_failed: self.stats.failed,
+            });
+        }
+    }
+
+    fn upgrade_failed(&mut self, from: u64, to: u64, failure: UpgradeFailure) {
+        self.stats.failed += 1;
+        self.send_update();
+        let status = format!("STATUS=upgrade failed: {failure}; serving generation {from}");
+        self.emit(SupervisorEvent::UpgradeFailed {
+            from,
+            to,
+            failure,
+            stats: self.stats,
+        });
+        if !self.stopping {
+            self.notify(vec!["READY=1".to_owned(), status]);
+        }
+    }
+
+    /// The candidate's channel is readable: ready, or closed.
+    fn check_candidate(&mut self) -> Result<Option<i32>> {
+        let Some(candidate) = &mut self.candidate else {
+            return Ok(None);
+        };
+        match candidate.receiver.poll_ready()? {
+            ReadyState::Pending => Ok(None),
+            ReadyState::Ready if !self.stopping => {
+                self.promote();
+                self.run_pending()?;
+                Ok(None)
+            }
+            // Told to stop before it was ready: let it exit (reaped on
+            // SIGCHLD) without making it the serving one.
+            ReadyState::Ready => {
+                candidate.settled = true;
+                Ok(None)
+            }
+            ReadyState::Closed => {
+                let Some(mut candidate) = self.candidate.take() else {
+                    return Ok(None);
+                };
+                let pid = candidate.generation.pid();
+                let (status, killed) =
+                    candidate
+                        .generation
+                        .settle(CLOSED_CHANNEL_GRACE)
+                        .map_err(|source| Error::Supervise {
+                            pid,
+                            operation: "waitpid",
+                            source,
+                        })?;
+                let failure = if killed {
+                    UpgradeFailure::ClosedChannel
+                } else {
+                    UpgradeFailure::Exited {
+                        code: exit_code(status),
+                    }
+                };
+                self.candidate_failed(candidate.generation, status, failure)
+            }
+        }
+    }
+
+    /// A candidate is gone without becoming ready (already reaped).
+    fn candidate_failed(
+        &mut self,
+        generation: Generation,
+        status: ExitStatus,
+        failure: UpgradeFailure,
+    ) -> Result<Option<i32>> {
+        let Some(serving) = &self.serving else {
+            // The first child: there is no service to keep.
+            if self.stopping || matches!(failure, UpgradeFailure::Exited { .. }) {
+                let code = exit_code(status);
+                self.emit(SupervisorEvent::ServingExited {
+                    generation: generation.number,
+                    pid: generation.pid(),
+                    code,
+                });
+                return Ok(Some(code));
+            }
+            return Err(Error::NotReady {
+                generation: generation.number,
+                pid: generation.pid(),
+                reason: failure.to_string(),
+            });
+        };
+        let from = serving.number;
+        let failure = if self.stopping {
+            UpgradeFailure::Stopping
+        } else {
+            failure
+        };
+        self.upgrade_failed(from, generation.number, failure);
+        self.run_pending()?;
+        Ok(None)
+    }
+
+    fn promote(&mut self) {
+        let Some(candidate) = self.candidate.take() else {
+            return;
+        };
+        let mut new = candidate.generation;
+        new.channel = Some(candidate.receiver);
+        let (number, pid) = (new.number, new.pid());
+        match self.serving.replace(new) {
+            None => {
+                self.stats.serving = number;
+                self.send_update();
+                self.emit(SupervisorEvent::Ready {
+                    generation: number,
+                    pid,
+                });
+                self.notify(vec![
+                    "READY=1".to_owned(),
+                    format!("MAINPID={}", std::process::id()),
+                    format!("STATUS=serving generation {number} (pid {pid})"),
+                ]);
+            }
+            Some(mut old) => {
+                old.signal(Signal::SIGTERM);
+                old.channel = None; // no more counters for a draining child
+                let from = old.number;
+                self.draining.push(old);
+                self.stats.serving = number;
+                self.stats.succeeded += 1;
+                self.send_update();
+                self.emit(SupervisorEvent::UpgradeSucceeded {
+                    from,
+                    to: number,
+                    pid,
+                    stats: self.stats,
+                });
+                self.notify(vec![
+                    "READY=1".to_owned(),
+                    format!(
+                        "STATUS=serving generation {number} (pid {pid}); upgrades ok {}, failed {}",
+                        self.stats.succeeded, self.stats.failed
+                    ),
+                ]);
+            }
+        }
+    }
+
+    fn check_deadline(&mut self) -> Result<Option<i32>> {
+        let expired = self
+            .candidate
+            .as_ref()
+            .is_some_and(|c| c.deadline <= Instant::now());
+        if !expired {
+            return Ok(None);
+        }
+        // A ready message that raced the deadline still counts.
+        if let Some(code) = self.check_candidate()? {
+            return Ok(Some(code));
+        }
+        let Some(mut candidate) = self.candidate.take() else {
+            return Ok(None);
+        };
+        let pid = candidate.generation.pid();
+        let status = candidate
+            .generation
+            .kill_and_reap()
+            .map_err(|source| Error::Supervise {
+                pid,
+                operation: "waitpid",
+                source,
+            })?;
+        let failure = UpgradeFailure::Timeout {
+            after: self.supervisor.ready_timeout,
+        };
+        self.candidate_failed(candidate.generation, status, failure)
+    }
+
+    /// SIGCHLD: reaps whichever children exited.
+    fn reap(&mut self) -> Result<Option<i32>> {
+        let wait_err = |pid| {
+            move |source| Error::Supervise {
+                pid,
+                operation: "waitpid",
+                source,
+            }
+        };
+        let mut index = 0;
+        while index < self.draining.len() {
+            let old = &mut self.draining[index];
+            let pid = old.pid();
+            if let Some(status) = old.child.try_wait().map_err(wait_err(pid))? {
+                let old = self.draining.remove(index);
+                self.emit(SupervisorEvent::OldChildExited {
+                    generation: old.number,
+                    pid,
+                    code: exit_code(status),
+                });
+            } else {
+                index += 1;
+            }
+        }
+        if let Some(candidate) = &mut self.candidate {
+            let pid = candidate.generation.pid();
+            if let Some(status) = candidate
+                .generation
+                .child
+                .try_wait()
+                .map_err(wait_err(pid))?
+            {
+                // A ready message written just before the exit still counts.
+                if candidate.receiver.poll_ready()? == ReadyState::Ready && !self.stopping {
+                    self.promote();
+                } else if let Some(candidate) = self.candidate.take() {
+                    let failure = UpgradeFailure::Exited {
+                        code: exit_code(status),
+                    };
+                    if let Some(code) =
+                        self.candidate_failed(candidate.generation, status, failure)?
+                    {
+                        return Ok(Some(code));
+                    }
+                }
+            }
+        }
+        if let Some(serving) = &mut self.serving {
+            let pid = serving.pid();
+            if let Some(status) = serving.child.try_wait().map_err(wait_err(pid))? {
+                return self.serving_exited(status).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The service is over: stops a candidate, waits for draining children,
+    /// returns the serving child's code.
+    fn serving_exited(&mut self, status: ExitStatus) -> Result<i32> {
+        let code = exit_code(status);
+        let mut from = 0;
+        if let Some(serving) = self.serving.take() {
+            from = serving.number;
+            self.emit(SupervisorEvent::ServingExited {
+                generation: serving.number,
+                pid: serving.pid(),
+                code,
+            });
+        }
+        // The service is over either way: no notification after this.
+        self.stopping = true;
+        if let Some(mut candidate) = self.candidate.take() {
+            let pid = candidate.generation.pid();
+            candidate
+                .generation
+                .kill_and_reap()
+                .map_err(|source| Error::Supervise {
+                    pid,
+                    operation: "waitpid",
+                    source,
+                })?;
+            self.upgrade_failed(from, candidate.generation.number, UpgradeFailure::Stopping);
+        }
+        for mut old in std::mem::take(&mut self.draining) {
+            let pid = old.pid();
+            let status = old.child.wait().map_err(|source| Error::Supervise {
+                pid,
+                operation: "waitpid",
+                source,
+            })?;
+            self.emit(SupervisorEvent::OldChildExited {
+                generation: old.number,
+                pid,
+                code: exit_code(status),
+            });
+        }
+        Ok(code)
+    }
+}
