@@ -81,7 +81,8 @@ pub(crate) fn registry_rows(sizes: &Sizes) -> Res<Vec<Row>> {
         rows.push(Row {
             what: format!(
                 "registry: register+unregister pairs/s through the guard API, \
-                 {threads} producer thread(s), each with its own shard"
+                 {threads} producer thread{}, each with its own shard",
+                if threads == 1 { "" } else { "s" }
             ),
             ours: Some(ours),
             baselines,
