@@ -2,6 +2,7 @@
 //! connection's task has ended. The clients are held by the load client
 //! process; the server side lives here.
 
+use crate::accept::process_cpu;
 use crate::client::LoadClient;
 use crate::listen::loopback_listener;
 use crate::stats::{Samples, Unit};
@@ -41,10 +42,14 @@ impl IdleServer {
         }
     }
 
-    fn abort_and_time(&mut self) -> Res<Duration> {
+    /// Orders the abort once every connection is accepted; returns the
+    /// server's measured time and this process's CPU time over the span
+    /// (only the server works meanwhile).
+    fn abort_and_time(&mut self) -> Res<(Duration, Duration)> {
         self.accepted
             .recv_timeout(Duration::from_secs(60))
             .map_err(|_| "the server did not accept every connection within 60 s")?;
+        let cpu_before = process_cpu()?;
         if let Some(go) = self.go.take() {
             let _ = go.send(());
         }
@@ -52,7 +57,7 @@ impl IdleServer {
             .result
             .recv_timeout(Duration::from_secs(60))
             .map_err(|_| "the server did not finish aborting within 60 s")?;
-        Ok(took)
+        Ok((took, process_cpu()? - cpu_before))
     }
 
     fn finish(self) -> Res<()> {
@@ -128,14 +133,22 @@ pub(crate) struct Contender {
     pub(crate) start: fn(usize) -> Res<IdleServer>,
 }
 
+/// Per contender: the abort's wall time and the server process's CPU time
+/// over it.
+pub(crate) struct Measured {
+    pub(crate) wall: Vec<Samples>,
+    pub(crate) cpu: Vec<Samples>,
+}
+
 /// Runs every contender `reps` times, interleaved, with `n` connections.
 pub(crate) fn measure(
     client: &mut LoadClient,
     contenders: &[Contender],
     reps: usize,
     n: usize,
-) -> Res<Vec<Samples>> {
-    let mut samples = vec![Samples::new(Unit::Millis); contenders.len()];
+) -> Res<Measured> {
+    let mut wall = vec![Samples::new(Unit::Millis); contenders.len()];
+    let mut cpu = vec![Samples::new(Unit::Millis); contenders.len()];
     for rep in 0..reps {
         for i in rotate(contenders.len(), rep) {
             let c = &contenders[i];
@@ -143,15 +156,16 @@ pub(crate) fn measure(
             client
                 .hold(server.addr, n)
                 .map_err(|e| format!("abort, {}: {e}", c.name))?;
-            let took = server
+            let (took, cpu_used) = server
                 .abort_and_time()
                 .map_err(|e| format!("abort, {}: {e}", c.name))?;
             client
                 .wait_closed()
                 .map_err(|e| format!("abort, {}: {e}", c.name))?;
             server.finish()?;
-            samples[i].push_duration(took);
+            wall[i].push_duration(took);
+            cpu[i].push_duration(cpu_used);
         }
     }
-    Ok(samples)
+    Ok(Measured { wall, cpu })
 }

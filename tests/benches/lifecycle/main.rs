@@ -239,10 +239,7 @@ fn run() -> Res<()> {
         add("accept", scenarios::accept_rows(&mut client, sizes));
     }
     if options.wants("abort") {
-        add(
-            "abort",
-            scenarios::abort_row(&mut client, sizes).map(|r| vec![r]),
-        );
+        add("abort", scenarios::abort_rows(&mut client, sizes));
     }
     if options.wants("memory") {
         add("memory", scenarios::memory_rows(&ALLOCATOR, sizes));
