@@ -108,3 +108,48 @@ impl Notifications {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_socket() -> NotifyEnv {
+        NotifyEnv::new().notify_socket("/run/systemd/notify")
+    }
+
+    #[test]
+    fn the_rule_by_mode() {
+        let on = |mode, lineage| Notifications::new(mode, lineage, with_socket()).is_on();
+        assert!(on(Mode::Immediate, None));
+        assert!(on(Mode::Systemd, None));
+        assert!(on(Mode::Inherited, Some(Lineage::FIRST)));
+        assert!(!on(Mode::Inherited, None));
+        assert!(!on(Mode::Privileged, None));
+        assert!(!on(Mode::Privileged, Some(Lineage::FIRST)));
+    }
+
+    #[test]
+    fn nothing_without_a_notify_socket() {
+        for env in [NotifyEnv::new(), NotifyEnv::new().notify_socket("")] {
+            for mode in [Mode::Immediate, Mode::Systemd, Mode::Inherited] {
+                let n = Notifications::new(mode, Some(Lineage::FIRST), env.clone());
+                assert!(!n.is_on(), "{mode:?} {env:?}");
+            }
+        }
+        assert!(!Notifications::off().is_on());
+    }
+
+    #[test]
+    fn start_sends_nothing_when_off() {
+        let log = Logger::root(slog::Discard, slog::o!());
+        actix::System::new().block_on(async {
+            let lifecycle = Lifecycle::builder(Default::default())
+                .handle_signals(false)
+                .start()
+                .unwrap();
+            let silenced = Notifications::new(Mode::Inherited, None, with_socket());
+            assert!(silenced.start(&lifecycle, &log).is_none());
+            assert!(Notifications::off().start(&lifecycle, &log).is_none());
+        });
+    }
+}

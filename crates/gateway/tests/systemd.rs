@@ -511,11 +511,21 @@ fn watchdog_usec_makes_the_gateway_ping() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let pings = systemd.with_prefix("WATCHDOG=1");
-    assert!(pings.iter().all(|d| d.pid == gw.pid()), "{pings:?}");
     gw.signal(Signal::SIGTERM);
     assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log_text());
     assert_eq!(systemd.with_prefix("STOPPING=1").len(), 1);
+    let pings = systemd.with_prefix("WATCHDOG=1");
+    assert!(pings.iter().all(|d| d.pid == gw.pid()), "{pings:?}");
+    // At half the interval, not more often: a ping at start, then one per
+    // 200 ms (a cap, with room for one more at each end).
+    let (first, last) = (pings[0].at, pings[pings.len() - 1].at);
+    let span = last.duration_since(first).unwrap_or_default();
+    let cap = (span.as_millis() / 200) as usize + 2;
+    loud(&format!(
+        "WATCHDOG_USEC=400000: {} pings over {span:?} (cap {cap})",
+        pings.len()
+    ));
+    assert!(pings.len() <= cap, "{} pings over {span:?}", pings.len());
 }
 
 #[test]
