@@ -410,6 +410,12 @@ fn immediate_mode_notifies_ready_status_and_stopping() {
     // READY=1 came from the gateway itself, once.
     assert_eq!(ready.pid, gw.pid());
     assert_eq!(systemd.with_prefix("READY=1").len(), 1);
+    // /readyz agrees.
+    let mut web = TcpStream::connect(addrs[2]).unwrap();
+    std::io::Write::write_all(&mut web, b"GET /readyz HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut web, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
     let smtp = addrs[0];
     let mut first = greeted(smtp);
     let mut mailbox = Client::connect(addrs[1]);
