@@ -19,6 +19,7 @@ use crate::config::{Config, Protocol};
 use crate::http::{http_server, HttpListener, HttpState, Readiness};
 use crate::imap::{serve_imap, ImapContext};
 use crate::metrics::GatewayMetrics;
+use crate::notify::Notifications;
 use crate::smtp::{serve_smtp, SmtpContext};
 use crate::spool::{Spool, SpoolError};
 
@@ -95,16 +96,23 @@ pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32,
         Mode::Inherited | Mode::Systemd => "listener taken",
         Mode::Privileged | Mode::Immediate => "listener bound",
     };
+    let notify = Notifications::for_handoff(&handoff);
     let inventory = handoff.into_inventory();
     for l in &inventory.listeners {
         info!(log, "{}", what; "listener" => l.spec.name(), "address" => %l.spec.address());
     }
-    run(config, log, inventory)
+    run(config, log, inventory, notify)
 }
 
 /// Runs the gateway on `inventory` until it stops; returns the process exit
-/// status (0 after a clean signal-initiated stop).
-pub fn run(config: &Config, log: &Logger, inventory: Inventory) -> Result<i32, StartError> {
+/// status (0 after a clean signal-initiated stop). Once every listener
+/// accepts, `notify` tells systemd (see [`Notifications`]).
+pub fn run(
+    config: &Config,
+    log: &Logger,
+    inventory: Inventory,
+    notify: Notifications,
+) -> Result<i32, StartError> {
     raise_open_files_limit(log);
     let spool = Arc::new(Spool::open(config.spool_dir(), log)?);
     let system = actix::System::new();
@@ -115,7 +123,9 @@ pub fn run(config: &Config, log: &Logger, inventory: Inventory) -> Result<i32, S
             .drain_grace(config.shutdown().drain_grace())
             .abort_grace(config.shutdown().abort_grace())
             .start()?;
-        start_listeners(config, log, &lifecycle, spool).await
+        start_listeners(config, log, &lifecycle, spool).await?;
+        notify.start(&lifecycle, log);
+        Ok::<(), StartError>(())
     })?;
     let code = system.run_with_code()?;
     info!(log, "exiting"; "status" => code);
