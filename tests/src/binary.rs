@@ -14,7 +14,9 @@ use crate::paths::workspace_root;
 /// Builds `lifecycle-gateway` with the release profile (load tests want an
 /// optimised server) and returns the path of the executable; when
 /// [`GATEWAY_BIN_ENV`] (`LIFECYCLE_GATEWAY_BIN`) is set, returns that path
-/// instead.
+/// instead. `scripts/test` sets it to the test-profile binary that
+/// `cargo test --workspace` builds anyway, so CI compiles the dependency
+/// tree once; the tests' bounds hold for that build too.
 ///
 /// Runs `cargo build --release -p lifecycle-gateway
 /// --message-format=json-render-diagnostics` from the workspace root with
