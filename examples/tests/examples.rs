@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 /// A bound on waits, far above what any step needs: never a speed claim.
 const GENEROUS: Duration = Duration::from_secs(30);
 
-/// Builds example `name` (a no-op when `cargo test` already did) and
+/// Builds example `name` (next to free after `cargo test --workspace`) and
 /// returns its executable, read from cargo's JSON messages. Once per name.
 fn build_example(name: &str) -> PathBuf {
     static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
@@ -30,7 +30,10 @@ fn build_example(name: &str) -> PathBuf {
 
 fn cargo_build(name: &str) -> PathBuf {
     let out = Command::new(env!("CARGO"))
-        .args(["build", "-p", "lifecycle-examples", "--example", name])
+        // The `test` profile over the whole workspace: the profile and
+        // feature set `cargo test --workspace` built everything with, so
+        // this reuses that build instead of compiling the tree again.
+        .args(["build", "--profile", "test", "--workspace", "--example", name])
         .arg("--message-format=json-render-diagnostics")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
