@@ -15,12 +15,13 @@ use actix_lifecycle::{
 use lifecycle_handoff::{Handoff, Inventory, Mode, Network, PassedListener};
 use slog::{error, info, o, Logger};
 
-use crate::config::{Config, Protocol};
+use crate::config::{Config, Protocol, TlsMode};
 use crate::http::{http_server, HttpListener, HttpState, Readiness};
 use crate::imap::{serve_imap, ImapContext};
 use crate::metrics::GatewayMetrics;
-use crate::smtp::{serve_smtp, SmtpContext};
+use crate::smtp::{serve_smtp, SmtpContext, SmtpTls};
 use crate::spool::{Spool, SpoolError};
+use crate::tls::{tls_server_config, TlsAcceptor, TlsError, HANDSHAKE_TIMEOUT};
 
 /// How long the listeners may take to start accepting.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,6 +35,9 @@ pub enum StartError {
     /// Binding, taking or passing descriptors failed.
     #[error(transparent)]
     Handoff(lifecycle_handoff::Error),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The configured user cannot be used.
     #[error("{0}")]
     User(#[source] lifecycle_handoff::Error),
@@ -70,7 +74,7 @@ impl StartError {
     /// (unknown user, root not allowed), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::User(_) | StartError::Root { .. } => 2,
+            StartError::User(_) | StartError::Root { .. } | StartError::Tls(_) => 2,
             _ => 1,
         }
     }
@@ -95,16 +99,46 @@ pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32,
         Mode::Inherited | Mode::Systemd => "listener taken",
         Mode::Privileged | Mode::Immediate => "listener bound",
     };
-    let inventory = handoff.into_inventory();
-    for l in &inventory.listeners {
+    for l in &handoff.inventory().listeners {
         info!(log, "{}", what; "listener" => l.spec.name(), "address" => %l.spec.address());
     }
-    run(config, log, inventory)
+    let tls = open_tls(config, &mut handoff, log)?;
+    let inventory = handoff.into_inventory();
+    run(config, log, inventory, tls)
+}
+
+/// Opens the `[tls]` certificate and key with
+/// [`Handoff::open_privileged`] (the root parent opens them and passes
+/// them on; the child takes what was passed; other modes open them) and
+/// builds the TLS configuration from them. `None` without `[tls]`.
+pub fn open_tls(
+    config: &Config,
+    handoff: &mut Handoff,
+    log: &Logger,
+) -> Result<Option<TlsAcceptor>, StartError> {
+    let Some(tls) = config.tls() else {
+        return Ok(None);
+    };
+    let cert = handoff
+        .open_privileged(tls.cert())
+        .map_err(StartError::Handoff)?;
+    let key = handoff
+        .open_privileged(tls.key())
+        .map_err(StartError::Handoff)?;
+    let server = tls_server_config(tls.cert(), cert, tls.key(), key)?;
+    info!(log, "tls loaded"; "cert" => %tls.cert().display(), "key" => %tls.key().display());
+    Ok(Some(TlsAcceptor::from(server)))
 }
 
 /// Runs the gateway on `inventory` until it stops; returns the process exit
 /// status (0 after a clean signal-initiated stop).
-pub fn run(config: &Config, log: &Logger, inventory: Inventory) -> Result<i32, StartError> {
+/// `tls` serves the listeners with a `tls` option (see [`open_tls`]).
+pub fn run(
+    config: &Config,
+    log: &Logger,
+    inventory: Inventory,
+    tls: Option<TlsAcceptor>,
+) -> Result<i32, StartError> {
     raise_open_files_limit(log);
     let spool = Arc::new(Spool::open(config.spool_dir(), log)?);
     let system = actix::System::new();
@@ -115,7 +149,7 @@ pub fn run(config: &Config, log: &Logger, inventory: Inventory) -> Result<i32, S
             .drain_grace(config.shutdown().drain_grace())
             .abort_grace(config.shutdown().abort_grace())
             .start()?;
-        start_listeners(config, log, &lifecycle, spool).await
+        start_listeners(config, log, &lifecycle, spool, tls).await
     })?;
     let code = system.run_with_code()?;
     info!(log, "exiting"; "status" => code);
@@ -127,14 +161,16 @@ async fn start_listeners(
     log: &Logger,
     lifecycle: &Lifecycle,
     spool: Arc<Spool>,
+    tls: Option<TlsAcceptor>,
 ) -> Result<(), StartError> {
     let gateway_metrics = GatewayMetrics::register(lifecycle.metrics(), config.metrics_prefix())?;
     // One context per listener, so that every session's log lines name it.
-    let smtp = |name: &str| {
+    let smtp = |name: &str, tls: SmtpTls| {
         let log = log.new(o!("listener" => name.to_owned()));
         Arc::new(
             SmtpContext::from_config(config.smtp(), spool.clone(), log)
-                .metrics(gateway_metrics.clone()),
+                .metrics(gateway_metrics.clone())
+                .tls(tls),
         )
     };
     let imap = |name: &str| {
@@ -146,27 +182,65 @@ async fn start_listeners(
     let mut http = Vec::new();
     for l in config.listeners() {
         let name = l.name().to_owned();
+        // The configuration checked that a listener with `tls` has [tls].
+        let acceptor = match (l.tls(), &tls) {
+            (None, _) => None,
+            (Some(mode), Some(acceptor)) => Some((mode, acceptor.clone())),
+            (Some(_), None) => {
+                return Err(listener_error(&name, "uses TLS but no [tls] was loaded"))
+            }
+        };
+        let tls_log = log.new(o!("listener" => name.clone()));
         match l.protocol() {
             Protocol::Smtp => {
-                let ctx = smtp(&name);
+                let (ctx, implicit) = match acceptor {
+                    None => (smtp(&name, SmtpTls::None), None),
+                    Some((TlsMode::Starttls, a)) => (smtp(&name, SmtpTls::Starttls(a)), None),
+                    Some((TlsMode::Implicit, a)) => (smtp(&name, SmtpTls::Implicit), Some(a)),
+                };
                 let handler = ConnHandler::new(move |conn| {
                     let ctx = ctx.clone();
+                    let implicit = implicit.clone();
+                    let tls_log = tls_log.clone();
                     async move {
                         let peer = conn.peer().to_string();
                         let shutdown = conn.shutdown().clone();
-                        serve_smtp(conn, peer, shutdown, ctx).await;
+                        match implicit {
+                            None => {
+                                serve_smtp(conn, peer, shutdown, ctx).await;
+                            }
+                            Some(acceptor) => {
+                                if let Some(tls) = handshake(&acceptor, conn, &peer, &tls_log).await
+                                {
+                                    serve_smtp(tls, peer, shutdown, ctx).await;
+                                }
+                            }
+                        }
                     }
                 });
                 actors.push((name.clone(), lifecycle.serve(name, "smtp", handler)));
             }
             Protocol::Imap => {
                 let ctx = imap(&name);
+                let implicit = acceptor.map(|(_, a)| a);
                 let handler = ConnHandler::new(move |conn| {
                     let ctx = ctx.clone();
+                    let implicit = implicit.clone();
+                    let tls_log = tls_log.clone();
                     async move {
                         let peer = conn.peer().to_string();
                         let shutdown = conn.shutdown().clone();
-                        serve_imap(conn, peer, shutdown, ctx).await;
+                        match implicit {
+                            None => {
+                                serve_imap(conn, peer, shutdown, ctx).await;
+                            }
+                            Some(acceptor) => {
+                                if let Some(tls) = handshake(&acceptor, conn, &peer, &tls_log).await
+                                {
+                                    serve_imap(tls, peer, shutdown, ctx).await;
+                                }
+                            }
+                        }
                     }
                 });
                 actors.push((name.clone(), lifecycle.serve(name, "imap", handler)));
@@ -208,6 +282,36 @@ async fn start_listeners(
     readiness.set_ready(true);
     info!(log, "ready"; "listeners" => config.listeners().len(), "unclaimed_closed" => closed);
     Ok(())
+}
+
+/// The server side of an implicit-TLS handshake on an accepted connection,
+/// bounded by [`HANDSHAKE_TIMEOUT`]. The TLS stream wraps the tracked
+/// connection, so the lifecycle's abort still ends it (its reads see end of
+/// input). `None` (logged) when the handshake fails.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    conn: actix_lifecycle::Conn,
+    peer: &str,
+    log: &Logger,
+) -> Option<tokio_rustls::server::TlsStream<actix_lifecycle::Conn>> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
+        Ok(Ok(tls)) => {
+            let (_, session) = tls.get_ref();
+            let version = session
+                .protocol_version()
+                .map_or_else(|| "?".to_owned(), |v| format!("{v:?}"));
+            info!(log, "tls started"; "peer" => peer, "version" => version, "implicit" => true);
+            Some(tls)
+        }
+        Ok(Err(e)) => {
+            info!(log, "tls handshake failed"; "peer" => peer, "error" => %e);
+            None
+        }
+        Err(_) => {
+            info!(log, "tls handshake failed"; "peer" => peer, "error" => "timed out");
+            None
+        }
+    }
 }
 
 async fn wait_accepting(name: &str, actor: &Addr<ListenerActor>) -> Result<(), StartError> {

@@ -22,9 +22,10 @@ mod parent;
 mod session;
 mod smtp;
 mod spool;
+mod tls;
 mod wire;
 
-pub use app::{run, serve, StartError};
+pub use app::{open_tls, run, serve, StartError};
 pub use cli::{Cli, EXIT_CONFIG};
 pub use config::{
     Config, ConfigError, ImapConfig, ListenerConfig, Located, LogConfig, LogFormat, LogLevel,
@@ -36,5 +37,6 @@ pub use logging::{json_logger, resolve_format, stderr_logger, LogGuard};
 pub use metrics::GatewayMetrics;
 pub use parent::{service_user, supervise};
 pub use session::{EndReason, SessionSummary};
-pub use smtp::{serve_smtp, SmtpContext};
+pub use smtp::{serve_smtp, SmtpContext, SmtpTls};
 pub use spool::{Spool, SpoolError, StoredMessage, MESSAGE_EXT, TMP_DIR};
+pub use tls::{tls_server_config, TlsAcceptor, TlsError, HANDSHAKE_TIMEOUT};

@@ -40,6 +40,9 @@ pub fn supervise(
     handoff
         .prepare(&config.listener_specs(), &[])
         .map_err(StartError::Handoff)?;
+    // Opened here, as root, and passed on; loading them checks them before
+    // the child exists.
+    drop(crate::app::open_tls(config, &mut handoff, log)?);
     let mut kept = handoff.into_inventory();
     for l in &kept.listeners {
         info!(log, "listener bound"; "listener" => l.spec.name(), "address" => %l.spec.address());

@@ -22,6 +22,30 @@ use crate::config::SmtpConfig;
 use crate::metrics::GatewayMetrics;
 use crate::session::SessionSummary;
 use crate::spool::Spool;
+use crate::tls::TlsAcceptor;
+
+/// How an SMTP listener uses TLS.
+#[derive(Clone, Default)]
+pub enum SmtpTls {
+    /// No TLS: STARTTLS is not offered (default).
+    #[default]
+    None,
+    /// Plain text first; `STARTTLS` (RFC 3207) upgrades with this acceptor.
+    Starttls(TlsAcceptor),
+    /// The stream the session gets is already TLS (SMTPS): STARTTLS is
+    /// not offered and refused.
+    Implicit,
+}
+
+impl std::fmt::Debug for SmtpTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SmtpTls::None => "None",
+            SmtpTls::Starttls(_) => "Starttls",
+            SmtpTls::Implicit => "Implicit",
+        })
+    }
+}
 
 /// What every SMTP session of a listener shares: limits, the spool, the
 /// logger and the metrics. Build it once, wrap it in an [`Arc`].
@@ -49,6 +73,7 @@ pub struct SmtpContext {
     spool: Arc<Spool>,
     logger: Logger,
     metrics: Option<GatewayMetrics>,
+    tls: SmtpTls,
 }
 
 impl SmtpContext {
@@ -63,6 +88,7 @@ impl SmtpContext {
             spool,
             logger,
             metrics: None,
+            tls: SmtpTls::None,
         }
     }
 
@@ -105,6 +131,12 @@ impl SmtpContext {
         self
     }
 
+    /// How this listener uses TLS (default: not at all).
+    pub fn tls(mut self, tls: SmtpTls) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// The configured message size limit.
     pub fn max_message_size_limit(&self) -> usize {
         self.max_message_size
@@ -130,7 +162,8 @@ where
 {
     let log = ctx.logger.new(o!("protocol" => "smtp", "peer" => peer));
     info!(log, "connection open");
-    let mut session = session::Session::new(stream, shutdown, ctx, log);
+    let mut session =
+        session::Session::new(crate::tls::Upgradable::Plain(stream), shutdown, ctx, log);
     let reason = session.run().await;
     info!(session.log, "connection closed"; "reason" => %reason, "messages" => session.messages);
     SessionSummary {

@@ -33,6 +33,8 @@ pub struct Gateway {
     pub smtp: SocketAddr,
     pub imap: SocketAddr,
     pub http: SocketAddr,
+    /// Every listener's bound address, by name, as logged.
+    pub addrs: Vec<(String, SocketAddr)>,
 }
 
 impl Gateway {
@@ -75,18 +77,59 @@ address = "127.0.0.1:0"
 "#,
             spool = dir.path().join("spool").display()
         );
+        Self::launch(dir, &config, &[])
+    }
+
+    /// Starts the binary on `config` (written to `dir/gateway.toml`, mode
+    /// 0644) with `env` added, and waits until it is ready. Listener
+    /// addresses are learnt from the log: see [`addr`](Self::addr).
+    pub fn launch(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Gateway {
+        let mut gw = Self::spawn(dir, config, env);
+        gw.wait_log(SOON, |l| l.contains(r#""msg":"ready""#))
+            .unwrap_or_else(|| panic!("gateway not ready; log:\n{}", gw.log_text()));
+        for line in gw.logs() {
+            if !line.contains(r#""msg":"listener bound""#)
+                && !line.contains(r#""msg":"listener taken""#)
+            {
+                continue;
+            }
+            let addr: SocketAddr = field(&line, "address").unwrap().parse().unwrap();
+            let name = field(&line, "listener").unwrap();
+            match name.as_str() {
+                "smtp" => gw.smtp = addr,
+                "imap" => gw.imap = addr,
+                "http" => gw.http = addr,
+                _ => {}
+            }
+            gw.addrs.push((name, addr));
+        }
+        gw
+    }
+
+    /// Starts the binary like [`launch`](Self::launch) without waiting for
+    /// anything.
+    pub fn spawn(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Gateway {
+        use std::os::unix::fs::PermissionsExt;
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut child = ChildGuard::spawn(
-            Command::new(BIN)
-                .arg("--config")
-                .arg(&config_path)
-                .current_dir(dir.path())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped()),
-        )
-        .unwrap();
+        std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut command = Command::new(BIN);
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        Self::spawn_command(dir, &mut command)
+    }
+
+    /// Starts `command` (a gateway, its stderr piped) and follows its log.
+    pub fn spawn_command(dir: tempfile::TempDir, command: &mut Command) -> Gateway {
+        let mut child = ChildGuard::spawn(command).unwrap();
         let stderr = child.child_mut().stderr.take().unwrap();
         let log = Arc::new(Log::default());
         let sink = log.clone();
@@ -97,31 +140,30 @@ address = "127.0.0.1:0"
                 sink.grew.notify_all();
             }
         });
-        let mut gw = Gateway {
+        Gateway {
             child,
             dir,
             log,
             smtp: "0.0.0.0:0".parse().unwrap(),
             imap: "0.0.0.0:0".parse().unwrap(),
             http: "0.0.0.0:0".parse().unwrap(),
-        };
-        gw.wait_log(SOON, |l| l.contains(r#""msg":"ready""#))
-            .unwrap_or_else(|| panic!("gateway not ready; log:\n{}", gw.log_text()));
-        for line in gw.logs() {
-            if !line.contains(r#""msg":"listener bound""#)
-                && !line.contains(r#""msg":"listener taken""#)
-            {
-                continue;
-            }
-            let addr: SocketAddr = field(&line, "address").unwrap().parse().unwrap();
-            match field(&line, "listener").unwrap().as_str() {
-                "smtp" => gw.smtp = addr,
-                "imap" => gw.imap = addr,
-                "http" => gw.http = addr,
-                other => panic!("unexpected listener {other}"),
-            }
+            addrs: Vec::new(),
         }
-        gw
+    }
+
+    /// The bound address of listener `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no listener {name} in the log"))
+    }
+
+    /// The pid of the process started by the test (the parent in
+    /// privileged mode).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The pid of the process that serves (the child in privileged mode).

@@ -505,4 +505,5 @@ async fn serves_a_real_tcp_connection() {
 }
 
 mod adversarial;
+mod starttls;
 mod storage;
