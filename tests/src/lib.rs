@@ -12,7 +12,15 @@
 //! - [`ChildGuard`]: a child process that is killed and reaped when the test
 //!   ends, however it ends;
 //! - [`UnitFile`]: a small reader for systemd unit files, for checking the
-//!   deployment files against each other.
+//!   deployment files against each other;
+//! - [`gateway_bin`] and [`GatewayProcess`]: the real `lifecycle-gateway`
+//!   binary, built in release mode and run on port 0 with a JSON log;
+//! - [`ProcStats`]: open descriptors, CPU time and memory of a process from
+//!   `/proc`.
+//!
+//! The binary `reliability-client` holds the load clients of the
+//! reliability tests (run as a child process, so that its sockets count
+//! against its own open-files limit).
 //!
 //! ```
 //! use lifecycle_tests::{require_tool, ChildGuard};
@@ -29,14 +37,22 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod binary;
+mod gateway;
 mod paths;
 mod port;
 mod process;
+mod procfs;
 mod tool;
 mod unit_file;
 
+pub use binary::{cargo_bin, gateway_bin, GATEWAY_BIN_ENV};
+pub use gateway::{
+    json_field, json_number, metric_samples, metric_value, GatewayBuilder, GatewayProcess,
+};
 pub use paths::{temp_dir, workspace_root};
 pub use port::free_port;
 pub use process::ChildGuard;
+pub use procfs::ProcStats;
 pub use tool::{loud, require_root, require_tool};
 pub use unit_file::{UnitFile, UnitFileError};

@@ -4,7 +4,6 @@
 mod accept;
 mod conn;
 
-use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -13,7 +12,7 @@ use actix::{
     Message, MessageResult, SpawnHandle, WrapFuture,
 };
 use lifecycle_handoff::{ListenAddress, PassedListener};
-use slog::{debug, error, info, o, Logger};
+use slog::{debug, error, info, o, warn, Logger};
 
 pub use conn::{Accepted, Conn, ConnHandler, ConnParts, PeerAddr, Stream};
 
@@ -21,7 +20,7 @@ use crate::broker::{FdBroker, TakeListener};
 use crate::error::{BrokerError, ListenerError};
 use crate::phase::{Phase, ShutdownHandle};
 use crate::registry::{ConnKind, RegistryHandle, RegistryShard};
-use accept::{AcceptLoop, Acceptor, Counters};
+use accept::{AcceptLoop, Acceptor, Counters, Server};
 
 pub use accept::{ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN};
 
@@ -217,14 +216,30 @@ impl ListenerActor {
             })?;
         info!(self.log, "listening"; "address" => %address);
         self.address = Some(address);
+        let server = |shard: &RegistryShard| {
+            Server::new(
+                shard.clone(),
+                self.kind.clone(),
+                self.handler.clone(),
+                self.shutdown.clone(),
+                self.log.clone(),
+            )
+        };
+        let mut remote = Vec::new();
+        for (arbiter, shard) in self.remote.iter() {
+            match server(shard).spawn_on(arbiter) {
+                Some(r) => remote.push(r),
+                None => warn!(
+                    self.log,
+                    "an arbiter given to this listener is gone; skipped"
+                ),
+            }
+        }
         let accept_loop = AcceptLoop {
             acceptor,
-            kind: self.kind.clone(),
-            local_shard: self.local_shard.clone(),
-            remote: Rc::clone(&self.remote),
-            next_remote: Cell::new(0),
-            handler: self.handler.clone(),
-            shutdown: self.shutdown.clone(),
+            local: server(&self.local_shard),
+            remote,
+            next_remote: 0,
             log: self.log.clone(),
             counters: Rc::clone(&self.counters),
         };

@@ -4,14 +4,16 @@
 use std::cell::Cell;
 use std::io;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::ArbiterHandle;
 use lifecycle_handoff::{ListenAddress, Network, PassedListener};
 use slog::{debug, info, warn, Logger};
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::mpsc;
 
-use super::conn::{Conn, ConnHandler, PeerAddr, Stream};
+use super::conn::{Conn, ConnContext, ConnHandler, PeerAddr, Stream};
 use crate::phase::ShutdownHandle;
 use crate::registry::{ConnKind, RegistryShard};
 
@@ -139,21 +141,83 @@ impl Counters {
     }
 }
 
+/// What serving a connection on one arbiter needs; made once per arbiter.
+pub(crate) struct Server {
+    pub(crate) shard: RegistryShard,
+    pub(crate) kind: ConnKind,
+    pub(crate) handler: ConnHandler,
+    pub(crate) context: Arc<ConnContext>,
+    pub(crate) log: Logger,
+}
+
+impl Server {
+    pub(crate) fn new(
+        shard: RegistryShard,
+        kind: ConnKind,
+        handler: ConnHandler,
+        shutdown: ShutdownHandle,
+        log: Logger,
+    ) -> Self {
+        let context = Arc::new(ConnContext {
+            shutdown,
+            listener: Arc::clone(&kind.listener),
+            protocol: Arc::clone(&kind.protocol),
+        });
+        Server {
+            shard,
+            kind,
+            handler,
+            context,
+            log,
+        }
+    }
+
+    /// Registers the connection on this arbiter's shard and hands it to the
+    /// handler.
+    fn serve(&self, stream: Stream, peer: PeerAddr) {
+        let guard = self.shard.register(&self.kind);
+        debug!(self.log, "connection accepted"; "conn" => guard.id(), "peer" => %peer);
+        let conn = Conn::new(guard.track(stream), peer, Arc::clone(&self.context));
+        self.handler.dispatch(conn);
+    }
+
+    /// Starts a task on `arbiter` that serves the connections sent to it.
+    /// Returns `None` when the arbiter is gone.
+    pub(crate) fn spawn_on(self, arbiter: &ArbiterHandle) -> Option<Remote> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(StdStream, PeerAddr)>();
+        let started = arbiter.spawn(async move {
+            while let Some((stream, peer)) = rx.recv().await {
+                let stream = match stream {
+                    StdStream::Tcp(s) => tokio::net::TcpStream::from_std(s).map(Stream::Tcp),
+                    StdStream::Unix(s) => tokio::net::UnixStream::from_std(s).map(Stream::Unix),
+                };
+                match stream {
+                    Ok(stream) => self.serve(stream, peer),
+                    Err(e) => {
+                        debug!(self.log, "cannot adopt a moved connection; dropped"; "error" => %e)
+                    }
+                }
+            }
+        });
+        started.then_some(Remote(tx))
+    }
+}
+
+/// The way to hand connections to a [`Server`] on another arbiter.
+pub(crate) struct Remote(mpsc::UnboundedSender<(StdStream, PeerAddr)>);
+
 pub(crate) struct AcceptLoop {
     pub(crate) acceptor: Acceptor,
-    pub(crate) kind: ConnKind,
-    pub(crate) local_shard: RegistryShard,
-    pub(crate) remote: Rc<Vec<(ArbiterHandle, RegistryShard)>>,
-    pub(crate) next_remote: Cell<usize>,
-    pub(crate) handler: ConnHandler,
-    pub(crate) shutdown: ShutdownHandle,
+    pub(crate) local: Server,
+    pub(crate) remote: Vec<Remote>,
+    pub(crate) next_remote: usize,
     pub(crate) log: Logger,
     pub(crate) counters: Rc<Counters>,
 }
 
 impl AcceptLoop {
     /// Accepts until cancelled; returns only on a fatal error.
-    pub(crate) async fn run(self) -> io::Result<()> {
+    pub(crate) async fn run(mut self) -> io::Result<()> {
         let mut delay = ACCEPT_BACKOFF_MIN;
         loop {
             match self.acceptor.accept().await {
@@ -189,86 +253,39 @@ impl AcceptLoop {
         }
     }
 
-    fn dispatch(&self, stream: Stream, peer: PeerAddr) {
+    fn dispatch(&mut self, stream: Stream, peer: PeerAddr) {
         if self.remote.is_empty() {
-            serve(
-                stream,
-                peer,
-                &self.local_shard,
-                &self.kind,
-                &self.handler,
-                &self.shutdown,
-                &self.log,
-            );
+            self.local.serve(stream, peer);
             return;
         }
-        let i = self.next_remote.get() % self.remote.len();
-        self.next_remote.set(i.wrapping_add(1));
-        let (arbiter, shard) = &self.remote[i];
+        let i = self.next_remote % self.remote.len();
+        self.next_remote = i + 1;
         // Leave this arbiter's reactor; the target registers it with its own.
         let std_stream = match stream {
             Stream::Tcp(s) => s.into_std().map(StdStream::Tcp),
             Stream::Unix(s) => s.into_std().map(StdStream::Unix),
         };
-        let std_stream = match std_stream {
-            Ok(s) => s,
+        match std_stream {
+            Ok(s) => {
+                if self.remote[i].0.send((s, peer)).is_err() {
+                    warn!(
+                        self.log,
+                        "an arbiter serving this listener is gone; connection dropped"
+                    );
+                }
+            }
             Err(e) => {
                 debug!(self.log, "cannot move a connection to its arbiter; dropped";
                     "peer" => %peer, "error" => %e);
-                return;
             }
-        };
-        let (shard, kind, handler, shutdown, log) = (
-            shard.clone(),
-            self.kind.clone(),
-            self.handler.clone(),
-            self.shutdown.clone(),
-            self.log.clone(),
-        );
-        let sent = arbiter.spawn(async move {
-            let stream = match std_stream {
-                StdStream::Tcp(s) => tokio::net::TcpStream::from_std(s).map(Stream::Tcp),
-                StdStream::Unix(s) => tokio::net::UnixStream::from_std(s).map(Stream::Unix),
-            };
-            match stream {
-                Ok(stream) => serve(stream, peer, &shard, &kind, &handler, &shutdown, &log),
-                Err(e) => debug!(log, "cannot adopt a moved connection; dropped"; "error" => %e),
-            }
-        });
-        if !sent {
-            warn!(
-                self.log,
-                "an arbiter serving this listener is gone; connection dropped"
-            );
         }
     }
 }
 
-enum StdStream {
+/// A connection on its way to another arbiter, out of any reactor.
+pub(crate) enum StdStream {
     Tcp(std::net::TcpStream),
     Unix(std::os::unix::net::UnixStream),
-}
-
-/// Registers the connection on `shard` and hands it to the handler.
-fn serve(
-    stream: Stream,
-    peer: PeerAddr,
-    shard: &RegistryShard,
-    kind: &ConnKind,
-    handler: &ConnHandler,
-    shutdown: &ShutdownHandle,
-    log: &Logger,
-) {
-    let guard = shard.register(kind);
-    debug!(log, "connection accepted"; "conn" => guard.id(), "peer" => %peer);
-    let conn = Conn::new(
-        guard.track(stream),
-        peer,
-        shutdown.clone(),
-        kind.listener.clone(),
-        kind.protocol.clone(),
-    );
-    handler.dispatch(conn);
 }
 
 #[cfg(test)]

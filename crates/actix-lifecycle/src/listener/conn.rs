@@ -121,9 +121,16 @@ impl fmt::Display for PeerAddr {
 pub struct Conn {
     stream: Tracked<Stream>,
     peer: PeerAddr,
-    shutdown: ShutdownHandle,
-    listener: Arc<str>,
-    protocol: Arc<str>,
+    context: Arc<ConnContext>,
+}
+
+/// What every connection of one listener on one arbiter shares: one `Arc`
+/// cloned per connection, touched by that arbiter only.
+#[derive(Debug)]
+pub(crate) struct ConnContext {
+    pub(crate) shutdown: ShutdownHandle,
+    pub(crate) listener: Arc<str>,
+    pub(crate) protocol: Arc<str>,
 }
 
 /// The parts of a [`Conn`], from [`Conn::into_parts`].
@@ -143,19 +150,11 @@ pub struct ConnParts {
 }
 
 impl Conn {
-    pub(crate) fn new(
-        stream: Tracked<Stream>,
-        peer: PeerAddr,
-        shutdown: ShutdownHandle,
-        listener: Arc<str>,
-        protocol: Arc<str>,
-    ) -> Self {
+    pub(crate) fn new(stream: Tracked<Stream>, peer: PeerAddr, context: Arc<ConnContext>) -> Self {
         Conn {
             stream,
             peer,
-            shutdown,
-            listener,
-            protocol,
+            context,
         }
     }
 
@@ -171,17 +170,17 @@ impl Conn {
 
     /// The service's shutdown phase.
     pub fn shutdown(&self) -> &ShutdownHandle {
-        &self.shutdown
+        &self.context.shutdown
     }
 
     /// The listener's name.
     pub fn listener(&self) -> &str {
-        &self.listener
+        &self.context.listener
     }
 
     /// The protocol label.
     pub fn protocol(&self) -> &str {
-        &self.protocol
+        &self.context.protocol
     }
 
     /// True once the connection was aborted.
@@ -205,9 +204,9 @@ impl Conn {
         ConnParts {
             stream: self.stream,
             peer: self.peer,
-            shutdown: self.shutdown,
-            listener: self.listener,
-            protocol: self.protocol,
+            shutdown: self.context.shutdown.clone(),
+            listener: Arc::clone(&self.context.listener),
+            protocol: Arc::clone(&self.context.protocol),
         }
     }
 }

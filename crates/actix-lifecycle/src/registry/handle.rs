@@ -1,0 +1,217 @@
+//! `RegistryHandle`: the direct, thread-safe way to a registry's shards.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use slog::{debug, info, Logger};
+use tokio::sync::Notify;
+
+use super::messages::{ConnectionInfo, KindCount, RegistrySnapshot};
+use super::shard::{self, RegistryShard, ShardInner, ShardState, SEQ_BITS};
+use super::{Common, ConnKind, Shared};
+
+/// A cheap, cloneable, thread-safe handle on a registry: the direct (no
+/// message) way to everything the [`ConnectionRegistry`](crate::ConnectionRegistry) actor does.
+#[derive(Clone)]
+pub struct RegistryHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RegistryHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryHandle")
+            .field("shards", &self.shared.shards().len())
+            .finish()
+    }
+}
+
+impl RegistryHandle {
+    pub(crate) fn new(log: Logger) -> Self {
+        RegistryHandle {
+            shared: Arc::new(Shared {
+                common: Arc::new(Common {
+                    log,
+                    epoch: Instant::now(),
+                    shut_down: AtomicBool::new(false),
+                    done_waiters: AtomicUsize::new(0),
+                    done: Notify::new(),
+                    kinds: RwLock::new(Vec::new()),
+                }),
+                shards: RwLock::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The interned (protocol, listener) pair, for registering connections.
+    pub fn kind(&self, protocol: &str, listener: &str) -> ConnKind {
+        self.shared.common.intern(protocol, listener)
+    }
+
+    /// A new shard. Make one per arbiter that serves connections and use it
+    /// only there (see [`RegistryShard`]).
+    pub fn shard(&self) -> RegistryShard {
+        let mut shards = self
+            .shared
+            .shards
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let inner = Arc::new(ShardInner {
+            index: shards.len() as u64,
+            shared: Arc::clone(&self.shared.common),
+            state: Mutex::new(ShardState::default()),
+        });
+        shards.push(Arc::clone(&inner));
+        RegistryShard { inner }
+    }
+
+    /// Live connections in all shards.
+    pub fn live(&self) -> u64 {
+        let mut n = 0;
+        self.shared.each_shard(|st| n += st.live.len() as u64);
+        n
+    }
+
+    /// True once [`shutdown`](Self::shutdown) was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.shared.common.shut_down.load(Ordering::Acquire)
+    }
+
+    /// Aborts every live connection now and every connection registered
+    /// from now on. Returns how many live connections this call aborted.
+    pub fn shutdown(&self) -> usize {
+        self.shared.common.shut_down.store(true, Ordering::SeqCst);
+        let mut to_wake = Vec::new();
+        self.shared.each_shard(|st| {
+            let mut newly = Vec::new();
+            for entry in st.live.values() {
+                if entry.mark_aborted() {
+                    newly.push(entry.kind);
+                    to_wake.push(Arc::clone(entry));
+                }
+            }
+            for kind in newly {
+                st.kind_mut(kind).aborted += 1;
+            }
+        });
+        // Wake outside the shard locks.
+        for entry in &to_wake {
+            entry.wake();
+        }
+        let aborted = to_wake.len();
+        info!(self.shared.common.log, "registry shut down: live connections aborted";
+            "aborted" => aborted);
+        aborted
+    }
+
+    fn shard_of(&self, id: u64) -> Option<Arc<ShardInner>> {
+        let index = usize::try_from(id >> SEQ_BITS).ok()?;
+        self.shared
+            .shards
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(index)
+            .cloned()
+    }
+
+    /// Aborts one live connection. Returns false (and logs at debug level)
+    /// when the id is not live.
+    pub fn abort(&self, id: u64) -> bool {
+        let mut hit = false;
+        if let Some(shard) = self.shard_of(id) {
+            let mut st = shard.lock();
+            let entry = st.live.get(&id).cloned();
+            if let Some(entry) = &entry {
+                hit = true;
+                if entry.mark_aborted() {
+                    st.kind_mut(entry.kind).aborted += 1;
+                }
+            }
+            drop(st);
+            if let Some(entry) = entry {
+                entry.wake();
+            }
+        }
+        if !hit {
+            debug!(self.shared.common.log, "abort of an unknown connection ignored"; "conn" => id);
+        }
+        hit
+    }
+
+    /// Unregisters a connection by id; harmless when it is not live.
+    pub fn unregister(&self, id: u64) -> bool {
+        match self.shard_of(id) {
+            Some(shard) => shard::unregister_by_id(&shard, id),
+            None => {
+                debug!(self.shared.common.log, "unregister of an unknown connection ignored";
+                    "conn" => id);
+                false
+            }
+        }
+    }
+
+    /// Resolves when no connection is live (at once if none is).
+    pub fn done(&self) -> impl Future<Output = ()> + Send + 'static {
+        let handle = self.clone();
+        async move {
+            let common = Arc::clone(&handle.shared.common);
+            common.done_waiters.fetch_add(1, Ordering::SeqCst);
+            loop {
+                let notified = common.done.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if handle.live() == 0 {
+                    break;
+                }
+                notified.await;
+            }
+            common.done_waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Counts per kind and every live entry with its age.
+    pub fn snapshot(&self) -> RegistrySnapshot {
+        let common = &self.shared.common;
+        let now = common.now_nanos();
+        let names = common.kind_names();
+        let mut entries = Vec::new();
+        self.shared.each_shard(|st| {
+            for e in st.live.values() {
+                let (protocol, listener) = names
+                    .get(e.kind as usize)
+                    .cloned()
+                    .unwrap_or_else(|| (Arc::from("?"), Arc::from("?")));
+                entries.push((
+                    e.started,
+                    ConnectionInfo {
+                        id: e.id,
+                        protocol,
+                        listener,
+                        age: Duration::from_nanos(now.saturating_sub(e.started)),
+                        aborted: e.is_aborted(),
+                    },
+                ));
+            }
+        });
+        entries.sort_by_key(|(started, info)| (*started, info.id));
+        let kinds: Vec<KindCount> = self
+            .shared
+            .stats_by_kind()
+            .into_iter()
+            .map(|(k, s)| KindCount {
+                protocol: k.protocol,
+                listener: k.listener,
+                live: s.live,
+                accepted: s.accepted,
+                aborted: s.aborted,
+            })
+            .collect();
+        RegistrySnapshot {
+            live: entries.len() as u64,
+            shut_down: self.is_shut_down(),
+            kinds,
+            entries: entries.into_iter().map(|(_, i)| i).collect(),
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! `churn`: many short SMTP and IMAP sessions, every tenth reset.
+
+use std::io::{self, BufRead, BufReader, ErrorKind, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::{parse, say, READ_TIMEOUT};
+
+#[derive(Debug)]
+enum Outcome {
+    /// The session went as planned (including its goodbye).
+    Ok,
+    /// The planned reset (SO_LINGER 0) was done.
+    Reset,
+    /// The server said 421 / BYE: it is shutting down.
+    Draining,
+    /// The connection was refused.
+    Refused,
+    /// The connection ended without a goodbye (EOF, reset by the server).
+    Cut,
+    /// No reply within READ_TIMEOUT.
+    Timeout,
+    /// Anything else, with what was seen.
+    Unexpected(String),
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    reset: AtomicU64,
+    draining: AtomicU64,
+    refused: AtomicU64,
+    cut: AtomicU64,
+    timeout: AtomicU64,
+    unexpected: AtomicU64,
+}
+
+impl Tally {
+    fn add(&self, o: &Outcome) {
+        let c = match o {
+            Outcome::Ok => &self.ok,
+            Outcome::Reset => &self.reset,
+            Outcome::Draining => &self.draining,
+            Outcome::Refused => &self.refused,
+            Outcome::Cut => &self.cut,
+            Outcome::Timeout => &self.timeout,
+            Outcome::Unexpected(_) => &self.unexpected,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn report(&self, prefix: &str) -> String {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "{prefix}_ok={} {prefix}_reset={} {prefix}_draining={} {prefix}_refused={} \
+             {prefix}_cut={} {prefix}_timeout={} {prefix}_unexpected={}",
+            g(&self.ok),
+            g(&self.reset),
+            g(&self.draining),
+            g(&self.refused),
+            g(&self.cut),
+            g(&self.timeout),
+            g(&self.unexpected)
+        )
+    }
+}
+
+struct Churn {
+    smtp: SocketAddr,
+    imap: SocketAddr,
+    total: usize,
+    next: AtomicUsize,
+    ended: AtomicUsize,
+    term: AtomicBool,
+    before: Tally,
+    after: Tally,
+    connected: [AtomicU64; 2],
+    first_unexpected: Mutex<Option<String>>,
+}
+
+pub(crate) fn run(args: &[String]) -> Result<(), String> {
+    let smtp: SocketAddr = parse(args, 0, "SMTP address")?;
+    let imap: SocketAddr = parse(args, 1, "IMAP address")?;
+    let total: usize = parse(args, 2, "total sessions")?;
+    let concurrency: usize = parse(args, 3, "concurrency")?;
+    let state = Arc::new(Churn {
+        smtp,
+        imap,
+        total,
+        next: AtomicUsize::new(0),
+        ended: AtomicUsize::new(0),
+        term: AtomicBool::new(false),
+        before: Tally::default(),
+        after: Tally::default(),
+        connected: [AtomicU64::new(0), AtomicU64::new(0)],
+        first_unexpected: Mutex::new(None),
+    });
+    {
+        let state = Arc::clone(&state);
+        std::thread::spawn(move || {
+            for line in io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if line.trim() == "term" {
+                    state.term.store(true, Ordering::SeqCst);
+                    say("term-ack");
+                }
+            }
+        });
+    }
+    let start = Instant::now();
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let state = Arc::clone(&state);
+            std::thread::spawn(move || churn_worker(&state))
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let elapsed = start.elapsed();
+    let first = state
+        .first_unexpected
+        .lock()
+        .map(|f| f.clone().unwrap_or_default())
+        .unwrap_or_default();
+    say(&format!(
+        "result total={} elapsed_ms={} smtp_connected={} imap_connected={} {} {} first_unexpected={:?}",
+        total,
+        elapsed.as_millis(),
+        state.connected[0].load(Ordering::Relaxed),
+        state.connected[1].load(Ordering::Relaxed),
+        state.before.report("before"),
+        state.after.report("after"),
+        first,
+    ));
+    Ok(())
+}
+
+fn churn_worker(state: &Churn) {
+    loop {
+        let i = state.next.fetch_add(1, Ordering::Relaxed);
+        if i >= state.total {
+            return;
+        }
+        let outcome = session(state, i);
+        if let Outcome::Unexpected(what) = &outcome {
+            if let Ok(mut first) = state.first_unexpected.lock() {
+                first.get_or_insert_with(|| format!("session {i}: {what}"));
+            }
+        }
+        // Read after the session ended: `false` means it ended before the
+        // test announced the signal.
+        if state.term.load(Ordering::SeqCst) {
+            state.after.add(&outcome);
+        } else {
+            state.before.add(&outcome);
+        }
+        let ended = state.ended.fetch_add(1, Ordering::SeqCst) + 1;
+        if ended == state.total / 2 {
+            say("half");
+        }
+    }
+}
+
+/// The classification of an I/O error in mid-session.
+fn io_outcome(e: &io::Error) -> Outcome {
+    match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => Outcome::Timeout,
+        ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::BrokenPipe
+        | ErrorKind::UnexpectedEof => Outcome::Cut,
+        ErrorKind::ConnectionRefused => Outcome::Refused,
+        _ => Outcome::Unexpected(format!("i/o error: {e}")),
+    }
+}
+
+struct Line {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Line {
+    fn connect(addr: SocketAddr) -> io::Result<Line> {
+        let s = TcpStream::connect_timeout(&addr, READ_TIMEOUT)?;
+        s.set_read_timeout(Some(READ_TIMEOUT))?;
+        s.set_nodelay(true)?;
+        Ok(Line {
+            writer: s.try_clone()?,
+            reader: BufReader::new(s),
+        })
+    }
+
+    fn send(&mut self, text: &str) -> io::Result<()> {
+        self.writer.write_all(text.as_bytes())
+    }
+
+    /// One line; end of input is `UnexpectedEof`.
+    fn line(&mut self) -> io::Result<String> {
+        let mut l = String::new();
+        if self.reader.read_line(&mut l)? == 0 {
+            return Err(io::Error::from(ErrorKind::UnexpectedEof));
+        }
+        Ok(l)
+    }
+
+    /// A whole SMTP reply (continuation lines joined).
+    fn reply(&mut self) -> io::Result<String> {
+        let mut all = String::new();
+        loop {
+            let l = self.line()?;
+            all.push_str(&l);
+            if l.as_bytes().get(3) != Some(&b'-') {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Resets the connection: SO_LINGER 0, then close.
+    fn reset(self) -> io::Result<()> {
+        socket2::SockRef::from(&self.writer).set_linger(Some(Duration::ZERO))?;
+        Ok(())
+    }
+}
+
+fn session(state: &Churn, i: usize) -> Outcome {
+    let smtp = i % 2 == 0;
+    let addr = if smtp { state.smtp } else { state.imap };
+    let mut c = match Line::connect(addr) {
+        Ok(c) => c,
+        Err(e) => return io_outcome(&e),
+    };
+    state.connected[usize::from(!smtp)].fetch_add(1, Ordering::Relaxed);
+    let reset = i % 10 == 9;
+    let quit = i % 4 < 2;
+    let r = if smtp {
+        smtp_session(&mut c, i, reset, quit)
+    } else {
+        imap_session(&mut c, reset, quit)
+    };
+    match r {
+        Ok(Outcome::Reset) => match c.reset() {
+            Ok(()) => Outcome::Reset,
+            Err(e) => Outcome::Unexpected(format!("cannot set SO_LINGER: {e}")),
+        },
+        Ok(o) => o,
+        Err(e) => io_outcome(&e),
+    }
+}
+
+fn smtp_session(c: &mut Line, i: usize, reset: bool, quit: bool) -> io::Result<Outcome> {
+    let expect = |reply: &str, code: &str| -> Option<Outcome> {
+        if reply.starts_with(code) {
+            None
+        } else if reply.starts_with("421") {
+            Some(Outcome::Draining)
+        } else {
+            Some(Outcome::Unexpected(format!("wanted {code}, got {reply:?}")))
+        }
+    };
+    let greeting = c.reply()?;
+    if let Some(o) = expect(&greeting, "220 ") {
+        return Ok(o);
+    }
+    if reset {
+        c.send("EHLO half-a-comm")?;
+        return Ok(Outcome::Reset);
+    }
+    c.send(&format!("EHLO client{i}.test\r\n"))?;
+    if let Some(o) = expect(&c.reply()?, "250") {
+        return Ok(o);
+    }
+    c.send("NOOP\r\n")?;
+    if let Some(o) = expect(&c.reply()?, "250 ") {
+        return Ok(o);
+    }
+    if quit {
+        c.send("QUIT\r\n")?;
+        if let Some(o) = expect(&c.reply()?, "221 ") {
+            return Ok(o);
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+fn imap_session(c: &mut Line, reset: bool, quit: bool) -> io::Result<Outcome> {
+    let bye = |l: &str| l.starts_with("* BYE shutting down");
+    let greeting = c.line()?;
+    if bye(&greeting) {
+        return Ok(Outcome::Draining);
+    }
+    if !greeting.starts_with("* OK") {
+        return Ok(Outcome::Unexpected(format!("greeting {greeting:?}")));
+    }
+    if reset {
+        c.send("a1 CAPA")?;
+        return Ok(Outcome::Reset);
+    }
+    let steps: &[(&str, &[&str])] = if quit {
+        &[
+            ("a1 CAPABILITY\r\n", &["* CAPABILITY", "a1 OK"]),
+            ("a2 NOOP\r\n", &["a2 OK"]),
+            ("a3 LOGOUT\r\n", &["* BYE logging out", "a3 OK"]),
+        ]
+    } else {
+        &[
+            ("a1 CAPABILITY\r\n", &["* CAPABILITY", "a1 OK"]),
+            ("a2 NOOP\r\n", &["a2 OK"]),
+        ]
+    };
+    for (command, replies) in steps {
+        c.send(command)?;
+        for want in *replies {
+            let l = c.line()?;
+            if bye(&l) {
+                return Ok(Outcome::Draining);
+            }
+            if !l.starts_with(want) {
+                return Ok(Outcome::Unexpected(format!("wanted {want}, got {l:?}")));
+            }
+        }
+    }
+    Ok(Outcome::Ok)
+}

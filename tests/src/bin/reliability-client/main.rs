@@ -1,0 +1,66 @@
+//! Load clients for the reliability tests, run as a child process so that
+//! their sockets count against their own open-files limit, not the test's.
+//!
+//! ```text
+//! reliability-client churn SMTP_ADDR IMAP_ADDR TOTAL CONCURRENCY
+//! reliability-client hold ADDR=N [ADDR=N ...]
+//! ```
+//!
+//! `churn` runs TOTAL short SMTP and IMAP sessions (alternating) on
+//! CONCURRENCY threads; every tenth session is reset mid-command with
+//! SO_LINGER 0. It prints `half` once half of them ended. A `term` line on
+//! stdin marks the moment the test is about to signal the server (answered
+//! with `term-ack`): sessions that ended before it must all have gone
+//! normally. The last line is `result key=value ...`.
+//!
+//! `hold` opens N silent connections to each ADDR, prints `held
+//! connected=C failed=F`, then obeys stdin commands: `greeted MS`, `probe
+//! K`, `deliver K`, `release-except K`, `peer-closed MS`, `exit` (see
+//! [`Holder`]).
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+/// Read timeout of every client socket: a reply slower than this is a hang.
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+mod churn;
+mod hold;
+
+fn main() {
+    raise_nofile();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("churn") => churn::run(&args[1..]),
+        Some("hold") => hold::run(&args[1..]),
+        _ => Err("usage: reliability-client churn|hold ...".to_owned()),
+    };
+    if let Err(e) = result {
+        eprintln!("reliability-client: {e}");
+        std::process::exit(2);
+    }
+}
+
+/// Soft open-files limit up to the hard limit.
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+pub(crate) fn parse<T: std::str::FromStr>(
+    args: &[String],
+    i: usize,
+    what: &str,
+) -> Result<T, String> {
+    args.get(i)
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("argument {} ({what}) missing or invalid", i + 1))
+}
+
+pub(crate) fn say(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}

@@ -1,0 +1,477 @@
+//! The real `lifecycle-gateway` binary as a child process: started on port
+//! 0 with a JSON log on stderr, from which its bound addresses, shutdown
+//! phases and per-connection lines are read.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::process::ChildGuard;
+use crate::procfs::ProcStats;
+
+/// How long the gateway may take to log `ready`.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default)]
+struct LogLines {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+    ended: std::sync::atomic::AtomicBool,
+}
+
+impl LogLines {
+    fn lock(&self) -> MutexGuard<'_, Vec<String>> {
+        self.lines.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Builds and starts a [`GatewayProcess`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct GatewayBuilder {
+    bin: PathBuf,
+    drain_grace: String,
+    abort_grace: String,
+    spool_dir: Option<PathBuf>,
+    nofile: Option<u64>,
+    smtp_extra: String,
+}
+
+impl GatewayBuilder {
+    /// Drain grace as the config writes it (default `"2s"`).
+    pub fn drain_grace(mut self, grace: &str) -> Self {
+        self.drain_grace = grace.to_owned();
+        self
+    }
+
+    /// Abort grace as the config writes it (default `"1s"`).
+    pub fn abort_grace(mut self, grace: &str) -> Self {
+        self.abort_grace = grace.to_owned();
+        self
+    }
+
+    /// Spool directory (default: `spool` in the process's temporary
+    /// directory). Reuse one across starts to test recovery.
+    pub fn spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.spool_dir = Some(dir.into());
+        self
+    }
+
+    /// Starts the process with `RLIMIT_NOFILE` set to `limit` (soft and
+    /// hard). Default: inherited.
+    pub fn nofile_limit(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
+        self
+    }
+
+    /// Extra lines for the `[smtp]` table, e.g. `max_message_size = 1000`.
+    pub fn smtp_settings(mut self, lines: &str) -> Self {
+        self.smtp_extra = lines.to_owned();
+        self
+    }
+
+    /// Writes the config, starts the gateway and waits until it logs
+    /// `ready`; reads the bound SMTP, IMAP and HTTP addresses from the log.
+    pub fn start(self) -> io::Result<GatewayProcess> {
+        let dir = crate::paths::temp_dir("gateway")?;
+        let spool = self
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("spool"));
+        let config = format!(
+            r#"spool_dir = "{spool}"
+[shutdown]
+drain_grace = "{drain}"
+abort_grace = "{abort}"
+[log]
+format = "json"
+level = "info"
+[smtp]
+hostname = "gw.test"
+{extra}
+[[listener]]
+name = "smtp"
+protocol = "smtp"
+address = "127.0.0.1:0"
+[[listener]]
+name = "imap"
+protocol = "imap"
+address = "127.0.0.1:0"
+[[listener]]
+name = "http"
+protocol = "http"
+address = "127.0.0.1:0"
+"#,
+            spool = spool.display(),
+            drain = self.drain_grace,
+            abort = self.abort_grace,
+            extra = self.smtp_extra,
+        );
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, config)?;
+        let mut command = Command::new(&self.bin);
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(limit) = self.nofile {
+            // SAFETY: the closure runs between fork and exec and makes one
+            // async-signal-safe system call (setrlimit); it allocates nothing
+            // and takes no lock.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        limit,
+                        limit,
+                    )
+                    .map_err(io::Error::from)
+                });
+            }
+        }
+        let mut child = ChildGuard::spawn(&mut command)?;
+        let stderr = child
+            .child_mut()
+            .stderr
+            .take()
+            .ok_or_else(|| io::Error::other("the gateway's stderr was not piped"))?;
+        let log = Arc::new(LogLines::default());
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().push(line);
+                sink.grew.notify_all();
+            }
+            let _lines = sink.lock();
+            sink.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+            sink.grew.notify_all();
+        });
+        let unset: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut gw = GatewayProcess {
+            child,
+            dir,
+            spool,
+            log,
+            smtp: unset,
+            imap: unset,
+            http: unset,
+        };
+        if gw
+            .wait_log(START_TIMEOUT, |l| l.contains(r#""msg":"ready""#))
+            .is_none()
+        {
+            return Err(io::Error::other(format!(
+                "the gateway did not log `ready` within {START_TIMEOUT:?}; log:\n{}",
+                gw.log_text()
+            )));
+        }
+        for line in gw.logs() {
+            if !line.contains(r#""msg":"listener bound""#) {
+                continue;
+            }
+            let addr = json_field(&line, "address")
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .ok_or_else(|| io::Error::other(format!("no address in {line}")))?;
+            match json_field(&line, "listener").as_deref() {
+                Some("smtp") => gw.smtp = addr,
+                Some("imap") => gw.imap = addr,
+                Some("http") => gw.http = addr,
+                _ => {}
+            }
+        }
+        if [gw.smtp, gw.imap, gw.http].contains(&unset) {
+            return Err(io::Error::other(format!(
+                "a listener address is missing from the log:\n{}",
+                gw.log_text()
+            )));
+        }
+        Ok(gw)
+    }
+}
+
+/// A running `lifecycle-gateway` with SMTP, IMAP and HTTP listeners on
+/// 127.0.0.1, killed when dropped.
+///
+/// ```no_run
+/// use lifecycle_tests::{gateway_bin, GatewayProcess};
+///
+/// let gw = GatewayProcess::builder(gateway_bin()?).drain_grace("1s").start()?;
+/// let metrics = gw.metrics()?;
+/// assert!(metrics.contains("lifecycle_connections"));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct GatewayProcess {
+    child: ChildGuard,
+    dir: tempfile::TempDir,
+    spool: PathBuf,
+    log: Arc<LogLines>,
+    /// The SMTP listener's address.
+    pub smtp: SocketAddr,
+    /// The IMAP listener's address.
+    pub imap: SocketAddr,
+    /// The HTTP listener's address.
+    pub http: SocketAddr,
+}
+
+impl GatewayProcess {
+    /// A builder for the executable at `bin` (see [`crate::gateway_bin`]).
+    pub fn builder(bin: impl Into<PathBuf>) -> GatewayBuilder {
+        GatewayBuilder {
+            bin: bin.into(),
+            drain_grace: "2s".to_owned(),
+            abort_grace: "1s".to_owned(),
+            spool_dir: None,
+            nofile: None,
+            smtp_extra: String::new(),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `/proc` figures of the process.
+    pub fn stats(&self) -> ProcStats {
+        ProcStats::new(self.pid())
+    }
+
+    /// The spool directory.
+    pub fn spool_dir(&self) -> &Path {
+        &self.spool
+    }
+
+    /// The process's own temporary directory (config, default spool).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Sends `sig` to the process.
+    pub fn signal(&self, sig: Signal) -> io::Result<()> {
+        self.child.signal(sig)
+    }
+
+    /// Waits at most `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+        self.child.wait_timeout(timeout)
+    }
+
+    /// The exit status if it exited.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Waits at most `timeout` until the process closed its log (it
+    /// exited) and every line was read; false on timeout.
+    pub fn wait_log_end(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.log.lock();
+        loop {
+            if self.log.ended.load(std::sync::atomic::Ordering::SeqCst) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            lines = self
+                .log
+                .grew
+                .wait_timeout(lines, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Waits at most `timeout` until `count` lines satisfy `pred`; returns
+    /// the number that do (a log is written behind the events it tells).
+    pub fn wait_log_count(
+        &self,
+        count: usize,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        let mut matched = 0;
+        let mut lines = self.log.lock();
+        loop {
+            matched += lines[seen..].iter().filter(|l| pred(l)).count();
+            seen = lines.len();
+            let now = Instant::now();
+            if matched >= count || now >= deadline {
+                return matched;
+            }
+            lines = self
+                .log
+                .grew
+                .wait_timeout(lines, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Every log line so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.log.lock().clone()
+    }
+
+    /// The number of log lines so far.
+    pub fn log_len(&self) -> usize {
+        self.log.lock().len()
+    }
+
+    /// How many log lines so far satisfy `pred`.
+    pub fn count_logs(&self, pred: impl Fn(&str) -> bool) -> usize {
+        self.log.lock().iter().filter(|l| pred(l)).count()
+    }
+
+    /// How many log lines from index `from` on satisfy `pred`.
+    pub fn count_logs_since(&self, from: usize, pred: impl Fn(&str) -> bool) -> usize {
+        self.log
+            .lock()
+            .iter()
+            .skip(from)
+            .filter(|l| pred(l))
+            .count()
+    }
+
+    /// Every log line, joined (for failure messages; prefer
+    /// [`log_tail`](Self::log_tail) for long logs).
+    pub fn log_text(&self) -> String {
+        self.log.lock().join("\n")
+    }
+
+    /// The last `n` log lines, joined.
+    pub fn log_tail(&self, n: usize) -> String {
+        let lines = self.log.lock();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Waits at most `timeout` for a log line matching `pred`.
+    pub fn wait_log(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        let mut lines = self.log.lock();
+        loop {
+            if let Some(l) = lines[seen..].iter().find(|l| pred(l)) {
+                return Some(l.clone());
+            }
+            seen = lines.len();
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            lines = self
+                .log
+                .grew
+                .wait_timeout(lines, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// The log line of shutdown phase `phase` (`draining`, `aborting`,
+    /// `stopped`), waiting at most `timeout` for it.
+    pub fn wait_phase(&self, phase: &str, timeout: Duration) -> Option<String> {
+        let needle = format!(r#""phase":"{phase}""#);
+        self.wait_log(timeout, |l| {
+            l.contains(r#""msg":"phase""#) && l.contains(&needle)
+        })
+    }
+
+    /// `GET /metrics`.
+    pub fn metrics(&self) -> io::Result<String> {
+        let (status, body) = self.get("/metrics")?;
+        if status != 200 {
+            return Err(io::Error::other(format!("/metrics answered {status}")));
+        }
+        Ok(body)
+    }
+
+    /// Status and body of `GET path` over HTTP/1.0.
+    pub fn get(&self, path: &str) -> io::Result<(u16, String)> {
+        let mut s = TcpStream::connect(self.http)?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Ok((status, body.to_owned()))
+    }
+}
+
+/// The string value of `"key":"value"` in a JSON log line.
+///
+/// ```
+/// let line = r#"{"msg":"phase","phase":"stopped","left_open":0}"#;
+/// assert_eq!(lifecycle_tests::json_field(line, "phase").as_deref(), Some("stopped"));
+/// assert_eq!(lifecycle_tests::json_number(line, "left_open"), Some(0));
+/// ```
+pub fn json_field(line: &str, key: &str) -> Option<String> {
+    let needle = format!(r#""{key}":""#);
+    let start = line.find(&needle)? + needle.len();
+    let end = line[start..].find('"')? + start;
+    Some(line[start..end].to_owned())
+}
+
+/// The integer value of `"key":N` in a JSON log line.
+pub fn json_number(line: &str, key: &str) -> Option<i64> {
+    let needle = format!(r#""{key}":"#);
+    let start = line.find(&needle)? + needle.len();
+    let digits: String = line[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect();
+    digits.parse().ok()
+}
+
+/// Every sample of metric `name` in Prometheus text output, as
+/// (label text, value).
+///
+/// ```
+/// let text = "m{a=\"1\"} 2\nm{a=\"2\"} 3\nm_total 9\n";
+/// let s = lifecycle_tests::metric_samples(text, "m");
+/// assert_eq!(s, vec![("a=\"1\"".to_owned(), 2.0), ("a=\"2\"".to_owned(), 3.0)]);
+/// ```
+pub fn metric_samples(metrics: &str, name: &str) -> Vec<(String, f64)> {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (labels, value) = if let Some(r) = rest.strip_prefix('{') {
+                r.split_once('}')?
+            } else if rest.starts_with(' ') {
+                ("", rest)
+            } else {
+                return None;
+            };
+            Some((labels.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of metric `name` whose labels include every `key="value"`
+/// of `labels`; `None` when absent.
+pub fn metric_value(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metric_samples(metrics, name)
+        .into_iter()
+        .find(|(text, _)| {
+            labels
+                .iter()
+                .all(|(k, v)| text.split(',').any(|p| p == format!("{k}=\"{v}\"")))
+        })
+        .map(|(_, v)| v)
+}

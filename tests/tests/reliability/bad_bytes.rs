@@ -1,0 +1,367 @@
+//! Bad bytes: 10,000 sessions of random and adversarial input (overlong
+//! lines, NULs, bare CR/LF, commands out of order, interrupted DATA) and
+//! one 100 MiB DATA, against SMTP and IMAP: no crash, the right error
+//! replies, bounded memory, and a spool holding exactly the complete,
+//! acknowledged messages.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lifecycle_tests::GatewayProcess;
+use nix::sys::signal::Signal;
+
+use super::smtp::{queued_id, spool_files, spooled, tmp_files, Smtp, FROM, TO};
+use super::{assert_no_panic, figure, gateway, scaled, turn};
+
+const SESSIONS: usize = 10_000;
+const THREADS: usize = 8;
+const KINDS: usize = 10;
+const HUGE: usize = 100 << 20;
+/// How much the peak resident memory may grow over the whole test: the
+/// 10 MiB message limit plus buffers, far below the 100 MiB sent at once.
+const GROWTH_BOUND_KIB: u64 = 48 << 10;
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+type Acked = Mutex<HashMap<String, Vec<u8>>>;
+
+fn expect(reply: &str, prefix: &str, what: &str) -> Result<(), String> {
+    if reply.starts_with(prefix) {
+        Ok(())
+    } else {
+        Err(format!("{what}: wanted {prefix:?}, got {reply:?}"))
+    }
+}
+
+fn io(e: std::io::Error) -> String {
+    format!("i/o error: {e}")
+}
+
+/// Reads every line until the server closes; checks each with `ok`.
+fn drain_replies(c: &mut Smtp, ok: impl Fn(&str) -> bool) -> Result<usize, String> {
+    let mut n = 0;
+    loop {
+        match c.line() {
+            Ok(l) => {
+                if !l.ends_with("\r\n") || !ok(&l) {
+                    return Err(format!("malformed reply line {l:?}"));
+                }
+                n += 1;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
+                ) =>
+            {
+                return Ok(n)
+            }
+            Err(e) => return Err(io(e)),
+        }
+    }
+}
+
+fn smtp_line_ok(l: &str) -> bool {
+    let b = l.as_bytes();
+    b.len() >= 6 && b[..3].iter().all(u8::is_ascii_digit) && (b[3] == b' ' || b[3] == b'-')
+}
+
+fn imap_line_ok(l: &str) -> bool {
+    ["* OK ", "* BAD ", "* BYE ", "* CAPABILITY "]
+        .iter()
+        .any(|p| l.starts_with(p))
+        || l.contains(" OK ")
+        || l.contains(" BAD ")
+}
+
+fn session(i: usize, smtp: SocketAddr, imap: SocketAddr, acked: &Acked) -> Result<(), String> {
+    let mut rng = Rng::new(i as u64 + 1);
+    match i % KINDS {
+        // Random bytes, then end of input: every reply well formed.
+        0 | 1 => {
+            let is_smtp = i % KINDS == 0;
+            let mut c = Smtp::connect_raw(if is_smtp { smtp } else { imap }).map_err(io)?;
+            let len = 1 + rng.below(3000);
+            let junk = rng.bytes(len);
+            // The server may close first (too many errors): a failed
+            // write is fine, the replies are what is checked.
+            let _ = c.send(&junk);
+            let _ = c.half_close();
+            let lines = drain_replies(&mut c, if is_smtp { smtp_line_ok } else { imap_line_ok })?;
+            if lines == 0 {
+                return Err("not even a greeting".into());
+            }
+        }
+        // An overlong command line.
+        2 => {
+            let mut c = Smtp::connect(smtp).map_err(io)?;
+            let mut line = b"EHLO ".to_vec();
+            line.resize(1000 + rng.below(100_000), b'x');
+            line.extend_from_slice(b"\r\nQUIT\r\n");
+            c.send(&line).map_err(io)?;
+            expect(&c.reply().map_err(io)?, "500 5.5.2", "overlong line")?;
+            expect(&c.reply().map_err(io)?, "221 ", "QUIT")?;
+        }
+        // NULs.
+        3 => {
+            let mut c = Smtp::connect(smtp).map_err(io)?;
+            for (cmd, code) in [
+                (&b"EHLO a\0b\r\n"[..], "501 "),
+                (b"\0\0\0\r\n", "500 "),
+                (b"EHLO nul.test\r\n", "250"),
+                (b"MAIL FROM:<a\0b@x>\r\n", "501 "),
+                (b"QUIT\r\n", "221 "),
+            ] {
+                c.send(cmd).map_err(io)?;
+                expect(&c.reply().map_err(io)?, code, &String::from_utf8_lossy(cmd))?;
+            }
+        }
+        // Bare LF line ends, bare CR inside lines, NUL and 8-bit bytes in
+        // the body, a bare-LF dot that does not end the message: stored
+        // byte for byte.
+        4 => {
+            let mut c = Smtp::connect(smtp).map_err(io)?;
+            for (cmd, code) in [
+                ("EHLO bare.lf\n".to_owned(), "250"),
+                (format!("MAIL FROM:<{FROM}>\n"), "250 "),
+                (format!("RCPT TO:<{TO}>\n"), "250 "),
+                ("DATA\n".to_owned(), "354 "),
+            ] {
+                c.send(cmd.as_bytes()).map_err(io)?;
+                expect(&c.reply().map_err(io)?, code, &cmd)?;
+            }
+            let body = format!(
+                "Subject: bare-{i}\r\n\r\nbare LF\nbare CR\rin a line\r\nNUL \0 and 8-bit \u{e9}\r\n\n.\nstill the body\r\n"
+            );
+            c.send(body.as_bytes()).map_err(io)?;
+            c.send(b".\r\nQUIT\r\n").map_err(io)?;
+            let reply = c.reply().map_err(io)?;
+            let id = queued_id(&reply).ok_or_else(|| format!("bare CR/LF message: {reply:?}"))?;
+            acked
+                .lock()
+                .map_err(|_| "poisoned")?
+                .insert(id, spooled(body.as_bytes()));
+            expect(&c.reply().map_err(io)?, "221 ", "QUIT")?;
+        }
+        // Commands out of order.
+        5 => {
+            let mut c = Smtp::connect(smtp).map_err(io)?;
+            for (cmd, code) in [
+                ("MAIL FROM:<a@b>", "503 "),
+                ("RCPT TO:<x@y>", "503 "),
+                ("DATA", "503 "),
+                ("EHLO order.test", "250"),
+                ("DATA", "503 "),
+                ("RCPT TO:<x@y>", "503 "),
+                ("MAIL FROM:<a@b>", "250 "),
+                ("MAIL FROM:<a@b>", "503 "),
+                ("DATA", "503 "),
+                ("BDAT 10", "500 "),
+                ("QUIT", "221 "),
+            ] {
+                expect(&c.command(cmd).map_err(io)?, code, cmd)?;
+            }
+        }
+        // A valid, pipelined message with a dot-stuffed line.
+        6 => {
+            let mut c = Smtp::connect(smtp).map_err(io)?;
+            let sent = format!("Subject: valid-{i}\r\n\r\nhello {i}\r\n..dotted\r\n");
+            let stored = format!("Subject: valid-{i}\r\n\r\nhello {i}\r\n.dotted\r\n");
+            c.send(
+                format!("EHLO pipe.test\r\nMAIL FROM:<{FROM}>\r\nRCPT TO:<{TO}>\r\nDATA\r\n")
+                    .as_bytes(),
+            )
+            .map_err(io)?;
+            for code in ["250", "250 ", "250 ", "354 "] {
+                expect(&c.reply().map_err(io)?, code, "pipelined")?;
+            }
+            c.send(format!("{sent}.\r\nQUIT\r\n").as_bytes())
+                .map_err(io)?;
+            let reply = c.reply().map_err(io)?;
+            let id = queued_id(&reply).ok_or_else(|| format!("valid message: {reply:?}"))?;
+            acked
+                .lock()
+                .map_err(|_| "poisoned")?
+                .insert(id, spooled(stored.as_bytes()));
+            expect(&c.reply().map_err(io)?, "221 ", "QUIT")?;
+        }
+        // A message line over 1000 octets: refused, nothing stored.
+        7 => {
+            let mut c = Smtp::connect(smtp).map_err(io)?;
+            c.begin_data().map_err(io)?;
+            let mut body = b"Subject: long\r\n\r\n".to_vec();
+            body.resize(body.len() + 1000 + rng.below(20_000), b'y');
+            body.extend_from_slice(b"\r\nmore\r\n.\r\n");
+            c.send(&body).map_err(io)?;
+            expect(&c.reply().map_err(io)?, "500 5.5.2", "long message line")?;
+            expect(&c.command("QUIT").map_err(io)?, "221 ", "QUIT")?;
+        }
+        // IMAP: overlong line, missing tag, NUL in the tag, unknown command.
+        8 => {
+            let mut c = Smtp::connect_raw(imap).map_err(io)?;
+            expect(&c.line().map_err(io)?, "* OK ", "greeting")?;
+            let mut long = vec![b'z'; 9000 + rng.below(50_000)];
+            long.extend_from_slice(b"\r\n");
+            c.send(&long).map_err(io)?;
+            expect(&c.line().map_err(io)?, "* BAD line too long", "overlong")?;
+            for (cmd, reply) in [
+                (&b"\r\n"[..], "* BAD missing or invalid tag"),
+                (b"a\0 NOOP\r\n", "* BAD missing or invalid tag"),
+                (b"a1 LOGIN u p\r\n", "a1 BAD "),
+                (b"a2 LOGOUT\r\n", "* BYE logging out"),
+            ] {
+                c.send(cmd).map_err(io)?;
+                expect(&c.line().map_err(io)?, reply, &String::from_utf8_lossy(cmd))?;
+            }
+            expect(&c.line().map_err(io)?, "a2 OK", "LOGOUT")?;
+        }
+        // DATA cut off by the client: nothing stored.
+        _ => {
+            let mut c = Smtp::connect(smtp).map_err(io)?;
+            c.begin_data().map_err(io)?;
+            c.send(format!("Subject: cut-{i}\r\n\r\npartial line").as_bytes())
+                .map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+/// The 100 MiB DATA: read and refused with 552, never buffered whole.
+fn huge_data(smtp: SocketAddr) -> Result<String, String> {
+    let mut c = Smtp::connect(smtp).map_err(io)?;
+    c.begin_data().map_err(io)?;
+    let mut line = vec![b'h'; 98];
+    line.extend_from_slice(b"\r\n");
+    let chunk: Vec<u8> = line.repeat(10_000);
+    let mut sent = 0;
+    while sent < HUGE {
+        c.send(&chunk).map_err(io)?;
+        sent += chunk.len();
+    }
+    c.send(b".\r\n").map_err(io)?;
+    let reply = c.reply().map_err(io)?;
+    expect(&reply, "552 5.3.4", "100 MiB message")?;
+    Ok(reply)
+}
+
+#[test]
+fn bad_bytes_get_error_replies_and_never_reach_the_spool() {
+    let _turn = turn();
+    let sessions = scaled(SESSIONS);
+    let mut gw = GatewayProcess::builder(gateway())
+        .start()
+        .expect("start the gateway");
+    let stats = gw.stats();
+    let hwm_start = stats.status_kib("VmHWM").expect("VmHWM");
+
+    let started = Instant::now();
+    let huge = huge_data(gw.smtp);
+    let hwm_after_huge = stats.status_kib("VmHWM").expect("VmHWM");
+    let huge_took = started.elapsed();
+    assert!(huge.is_ok(), "{huge:?}");
+
+    let next = AtomicUsize::new(0);
+    let acked: Acked = Mutex::new(HashMap::new());
+    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let failed_by_kind: Mutex<[usize; KINDS]> = Mutex::new([0; KINDS]);
+    let (smtp, imap) = (gw.smtp, gw.imap);
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= sessions {
+                    return;
+                }
+                if let Err(e) = session(i, smtp, imap, &acked) {
+                    failed_by_kind.lock().unwrap()[i % KINDS] += 1;
+                    let mut f = failures.lock().unwrap();
+                    if f.len() < 10 {
+                        f.push(format!("session {i} (kind {}): {e}", i % KINDS));
+                    }
+                }
+            });
+        }
+    });
+    let elapsed = started.elapsed();
+    // Let the server finish the sessions the clients cut off.
+    std::thread::sleep(Duration::from_millis(500));
+    let alive = gw.try_wait().expect("try_wait").is_none();
+    let health = gw.get("/healthz").map(|(s, _)| s).unwrap_or(0);
+    let hwm_end = stats.status_kib("VmHWM").expect("VmHWM");
+    let rss_end = stats.status_kib("VmRSS").expect("VmRSS");
+    let acked = acked.into_inner().unwrap();
+    let files = spool_files(gw.spool_dir());
+    let tmp = tmp_files(gw.spool_dir());
+    let failures = failures.into_inner().unwrap();
+    figure(
+        "bad_bytes",
+        &format!(
+            "sessions={sessions} in {elapsed:?} ({THREADS} threads) + 100 MiB DATA in {huge_took:?} → {:?}; \
+             failed by kind={:?}; acked={} spool files={} tmp={tmp}; VmHWM kiB start={hwm_start} \
+             after 100 MiB={hwm_after_huge} end={hwm_end}; VmRSS end={rss_end}; alive={alive} healthz={health}",
+            huge.as_deref().unwrap_or("").trim_end(),
+            failed_by_kind.lock().unwrap(),
+            acked.len(),
+            files.len(),
+        ),
+    );
+    assert!(
+        failures.is_empty(),
+        "failed sessions:\n{}",
+        failures.join("\n")
+    );
+    assert!(alive, "the gateway died:\n{}", gw.log_tail(30));
+    assert_eq!(health, 200, "/healthz");
+    assert_no_panic(&gw);
+    assert!(
+        hwm_end.saturating_sub(hwm_start) < GROWTH_BOUND_KIB,
+        "peak memory grew by {} kiB (bound {GROWTH_BOUND_KIB})",
+        hwm_end.saturating_sub(hwm_start)
+    );
+    // Exactly the acknowledged messages, each intact.
+    let expected_valid = (0..sessions).filter(|i| matches!(i % KINDS, 4 | 6)).count();
+    assert_eq!(acked.len(), expected_valid, "acknowledged messages");
+    assert_eq!(
+        files.len(),
+        acked.len(),
+        "spool files vs acknowledged messages"
+    );
+    for (id, path) in &files {
+        let want = acked
+            .get(id)
+            .unwrap_or_else(|| panic!("{} was never acknowledged", path.display()));
+        let got = std::fs::read(path).expect("read message");
+        assert!(
+            &got == want,
+            "{} differs from what was acknowledged",
+            path.display()
+        );
+    }
+    assert_eq!(tmp, 0, "temporary files left");
+    gw.signal(Signal::SIGTERM).expect("SIGTERM");
+    let status = gw.wait_exit(Duration::from_secs(30)).expect("wait");
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "exit after SIGTERM");
+}

@@ -1,0 +1,96 @@
+//! Idle hordes: 5,000 connections that never speak, then SIGTERM: every one
+//! is aborted and the process exits 0 within drain + abort grace + 1 s.
+
+use std::time::{Duration, Instant};
+
+use lifecycle_tests::{json_field, json_number, metric_samples, GatewayProcess};
+use nix::sys::signal::Signal;
+
+use super::{assert_no_panic, figure, gateway, kv, scaled, turn, LoadClient};
+
+const HORDE: usize = 5_000;
+const DRAIN: Duration = Duration::from_secs(2);
+const ABORT: Duration = Duration::from_secs(1);
+
+#[test]
+fn an_idle_horde_is_aborted_and_the_process_exits_in_time() {
+    let _turn = turn();
+    let per_protocol = scaled(HORDE) / 2;
+    let horde = per_protocol * 2;
+    let mut gw = GatewayProcess::builder(gateway())
+        .drain_grace("2s")
+        .abort_grace("1s")
+        .start()
+        .expect("start the gateway");
+    let mut client = LoadClient::spawn(&[
+        "hold".into(),
+        format!("{}={per_protocol}", gw.smtp),
+        format!("{}={per_protocol}", gw.imap),
+    ]);
+    let held = client.expect("held", Duration::from_secs(120));
+    assert_eq!(kv(&held, "connected"), horde as u64, "{held}");
+
+    // Every connection is registered before the signal.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let live = loop {
+        let metrics = gw.metrics().expect("metrics");
+        let live: f64 = metric_samples(&metrics, "lifecycle_connections")
+            .iter()
+            .map(|(_, v)| v)
+            .sum();
+        if live as usize == horde || Instant::now() > deadline {
+            break live;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(live as usize, horde, "connections registered");
+
+    let signalled = Instant::now();
+    gw.signal(Signal::SIGTERM).expect("SIGTERM");
+    let status = gw
+        .wait_exit(DRAIN + ABORT + Duration::from_secs(30))
+        .expect("wait")
+        .unwrap_or_else(|| panic!("no exit after SIGTERM; log:\n{}", gw.log_tail(30)));
+    let exit_after = signalled.elapsed();
+    let closed_by_server = client.ask("peer-closed 10000", "peer-closed", Duration::from_secs(30));
+    client.finish();
+    assert!(
+        gw.wait_log_end(Duration::from_secs(60)),
+        "the log did not end"
+    );
+    let aborting = gw
+        .wait_phase("aborting", Duration::from_secs(5))
+        .expect("an aborting phase line");
+    let stopped = gw
+        .wait_phase("stopped", Duration::from_secs(5))
+        .expect("a stopped phase line");
+    let aborted_sessions = gw.count_logs(|l| {
+        l.contains(r#""msg":"connection closed""#)
+            && json_field(l, "reason").as_deref() == Some("aborted")
+    });
+    let opened = gw.count_logs(|l| l.contains(r#""msg":"connection open""#));
+    figure(
+        "idle_hordes",
+        &format!(
+            "{held}; live before SIGTERM={live}; exit={status} after {exit_after:?}; \
+             sessions opened={opened} closed as aborted={aborted_sessions}; client {closed_by_server}; \
+             {aborting}; {stopped}"
+        ),
+    );
+    assert_eq!(status.code(), Some(0), "exit status");
+    assert!(
+        exit_after <= DRAIN + ABORT + Duration::from_secs(1),
+        "exit {exit_after:?} after SIGTERM; bound {:?} + 1 s",
+        DRAIN + ABORT
+    );
+    assert_eq!(
+        json_number(&aborting, "aborted"),
+        Some(horde as i64),
+        "{aborting}"
+    );
+    assert_eq!(json_number(&stopped, "left_open"), Some(0), "{stopped}");
+    assert_eq!(opened, horde, "sessions opened");
+    assert_eq!(aborted_sessions, horde, "sessions ended by the abort");
+    assert_eq!(kv(&closed_by_server, "open"), 0, "{closed_by_server}");
+    assert_no_panic(&gw);
+}
