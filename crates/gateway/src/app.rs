@@ -12,7 +12,7 @@ use actix_lifecycle::{
     CloseUnclaimed, ConnHandler, GetListenerInfo, Lifecycle, LifecycleError, ListenerActor,
     TakeListener,
 };
-use lifecycle_handoff::{Handoff, Inventory, Mode, Network, PassedListener};
+use lifecycle_handoff::{Handoff, Inventory, Lineage, Mode, Network, PassedListener, ReadyChannel};
 use slog::{error, info, o, Logger};
 
 use crate::config::{Config, Protocol, TlsMode};
@@ -22,6 +22,7 @@ use crate::metrics::GatewayMetrics;
 use crate::smtp::{serve_smtp, SmtpContext, SmtpTls};
 use crate::spool::{Spool, SpoolError};
 use crate::tls::{tls_server_config, TlsAcceptor, TlsError, HANDSHAKE_TIMEOUT};
+use crate::upgrade::{report_ready, UpgradeMetrics};
 
 /// How long the listeners may take to start accepting.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,6 +93,13 @@ pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32,
         // or a child of a parent that kept root).
         return Err(StartError::Root { user: None });
     }
+    // Under an upgrading parent: the channel to report ready on, and this
+    // child's generation with the parent's counters.
+    let ready = handoff.take_ready_channel();
+    let lineage = handoff.lineage();
+    if let Some(l) = &lineage {
+        info!(log, "generation"; "generation" => l.generation, "upgrades_ok" => l.upgrades_ok, "upgrades_failed" => l.upgrades_failed);
+    }
     handoff
         .prepare(&config.listener_specs(), &[])
         .map_err(StartError::Handoff)?;
@@ -104,7 +112,18 @@ pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32,
     }
     let tls = open_tls(config, &mut handoff, log)?;
     let inventory = handoff.into_inventory();
-    run(config, log, inventory, tls)
+    let upgrade = Upgrade { ready, lineage };
+    run(config, log, inventory, tls, upgrade)
+}
+
+/// What a child of an upgrading parent gets besides its descriptors (see
+/// `lifecycle_handoff::UpgradeSupervisor`); empty in other modes.
+#[derive(Debug, Default)]
+pub struct Upgrade {
+    /// Where to report ready once every listener accepts.
+    pub ready: Option<ReadyChannel>,
+    /// This process's generation and the parent's upgrade counters.
+    pub lineage: Option<Lineage>,
 }
 
 /// Opens the `[tls]` certificate and key with
@@ -132,12 +151,14 @@ pub fn open_tls(
 
 /// Runs the gateway on `inventory` until it stops; returns the process exit
 /// status (0 after a clean signal-initiated stop).
-/// `tls` serves the listeners with a `tls` option (see [`open_tls`]).
+/// `tls` serves the listeners with a `tls` option (see [`open_tls`]);
+/// `upgrade` reports readiness to an upgrading parent.
 pub fn run(
     config: &Config,
     log: &Logger,
     inventory: Inventory,
     tls: Option<TlsAcceptor>,
+    upgrade: Upgrade,
 ) -> Result<i32, StartError> {
     raise_open_files_limit(log);
     let spool = Arc::new(Spool::open(config.spool_dir(), log)?);
@@ -149,7 +170,7 @@ pub fn run(
             .drain_grace(config.shutdown().drain_grace())
             .abort_grace(config.shutdown().abort_grace())
             .start()?;
-        start_listeners(config, log, &lifecycle, spool, tls).await
+        start_listeners(config, log, &lifecycle, spool, tls, upgrade).await
     })?;
     let code = system.run_with_code()?;
     info!(log, "exiting"; "status" => code);
@@ -162,8 +183,13 @@ async fn start_listeners(
     lifecycle: &Lifecycle,
     spool: Arc<Spool>,
     tls: Option<TlsAcceptor>,
+    upgrade: Upgrade,
 ) -> Result<(), StartError> {
     let gateway_metrics = GatewayMetrics::register(lifecycle.metrics(), config.metrics_prefix())?;
+    let upgrade_metrics = UpgradeMetrics::register(lifecycle.metrics(), config.metrics_prefix())?;
+    if let Some(lineage) = &upgrade.lineage {
+        upgrade_metrics.set_lineage(lineage);
+    }
     // One context per listener, so that every session's log lines name it.
     let smtp = |name: &str, tls: SmtpTls| {
         let log = log.new(o!("listener" => name.to_owned()));
@@ -280,7 +306,11 @@ async fn start_listeners(
         .await
         .map_err(|e| listener_error("(broker)", e))?;
     readiness.set_ready(true);
-    info!(log, "ready"; "listeners" => config.listeners().len(), "unclaimed_closed" => closed);
+    let generation = upgrade.lineage.map_or(0, |l| l.generation);
+    info!(log, "ready"; "listeners" => config.listeners().len(), "unclaimed_closed" => closed, "generation" => generation);
+    if let Some(ready) = upgrade.ready {
+        report_ready(ready, upgrade_metrics, log.clone());
+    }
     Ok(())
 }
 

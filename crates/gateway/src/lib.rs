@@ -23,9 +23,10 @@ mod session;
 mod smtp;
 mod spool;
 mod tls;
+mod upgrade;
 mod wire;
 
-pub use app::{open_tls, run, serve, StartError};
+pub use app::{open_tls, run, serve, StartError, Upgrade};
 pub use cli::{Cli, EXIT_CONFIG};
 pub use config::{
     Config, ConfigError, ImapConfig, ListenerConfig, Located, LogConfig, LogFormat, LogLevel,
@@ -40,3 +41,4 @@ pub use session::{EndReason, SessionSummary};
 pub use smtp::{serve_smtp, SmtpContext, SmtpTls};
 pub use spool::{Spool, SpoolError, StoredMessage, MESSAGE_EXT, TMP_DIR};
 pub use tls::{tls_server_config, TlsAcceptor, TlsError, HANDSHAKE_TIMEOUT};
+pub use upgrade::UpgradeMetrics;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{number, Gateway, SOON};
+use common::{number, s_client, served_pem, Gateway, SOON};
 use lifecycle_tests::{loud, require_root, require_tool};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -168,46 +168,6 @@ fn swaks_has_tls() -> bool {
     }
     loud("SKIP: swaks has no TLS (install libnet-ssleay-perl); swaks --tls deliveries not checked, openssl s_client still is");
     false
-}
-
-/// `openssl s_client` against `addr`, sending `say` once connected and
-/// reading until the server closes: the transcript (handshake, served
-/// certificate, what the server said).
-pub fn s_client(addr: std::net::SocketAddr, starttls: Option<&str>, say: &str) -> String {
-    use std::io::Write;
-    let mut cmd = Command::new("openssl");
-    cmd.args([
-        "s_client",
-        "-connect",
-        &addr.to_string(),
-        "-servername",
-        "gw.test",
-        "-crlf",
-        "-ign_eof",
-    ]);
-    if let Some(proto) = starttls {
-        cmd.args(["-starttls", proto]);
-    }
-    let mut child = cmd
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    // Give the handshake a moment before the command (a bound, not a speed check).
-    std::thread::sleep(Duration::from_millis(300));
-    stdin.write_all(say.as_bytes()).unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
-/// The PEM certificate a `s_client` transcript shows as served.
-pub fn served_pem(transcript: &str) -> Option<String> {
-    let start = transcript.find("-----BEGIN CERTIFICATE-----")?;
-    let end = transcript[start..].find("-----END CERTIFICATE-----")? + start;
-    Some(transcript[start..end].replace('\r', ""))
 }
 
 #[test]

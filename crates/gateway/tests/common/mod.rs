@@ -87,7 +87,13 @@ address = "127.0.0.1:0"
         let mut gw = Self::spawn(dir, config, env);
         gw.wait_log(SOON, |l| l.contains(r#""msg":"ready""#))
             .unwrap_or_else(|| panic!("gateway not ready; log:\n{}", gw.log_text()));
-        for line in gw.logs() {
+        gw.learn_addresses();
+        gw
+    }
+
+    /// Reads the listener addresses from the log lines so far.
+    pub fn learn_addresses(&mut self) {
+        for line in self.logs() {
             if !line.contains(r#""msg":"listener bound""#)
                 && !line.contains(r#""msg":"listener taken""#)
             {
@@ -96,14 +102,15 @@ address = "127.0.0.1:0"
             let addr: SocketAddr = field(&line, "address").unwrap().parse().unwrap();
             let name = field(&line, "listener").unwrap();
             match name.as_str() {
-                "smtp" => gw.smtp = addr,
-                "imap" => gw.imap = addr,
-                "http" => gw.http = addr,
+                "smtp" => self.smtp = addr,
+                "imap" => self.imap = addr,
+                "http" => self.http = addr,
                 _ => {}
             }
-            gw.addrs.push((name, addr));
+            if !self.addrs.iter().any(|(n, _)| *n == name) {
+                self.addrs.push((name, addr));
+            }
         }
-        gw
     }
 
     /// Starts the binary like [`launch`](Self::launch) without waiting for
@@ -359,4 +366,44 @@ pub fn occurrences(hay: &[u8], needle: &[u8]) -> usize {
         }
     }
     n
+}
+
+/// `openssl s_client` against `addr`, sending `say` once connected and
+/// reading until the server closes: the transcript (handshake, served
+/// certificate, what the server said).
+pub fn s_client(addr: std::net::SocketAddr, starttls: Option<&str>, say: &str) -> String {
+    use std::io::Write;
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-connect",
+        &addr.to_string(),
+        "-servername",
+        "gw.test",
+        "-crlf",
+        "-ign_eof",
+    ]);
+    if let Some(proto) = starttls {
+        cmd.args(["-starttls", proto]);
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Give the handshake a moment before the command (a bound, not a speed check).
+    std::thread::sleep(Duration::from_millis(300));
+    stdin.write_all(say.as_bytes()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// The PEM certificate a `s_client` transcript shows as served.
+pub fn served_pem(transcript: &str) -> Option<String> {
+    let start = transcript.find("-----BEGIN CERTIFICATE-----")?;
+    let end = transcript[start..].find("-----END CERTIFICATE-----")? + start;
+    Some(transcript[start..end].replace('\r', ""))
 }

@@ -1,0 +1,124 @@
+//! The gateway's part in zero-downtime upgrades (the privileged parent's
+//! `UpgradeSupervisor` does the rest): the serving child reports ready over
+//! the channel its parent passed, and publishes its generation and the
+//! parent's upgrade counters as metrics, from its start-up lineage and then
+//! from every update the parent sends after an upgrade outcome.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use lifecycle_handoff::{Lineage, ReadyChannel};
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use slog::{info, warn, Logger};
+
+/// `<prefix>_upgrades_total{result}` and `<prefix>_generation`, as the
+/// parent counts them.
+///
+/// ```
+/// let registry = prometheus::Registry::new();
+/// let m = lifecycle_gateway::UpgradeMetrics::register(&registry, "lifecycle")?;
+/// m.set(3, 5, 1);
+/// m.set(3, 5, 2); // totals, not increments
+/// let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather())?;
+/// assert!(text.contains("lifecycle_upgrades_total{result=\"ok\"} 5"), "{text}");
+/// assert!(text.contains("lifecycle_upgrades_total{result=\"failed\"} 2"), "{text}");
+/// assert!(text.contains("lifecycle_generation 3"), "{text}");
+/// # Ok::<(), prometheus::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct UpgradeMetrics {
+    total: IntCounterVec,
+    generation: IntGauge,
+    seen: Arc<[AtomicU64; 2]>,
+}
+
+impl UpgradeMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &Registry, prefix: &str) -> Result<Self, prometheus::Error> {
+        let total = IntCounterVec::new(
+            Opts::new(
+                format!("{prefix}_upgrades_total"),
+                "Upgrades of the service by the privileged parent, by result (ok, failed).",
+            ),
+            &["result"],
+        )?;
+        let generation = IntGauge::new(
+            format!("{prefix}_generation"),
+            "Generation of the serving process (1 for the first child of the parent, +1 per upgrade attempt; 0 without an upgrading parent).",
+        )?;
+        registry.register(Box::new(total.clone()))?;
+        registry.register(Box::new(generation.clone()))?;
+        for result in ["ok", "failed"] {
+            total.with_label_values(&[result]);
+        }
+        Ok(UpgradeMetrics {
+            total,
+            generation,
+            seen: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
+        })
+    }
+
+    /// Sets the generation and the parent's totals (counters only grow).
+    pub fn set(&self, generation: u64, ok: u64, failed: u64) {
+        self.generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        for (i, (result, value)) in [("ok", ok), ("failed", failed)].into_iter().enumerate() {
+            let before = self.seen[i].fetch_max(value, Ordering::Relaxed);
+            if value > before {
+                self.total
+                    .with_label_values(&[result])
+                    .inc_by(value - before);
+            }
+        }
+    }
+
+    /// Sets them from this process's start-up lineage: the upgrade that made
+    /// it the serving child counts as succeeded.
+    pub fn set_lineage(&self, lineage: &Lineage) {
+        self.set(
+            lineage.generation,
+            lineage.succeeded_including_self(),
+            lineage.upgrades_failed,
+        );
+    }
+}
+
+/// Tells the parent this child is ready, then follows the parent's updates
+/// in a thread of its own (they end when the parent closes the channel).
+pub(crate) fn report_ready(mut ready: ReadyChannel, metrics: UpgradeMetrics, log: Logger) {
+    if let Err(e) = ready.notify_ready() {
+        warn!(log, "cannot report ready to the parent"; "error" => %e);
+        return;
+    }
+    info!(log, "reported ready to the parent");
+    let thread_log = log.clone();
+    let spawned = std::thread::Builder::new()
+        .name("upgrade-updates".to_owned())
+        .spawn(move || {
+            let log = thread_log;
+            loop {
+            match ready.recv_update() {
+                Ok(Some(update)) => {
+                    info!(log, "upgrade counters from the parent";
+                        "serving_generation" => update.generation,
+                        "upgrades_ok" => update.upgrades_ok, "upgrades_failed" => update.upgrades_failed);
+                    // The generation gauge is this process's own.
+                    let own = metrics.generation.get();
+                    metrics.set(
+                        u64::try_from(own).unwrap_or(0),
+                        update.upgrades_ok,
+                        update.upgrades_failed,
+                    );
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    warn!(log, "bad update from the parent"; "error" => %e);
+                    return;
+                }
+            }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(log, "cannot follow the parent's upgrade updates"; "error" => %e);
+    }
+}
