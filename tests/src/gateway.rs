@@ -115,6 +115,19 @@ address = "127.0.0.1:0"
         );
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config)?;
+        // As root the gateway would start its privileged parent and serve
+        // from a child, so `pid()` and `/proc` would show the wrong process:
+        // run it as `nobody` instead (the unprivileged, immediate mode), with
+        // its directories handed over to that user.
+        let service = match nix::unistd::geteuid().is_root() {
+            true => Some(unprivileged_user()?),
+            false => None,
+        };
+        if let Some((uid, gid)) = service {
+            std::fs::create_dir_all(&spool)?;
+            grant(&spool, uid, gid)?;
+            grant(dir.path(), uid, gid)?;
+        }
         let mut command = Command::new(&self.bin);
         command
             .arg("--config")
@@ -123,20 +136,24 @@ address = "127.0.0.1:0"
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if let Some(limit) = self.nofile {
-            // SAFETY: the closure runs between fork and exec and makes one
-            // async-signal-safe system call (setrlimit); it allocates nothing
-            // and takes no lock.
-            unsafe {
-                command.pre_exec(move || {
-                    nix::sys::resource::setrlimit(
-                        nix::sys::resource::Resource::RLIMIT_NOFILE,
-                        limit,
-                        limit,
-                    )
-                    .map_err(io::Error::from)
-                });
-            }
+        let nofile = self.nofile;
+        // SAFETY: the closure runs between fork and exec and makes only
+        // async-signal-safe system calls (setrlimit, setgroups, setgid,
+        // setuid) on values computed before the fork; it allocates nothing
+        // and takes no lock.
+        unsafe {
+            command.pre_exec(move || {
+                use nix::sys::resource::{setrlimit, Resource};
+                if let Some(limit) = nofile {
+                    setrlimit(Resource::RLIMIT_NOFILE, limit, limit).map_err(io::Error::from)?;
+                }
+                if let Some((uid, gid)) = service {
+                    nix::unistd::setgroups(&[gid]).map_err(io::Error::from)?;
+                    nix::unistd::setgid(gid).map_err(io::Error::from)?;
+                    nix::unistd::setuid(uid).map_err(io::Error::from)?;
+                }
+                Ok(())
+            });
         }
         let mut child = ChildGuard::spawn(&mut command)?;
         let stderr = child
@@ -171,7 +188,7 @@ address = "127.0.0.1:0"
             .is_none()
         {
             return Err(io::Error::other(format!(
-                "the gateway did not log `ready` within {START_TIMEOUT:?}; log:\n{}",
+                "the gateway did not log `ready` (it exited, or not within {START_TIMEOUT:?}); log:\n{}",
                 gw.log_text()
             )));
         }
@@ -197,6 +214,40 @@ address = "127.0.0.1:0"
         }
         Ok(gw)
     }
+}
+
+/// `nobody`'s user and group ids.
+fn unprivileged_user() -> io::Result<(nix::unistd::Uid, nix::unistd::Gid)> {
+    let user = nix::unistd::User::from_name("nobody")
+        .map_err(io::Error::from)?
+        .ok_or_else(|| io::Error::other("no user `nobody` to run the gateway as"))?;
+    Ok((user.uid, user.gid))
+}
+
+/// Hands `dir` (recursively) to `uid:gid` and lets everyone traverse the
+/// scratch directories above it, up to the system's temporary directory.
+fn grant(dir: &Path, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    chown_tree(dir, uid, gid)?;
+    let tmp = std::env::temp_dir();
+    for ancestor in dir.ancestors().skip(1) {
+        if !ancestor.starts_with(&tmp) || ancestor == tmp {
+            break;
+        }
+        let mode = std::fs::metadata(ancestor)?.permissions().mode();
+        std::fs::set_permissions(ancestor, std::fs::Permissions::from_mode(mode | 0o111))?;
+    }
+    Ok(())
+}
+
+fn chown_tree(path: &Path, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid.as_raw()), Some(gid.as_raw()))?;
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
 }
 
 /// A running `lifecycle-gateway` with SMTP, IMAP and HTTP listeners on
@@ -359,7 +410,8 @@ impl GatewayProcess {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
-    /// Waits at most `timeout` for a log line matching `pred`.
+    /// Waits at most `timeout` for a log line matching `pred`; `None` at
+    /// once when the log has ended without one.
     pub fn wait_log(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
         let deadline = Instant::now() + timeout;
         let mut seen = 0;
@@ -370,7 +422,8 @@ impl GatewayProcess {
             }
             seen = lines.len();
             let now = Instant::now();
-            if now >= deadline {
+            // A log that has ended (the gateway exited) will not grow.
+            if now >= deadline || self.log.ended.load(std::sync::atomic::Ordering::SeqCst) {
                 return None;
             }
             lines = self

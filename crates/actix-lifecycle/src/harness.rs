@@ -249,37 +249,17 @@ impl Harness {
     }
 }
 
-/// Binds `spec` as this process would in immediate mode: close-on-exec,
-/// non-blocking, with the spec's backlog.
+/// Binds `spec` as this process would in immediate mode
+/// ([`lifecycle_handoff::bind_listener`]: close-on-exec, non-blocking, with
+/// the spec's backlog); a TCP port 0 is replaced by the port bound.
 fn bind(spec: &ListenerSpec) -> std::io::Result<PassedListener> {
-    use socket2::{Domain, SockAddr, Socket, Type};
-    let (socket, addr) = match spec.address() {
-        ListenAddress::Tcp(a) => {
-            let s = Socket::new(Domain::for_address(*a), Type::STREAM, None)?;
-            s.set_reuse_address(true)?;
-            (s, SockAddr::from(*a))
-        }
-        ListenAddress::Unix(p) => (
-            Socket::new(Domain::UNIX, Type::STREAM, None)?,
-            SockAddr::unix(p)?,
-        ),
-    };
-    socket.bind(&addr)?;
-    socket.listen(i32::try_from(spec.backlog()).unwrap_or(i32::MAX))?;
-    socket.set_nonblocking(true)?;
-    let spec = match spec.address() {
-        ListenAddress::Tcp(_) => {
-            let bound = socket
-                .local_addr()?
-                .as_socket()
-                .ok_or_else(|| std::io::Error::other("bound TCP socket has no IP address"))?;
-            ListenerSpec::tcp(spec.name(), bound).with_backlog(spec.backlog())
-        }
-        ListenAddress::Unix(_) => spec.clone(),
-    };
+    let (fd, bound) = lifecycle_handoff::bind_listener(spec).map_err(|e| match e {
+        lifecycle_handoff::Error::Bind { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
+    })?;
     Ok(PassedListener {
-        spec,
-        fd: socket.into(),
+        spec: ListenerSpec::new(spec.name(), bound).with_backlog(spec.backlog()),
+        fd,
     })
 }
 

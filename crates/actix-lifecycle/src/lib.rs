@@ -91,6 +91,40 @@
 //!   never hit. A connection registered after [`Shutdown`] is aborted at once.
 //! * **Counts never go negative.** Unregistering twice, or an unknown id, is
 //!   a no-op (logged at debug level).
+//!
+//! # Telling systemd
+//!
+//! [`SystemdNotifier`] is the actor that speaks `sd_notify(3)` for a
+//! [`Lifecycle`] under `Type=notify`: `READY=1` once every listener accepts
+//! ([`WaitReady`] tells the service itself), a rate-limited `STATUS=` with
+//! live connections, `STOPPING=1` when draining begins, `WATCHDOG=1` pings
+//! from its arbiter, and `MAINPID=` on request ([`SendMainPid`]). Its sends
+//! never wait for room in the manager's queue, so a stuck manager cannot
+//! stall the arbiter. Without `NOTIFY_SOCKET` it sends nothing and fails
+//! nothing. The variables are read once into a [`NotifyEnv`] (or injected).
+//!
+//! Underneath is one synchronous sender, [`NotifySender`] (lifecycle-handoff's
+//! [`Notifier`](lifecycle_handoff::Notifier), re-exported): the same one the
+//! privileged parent and a successor hand-off use, for a process without an
+//! actor system. Each send waits at most its send timeout (250 ms by
+//! default) and fails with a [`NotifyError`] that names the socket.
+//!
+//! ```
+//! use actix_lifecycle::{NotifySender, NotifyState};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("notify");
+//! # let systemd = std::os::unix::net::UnixDatagram::bind(&path)?;
+//! // In a service: `NotifySender::from_env()?`, None without NOTIFY_SOCKET.
+//! let sender = NotifySender::new(&path)?;
+//! sender.notify(&[NotifyState::Ready, NotifyState::Status("serving")])?;
+//! # let mut buf = [0u8; 64];
+//! # let n = systemd.recv(&mut buf)?;
+//! # assert_eq!(&buf[..n], b"READY=1\nSTATUS=serving\n");
+//! # Ok(())
+//! # }
+//! ```
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -100,6 +134,7 @@ mod harness;
 mod lifecycle;
 mod listener;
 mod metrics;
+mod notify;
 mod phase;
 mod registry;
 mod shutdown;
@@ -116,6 +151,10 @@ pub use listener::{
     ListenerInfo, PeerAddr, StopAccepting, Stream, ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN,
 };
 pub use metrics::{DEFAULT_PREFIX, DURATION_BUCKETS};
+pub use notify::{
+    GetNotifierState, NotifierBuilder, NotifierState, NotifyEnv, NotifyError, NotifySender,
+    SendMainPid, SystemdNotifier, WaitReady,
+};
 pub use phase::{Phase, PhaseController, ShutdownHandle};
 pub use registry::{
     Abort, ConnKind, ConnectionGuard, ConnectionInfo, ConnectionRegistry, Done, KindCount,
@@ -129,3 +168,5 @@ pub use shutdown::{
 
 #[doc(no_inline)]
 pub use lifecycle_handoff::Inventory;
+#[doc(no_inline)]
+pub use lifecycle_handoff::NotifyState;

@@ -5,11 +5,16 @@
 //! files, takes over once ready; the old one drains), and exits with the
 //! serving child's status. It never serves traffic.
 
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
 use lifecycle_handoff::{ChildSpawner, Handoff, SupervisorEvent, TargetUser, UpgradeSupervisor};
 use slog::{error, info, warn, Logger};
 
 use crate::app::StartError;
 use crate::config::Config;
+use crate::spool::SpoolError;
 
 /// Whom the service runs as: the configured user, refused when that is root
 /// (or absent) unless `allow_root = true`.
@@ -27,6 +32,29 @@ pub fn service_user(config: &Config) -> Result<Option<TargetUser>, StartError> {
     Ok(user)
 }
 
+/// Creates a missing spool directory for the service user (mode 0700), as
+/// a package's tmpfiles.d entry would: the unprivileged child cannot create
+/// it in a directory owned by root. An existing directory is left as it is;
+/// the child reports clearly if it cannot write there.
+fn prepare_spool(dir: &Path, user: &TargetUser, log: &Logger) -> Result<(), StartError> {
+    if dir.exists() || user.is_root() {
+        return Ok(());
+    }
+    let made = fs::create_dir_all(dir)
+        .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
+        .and_then(|()| std::os::unix::fs::chown(dir, Some(user.uid()), Some(user.gid())));
+    made.map_err(|source| {
+        StartError::Spool(SpoolError::Io {
+            action: "create for the service user",
+            path: dir.to_path_buf(),
+            source,
+        })
+    })?;
+    info!(log, "spool directory created for the service user";
+        "spool" => %dir.display(), "user" => %user);
+    Ok(())
+}
+
 /// The privileged parent's whole life; returns the exit status to exit with
 /// (the serving child's, 128 + signal when it was killed). `supervisor` must
 /// have been created before any other thread (it blocks the signals it
@@ -40,6 +68,9 @@ pub fn supervise(
     // The user first: an unknown user or a refused root fails before
     // anything is bound.
     let user = service_user(config)?;
+    if let Some(user) = &user {
+        prepare_spool(config.spool_dir(), user, log)?;
+    }
     handoff
         .prepare(&config.listener_specs(), &[])
         .map_err(StartError::Handoff)?;

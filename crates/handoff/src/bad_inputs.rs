@@ -15,7 +15,7 @@ use crate::handoff::Handoff;
 use crate::inventory::{Inventory, PassedFile, PassedListener};
 use crate::lineage::{Lineage, UpgradeVars};
 use crate::mode::Mode;
-use crate::notify::Notifier;
+use crate::notify::{NotifyEnv, NotifyError};
 use crate::ready::ReadyChannel;
 use crate::spec::ListenerSpec;
 use crate::systemd::SystemdManifest;
@@ -772,16 +772,27 @@ fn every_bad_input_names_its_culprit() {
         ),
         case(
             "relative NOTIFY_SOCKET",
-            Notifier::from_env(&Env::from([("NOTIFY_SOCKET".into(), "run/notify".into())]))
-                .map(drop),
-            |e| matches!(e, E::BadNotifySocket { .. }),
+            NotifyEnv::from_environment(&Env::from([(
+                "NOTIFY_SOCKET".into(),
+                "run/notify".into(),
+            )]))
+            .sender()
+            .map(drop)
+            .map_err(E::from),
+            |e| matches!(e, E::Notify(NotifyError::SocketValue { .. })),
             &["NOTIFY_SOCKET=\"run/notify\"", "absolute path"],
         ),
         case(
-            "empty NOTIFY_SOCKET",
-            Notifier::from_env(&Env::from([("NOTIFY_SOCKET".into(), "".into())])).map(drop),
-            |e| matches!(e, E::BadNotifySocket { .. }),
-            &["NOTIFY_SOCKET", "empty"],
+            "NOTIFY_SOCKET with a NUL byte",
+            NotifyEnv::from_environment(&Env::from([(
+                "NOTIFY_SOCKET".into(),
+                OsString::from_vec(b"@a\0b".to_vec()),
+            )]))
+            .sender()
+            .map(drop)
+            .map_err(E::from),
+            |e| matches!(e, E::Notify(NotifyError::SocketValue { .. })),
+            &["NOTIFY_SOCKET=", "NUL byte"],
         ),
     ];
     env_with_vars.clear();

@@ -6,6 +6,7 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 use crate::mode::Mode;
+use crate::notify::NotifyError;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -577,15 +578,8 @@ pub enum Error {
         reason: String,
     },
 
-    /// `NOTIFY_SOCKET` holds something that is not a socket address.
-    #[error(
-        "NOTIFY_SOCKET={value:?} is not usable: {problem}; systemd sets an absolute path or an \
-         abstract name starting with @, unset NOTIFY_SOCKET outside systemd"
-    )]
-    BadNotifySocket {
-        /// The value.
-        value: String,
-        /// What is wrong.
-        problem: String,
-    },
+    /// `NOTIFY_SOCKET` (or the watchdog variables) could not be used: see
+    /// [`NotifyError`].
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
 }

@@ -123,6 +123,13 @@
 //! SIGINT, and its children never see `NOTIFY_SOCKET`, `WATCHDOG_USEC` or
 //! `WATCHDOG_PID`.
 //!
+//! Notifications go through [`Notifier`], the workspace's one synchronous
+//! `sd_notify` sender (actix-lifecycle's `SystemdNotifier` actor uses it
+//! too): the address is parsed once from [`NotifyEnv`] (which reads
+//! `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID`, from the process or
+//! any [`Environment`]), `@name` reaches an abstract socket, and a send waits
+//! at most [`DEFAULT_SEND_TIMEOUT`] when systemd's queue is full.
+//!
 //! Without a privileged parent, a running process hands its listeners to a
 //! successor of itself with [`SuccessorHandoff`]: the same protocol, no
 //! parent-death signal (the successor outlives it), and `MAINPID=<successor>`
@@ -195,7 +202,10 @@ pub use handoff::{Handoff, HandoffBuilder};
 pub use inventory::{Inventory, PassedFile, PassedListener};
 pub use lineage::Lineage;
 pub use mode::{Mode, ModeChoice};
-pub use notify::{Notifier, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
+pub use notify::{
+    Notifier, NotifyEnv, NotifyError, NotifyState, DEFAULT_SEND_TIMEOUT, NOTIFY_SOCKET,
+    WATCHDOG_PID, WATCHDOG_USEC,
+};
 pub use privilege::{verify_cannot_regain_root, TargetUser};
 pub use ready::{ReadyChannel, ReadyPair, ReadyReceiver, ReadyState, READY_MESSAGE};
 pub use spawn::{pass_fds, ChildSpawner};

@@ -36,11 +36,10 @@
 use std::process::Child;
 use std::time::Duration;
 
-use crate::environment::ProcessEnvironment;
 use crate::error::{Error, Result};
 use crate::inventory::Inventory;
 use crate::lineage::Lineage;
-use crate::notify::{monotonic_usec, Notifier, WATCHDOG_PID};
+use crate::notify::{monotonic_now, one_line, Notifier, NotifyState, WATCHDOG_PID};
 use crate::ready::{ReadyPair, ReadyState};
 use crate::spawn::ChildSpawner;
 use crate::supervise::exit_code;
@@ -85,7 +84,7 @@ impl SuccessorHandoff {
         SuccessorHandoff {
             spawner: spawner.parent_death_signal(false).env_remove(WATCHDOG_PID),
             ready_timeout: DEFAULT_READY_TIMEOUT,
-            notifier: Notifier::from_env(&ProcessEnvironment).ok().flatten(),
+            notifier: Notifier::from_env().ok().flatten(),
             lineage: Lineage {
                 generation: 2,
                 upgrades_ok: 0,
@@ -131,10 +130,11 @@ impl SuccessorHandoff {
     pub fn start(self, inventory: &Inventory) -> Result<Successor> {
         let generation = self.lineage.generation;
         let from = generation.saturating_sub(1);
+        let status = format!("handing over to generation {generation}");
         self.notify(&[
-            "RELOADING=1".to_owned(),
-            monotonic_usec(),
-            format!("STATUS=handing over to generation {generation}"),
+            NotifyState::Reloading,
+            monotonic_now(),
+            NotifyState::Status(&status),
         ]);
         let pair = ReadyPair::new()?;
         let child = self
@@ -171,26 +171,28 @@ impl SuccessorHandoff {
                 reason,
             });
         }
+        let status =
+            format!("generation {generation} (pid {pid}) took over from generation {from}");
         self.notify(&[
-            format!("MAINPID={pid}"),
-            "READY=1".to_owned(),
-            format!("STATUS=generation {generation} (pid {pid}) took over from generation {from}"),
+            NotifyState::MainPid(pid),
+            NotifyState::Ready,
+            NotifyState::Status(&status),
         ]);
         Ok(Successor { child, generation })
     }
 
-    fn notify(&self, lines: &[String]) {
+    fn notify(&self, states: &[NotifyState<'_>]) {
         if let Some(notifier) = &self.notifier {
             // Best effort: the hand-off does not depend on systemd hearing it.
-            let _ = notifier.send(lines);
+            let _ = notifier.notify(states);
         }
     }
 
     fn failed(&self, from: u64, reason: &str) {
-        self.notify(&[
-            "READY=1".to_owned(),
-            format!("STATUS=upgrade failed: {reason}; generation {from} keeps serving"),
-        ]);
+        let status = one_line(&format!(
+            "upgrade failed: {reason}; generation {from} keeps serving"
+        ));
+        self.notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     }
 }
 

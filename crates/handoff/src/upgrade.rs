@@ -15,7 +15,6 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 pub use event::{SupervisorEvent, UpgradeFailure, UpgradeStats};
 
-use crate::environment::ProcessEnvironment;
 use crate::error::{Error, Result};
 use crate::inventory::Inventory;
 use crate::notify::{Notifier, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
@@ -92,7 +91,7 @@ impl UpgradeSupervisor {
     /// Blocks the supervised signals in this thread and opens a signalfd
     /// for them; reads `NOTIFY_SOCKET` (a bad value is an error).
     pub fn new() -> Result<Self> {
-        let notifier = Notifier::from_env(&ProcessEnvironment)?;
+        let notifier = Notifier::from_env()?;
         let fail = |operation| {
             move |errno: nix::errno::Errno| Error::Supervise {
                 pid: 0,

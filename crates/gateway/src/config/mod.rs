@@ -208,13 +208,20 @@ impl ListenerConfig {
     }
 }
 
+/// The service user of the built-in configuration (no `--config`) when the
+/// gateway is started as root.
+pub const DEFAULT_USER: &str = "nobody";
+
 impl Default for Config {
     /// The configuration used without `--config`: SMTP on `127.0.0.1:2525`,
     /// IMAP on `127.0.0.1:1143`, HTTP on `127.0.0.1:9090`, spool `./spool`,
-    /// drain grace 3 s, abort grace 1 s.
+    /// drain grace 3 s, abort grace 1 s, and — only when started as root —
+    /// the service runs as [`DEFAULT_USER`] so that the README's first
+    /// command works for root too. A configuration file names its own
+    /// `user` (none by default: root is then refused unless `allow_root`).
     fn default() -> Self {
         Config {
-            user: None,
+            user: Some(DEFAULT_USER.to_owned()),
             allow_root: false,
             spool_dir: PathBuf::from(validate::DEFAULT_SPOOL),
             metrics_prefix: validate::DEFAULT_PREFIX.to_owned(),

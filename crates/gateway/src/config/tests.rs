@@ -5,7 +5,12 @@ use super::*;
 #[test]
 fn empty_file_gives_the_defaults() {
     let c = Config::from_toml("", "x").unwrap();
-    assert_eq!(c, Config::default());
+    // A file names its own service user; only the built-in defaults (no
+    // --config) fall back to `nobody` when started as root.
+    assert_eq!(c.user(), None);
+    assert_eq!(Config::default().user(), Some(DEFAULT_USER));
+    let with_default_user = Config::from_toml("user = \"nobody\"", "x").unwrap();
+    assert_eq!(with_default_user, Config::default());
     let specs = c.listener_specs();
     let shown: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
     assert_eq!(

@@ -17,7 +17,7 @@ use crate::bind::open_file;
 use crate::error::{Error, Result};
 use crate::inventory::{Inventory, PassedFile};
 use crate::lineage::Lineage;
-use crate::notify::monotonic_usec;
+use crate::notify::{monotonic_now, one_line, NotifyState};
 use crate::ready::{poll_readable, ReadyPair, ReadyState};
 use crate::spawn::ChildSpawner;
 use crate::supervise::exit_code;
@@ -46,12 +46,12 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         (self.on_event)(&event);
     }
 
-    fn notify(&mut self, lines: Vec<String>) {
+    fn notify(&mut self, states: &[NotifyState<'_>]) {
         let Some(notifier) = &self.supervisor.notifier else {
             return;
         };
-        if let Err(err) = notifier.send(&lines) {
-            let message = lines.first().cloned().unwrap_or_default();
+        if let Err(err) = notifier.notify(states) {
+            let message = states.first().map(ToString::to_string).unwrap_or_default();
             self.emit(SupervisorEvent::NotifyFailed {
                 message,
                 error: err.to_string(),
@@ -180,10 +180,8 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         if !self.stopping {
             self.stopping = true;
             self.pending = None;
-            self.notify(vec![
-                "STOPPING=1".to_owned(),
-                format!("STATUS=stopping ({})", signal.as_str()),
-            ]);
+            let status = format!("stopping ({})", signal.as_str());
+            self.notify(&[NotifyState::Stopping, NotifyState::Status(&status)]);
         }
         let mut generations = Vec::new();
         if let Some(serving) = &self.serving {
@@ -229,10 +227,11 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         let to = self.next_generation;
         self.next_generation += 1;
         self.emit(SupervisorEvent::UpgradeStarted { from, to, signal });
-        self.notify(vec![
-            "RELOADING=1".to_owned(),
-            monotonic_usec(),
-            format!("STATUS=upgrading from generation {from} to {to}"),
+        let status = format!("upgrading from generation {from} to {to}");
+        self.notify(&[
+            NotifyState::Reloading,
+            monotonic_now(),
+            NotifyState::Status(&status),
         ]);
         let mut files = Vec::with_capacity(self.paths.len());
         for path in &self.paths {
@@ -296,7 +295,9 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
     fn upgrade_failed(&mut self, from: u64, to: u64, failure: UpgradeFailure) {
         self.stats.failed += 1;
         self.send_update();
-        let status = format!("STATUS=upgrade failed: {failure}; serving generation {from}");
+        let status = one_line(&format!(
+            "upgrade failed: {failure}; serving generation {from}"
+        ));
         self.emit(SupervisorEvent::UpgradeFailed {
             from,
             to,
@@ -304,7 +305,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
             stats: self.stats,
         });
         if !self.stopping {
-            self.notify(vec!["READY=1".to_owned(), status]);
+            self.notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
         }
     }
 
@@ -402,10 +403,11 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
                     generation: number,
                     pid,
                 });
-                self.notify(vec![
-                    "READY=1".to_owned(),
-                    format!("MAINPID={}", std::process::id()),
-                    format!("STATUS=serving generation {number} (pid {pid})"),
+                let status = format!("serving generation {number} (pid {pid})");
+                self.notify(&[
+                    NotifyState::Ready,
+                    NotifyState::MainPid(std::process::id()),
+                    NotifyState::Status(&status),
                 ]);
             }
             Some(mut old) => {
@@ -422,13 +424,11 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
                     pid,
                     stats: self.stats,
                 });
-                self.notify(vec![
-                    "READY=1".to_owned(),
-                    format!(
-                        "STATUS=serving generation {number} (pid {pid}); upgrades ok {}, failed {}",
-                        self.stats.succeeded, self.stats.failed
-                    ),
-                ]);
+                let status = format!(
+                    "serving generation {number} (pid {pid}); upgrades ok {}, failed {}",
+                    self.stats.succeeded, self.stats.failed
+                );
+                self.notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
             }
         }
     }

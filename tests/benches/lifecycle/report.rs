@@ -1,0 +1,170 @@
+//! The result table: one row per figure, ours against its baselines.
+
+use crate::stats::{Summary, Unit};
+use std::fmt::Write as _;
+
+/// Whether a row meets its target.
+#[derive(Debug, Clone)]
+pub(crate) enum Met {
+    Yes,
+    No(String),
+    /// Our side could not be measured in this run; the text says why.
+    NotMeasured(String),
+    /// The row has no target: the figures are reported as they are.
+    Report,
+    /// The scenario failed; the text says how.
+    Failed(String),
+}
+
+/// One line of the table.
+#[derive(Debug, Clone)]
+pub(crate) struct Row {
+    pub(crate) what: String,
+    pub(crate) ours: Option<Summary>,
+    pub(crate) baselines: Vec<(String, Summary)>,
+    pub(crate) target: String,
+    pub(crate) met: Met,
+}
+
+impl Row {
+    /// A row whose own side is missing, with the reason.
+    pub(crate) fn without_ours(
+        what: impl Into<String>,
+        baselines: Vec<(String, Summary)>,
+        target: impl Into<String>,
+        why: impl Into<String>,
+    ) -> Self {
+        Self {
+            what: what.into(),
+            ours: None,
+            baselines,
+            target: target.into(),
+            met: Met::NotMeasured(why.into()),
+        }
+    }
+
+    fn ratios(&self) -> String {
+        let Some(ours) = &self.ours else {
+            return "—".into();
+        };
+        let parts: Vec<String> = self
+            .baselines
+            .iter()
+            .map(|(name, b)| format!("{:.2}× {name}", ours.ratio_to(b)))
+            .collect();
+        if parts.is_empty() {
+            "—".into()
+        } else {
+            parts.join("<br>")
+        }
+    }
+}
+
+/// The table in Markdown, plus a line per row that missed or was not
+/// measured.
+pub(crate) fn markdown(rows: &[Row]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| what | ours | baseline(s), same run | ratio (ours / baseline, medians) | target | met? |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|\n");
+    for row in rows {
+        let ours = row
+            .ours
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "not measured".into());
+        let baselines = if row.baselines.is_empty() {
+            "—".to_string()
+        } else {
+            row.baselines
+                .iter()
+                .map(|(name, s)| format!("{name}: {s}"))
+                .collect::<Vec<_>>()
+                .join("<br>")
+        };
+        let met = match &row.met {
+            Met::Yes => "yes".to_string(),
+            Met::No(why) => format!("**no**: {why}"),
+            Met::NotMeasured(why) => format!("not measured: {why}"),
+            Met::Report => "(reported)".to_string(),
+            Met::Failed(why) => format!("**bench failed**: {why}"),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            row.what,
+            ours,
+            baselines,
+            row.ratios(),
+            row.target,
+            met
+        );
+    }
+    out
+}
+
+/// Figures as "median (min–max)" over n repetitions: how to read the table.
+pub(crate) fn legend(reps: usize) -> String {
+    format!(
+        "Figures are the median (min–max) of {reps} interleaved repetitions; \
+         rates are per second, times in milliseconds. Ratios divide our median \
+         by the baseline's median (for rates higher is better, for times lower is better).\n"
+    )
+}
+
+/// Checks "ours ≥ factor × baseline" (rates) or "ours ≤ factor × baseline"
+/// (times), returning the shortfall as text.
+pub(crate) fn check_ratio(
+    ours: &Summary,
+    baseline: &Summary,
+    factor: f64,
+    name: &str,
+) -> Result<(), String> {
+    let r = ours.ratio_to(baseline);
+    let ok = match ours.unit {
+        Unit::PerSecond => r >= factor,
+        _ => r <= factor,
+    };
+    if ok {
+        Ok(())
+    } else {
+        let rel = if ours.unit == Unit::PerSecond {
+            "≥"
+        } else {
+            "≤"
+        };
+        Err(format!("{r:.2}× {name}, target {rel} {factor}×"))
+    }
+}
+
+/// Checks an absolute bound in the summary's unit.
+pub(crate) fn check_abs(ours: &Summary, bound: f64, what: &str) -> Result<(), String> {
+    let ok = match ours.unit {
+        Unit::PerSecond => ours.median >= bound,
+        _ => ours.median <= bound,
+    };
+    if ok {
+        Ok(())
+    } else {
+        let rel = if ours.unit == Unit::PerSecond {
+            "≥"
+        } else {
+            "≤"
+        };
+        Err(format!(
+            "{what} median {}, target {rel} {}",
+            crate::stats::format_value(ours.unit, ours.median),
+            crate::stats::format_value(ours.unit, bound)
+        ))
+    }
+}
+
+/// Combines checks into a [`Met`].
+pub(crate) fn met(checks: Vec<Result<(), String>>) -> Met {
+    let misses: Vec<String> = checks.into_iter().filter_map(Result::err).collect();
+    if misses.is_empty() {
+        Met::Yes
+    } else {
+        Met::No(misses.join("; "))
+    }
+}

@@ -1,0 +1,476 @@
+//! One function per row group of the table: runs ours and the baselines
+//! interleaved and judges the row against its target (issue 9).
+
+use crate::client::LoadClient;
+use crate::report::{check_abs, check_ratio, met, Met, Row};
+use crate::stats::{Samples, Summary, Unit};
+use crate::{abort, accept, gateway, memory, ours, registry, smtp_sink, start, Res, Sizes};
+use gateway::Mode;
+use std::path::Path;
+use std::time::Duration;
+
+/// Pause between the gateway's greeting and SIGTERM, so the greeting
+/// connection is gone and the service is idle (not measured).
+const SETTLE: Duration = Duration::from_millis(100);
+
+fn summaries(names: &[&str], samples: &[Samples]) -> Vec<(String, Summary)> {
+    names
+        .iter()
+        .zip(samples)
+        .filter_map(|(n, s)| s.summary().map(|s| (n.to_string(), s)))
+        .collect()
+}
+
+fn find<'a>(all: &'a [(String, Summary)], name: &str) -> Res<&'a Summary> {
+    all.iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, s)| s)
+        .ok_or_else(|| format!("no figures for {name}").into())
+}
+
+pub(crate) fn registry_rows(sizes: &Sizes) -> Res<Vec<Row>> {
+    let contenders = vec![
+        registry::Contender {
+            name: "ours, 1 thread",
+            threads: 1,
+            run: Box::new(|pairs| ours::registry_pairs(1, pairs)),
+        },
+        registry::Contender {
+            name: "ours, 2 threads",
+            threads: 2,
+            run: Box::new(|pairs| ours::registry_pairs(2, pairs)),
+        },
+        registry::Contender {
+            name: "Mutex<HashMap>, 1 thread",
+            threads: 1,
+            run: Box::new(|pairs| registry::mutex_hashmap(1, pairs)),
+        },
+        registry::Contender {
+            name: "Mutex<HashMap>, 2 threads",
+            threads: 2,
+            run: Box::new(|pairs| registry::mutex_hashmap(2, pairs)),
+        },
+        registry::Contender {
+            name: "do_send same thread",
+            threads: 1,
+            run: Box::new(registry::do_send_same_thread),
+        },
+        registry::Contender {
+            name: "do_send cross thread",
+            threads: 1,
+            run: Box::new(registry::do_send_cross_thread),
+        },
+    ];
+    let samples = registry::measure(&contenders, sizes.reps, sizes.registry_pairs)?;
+    let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
+    let all = summaries(&names, &samples);
+    let cross = *find(&all, "do_send cross thread")?;
+    let mut rows = Vec::new();
+    for (threads, ours_name, mutex_name) in [
+        (1, "ours, 1 thread", "Mutex<HashMap>, 1 thread"),
+        (2, "ours, 2 threads", "Mutex<HashMap>, 2 threads"),
+    ] {
+        let ours = *find(&all, ours_name)?;
+        let baselines = all
+            .iter()
+            .filter(|(n, _)| {
+                n == mutex_name || n == "do_send same thread" || n == "do_send cross thread"
+            })
+            .cloned()
+            .collect();
+        rows.push(Row {
+            what: format!(
+                "registry: register+unregister pairs/s through the guard API, \
+                 {threads} producer thread{}, each with its own shard",
+                if threads == 1 { "" } else { "s" }
+            ),
+            ours: Some(ours),
+            baselines,
+            target: "≥ 2,000,000 pairs/s and ≥ 0.5× do_send cross thread".into(),
+            met: met(vec![
+                check_abs(&ours, 2e6, "pairs/s"),
+                check_ratio(&ours, &cross, 0.5, "do_send cross thread"),
+            ]),
+        });
+    }
+    Ok(rows)
+}
+
+pub(crate) fn accept_rows(client: &mut LoadClient, sizes: &Sizes) -> Res<Vec<Row>> {
+    const OURS_ONE: &str = "ours, 1 arbiter";
+    const OURS_WORKER: &str = "ours, accept + 1 worker arbiter";
+    let contenders = [
+        accept::Contender {
+            name: OURS_ONE,
+            start: ours::start_accept,
+        },
+        accept::Contender {
+            name: OURS_WORKER,
+            start: ours::start_accept_worker,
+        },
+        accept::Contender {
+            name: "plain tokio",
+            start: accept::start_tokio,
+        },
+        accept::Contender {
+            name: "actix-server",
+            start: accept::start_actix_server,
+        },
+    ];
+    let measured = accept::measure(
+        client,
+        &contenders,
+        sizes.reps,
+        sizes.accept_connections,
+        sizes.accept_concurrency,
+    )?;
+    let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
+    let rates = summaries(&names, &measured.rate);
+    let ours_one = *find(&rates, OURS_ONE)?;
+    let ours_worker = *find(&rates, OURS_WORKER)?;
+    let tokio = *find(&rates, "plain tokio")?;
+    let actix_server = *find(&rates, "actix-server")?;
+    let baselines: Vec<(String, Summary)> = rates
+        .iter()
+        .filter(|(n, _)| n == "plain tokio" || n == "actix-server")
+        .cloned()
+        .collect();
+    let mut cpu = summaries(&names, &measured.cpu);
+    let ours_cpu = cpu.remove(0).1;
+    let load = format!(
+        "{} connections per rep, {} in flight",
+        sizes.accept_connections, sizes.accept_concurrency
+    );
+    Ok(vec![
+        Row {
+            what: format!(
+                "accept path: connections/s, ListenerActor + registry + metrics accepting \
+                 and serving on one arbiter; plain tokio on a current-thread runtime \
+                 ({load})"
+            ),
+            ours: Some(ours_one),
+            baselines: baselines.clone(),
+            target: "≥ 0.95× plain tokio, ≥ 1.0× actix-server".into(),
+            met: met(vec![
+                check_ratio(&ours_one, &tokio, 0.95, "plain tokio"),
+                check_ratio(&ours_one, &actix_server, 1.0, "actix-server"),
+            ]),
+        },
+        Row {
+            what: format!(
+                "accept path, like for like with actix-server (accept thread + 1 worker): \
+                 ListenerActor accepting on one arbiter, serving on one worker arbiter \
+                 ({load})"
+            ),
+            ours: Some(ours_worker),
+            baselines,
+            target: "≥ 1.0× actix-server (same thread layout)".into(),
+            met: met(vec![check_ratio(
+                &ours_worker,
+                &actix_server,
+                1.0,
+                "actix-server",
+            )]),
+        },
+        Row {
+            what: format!(
+                "accept path: CPU time per connection of the server process \
+                 (getrusage over the same runs; a busy machine disturbs it less); \
+                 {OURS_WORKER}: {}",
+                find(&cpu, OURS_WORKER)?
+            ),
+            ours: Some(ours_cpu),
+            baselines: cpu
+                .iter()
+                .filter(|(n, _)| n != OURS_WORKER)
+                .cloned()
+                .collect(),
+            target: "(explains the rows above)".into(),
+            met: Met::Report,
+        },
+    ])
+}
+
+pub(crate) fn abort_rows(client: &mut LoadClient, sizes: &Sizes) -> Res<Vec<Row>> {
+    let contenders = [
+        abort::Contender {
+            name: "ours",
+            start: ours::start_abort,
+        },
+        abort::Contender {
+            name: "shutdown(2) loop",
+            start: abort::start_shutdown_loop,
+        },
+    ];
+    let measured = abort::measure(client, &contenders, sizes.reps, sizes.abort_connections)?;
+    let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
+    let mut wall = summaries(&names, &measured.wall);
+    let ours = wall.remove(0).1;
+    let baseline = *find(&wall, "shutdown(2) loop")?;
+    let mut cpu = summaries(&names, &measured.cpu);
+    let ours_cpu = cpu.remove(0).1;
+    Ok(vec![
+        Row {
+            what: format!(
+                "abort: {} idle connections, registry Shutdown to Done",
+                sizes.abort_connections
+            ),
+            ours: Some(ours),
+            baselines: wall,
+            target: "≤ 1.2× shutdown(2) loop".into(),
+            met: met(vec![check_ratio(&ours, &baseline, 1.2, "shutdown(2) loop")]),
+        },
+        Row {
+            what: "abort: CPU time of the server process over the same spans (getrusage)".into(),
+            ours: Some(ours_cpu),
+            baselines: cpu,
+            target: "(explains the row above)".into(),
+            met: Met::Report,
+        },
+    ])
+}
+
+pub(crate) fn memory_rows(counting: &memory::Counting, sizes: &Sizes) -> Res<Vec<Row>> {
+    let n = sizes.memory_guards;
+    let mut ours_bytes = Samples::new(Unit::Bytes);
+    let mut ours_fds = Samples::new(Unit::Count);
+    let mut reference = Samples::new(Unit::Bytes);
+    let mut last = None;
+    for _ in 0..sizes.reps {
+        let m = ours::memory_per_guard(counting, n)?;
+        ours_bytes.push(m.bytes);
+        ours_fds.push(m.extra_fds);
+        last = Some(m);
+        reference.push(memory::mutex_hashmap_bytes(counting, n)?);
+    }
+    let bytes = ours_bytes.summary().ok_or("no memory figures")?;
+    let fds = ours_fds.summary().ok_or("no fd figures")?;
+    let breakdown = match last {
+        Some(ours::GuardMemory {
+            bytes: total,
+            per_connection_alloc: Some(alloc),
+            guard,
+            ..
+        }) => format!(
+            "; per connection: one {alloc} B allocation + the {guard} B guard + \
+             {:.0} B of shard hash table",
+            total - alloc as f64 - guard as f64
+        ),
+        _ => String::new(),
+    };
+    Ok(vec![
+        Row {
+            what: format!(
+                "memory per tracked connection: heap bytes of registry entry + guard, \
+                 {n} guards (counting allocator{breakdown})"
+            ),
+            ours: Some(bytes),
+            baselines: summaries(&["Mutex<HashMap> entry (mox, reference)"], &[reference]),
+            target: "≤ 128 B".into(),
+            met: met(vec![check_abs(&bytes, 128.0, "bytes per connection")]),
+        },
+        Row {
+            what: format!("extra fds for {n} tracked connections (/proc/self/fd)"),
+            ours: Some(fds),
+            baselines: vec![],
+            target: "0".into(),
+            met: met(vec![check_abs(&fds, 0.0, "extra fds")]),
+        },
+    ])
+}
+
+/// Start (exec to SMTP greeting) and stop (SIGTERM to exit, idle) of the
+/// gateway in each mode, interleaved with an exec of `/bin/true`.
+/// Privileged mode needs root.
+pub(crate) fn start_stop_rows(sizes: &Sizes, gateway_bin: Option<&Path>) -> Res<Vec<Row>> {
+    let Some(trivial) = start::trivial_binary() else {
+        return Err("no /bin/true or /usr/bin/true for the start baseline".into());
+    };
+    let mut modes = vec![(Mode::Immediate, "immediate")];
+    let root = nix::unistd::geteuid().is_root();
+    if root {
+        modes.push((Mode::Privileged, "privileged, user nobody"));
+    }
+    let mut exec = Samples::new(Unit::Millis);
+    let mut starts = vec![Samples::new(Unit::Millis); modes.len()];
+    let mut stops = vec![Samples::new(Unit::Millis); modes.len()];
+    let mut failures: Vec<Option<String>> = vec![None; modes.len()];
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    for rep in 0..sizes.reps {
+        exec.push_duration(start::exec_to_exit(trivial)?);
+        let Some(bin) = gateway_bin else { continue };
+        for (m, (mode, _)) in modes.iter().enumerate() {
+            if failures[m].is_some() {
+                continue;
+            }
+            let run = dir.path().join(format!("start-{rep}-{m}"));
+            std::fs::create_dir(&run)?;
+            let spool = run.join("spool");
+            match gateway::Gateway::start(bin, &run, &spool, *mode) {
+                Ok((gw, took)) => {
+                    starts[m].push_duration(took);
+                    std::thread::sleep(SETTLE);
+                    match gw.stop() {
+                        Ok(took) => stops[m].push_duration(took),
+                        Err(e) => failures[m] = Some(one_line(&format!("stop failed: {e}"))),
+                    }
+                }
+                Err(e) => failures[m] = Some(one_line(&format!("start failed: {e}"))),
+            }
+        }
+    }
+    let baselines = summaries(&["exec of /bin/true"], &[exec]);
+    let mut rows = Vec::new();
+    for (m, (_, label)) in modes.iter().enumerate() {
+        let why = match (gateway_bin, &failures[m]) {
+            (None, _) => Some(NO_GATEWAY.to_string()),
+            (Some(_), Some(f)) => Some(f.clone()),
+            _ => None,
+        };
+        let start_what = format!("start: gateway exec to SMTP greeting, {label}");
+        let stop_what = format!("stop: gateway SIGTERM to exit (status 0), idle, {label}");
+        let (Some(start), Some(stop), None) = (starts[m].summary(), stops[m].summary(), &why)
+        else {
+            let why = why.unwrap_or_else(|| "no figures".into());
+            rows.push(Row::without_ours(
+                start_what,
+                baselines.clone(),
+                "≤ 50 ms",
+                why.clone(),
+            ));
+            rows.push(Row::without_ours(stop_what, vec![], STOP_TARGET, why));
+            continue;
+        };
+        rows.push(Row {
+            what: start_what,
+            ours: Some(start),
+            baselines: baselines.clone(),
+            target: "≤ 50 ms".into(),
+            met: met(vec![check_abs(&start, 50.0, "exec to ready")]),
+        });
+        rows.push(Row {
+            what: stop_what,
+            ours: Some(stop),
+            baselines: vec![],
+            target: STOP_TARGET.into(),
+            met: met(vec![check_abs(&stop, 50.0, "SIGTERM to exit")]),
+        });
+    }
+    if !root {
+        rows.push(Row::without_ours(
+            "start: gateway exec to SMTP greeting, privileged",
+            baselines,
+            "≤ 50 ms",
+            "needs root (the bench is not running as root)",
+        ));
+    }
+    Ok(rows)
+}
+
+const STOP_TARGET: &str = "≤ 50 ms (mox waits ≥ 1 s)";
+
+/// SMTP messages/s: the gateway (fsync'd spool) interleaved with the
+/// no-fsync sink; both spool into the same file system.
+pub(crate) fn smtp_row(
+    client: &mut LoadClient,
+    sizes: &Sizes,
+    gateway_bin: Option<&Path>,
+) -> Res<Row> {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let mut sink = Samples::new(Unit::PerSecond);
+    let mut ours = Samples::new(Unit::PerSecond);
+    let mut failure = None;
+    let total = (sizes.smtp_clients * sizes.smtp_messages_per_client) as u64;
+    let load = |client: &mut LoadClient, addr| {
+        client.smtp(
+            addr,
+            sizes.smtp_clients,
+            sizes.smtp_messages_per_client,
+            sizes.smtp_message_size,
+        )
+    };
+    for rep in 0..sizes.reps {
+        for turn in crate::rotate(2, rep) {
+            let run = dir.path().join(format!("smtp-{rep}-{turn}"));
+            std::fs::create_dir(&run)?;
+            let spool = run.join("spool");
+            if turn == 0 {
+                std::fs::create_dir(&spool)?;
+                let server = smtp_sink::start(spool.clone())?;
+                let took = load(client, server.addr);
+                server.stop()?;
+                sink.push_rate(
+                    total,
+                    took.map_err(|e| format!("smtp, no-fsync sink: {e}"))?,
+                );
+                check_spooled(&spool, total, "no-fsync sink")?;
+            } else if let (Some(bin), None) = (gateway_bin, &failure) {
+                let result = gateway::Gateway::start(bin, &run, &spool, Mode::Immediate).and_then(
+                    |(gw, _)| {
+                        let server = gw.into_running();
+                        let took = load(client, server.addr);
+                        server.stop()?;
+                        let took = took?;
+                        check_spooled(&spool, total, "gateway")?;
+                        Ok(took)
+                    },
+                );
+                match result {
+                    Ok(took) => ours.push_rate(total, took),
+                    Err(e) => failure = Some(one_line(&format!("gateway: {e}"))),
+                }
+            }
+        }
+    }
+    let what = format!(
+        "SMTP: messages/s, {} clients × {} messages of {} KiB, gateway with fsync'd spool",
+        sizes.smtp_clients,
+        sizes.smtp_messages_per_client,
+        sizes.smtp_message_size / 1024
+    );
+    let baselines = summaries(&["sink without fsync"], &[sink]);
+    match (gateway_bin, failure, ours.summary()) {
+        (None, _, _) => Ok(Row::without_ours(
+            what,
+            baselines,
+            "report the ratio",
+            NO_GATEWAY,
+        )),
+        (Some(_), Some(f), _) => Ok(Row::without_ours(what, baselines, "report the ratio", f)),
+        (Some(_), None, summary) => Ok(Row {
+            what,
+            ours: summary,
+            baselines,
+            target: "report the ratio".into(),
+            met: Met::Report,
+        }),
+    }
+}
+
+/// The spool must hold exactly one `.eml` file per message sent.
+fn check_spooled(spool: &Path, expected: u64, who: &str) -> Res<()> {
+    let found = std::fs::read_dir(spool)?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .count() as u64;
+    if found != expected {
+        return Err(format!(
+            "{who} spooled {found} messages in {}, {expected} were sent",
+            spool.display()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+const NO_GATEWAY: &str = "no lifecycle-gateway binary (build it, or pass --gateway PATH)";
+
+/// The first line of an error, for a table cell.
+fn one_line(text: &str) -> String {
+    let first = text.lines().next().unwrap_or_default();
+    let mut s: String = first.chars().take(200).collect();
+    if s.len() < first.len() {
+        s.push('…');
+    }
+    s.replace('|', "/")
+}

@@ -1,0 +1,135 @@
+//! Repeated measurements and their summary (median, min, max).
+
+use std::fmt;
+use std::time::Duration;
+
+/// What a figure measures, which decides how it is printed and which way
+/// is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unit {
+    /// Events per second (higher is better).
+    PerSecond,
+    /// Milliseconds (lower is better).
+    Millis,
+    /// Microseconds (lower is better), e.g. CPU time per connection.
+    Micros,
+    /// Bytes (lower is better).
+    Bytes,
+    /// A count (lower is better), e.g. extra file descriptors.
+    Count,
+}
+
+/// One figure per repetition.
+#[derive(Debug, Clone)]
+pub(crate) struct Samples {
+    unit: Unit,
+    values: Vec<f64>,
+}
+
+impl Samples {
+    pub(crate) fn new(unit: Unit) -> Self {
+        Self {
+            unit,
+            values: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, value: f64) {
+        self.values.push(value);
+    }
+
+    /// Records `events` that took `elapsed` as a rate.
+    pub(crate) fn push_rate(&mut self, events: u64, elapsed: Duration) {
+        debug_assert_eq!(self.unit, Unit::PerSecond);
+        self.push(events as f64 / elapsed.as_secs_f64().max(1e-9));
+    }
+
+    /// Records a duration in milliseconds.
+    pub(crate) fn push_duration(&mut self, elapsed: Duration) {
+        debug_assert_eq!(self.unit, Unit::Millis);
+        self.push(elapsed.as_secs_f64() * 1e3);
+    }
+
+    pub(crate) fn summary(&self) -> Option<Summary> {
+        if self.values.is_empty() {
+            return None;
+        }
+        let mut sorted = self.values.clone();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        Some(Summary {
+            unit: self.unit,
+            median,
+            min: sorted[0],
+            max: sorted[n - 1],
+            n,
+        })
+    }
+}
+
+/// Median, min and max of a set of repetitions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Summary {
+    pub(crate) unit: Unit,
+    pub(crate) median: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
+    pub(crate) n: usize,
+}
+
+impl Summary {
+    /// `self` relative to `baseline`, medians, as "how many times the
+    /// baseline": for rates ours/baseline, for times ours/baseline too
+    /// (targets say which way is good).
+    pub(crate) fn ratio_to(&self, baseline: &Summary) -> f64 {
+        self.median / baseline.median
+    }
+}
+
+/// A value in the unit's usual form: `1.23 M/s`, `45.6 ms`, `96 B`.
+pub(crate) fn format_value(unit: Unit, v: f64) -> String {
+    match unit {
+        Unit::PerSecond => {
+            if v >= 1e6 {
+                format!("{:.2} M/s", v / 1e6)
+            } else if v >= 1e3 {
+                format!("{:.1} k/s", v / 1e3)
+            } else {
+                format!("{v:.0}/s")
+            }
+        }
+        Unit::Millis => {
+            if v >= 100.0 {
+                format!("{v:.0} ms")
+            } else if v >= 10.0 {
+                format!("{v:.1} ms")
+            } else {
+                format!("{v:.2} ms")
+            }
+        }
+        Unit::Micros => format!("{v:.1} µs"),
+        Unit::Bytes => format!("{v:.0} B"),
+        Unit::Count => format!("{v:.0}"),
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.n == 1 || self.min == self.max {
+            write!(f, "{}", format_value(self.unit, self.median))
+        } else {
+            write!(
+                f,
+                "{} ({}–{})",
+                format_value(self.unit, self.median),
+                format_value(self.unit, self.min),
+                format_value(self.unit, self.max)
+            )
+        }
+    }
+}
