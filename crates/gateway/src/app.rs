@@ -10,10 +10,10 @@ use std::time::Duration;
 use actix::Addr;
 use actix_lifecycle::{
     CloseUnclaimed, ConnHandler, GetListenerInfo, Lifecycle, LifecycleError, ListenerActor,
-    TakeListener,
+    ShutdownHandle, StopAccepting, TakeListener,
 };
 use lifecycle_handoff::{Handoff, Inventory, Lineage, Mode, Network, PassedListener, ReadyChannel};
-use slog::{error, info, o, Logger};
+use slog::{error, info, o, warn, Logger};
 
 use crate::config::{Config, Protocol, TlsMode};
 use crate::http::{http_server, HttpListener, HttpState, Readiness};
@@ -22,7 +22,7 @@ use crate::metrics::GatewayMetrics;
 use crate::smtp::{serve_smtp, SmtpContext, SmtpTls};
 use crate::spool::{Spool, SpoolError};
 use crate::tls::{tls_server_config, TlsAcceptor, TlsError, HANDSHAKE_TIMEOUT};
-use crate::upgrade::{report_ready, UpgradeMetrics};
+use crate::upgrade::{report_ready, UpgradeDrain, UpgradeMetrics};
 
 /// How long the listeners may take to start accepting.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -190,13 +190,25 @@ async fn start_listeners(
     if let Some(lineage) = &upgrade.lineage {
         upgrade_metrics.set_lineage(lineage);
     }
+    let generation = upgrade.lineage.map_or(0, |l| l.generation);
+    let upgrade_drain = match &upgrade.ready {
+        Some(channel) => match channel.watch() {
+            Ok(watch) => UpgradeDrain::new(watch),
+            Err(e) => {
+                warn!(log, "cannot watch the channel to the parent; an upgrade drain will be handled as a stop"; "error" => %e);
+                UpgradeDrain::default()
+            }
+        },
+        None => UpgradeDrain::default(),
+    };
     // One context per listener, so that every session's log lines name it.
     let smtp = |name: &str, tls: SmtpTls| {
         let log = log.new(o!("listener" => name.to_owned()));
         Arc::new(
             SmtpContext::from_config(config.smtp(), spool.clone(), log)
                 .metrics(gateway_metrics.clone())
-                .tls(tls),
+                .tls(tls)
+                .upgrade_drain(upgrade_drain.clone()),
         )
     };
     let imap = |name: &str| {
@@ -206,6 +218,7 @@ async fn start_listeners(
     let readiness = Readiness::new();
     let mut actors: Vec<(String, Addr<ListenerActor>)> = Vec::new();
     let mut http = Vec::new();
+    let mut http_handle = None;
     for l in config.listeners() {
         let name = l.name().to_owned();
         // The configuration checked that a listener with `tls` has [tls].
@@ -290,6 +303,7 @@ async fn start_listeners(
         );
         let server =
             http_server(state, http, config.shutdown().abort_grace()).map_err(StartError::Http)?;
+        http_handle = Some(server.handle());
         let log = log.clone();
         actix::spawn(async move {
             if let Err(e) = server.await {
@@ -306,12 +320,49 @@ async fn start_listeners(
         .await
         .map_err(|e| listener_error("(broker)", e))?;
     readiness.set_ready(true);
-    let generation = upgrade.lineage.map_or(0, |l| l.generation);
+    stop_accepting_on_upgrade(
+        lifecycle.shutdown_handle(),
+        upgrade_drain,
+        actors,
+        http_handle,
+        log.new(o!("generation" => generation)),
+    );
     info!(log, "ready"; "listeners" => config.listeners().len(), "unclaimed_closed" => closed, "generation" => generation);
     if let Some(ready) = upgrade.ready {
         report_ready(ready, upgrade_metrics, log.clone());
     }
     Ok(())
+}
+
+/// When the drain starts and it is an upgrade's, stops every listener
+/// accepting at once (the successor accepts from the same sockets); a stop
+/// keeps accepting until `Aborting`, to answer "shutting down".
+fn stop_accepting_on_upgrade(
+    shutdown: ShutdownHandle,
+    drain: UpgradeDrain,
+    actors: Vec<(String, Addr<ListenerActor>)>,
+    http: Option<actix_web::dev::ServerHandle>,
+    log: Logger,
+) {
+    actix::spawn(async move {
+        shutdown.draining().await;
+        if !drain.is_upgrade() {
+            info!(log, "draining to stop");
+            return;
+        }
+        info!(
+            log,
+            "draining for an upgrade: a newer generation serves; stop accepting"
+        );
+        if let Some(http) = http {
+            http.pause().await;
+        }
+        for (name, actor) in actors {
+            if actor.send(StopAccepting).await.is_err() {
+                warn!(log, "listener gone before it stopped accepting"; "listener" => name);
+            }
+        }
+    });
 }
 
 /// The server side of an implicit-TLS handshake on an accepted connection,

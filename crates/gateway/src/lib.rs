@@ -41,4 +41,4 @@ pub use session::{EndReason, SessionSummary};
 pub use smtp::{serve_smtp, SmtpContext, SmtpTls};
 pub use spool::{Spool, SpoolError, StoredMessage, MESSAGE_EXT, TMP_DIR};
 pub use tls::{tls_server_config, TlsAcceptor, TlsError, HANDSHAKE_TIMEOUT};
-pub use upgrade::UpgradeMetrics;
+pub use upgrade::{UpgradeDrain, UpgradeMetrics};

@@ -1,13 +1,14 @@
 //! The gateway's part in zero-downtime upgrades (the privileged parent's
 //! `UpgradeSupervisor` does the rest): the serving child reports ready over
-//! the channel its parent passed, and publishes its generation and the
-//! parent's upgrade counters as metrics, from its start-up lineage and then
-//! from every update the parent sends after an upgrade outcome.
+//! the channel its parent passed, publishes its generation and the parent's
+//! upgrade counters as metrics (from its start-up lineage, then from every
+//! update the parent sends after an upgrade outcome), and tells an upgrade
+//! drain from a stop ([`UpgradeDrain`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use lifecycle_handoff::{Lineage, ReadyChannel};
+use lifecycle_handoff::{ChannelWatch, Lineage, ReadyChannel};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use slog::{info, warn, Logger};
 
@@ -80,6 +81,64 @@ impl UpgradeMetrics {
             lineage.succeeded_including_self(),
             lineage.upgrades_failed,
         );
+    }
+}
+
+/// Whether this process drains because its parent upgraded the service
+/// (a successor accepts from the same sockets) rather than because the
+/// service stops.
+///
+/// The upgrading parent closes an old child's readiness channel before it
+/// sends SIGTERM, and keeps it open when it forwards a stop, so the answer
+/// is known as soon as the drain starts. An upgrade drain stops accepting at
+/// once and lets every open SMTP session finish its transaction (or make
+/// one, if it had none since the drain began) before `421` moves it to the
+/// successor: no client that connected is turned away. A stop keeps the
+/// documented shutdown behaviour (`421` to new sessions and at the next
+/// command).
+///
+/// Without an upgrading parent (the default) every drain is a stop:
+///
+/// ```
+/// let drain = lifecycle_gateway::UpgradeDrain::default();
+/// assert!(!drain.is_upgrade());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct UpgradeDrain {
+    inner: Option<Arc<DrainState>>,
+}
+
+#[derive(Debug)]
+struct DrainState {
+    watch: ChannelWatch,
+    seen: AtomicBool,
+}
+
+impl UpgradeDrain {
+    /// Watches the channel to an upgrading parent.
+    pub fn new(watch: ChannelWatch) -> Self {
+        UpgradeDrain {
+            inner: Some(Arc::new(DrainState {
+                watch,
+                seen: AtomicBool::new(false),
+            })),
+        }
+    }
+
+    /// True once the parent closed this process's channel: the drain, if
+    /// any, is an upgrade's. Stays true once seen.
+    pub fn is_upgrade(&self) -> bool {
+        let Some(state) = &self.inner else {
+            return false;
+        };
+        if state.seen.load(Ordering::Relaxed) {
+            return true;
+        }
+        let closed = state.watch.parent_closed();
+        if closed {
+            state.seen.store(true, Ordering::Relaxed);
+        }
+        closed
     }
 }
 

@@ -212,10 +212,7 @@ fn open(addr: SocketAddr) -> std::io::Result<Result<Session, Outcome>> {
 }
 
 fn send(s: &mut Session, token: &str) -> std::io::Result<Outcome> {
-    s.w.write_all(
-        format!("MAIL FROM:<load@example.org>\r\nRCPT TO:<sink@example.net>\r\nDATA\r\n")
-            .as_bytes(),
-    )?;
+    s.w.write_all(b"MAIL FROM:<load@example.org>\r\nRCPT TO:<sink@example.net>\r\nDATA\r\n")?;
     for expect in ["250", "250", "354"] {
         let r = reply(&mut s.r)?;
         if r.starts_with("421") {

@@ -7,6 +7,11 @@
 //! session gets 421 at its next command, and a DATA transfer in progress
 //! completes (and is spooled and acknowledged). At `Aborting` the session
 //! ends at once, storing nothing that was not complete.
+//!
+//! An upgrade drain (see [`UpgradeDrain`]) is gentler, because a successor
+//! already accepts: a session is greeted normally and finishes one more
+//! transaction (the one it is in, or its first since the drain began); only
+//! its next `MAIL` gets `421`, which sends the client to the successor.
 
 mod command;
 mod session;
@@ -23,6 +28,7 @@ use crate::metrics::GatewayMetrics;
 use crate::session::SessionSummary;
 use crate::spool::Spool;
 use crate::tls::TlsAcceptor;
+use crate::upgrade::UpgradeDrain;
 
 /// How an SMTP listener uses TLS.
 #[derive(Clone, Default)]
@@ -74,6 +80,7 @@ pub struct SmtpContext {
     logger: Logger,
     metrics: Option<GatewayMetrics>,
     tls: SmtpTls,
+    upgrade_drain: UpgradeDrain,
 }
 
 impl SmtpContext {
@@ -89,6 +96,7 @@ impl SmtpContext {
             logger,
             metrics: None,
             tls: SmtpTls::None,
+            upgrade_drain: UpgradeDrain::default(),
         }
     }
 
@@ -134,6 +142,14 @@ impl SmtpContext {
     /// How this listener uses TLS (default: not at all).
     pub fn tls(mut self, tls: SmtpTls) -> Self {
         self.tls = tls;
+        self
+    }
+
+    /// Tells an upgrade drain from a stop (default: every drain is a stop).
+    /// In an upgrade drain a session is not refused at its greeting and
+    /// finishes one more transaction before `421`.
+    pub fn upgrade_drain(mut self, drain: UpgradeDrain) -> Self {
+        self.upgrade_drain = drain;
         self
     }
 

@@ -32,6 +32,9 @@ pub(super) struct Session<S> {
     pub(super) messages: u32,
     /// TLS runs on the connection (implicit, or after STARTTLS).
     tls_active: bool,
+    /// In an upgrade drain: the message count at which the next `MAIL` is
+    /// refused (set when the session first sees the drain).
+    drain_limit: Option<u32>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -51,6 +54,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             errors: 0,
             messages: 0,
             tls_active: matches!(ctx.tls, SmtpTls::Implicit),
+            drain_limit: None,
             ctx,
         }
     }
@@ -69,7 +73,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn converse(&mut self) -> EndReason {
-        if self.shutdown.is_draining() {
+        if self.shutdown.is_draining() && !self.ctx.upgrade_drain.is_upgrade() {
             self.reply(421, "4.3.2 shutting down");
             return EndReason::Draining;
         }
@@ -91,7 +95,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         self.reply(221, &text);
                         Err(EndReason::Quit)
                     }
-                    _ if self.shutdown.is_draining() => {
+                    parsed if self.refused_while_draining(parsed.as_ref().ok()) => {
                         self.reply(421, "4.3.2 shutting down");
                         Err(EndReason::Draining)
                     }
@@ -112,6 +116,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return end;
             }
         }
+    }
+
+    /// Whether the drain refuses this command (`None`: it did not parse).
+    /// A stop refuses everything but QUIT; an upgrade drain refuses only a
+    /// `MAIL` after the session's one more transaction.
+    fn refused_while_draining(&mut self, cmd: Option<&Command>) -> bool {
+        if !self.shutdown.is_draining() {
+            return false;
+        }
+        if !self.ctx.upgrade_drain.is_upgrade() {
+            return true;
+        }
+        let limit = *self.drain_limit.get_or_insert(self.messages + 1);
+        matches!(cmd, Some(Command::Mail { .. })) && self.messages >= limit
     }
 
     async fn handle(&mut self, cmd: Command) -> Step {
