@@ -350,10 +350,8 @@ fn stop_accepting_on_upgrade(
             info!(log, "draining to stop");
             return;
         }
-        info!(
-            log,
-            "draining for an upgrade: a newer generation serves; stop accepting"
-        );
+        info!(log, "draining for an upgrade";
+            "detail" => "a newer generation accepts from the same sockets; this one stops accepting now");
         if let Some(http) = http {
             http.pause().await;
         }

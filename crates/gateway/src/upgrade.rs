@@ -110,7 +110,8 @@ pub struct UpgradeDrain {
 
 #[derive(Debug)]
 struct DrainState {
-    watch: ChannelWatch,
+    /// `None` in unit tests: an upgrade from the start.
+    watch: Option<ChannelWatch>,
     seen: AtomicBool,
 }
 
@@ -119,8 +120,19 @@ impl UpgradeDrain {
     pub fn new(watch: ChannelWatch) -> Self {
         UpgradeDrain {
             inner: Some(Arc::new(DrainState {
-                watch,
+                watch: Some(watch),
                 seen: AtomicBool::new(false),
+            })),
+        }
+    }
+
+    /// An upgrade drain from the start (for the session tests).
+    #[cfg(test)]
+    pub(crate) fn upgrading() -> Self {
+        UpgradeDrain {
+            inner: Some(Arc::new(DrainState {
+                watch: None,
+                seen: AtomicBool::new(true),
             })),
         }
     }
@@ -134,7 +146,10 @@ impl UpgradeDrain {
         if state.seen.load(Ordering::Relaxed) {
             return true;
         }
-        let closed = state.watch.parent_closed();
+        let closed = state
+            .watch
+            .as_ref()
+            .is_some_and(ChannelWatch::parent_closed);
         if closed {
             state.seen.store(true, Ordering::Relaxed);
         }

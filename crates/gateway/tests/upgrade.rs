@@ -316,24 +316,28 @@ fn upgrades_under_load_refuse_nothing_and_lose_nothing() {
             std::thread::spawn(move || load(addr, id, stop, stats, accepted))
         })
         .collect();
-    // smtp-source as a second, independent client, where installed.
+    // smtp-source as a second, independent client, where installed: runs
+    // of 200 messages over 4 sessions, one after another until the load
+    // stops, so that its sessions meet every upgrade.
+    const SOURCE_RUN: u64 = 200;
     let source = require_tool("smtp-source").then(|| {
-        Command::new("smtp-source")
-            .args([
-                "-s",
-                "4",
-                "-m",
-                "400",
-                "-f",
-                "src@example.org",
-                "-t",
-                "sink@example.net",
-            ])
-            .arg(gw.smtp.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        let (stop, addr) = (stop.clone(), gw.smtp);
+        std::thread::spawn(move || {
+            let mut runs = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let out = Command::new("smtp-source")
+                    .args(["-s", "4", "-m", &SOURCE_RUN.to_string()])
+                    .args(["-f", "src@example.org", "-t", "sink@example.net"])
+                    .arg(addr.to_string())
+                    .output()
+                    .unwrap();
+                runs.push((
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                ));
+            }
+            runs
+        })
     });
 
     let started = Instant::now();
@@ -367,13 +371,7 @@ fn upgrades_under_load_refuse_nothing_and_lose_nothing() {
     for t in threads {
         t.join().unwrap();
     }
-    let source_status = source.map(|c| {
-        let out = c.wait_with_output().unwrap();
-        (
-            out.status,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    });
+    let source_runs = source.map(|t| t.join().unwrap());
 
     let accepted = accepted.lock().unwrap().clone();
     let (refused, reset, other) = (
@@ -404,13 +402,17 @@ fn upgrades_under_load_refuse_nothing_and_lose_nothing() {
     let missing = found.values().filter(|n| **n == 0).count();
     let doubled = found.values().filter(|n| **n > 1).count();
     loud(&format!(
-        "upgrade load: {} messages acknowledged over {THREADS} connections' worth of sessions, {UPGRADES} upgrades in {:?}; \
+        "upgrade load: {} messages acknowledged over {THREADS} client threads, {UPGRADES} upgrades in {:?}; \
          {} sessions drained by an old generation (421, retried); refused {refused}, reset {reset}, other errors {other}; \
-         spool: {load_files} load files, {missing} acknowledged missing, {doubled} stored twice; smtp-source: {source_files} files, {:?}",
+         spool: {load_files} load files, {missing} acknowledged missing, {doubled} stored twice; smtp-source: {source_files} files from {:?} runs of {SOURCE_RUN}, failed runs {:?}",
         accepted.len(),
         started.elapsed(),
         stats.drained.load(Ordering::Relaxed),
-        source_status.as_ref().map(|(s, e)| format!("{s} {}", e.trim())),
+        source_runs.as_ref().map(Vec::len),
+        source_runs.as_ref().map(|runs| runs
+            .iter()
+            .filter(|(s, e)| !s.success() || !e.trim().is_empty())
+            .collect::<Vec<_>>()),
     ));
     assert!(accepted.len() as u64 >= MESSAGES);
     assert_eq!(
@@ -425,9 +427,15 @@ fn upgrades_under_load_refuse_nothing_and_lose_nothing() {
         accepted.len(),
         "a message that got no 250 was stored"
     );
-    if let Some((status, stderr)) = &source_status {
-        assert!(status.success(), "smtp-source: {status} {stderr}");
-        assert_eq!(source_files, 400, "smtp-source messages in the spool");
+    if let Some(runs) = &source_runs {
+        for (status, stderr) in runs {
+            assert!(status.success(), "smtp-source: {status} {stderr}");
+        }
+        assert_eq!(
+            source_files as u64,
+            runs.len() as u64 * SOURCE_RUN,
+            "smtp-source messages in the spool"
+        );
     }
 
     // The metrics of the serving (sixth) generation.
@@ -460,6 +468,15 @@ fn upgrades_under_load_refuse_nothing_and_lose_nothing() {
     let status = gw.wait_exit(SOON).expect("still running");
     assert_eq!(status.code(), Some(0), "{}", gw.log_text());
     assert_eq!(count(&gw, "old generation exited"), 5, "{}", gw.log_text());
+    // Each old generation knew it drained for an upgrade (stopped accepting
+    // at once); the last one drained to stop.
+    assert_eq!(
+        count(&gw, "draining for an upgrade"),
+        5,
+        "{}",
+        gw.log_text()
+    );
+    assert_eq!(count(&gw, "draining to stop"), 1, "{}", gw.log_text());
 }
 
 #[test]
