@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix::Addr;
 use actix_lifecycle::{
     CloseUnclaimed, ConnHandler, GetListenerInfo, Lifecycle, LifecycleError, ListenerActor,
-    ShutdownHandle, StopAccepting, TakeListener,
+    ShutdownHandle, StopAccepting, SystemdNotifier, TakeListener,
 };
 use lifecycle_handoff::{Handoff, Inventory, Lineage, Mode, Network, PassedListener, ReadyChannel};
 use slog::{error, info, o, warn, Logger};
@@ -311,6 +311,14 @@ async fn start_listeners(
             }
         });
     }
+    // systemd (Type=notify) when this process is the main one: READY=1 once
+    // every listener accepts, STATUS=, STOPPING=1, the watchdog. Under a
+    // privileged parent NOTIFY_SOCKET is not passed on (the parent is the
+    // main process and notifies), so this sends nothing there.
+    SystemdNotifier::from_env(lifecycle)
+        .logger(log.clone())
+        .listeners(actors.iter().map(|(_, actor)| actor.clone()))
+        .start();
     for (name, actor) in &actors {
         wait_accepting(name, actor).await?;
     }

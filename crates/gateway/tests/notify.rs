@@ -4,7 +4,9 @@
 //! (SCM_CREDENTIALS). The root parent is the main process: `READY=1` with
 //! `MAINPID=<parent>` once the nobody child accepts on every listener,
 //! `RELOADING=1` then `READY=1` around an upgrade, `STOPPING=1` on SIGTERM;
-//! the child never sees `NOTIFY_SOCKET` and never sends anything.
+//! the child never sees `NOTIFY_SOCKET` and never sends anything. Started
+//! unprivileged (immediate mode), the service is the main process and
+//! notifies itself.
 
 mod common;
 
@@ -101,11 +103,16 @@ fn readyz(gw: &Gateway) -> u16 {
     text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
 
-#[test]
-fn the_root_parent_is_the_main_pid_and_notifies_ready_reloading_stopping() {
-    if !require_root("the privileged start with NOTIFY_SOCKET") {
-        return;
-    }
+/// A temporary directory for user nobody: the spool, the config (with
+/// `head` on top) and the notify socket; returns the config path.
+fn setup(
+    head: &str,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    mpsc::Receiver<Datagram>,
+    std::path::PathBuf,
+) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let spool = dir.path().join("spool");
@@ -114,7 +121,7 @@ fn the_root_parent_is_the_main_pid_and_notifies_ready_reloading_stopping() {
     let socket_path = dir.path().join("notify");
     let rx = notify_socket(&socket_path);
     let config = format!(
-        r#"user = "nobody"
+        r#"{head}
 spool_dir = "{spool}"
 [log]
 format = "json"
@@ -138,6 +145,15 @@ address = "127.0.0.1:0"
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, config).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    (dir, path, rx, socket_path)
+}
+
+#[test]
+fn the_root_parent_is_the_main_pid_and_notifies_ready_reloading_stopping() {
+    if !require_root("the privileged start with NOTIFY_SOCKET") {
+        return;
+    }
+    let (dir, path, rx, socket_path) = setup(r#"user = "nobody""#);
     let mut cmd = Command::new(common::BIN);
     cmd.arg("--config")
         .arg(&path)
@@ -203,4 +219,47 @@ address = "127.0.0.1:0"
         seen.iter().all(|d| d.pid == parent),
         "only the parent may notify: {seen:?}"
     );
+}
+
+#[test]
+fn an_unprivileged_service_is_its_own_main_process() {
+    if !require_root("starting the gateway as user nobody") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let (dir, path, rx, socket_path) = setup("");
+    let mut cmd = Command::new(common::BIN);
+    cmd.arg("--config")
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .current_dir(dir.path())
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut gw = Gateway::spawn_command(dir, &mut cmd);
+    let pid = i32::try_from(gw.pid()).unwrap();
+    let mut seen = Vec::new();
+    let ready = wait_for(&rx, "READY=1", &mut seen);
+    gw.learn_addresses();
+    let status = readyz(&gw);
+    loud(&format!(
+        "notify (immediate mode): READY=1 from pid {} (service {pid}): {:?}; /readyz then {status}",
+        ready.pid, ready.text
+    ));
+    assert!(
+        gw.logs()
+            .iter()
+            .any(|l| l.contains(r#""mode":"immediate""#)),
+        "{}",
+        gw.log_text()
+    );
+    assert_eq!(status, 200, "/readyz at READY=1\n{}", gw.log_text());
+    assert_eq!(ready.pid, pid);
+    gw.signal(Signal::SIGTERM);
+    let stopping = wait_for(&rx, "STOPPING=1", &mut seen);
+    assert_eq!(stopping.pid, pid);
+    let status = gw.wait_exit(SOON).expect("still running");
+    assert_eq!(status.code(), Some(0), "{}", gw.log_text());
 }
