@@ -16,6 +16,7 @@ use lifecycle_handoff::{Handoff, Inventory, Lineage, Mode, Network, PassedListen
 use slog::{error, info, o, warn, Logger};
 
 use crate::config::{Config, Protocol, TlsMode};
+use crate::handover::{Handover, HandoverTask};
 use crate::http::{http_server, HttpListener, HttpState, Readiness};
 use crate::imap::{serve_imap, ImapContext};
 use crate::metrics::GatewayMetrics;
@@ -112,18 +113,45 @@ pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32,
     }
     let tls = open_tls(config, &mut handoff, log)?;
     let inventory = handoff.into_inventory();
-    let upgrade = Upgrade { ready, lineage };
+    // A child of the privileged parent (started with a parent-death signal)
+    // leaves upgrades to it; any other serving process hands over to a
+    // successor of its own on SIGHUP.
+    let supervised = ready.is_some() && nix::sys::prctl::get_pdeathsig().ok().flatten().is_some();
+    let handover = if supervised {
+        None
+    } else {
+        let files = config
+            .tls()
+            .map(|t| vec![t.cert().to_path_buf(), t.key().to_path_buf()])
+            .unwrap_or_default();
+        match Handover::new(&inventory, files, lineage) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                warn!(log, "cannot keep the listeners for a successor; SIGHUP will not upgrade"; "error" => %e);
+                None
+            }
+        }
+    };
+    let upgrade = Upgrade {
+        ready,
+        lineage,
+        handover,
+    };
     run(config, log, inventory, tls, upgrade)
 }
 
-/// What a child of an upgrading parent gets besides its descriptors (see
-/// `lifecycle_handoff::UpgradeSupervisor`); empty in other modes.
+/// How the service takes part in upgrades: a child of an upgrading parent
+/// (see `lifecycle_handoff::UpgradeSupervisor`) or of a predecessor gets a
+/// ready channel and its lineage; a process that upgrades itself on SIGHUP
+/// keeps a [`Handover`]. All empty: SIGHUP is logged and ignored.
 #[derive(Debug, Default)]
 pub struct Upgrade {
     /// Where to report ready once every listener accepts.
     pub ready: Option<ReadyChannel>,
     /// This process's generation and the parent's upgrade counters.
     pub lineage: Option<Lineage>,
+    /// What a successor of this process needs (no privileged parent).
+    pub handover: Option<Handover>,
 }
 
 /// Opens the `[tls]` certificate and key with
@@ -192,6 +220,9 @@ async fn start_listeners(
     }
     let generation = upgrade.lineage.map_or(0, |l| l.generation);
     let upgrade_drain = match &upgrade.ready {
+        // A successor's channel closes once its predecessor has seen it
+        // ready: only a supervising parent's closing means an upgrade.
+        Some(_) if upgrade.handover.is_some() => UpgradeDrain::default(),
         Some(channel) => match channel.watch() {
             Ok(watch) => UpgradeDrain::new(watch),
             Err(e) => {
@@ -315,7 +346,7 @@ async fn start_listeners(
     // every listener accepts, STATUS=, STOPPING=1, the watchdog. Under a
     // privileged parent NOTIFY_SOCKET is not passed on (the parent is the
     // main process and notifies), so this sends nothing there.
-    SystemdNotifier::from_env(lifecycle)
+    let notifier = SystemdNotifier::from_env(lifecycle)
         .logger(log.clone())
         .listeners(actors.iter().map(|(_, actor)| actor.clone()))
         .start();
@@ -328,6 +359,17 @@ async fn start_listeners(
         .await
         .map_err(|e| listener_error("(broker)", e))?;
     readiness.set_ready(true);
+    HandoverTask {
+        handover: upgrade.handover,
+        coordinator: lifecycle.coordinator().clone(),
+        shutdown: lifecycle.shutdown_handle(),
+        notifier,
+        drain: upgrade_drain.clone(),
+        metrics: upgrade_metrics.clone(),
+        generation,
+        log: log.new(o!("generation" => generation)),
+    }
+    .spawn();
     stop_accepting_on_upgrade(
         lifecycle.shutdown_handle(),
         upgrade_drain,

@@ -13,6 +13,7 @@
 mod app;
 mod cli;
 mod config;
+mod handover;
 mod http;
 mod imap;
 mod line;
@@ -32,6 +33,7 @@ pub use config::{
     Config, ConfigError, ImapConfig, ListenerConfig, Located, LogConfig, LogFormat, LogLevel,
     Protocol, ShutdownConfig, SmtpConfig, TlsConfig, TlsMode, DEFAULT_USER,
 };
+pub use handover::Handover;
 pub use http::{http_server, HttpListener, HttpState, Readiness};
 pub use imap::{serve_imap, ImapContext};
 pub use logging::{json_logger, resolve_format, stderr_logger, LogGuard};

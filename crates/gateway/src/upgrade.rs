@@ -73,6 +73,13 @@ impl UpgradeMetrics {
         }
     }
 
+    /// Counts one failed upgrade of this process's own (a successor
+    /// hand-over without a privileged parent).
+    pub(crate) fn record_failed(&self) {
+        self.seen[1].fetch_add(1, Ordering::Relaxed);
+        self.total.with_label_values(&["failed"]).inc();
+    }
+
     /// Sets them from this process's start-up lineage: the upgrade that made
     /// it the serving child counts as succeeded.
     pub fn set_lineage(&self, lineage: &Lineage) {
@@ -105,13 +112,14 @@ impl UpgradeMetrics {
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct UpgradeDrain {
-    inner: Option<Arc<DrainState>>,
+    state: Arc<DrainState>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct DrainState {
-    /// `None` in unit tests: an upgrade from the start.
+    /// The channel to an upgrading parent, if any.
     watch: Option<ChannelWatch>,
+    /// Seen closed, or marked by this process's own hand-over.
     seen: AtomicBool,
 }
 
@@ -119,39 +127,41 @@ impl UpgradeDrain {
     /// Watches the channel to an upgrading parent.
     pub fn new(watch: ChannelWatch) -> Self {
         UpgradeDrain {
-            inner: Some(Arc::new(DrainState {
+            state: Arc::new(DrainState {
                 watch: Some(watch),
                 seen: AtomicBool::new(false),
-            })),
+            }),
         }
     }
 
     /// An upgrade drain from the start (for the session tests).
     #[cfg(test)]
     pub(crate) fn upgrading() -> Self {
-        UpgradeDrain {
-            inner: Some(Arc::new(DrainState {
-                watch: None,
-                seen: AtomicBool::new(true),
-            })),
-        }
+        let drain = UpgradeDrain::default();
+        drain.mark();
+        drain
     }
 
-    /// True once the parent closed this process's channel: the drain, if
-    /// any, is an upgrade's. Stays true once seen.
+    /// This process handed over to a successor itself: its drain is an
+    /// upgrade's.
+    pub(crate) fn mark(&self) {
+        self.state.seen.store(true, Ordering::Relaxed);
+    }
+
+    /// True once the parent closed this process's channel, or this process
+    /// handed over to a successor: the drain, if any, is an upgrade's.
+    /// Stays true once seen.
     pub fn is_upgrade(&self) -> bool {
-        let Some(state) = &self.inner else {
-            return false;
-        };
-        if state.seen.load(Ordering::Relaxed) {
+        if self.state.seen.load(Ordering::Relaxed) {
             return true;
         }
-        let closed = state
+        let closed = self
+            .state
             .watch
             .as_ref()
             .is_some_and(ChannelWatch::parent_closed);
         if closed {
-            state.seen.store(true, Ordering::Relaxed);
+            self.state.seen.store(true, Ordering::Relaxed);
         }
         closed
     }
