@@ -5,6 +5,8 @@
 #![allow(dead_code)] // each test file uses a different part
 #![allow(unreachable_pub)] // shared by the test crates through `mod common`
 
+pub mod upgrading;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
