@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix::Addr;
 use actix_lifecycle::{
     CloseUnclaimed, ConnHandler, GetListenerInfo, Lifecycle, LifecycleError, ListenerActor,
-    ShutdownHandle, StopAccepting, SystemdNotifier, TakeListener,
+    SystemdNotifier, TakeListener,
 };
 use lifecycle_handoff::{Handoff, Inventory, Lineage, Mode, Network, PassedListener, ReadyChannel};
 use slog::{error, info, o, warn, Logger};
@@ -23,7 +23,7 @@ use crate::metrics::GatewayMetrics;
 use crate::smtp::{serve_smtp, SmtpContext, SmtpTls};
 use crate::spool::{Spool, SpoolError};
 use crate::tls::{tls_server_config, TlsAcceptor, TlsError, HANDSHAKE_TIMEOUT};
-use crate::upgrade::{report_ready, UpgradeDrain, UpgradeMetrics};
+use crate::upgrade::{report_ready, stop_accepting_on_upgrade, UpgradeDrain, UpgradeMetrics};
 
 /// How long the listeners may take to start accepting.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -360,7 +360,7 @@ async fn start_listeners(
         .map_err(|e| listener_error("(broker)", e))?;
     readiness.set_ready(true);
     HandoverTask {
-        handover: upgrade.handover,
+        handover: upgrade.handover.map(Arc::new),
         coordinator: lifecycle.coordinator().clone(),
         shutdown: lifecycle.shutdown_handle(),
         notifier,
@@ -382,35 +382,6 @@ async fn start_listeners(
         report_ready(ready, upgrade_metrics, log.clone());
     }
     Ok(())
-}
-
-/// When the drain starts and it is an upgrade's, stops every listener
-/// accepting at once (the successor accepts from the same sockets); a stop
-/// keeps accepting until `Aborting`, to answer "shutting down".
-fn stop_accepting_on_upgrade(
-    shutdown: ShutdownHandle,
-    drain: UpgradeDrain,
-    actors: Vec<(String, Addr<ListenerActor>)>,
-    http: Option<actix_web::dev::ServerHandle>,
-    log: Logger,
-) {
-    actix::spawn(async move {
-        shutdown.draining().await;
-        if !drain.is_upgrade() {
-            info!(log, "draining to stop");
-            return;
-        }
-        info!(log, "draining for an upgrade";
-            "detail" => "a newer generation accepts from the same sockets; this one stops accepting now");
-        if let Some(http) = http {
-            http.pause().await;
-        }
-        for (name, actor) in actors {
-            if actor.send(StopAccepting).await.is_err() {
-                warn!(log, "listener gone before it stopped accepting"; "listener" => name);
-            }
-        }
-    });
 }
 
 /// The server side of an implicit-TLS handshake on an accepted connection,

@@ -4,8 +4,9 @@
 //! freshly opened TLS files (`lifecycle_handoff::SuccessorHandoff`), waits
 //! until it is ready, tells systemd `MAINPID=<successor>`, then drains for
 //! an upgrade and exits. If the successor fails, this process serves on and
-//! counts the failure. Under a privileged parent SIGHUP is the parent's
-//! business: a child that gets one logs it and goes on.
+//! counts the failure. SIGUSR2 does the same. Under a privileged parent
+//! both are the parent's business: a child that gets one logs it and goes
+//! on.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -103,7 +104,7 @@ enum HandoverError {
 
 /// What the SIGHUP task needs from the running service.
 pub(crate) struct HandoverTask {
-    pub(crate) handover: Option<Handover>,
+    pub(crate) handover: Option<Arc<Handover>>,
     pub(crate) coordinator: Addr<ShutdownCoordinator>,
     pub(crate) shutdown: actix_lifecycle::ShutdownHandle,
     pub(crate) notifier: Addr<SystemdNotifier>,
@@ -114,64 +115,75 @@ pub(crate) struct HandoverTask {
 }
 
 impl HandoverTask {
-    /// Handles SIGHUP for the life of the service (a signal that arrives
-    /// during a hand-over waits for it: the signal stream keeps one).
+    /// Handles SIGHUP and SIGUSR2 for the life of the service (a signal that
+    /// arrives during a hand-over waits for it: each signal stream keeps
+    /// one).
     pub(crate) fn spawn(self) {
         actix::spawn(async move {
-            let mut hangups = match signal(SignalKind::hangup()) {
+            let streams = signal(SignalKind::hangup())
+                .and_then(|hup| Ok((hup, signal(SignalKind::user_defined2())?)));
+            let (mut hup, mut usr2) = match streams {
                 Ok(s) => s,
                 Err(e) => {
-                    warn!(self.log, "cannot handle SIGHUP; upgrades are off"; "error" => %e);
+                    warn!(self.log, "cannot handle SIGHUP/SIGUSR2; upgrades are off"; "error" => %e);
                     return;
                 }
             };
-            let Some(handover) = self.handover else {
-                while hangups.recv().await.is_some() {
-                    info!(self.log, "SIGHUP ignored: the privileged parent upgrades the service (send SIGHUP to the parent)");
-                }
-                return;
-            };
-            let handover = Arc::new(handover);
             let mut failed = 0;
-            while hangups.recv().await.is_some() {
+            loop {
+                let received = tokio::select! {
+                    s = hup.recv() => s.map(|()| "SIGHUP"),
+                    s = usr2.recv() => s.map(|()| "SIGUSR2"),
+                };
+                let Some(name) = received else {
+                    return;
+                };
+                let Some(handover) = &self.handover else {
+                    info!(self.log, "upgrade signal ignored: the privileged parent upgrades the service (signal the parent)"; "signal" => name);
+                    continue;
+                };
                 if self.shutdown.is_draining() {
-                    info!(self.log, "SIGHUP ignored: the service is draining");
+                    info!(self.log, "upgrade signal ignored: the service is draining"; "signal" => name);
                     continue;
                 }
-                let from = self.generation.max(1);
-                info!(self.log, "upgrade started"; "from" => from, "to" => from + 1, "signal" => "SIGHUP");
-                let h = handover.clone();
-                let started = tokio::task::spawn_blocking(move || h.start(failed)).await;
-                match started {
-                    Ok(Ok(successor)) => {
-                        let pid = successor.pid();
-                        info!(self.log, "upgrade succeeded";
-                            "from" => from, "to" => successor.generation(), "child" => pid,
-                            "detail" => format!("generation {} (pid {pid}) serves; generation {from} drains", successor.generation()));
-                        // Dropping the handle neither kills nor waits: the
-                        // successor outlives this process.
-                        drop(successor.into_child());
-                        self.drain.mark();
-                        if let Err(e) = self.notifier.send(SendMainPid { pid }).await {
-                            warn!(self.log, "notifier gone"; "error" => %e);
-                        }
-                        self.coordinator.do_send(BeginShutdown);
-                        return;
-                    }
-                    Ok(Err(e)) => {
-                        failed += 1;
-                        self.metrics.record_failed();
-                        error!(self.log, "upgrade failed"; "from" => from, "to" => from + 1,
-                            "reason" => %e, "upgrades_failed" => failed,
-                            "detail" => format!("generation {from} keeps serving"));
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        self.metrics.record_failed();
-                        error!(self.log, "upgrade failed"; "from" => from, "reason" => %e);
-                    }
+                if self.hand_over(handover, name, &mut failed).await {
+                    return;
                 }
             }
         });
+    }
+
+    /// One hand-over; true when the successor serves and this process
+    /// drains.
+    async fn hand_over(&self, handover: &Arc<Handover>, signal: &str, failed: &mut u64) -> bool {
+        let from = self.generation.max(1);
+        info!(self.log, "upgrade started"; "from" => from, "to" => from + 1, "signal" => signal);
+        let h = Arc::clone(handover);
+        let attempts = *failed;
+        let started = tokio::task::spawn_blocking(move || h.start(attempts)).await;
+        let reason = match started {
+            Ok(Ok(successor)) => {
+                let pid = successor.pid();
+                let to = successor.generation();
+                info!(self.log, "upgrade succeeded"; "from" => from, "to" => to, "child" => pid,
+                    "detail" => format!("generation {to} (pid {pid}) serves; generation {from} drains"));
+                // Dropping the handle neither kills nor waits: the successor
+                // outlives this process.
+                drop(successor.into_child());
+                self.drain.mark();
+                if let Err(e) = self.notifier.send(SendMainPid { pid }).await {
+                    warn!(self.log, "notifier gone"; "error" => %e);
+                }
+                self.coordinator.do_send(BeginShutdown);
+                return true;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the hand-over task failed: {e}"),
+        };
+        *failed += 1;
+        self.metrics.record_failed();
+        error!(self.log, "upgrade failed"; "from" => from, "to" => from + 1, "reason" => reason,
+            "upgrades_failed" => *failed, "detail" => format!("generation {from} keeps serving"));
+        false
     }
 }

@@ -8,6 +8,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use actix::Addr;
+use actix_lifecycle::{ListenerActor, ShutdownHandle, StopAccepting};
 use lifecycle_handoff::{ChannelWatch, Lineage, ReadyChannel};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use slog::{info, warn, Logger};
@@ -205,4 +207,33 @@ pub(crate) fn report_ready(mut ready: ReadyChannel, metrics: UpgradeMetrics, log
     if let Err(e) = spawned {
         warn!(log, "cannot follow the parent's upgrade updates"; "error" => %e);
     }
+}
+
+/// When the drain starts and it is an upgrade's, stops every listener
+/// accepting at once (the successor accepts from the same sockets); a stop
+/// keeps accepting until `Aborting`, to answer "shutting down".
+pub(crate) fn stop_accepting_on_upgrade(
+    shutdown: ShutdownHandle,
+    drain: UpgradeDrain,
+    actors: Vec<(String, Addr<ListenerActor>)>,
+    http: Option<actix_web::dev::ServerHandle>,
+    log: Logger,
+) {
+    actix::spawn(async move {
+        shutdown.draining().await;
+        if !drain.is_upgrade() {
+            info!(log, "draining to stop");
+            return;
+        }
+        info!(log, "draining for an upgrade";
+            "detail" => "a newer generation accepts from the same sockets; this one stops accepting now");
+        if let Some(http) = http {
+            http.pause().await;
+        }
+        for (name, actor) in actors {
+            if actor.send(StopAccepting).await.is_err() {
+                warn!(log, "listener gone before it stopped accepting"; "listener" => name);
+            }
+        }
+    });
 }
