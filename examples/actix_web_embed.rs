@@ -28,7 +28,7 @@ use std::any::Any;
 use std::io;
 use std::time::Duration;
 
-use actix_lifecycle::{ConnKind, GetPhase, Lifecycle, RegistryShard, ShutdownHandle};
+use actix_lifecycle::{ConnKind, Lifecycle, RegistryShard, ShutdownHandle};
 use actix_web::dev::Extensions;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use lifecycle_handoff::Inventory;
@@ -128,8 +128,7 @@ fn main() -> io::Result<()> {
             );
             server_handle.stop(true).await;
         });
-        // Once the coordinator answers, its signal handlers are in place.
-        (lifecycle.coordinator().send(GetPhase).await).map_err(io::Error::other)?;
+        // `Lifecycle::start` installed the SIGTERM/SIGINT handlers already.
         for addr in addrs {
             println!("listening on {addr}");
         }

@@ -8,7 +8,7 @@
 //! binds as immediate mode does, but this example starts no unprivileged child (the gateway
 //! does), so it serves as root: fine to try, not for production.
 
-use actix_lifecycle::{ConnHandler, GetPhase, Lifecycle};
+use actix_lifecycle::{ConnHandler, Lifecycle};
 use lifecycle_handoff::{Handoff, ListenerSpec};
 use slog::{info, o, Drain};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -50,7 +50,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     system.block_on(async move {
         let lifecycle = Lifecycle::builder(inventory).logger(log).start()?;
         lifecycle.serve("echo", "echo", echo());
-        lifecycle.coordinator().send(GetPhase).await?; // signal handlers are in place
         print!("{listening}");
         Ok::<_, Box<dyn std::error::Error>>(())
     })?;

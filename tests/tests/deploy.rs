@@ -381,6 +381,8 @@ fn gateway_toml_uses_only_schema_keys() {
                 "metrics_prefix",
                 "shutdown",
                 "log",
+                "smtp",
+                "imap",
                 "tls",
                 "listener",
             ],
@@ -400,6 +402,20 @@ fn gateway_toml_uses_only_schema_keys() {
         for key in ["drain_grace", "abort_grace"] {
             humantime::parse_duration(string(shutdown, key)).expect("a human duration");
         }
+        let smtp = table("smtp");
+        assert_keys(
+            &what,
+            smtp,
+            &[
+                "hostname",
+                "max_message_size",
+                "max_recipients",
+                "idle_timeout",
+            ],
+        );
+        humantime::parse_duration(string(smtp, "idle_timeout")).expect("a human duration");
+        assert_keys(&what, table("imap"), &["idle_timeout"]);
+        humantime::parse_duration(string(table("imap"), "idle_timeout")).expect("a human duration");
         let log = table("log");
         assert_keys(&what, log, &["format", "level"]);
         assert!(["term", "json"].contains(&string(log, "format")));
@@ -427,6 +443,39 @@ fn gateway_toml_uses_only_schema_keys() {
         if config.contains_key("tls") {
             assert_keys(&what, table("tls"), &["cert", "key"]);
         }
+    }
+}
+
+/// The gateway itself (its `--check-config`) accepts the sample, as shipped
+/// and with every commented-out setting on: the schema lists above could
+/// drift from the gateway's, the gateway's own parser cannot.
+#[test]
+fn the_gateway_accepts_gateway_toml() {
+    let bin = lifecycle_tests::gateway_bin().expect("build the gateway");
+    let dir = temp_dir("sample-config").expect("temp dir");
+    for (which, config) in [
+        ("as shipped", config()),
+        ("all settings on", config_all_on()),
+    ] {
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, config.to_string()).expect("write the config");
+        let out = Command::new(&bin)
+            .arg("--config")
+            .arg(&path)
+            .arg("--check-config")
+            .output()
+            .expect("run lifecycle-gateway --check-config");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "gateway.toml ({which}) rejected: {said}"
+        );
+        assert!(said.contains("configuration ok"), "{which}: {said}");
+        println!("gateway.toml ({which}): {}", said.trim());
     }
 }
 

@@ -119,6 +119,16 @@ pub enum LifecycleError {
          System::new().block_on(..), #[actix::main] or #[actix::test]"
     )]
     NoSystem,
+    /// Two listeners of the inventory have the same name: the broker hands
+    /// listeners out by name, so the second could never be served.
+    #[error(
+        "two listeners in the inventory are named {name:?}; give every listener \
+         a unique name (Handoff::prepare refuses this too)"
+    )]
+    DuplicateListener {
+        /// The repeated name.
+        name: String,
+    },
     /// A listener of a test harness stopped instead of accepting (its log
     /// says why).
     #[error("listener {name:?} of the harness did not start accepting; see its log for the cause")]

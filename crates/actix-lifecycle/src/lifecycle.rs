@@ -91,10 +91,18 @@ impl LifecycleBuilder {
     }
 
     /// Starts the broker, the registry and the coordinator on the current
-    /// arbiter. Must be called inside a running actix `System`.
+    /// arbiter, with the SIGTERM/SIGINT handlers installed (unless turned
+    /// off) before it returns. Must be called inside a running actix
+    /// `System`; refuses an inventory with two listeners of one name.
     pub fn start(self) -> Result<Lifecycle, LifecycleError> {
         if actix_rt::System::try_current().is_none() || actix_rt::Arbiter::try_current().is_none() {
             return Err(LifecycleError::NoSystem);
+        }
+        let mut names = std::collections::HashSet::new();
+        if let Some(l) = (self.inventory.listeners.iter()).find(|l| !names.insert(l.spec.name())) {
+            return Err(LifecycleError::DuplicateListener {
+                name: l.spec.name().to_owned(),
+            });
         }
         let registry = ConnectionRegistry::builder()
             .logger(self.log.clone())

@@ -8,6 +8,7 @@ use actix::{
     Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, ResponseFuture,
     System, WrapFuture,
 };
+use actix_rt::signal::unix::{signal, Signal, SignalKind};
 use futures_util::future::{select, Either};
 use slog::{debug, error, info, o, warn, Logger};
 use tokio::sync::oneshot;
@@ -121,6 +122,11 @@ impl ShutdownBuilder {
     /// Whether to listen for SIGTERM and SIGINT. Default true. Signal
     /// handlers are process-wide: a test harness running several instances
     /// in one process turns this off and sends [`BeginShutdown`].
+    ///
+    /// The handlers are installed by [`build`](Self::build) when it runs
+    /// inside a tokio runtime (as [`Lifecycle::start`](crate::Lifecycle)
+    /// does), so a SIGTERM that arrives before the actor has even started
+    /// is queued and handled, not fatal; otherwise when the actor starts.
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.signals = on;
         self
@@ -141,9 +147,17 @@ impl ShutdownBuilder {
         self
     }
 
-    /// The coordinator, not started.
+    /// The coordinator, not started. Inside a tokio runtime the SIGTERM
+    /// and SIGINT handlers are installed here already (see
+    /// [`handle_signals`](Self::handle_signals)).
     pub fn build(self) -> ShutdownCoordinator {
+        let signal_streams = if self.signals && tokio::runtime::Handle::try_current().is_ok() {
+            Some(install_signal_streams(&self.log))
+        } else {
+            None
+        };
         ShutdownCoordinator {
+            signal_streams,
             controller: PhaseController::new(),
             registry: self.registry,
             log: self.log.new(o!("actor" => "shutdown")),
@@ -180,6 +194,8 @@ pub struct ShutdownCoordinator {
     drain_grace: Duration,
     abort_grace: Duration,
     signals: bool,
+    /// Streams registered before the actor started; taken in `started`.
+    signal_streams: Option<Vec<(Signal, i32)>>,
     stop_system: bool,
     force_exit: ForceExit,
     began: Option<Instant>,
@@ -307,31 +323,43 @@ impl ShutdownCoordinator {
         }
     }
 
-    fn listen_for_signals(&self, ctx: &mut Context<Self>) {
-        use actix_rt::signal::unix::{signal, SignalKind};
-        for (kind, signo) in [
-            (SignalKind::terminate(), libc::SIGTERM),
-            (SignalKind::interrupt(), libc::SIGINT),
-        ] {
-            match signal(kind) {
-                Ok(mut stream) => {
-                    let me = ctx.address();
-                    ctx.spawn(
-                        async move {
-                            while stream.recv().await.is_some() {
-                                me.do_send(SignalReceived { signal: signo });
-                            }
-                        }
-                        .into_actor(self),
-                    );
+    fn listen_for_signals(&mut self, ctx: &mut Context<Self>) {
+        let streams = match self.signal_streams.take() {
+            Some(streams) => streams,
+            None => install_signal_streams(&self.log),
+        };
+        for (mut stream, signo) in streams {
+            let me = ctx.address();
+            ctx.spawn(
+                async move {
+                    while stream.recv().await.is_some() {
+                        me.do_send(SignalReceived { signal: signo });
+                    }
                 }
-                Err(e) => {
-                    error!(self.log, "cannot listen for a signal; stop with a message instead";
-                        "signal" => signo, "error" => %e);
-                }
+                .into_actor(self),
+            );
+        }
+    }
+}
+
+/// Registers SIGTERM and SIGINT with the runtime: from here on they are
+/// queued for the streams instead of killing the process. A failure is
+/// logged; the service then stops only by [`BeginShutdown`].
+fn install_signal_streams(log: &Logger) -> Vec<(Signal, i32)> {
+    let mut streams = Vec::with_capacity(2);
+    for (kind, signo) in [
+        (SignalKind::terminate(), libc::SIGTERM),
+        (SignalKind::interrupt(), libc::SIGINT),
+    ] {
+        match signal(kind) {
+            Ok(stream) => streams.push((stream, signo)),
+            Err(e) => {
+                error!(log, "cannot listen for a signal; stop with a message instead";
+                    "signal" => signal_name(signo), "error" => %e);
             }
         }
     }
+    streams
 }
 
 impl Actor for ShutdownCoordinator {

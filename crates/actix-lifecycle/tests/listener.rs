@@ -352,3 +352,23 @@ async fn a_panicking_handler_still_unregisters_its_connection() {
         "others keep being served"
     );
 }
+
+#[actix::test]
+async fn two_listeners_with_one_name_are_refused_at_start() {
+    let (a, _) = tcp("smtp");
+    let (b, _) = tcp("smtp");
+    let inventory = Inventory {
+        listeners: vec![a, b],
+        files: vec![],
+    };
+    let err = Lifecycle::builder(inventory)
+        .logger(logger())
+        .handle_signals(false)
+        .start()
+        .expect_err("a repeated listener name is refused");
+    assert!(
+        matches!(&err, actix_lifecycle::LifecycleError::DuplicateListener { name } if name == "smtp"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("unique name"), "{err}");
+}

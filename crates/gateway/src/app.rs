@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix::Addr;
 use actix_lifecycle::{
     CloseUnclaimed, ConnHandler, GetListenerInfo, Lifecycle, LifecycleError, ListenerActor,
-    SystemdNotifier, TakeListener,
+    TakeListener,
 };
 use lifecycle_handoff::{Handoff, Inventory, Lineage, Mode, Network, PassedListener, ReadyChannel};
 use slog::{error, info, o, warn, Logger};
@@ -20,6 +20,7 @@ use crate::handover::{Handover, HandoverTask};
 use crate::http::{http_server, HttpListener, HttpState, Readiness};
 use crate::imap::{serve_imap, ImapContext};
 use crate::metrics::GatewayMetrics;
+use crate::notify::Notifications;
 use crate::smtp::{serve_smtp, SmtpContext, SmtpTls};
 use crate::spool::{Spool, SpoolError};
 use crate::tls::{tls_server_config, TlsAcceptor, TlsError, HANDSHAKE_TIMEOUT};
@@ -112,6 +113,7 @@ pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32,
         info!(log, "{}", what; "listener" => l.spec.name(), "address" => %l.spec.address());
     }
     let tls = open_tls(config, &mut handoff, log)?;
+    let notify = Notifications::for_handoff(&handoff);
     let inventory = handoff.into_inventory();
     // A child of the privileged parent (started with a parent-death signal)
     // leaves upgrades to it; any other serving process hands over to a
@@ -124,7 +126,8 @@ pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32,
             .tls()
             .map(|t| vec![t.cert().to_path_buf(), t.key().to_path_buf()])
             .unwrap_or_default();
-        match Handover::new(&inventory, files, lineage) {
+        let names: Vec<&str> = config.listeners().iter().map(|l| l.name()).collect();
+        match Handover::new(&inventory, &names, files, lineage) {
             Ok(h) => Some(h),
             Err(e) => {
                 warn!(log, "cannot keep the listeners for a successor; SIGHUP will not upgrade"; "error" => %e);
@@ -137,7 +140,7 @@ pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32,
         lineage,
         handover,
     };
-    run(config, log, inventory, tls, upgrade)
+    run(config, log, inventory, tls, upgrade, notify)
 }
 
 /// How the service takes part in upgrades: a child of an upgrading parent
@@ -180,13 +183,15 @@ pub fn open_tls(
 /// Runs the gateway on `inventory` until it stops; returns the process exit
 /// status (0 after a clean signal-initiated stop).
 /// `tls` serves the listeners with a `tls` option (see [`open_tls`]);
-/// `upgrade` reports readiness to an upgrading parent.
+/// `upgrade` says how this process takes part in upgrades; once every
+/// listener accepts, `notify` tells systemd (see [`Notifications`]).
 pub fn run(
     config: &Config,
     log: &Logger,
     inventory: Inventory,
     tls: Option<TlsAcceptor>,
     upgrade: Upgrade,
+    notify: Notifications,
 ) -> Result<i32, StartError> {
     raise_open_files_limit(log);
     let spool = Arc::new(Spool::open(config.spool_dir(), log)?);
@@ -198,7 +203,7 @@ pub fn run(
             .drain_grace(config.shutdown().drain_grace())
             .abort_grace(config.shutdown().abort_grace())
             .start()?;
-        start_listeners(config, log, &lifecycle, spool, tls, upgrade).await
+        start_listeners(config, log, &lifecycle, spool, tls, upgrade, notify).await
     })?;
     let code = system.run_with_code()?;
     info!(log, "exiting"; "status" => code);
@@ -212,6 +217,7 @@ async fn start_listeners(
     spool: Arc<Spool>,
     tls: Option<TlsAcceptor>,
     upgrade: Upgrade,
+    notify: Notifications,
 ) -> Result<(), StartError> {
     let gateway_metrics = GatewayMetrics::register(lifecycle.metrics(), config.metrics_prefix())?;
     let upgrade_metrics = UpgradeMetrics::register(lifecycle.metrics(), config.metrics_prefix())?;
@@ -342,14 +348,6 @@ async fn start_listeners(
             }
         });
     }
-    // systemd (Type=notify) when this process is the main one: READY=1 once
-    // every listener accepts, STATUS=, STOPPING=1, the watchdog. Under a
-    // privileged parent NOTIFY_SOCKET is not passed on (the parent is the
-    // main process and notifies), so this sends nothing there.
-    let notifier = SystemdNotifier::from_env(lifecycle)
-        .logger(log.clone())
-        .listeners(actors.iter().map(|(_, actor)| actor.clone()))
-        .start();
     for (name, actor) in &actors {
         wait_accepting(name, actor).await?;
     }
@@ -359,6 +357,9 @@ async fn start_listeners(
         .await
         .map_err(|e| listener_error("(broker)", e))?;
     readiness.set_ready(true);
+    // systemd (Type=notify) when this process is the main one; a child of
+    // the privileged parent stays silent (see `Notifications`).
+    let notifier = notify.start(lifecycle, log);
     HandoverTask {
         handover: upgrade.handover.map(Arc::new),
         coordinator: lifecycle.coordinator().clone(),

@@ -33,17 +33,20 @@ pub struct Handover {
 }
 
 impl Handover {
-    /// Keeps duplicates of `inventory`'s listeners (the originals go to the
-    /// service) and `files` to re-open at each hand-over; `lineage` is this
-    /// process's own (`None` for the first one).
+    /// Keeps duplicates of `inventory`'s listeners named in `names` (the
+    /// originals go to the service; a socket no listener claims is not
+    /// kept, so it closes) and `files` to re-open at each hand-over;
+    /// `lineage` is this process's own (`None` for the first one).
     pub fn new(
         inventory: &Inventory,
+        names: &[&str],
         files: Vec<PathBuf>,
         lineage: Option<Lineage>,
     ) -> std::io::Result<Self> {
         let listeners = inventory
             .listeners
             .iter()
+            .filter(|l| names.contains(&l.spec.name()))
             .map(|l| {
                 Ok(PassedListener {
                     spec: l.spec.clone(),
@@ -107,7 +110,7 @@ pub(crate) struct HandoverTask {
     pub(crate) handover: Option<Arc<Handover>>,
     pub(crate) coordinator: Addr<ShutdownCoordinator>,
     pub(crate) shutdown: actix_lifecycle::ShutdownHandle,
-    pub(crate) notifier: Addr<SystemdNotifier>,
+    pub(crate) notifier: Option<Addr<SystemdNotifier>>,
     pub(crate) drain: UpgradeDrain,
     pub(crate) metrics: UpgradeMetrics,
     pub(crate) generation: u64,
@@ -171,8 +174,13 @@ impl HandoverTask {
                 // outlives this process.
                 drop(successor.into_child());
                 self.drain.mark();
-                if let Err(e) = self.notifier.send(SendMainPid { pid }).await {
-                    warn!(self.log, "notifier gone"; "error" => %e);
+                // The hand-over told systemd already; this stops the
+                // notifier speaking for the service (no STOPPING=1 from an
+                // old process).
+                if let Some(notifier) = &self.notifier {
+                    if let Err(e) = notifier.send(SendMainPid { pid }).await {
+                        warn!(self.log, "notifier gone"; "error" => %e);
+                    }
                 }
                 self.coordinator.do_send(BeginShutdown);
                 return true;

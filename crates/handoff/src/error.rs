@@ -380,6 +380,40 @@ pub enum Error {
         requested: String,
     },
 
+    /// systemd mode: no socket-activated descriptor is named like a
+    /// listener of the program, and none unnamed is bound to its address.
+    #[error(
+        "listener {name:?} ({address}) has no socket from systemd (passed and not yet claimed: \
+         {available}); give it one: FileDescriptorName={name} and ListenStream= its address in a \
+         .socket unit of this service (systemd-socket-activate: -l ADDRESS --fdname={name}), or \
+         remove the listener from the configuration"
+    )]
+    NoActivatedSocket {
+        /// The listener's name (the config's).
+        name: String,
+        /// The address it asks for.
+        address: String,
+        /// The activated sockets still unclaimed.
+        available: String,
+    },
+
+    /// systemd mode: the socket named for a listener is bound to another
+    /// address than the listener asks for.
+    #[error(
+        "the socket systemd passed as {name:?} is bound to {passed}, but listener {name:?} asks \
+         for {requested}; make ListenStream= of the .socket unit with FileDescriptorName={name} \
+         (systemd-socket-activate: -l) equal the listener's address, or change the address in \
+         the configuration"
+    )]
+    ActivatedSocketMismatch {
+        /// The listener's name, which is also the socket's.
+        name: String,
+        /// Where the activated socket is bound.
+        passed: String,
+        /// What the listener asks for.
+        requested: String,
+    },
+
     /// `open_privileged()` asked for a file the hand-off does not hold.
     #[error(
         "no passed file for {path:?} in {mode} mode (passed and not yet taken: {available}); \

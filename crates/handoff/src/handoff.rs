@@ -280,8 +280,13 @@ impl Handoff {
     ///   address when port 0 was asked for);
     /// - immediate: binds;
     /// - inherited, systemd: takes the passed listener of that name whose
-    ///   address `spec` accepts; failing that, the first one bound to an
-    ///   address `spec` accepts (unnamed systemd sockets, mox entries).
+    ///   address `spec` accepts; failing that, one bound to an address
+    ///   `spec` accepts, unnamed ones first (systemd sockets without
+    ///   `FileDescriptorName=`, mox entries). What is taken carries `spec`'s
+    ///   name from then on. Nothing matching is an error that says what to
+    ///   change: in systemd mode [`Error::NoActivatedSocket`] or
+    ///   [`Error::ActivatedSocketMismatch`], in inherited mode
+    ///   [`Error::NoSuchListener`] or [`Error::SpecMismatch`].
     pub fn listen(&mut self, spec: &ListenerSpec) -> Result<OwnedFd> {
         match self.mode() {
             Mode::Privileged => {
@@ -318,30 +323,61 @@ impl Handoff {
     }
 
     fn take_listener(&mut self, spec: &ListenerSpec) -> Result<PassedListener> {
-        let listeners = &mut self.inventory.listeners;
-        let by_name = listeners
-            .iter()
-            .position(|l| l.spec.name() == spec.name() && spec.address().accepts(l.spec.address()));
-        let by_address = || {
-            listeners
-                .iter()
-                .position(|l| spec.address().accepts(l.spec.address()))
-        };
-        if let Some(index) = by_name.or_else(by_address) {
-            return Ok(listeners.remove(index));
+        match self
+            .find_by_name(spec)
+            .or_else(|| self.find_by_address(spec))
+        {
+            Some(index) => Ok(claimed(self.inventory.listeners.remove(index), spec)),
+            None => Err(self.missing_listener(spec)),
         }
-        if let Some(other) = listeners.iter().find(|l| l.spec.name() == spec.name()) {
-            return Err(Error::SpecMismatch {
+    }
+
+    /// The passed listener named like `spec` whose address `spec` accepts.
+    fn find_by_name(&self, spec: &ListenerSpec) -> Option<usize> {
+        self.inventory
+            .listeners
+            .iter()
+            .position(|l| l.spec.name() == spec.name() && spec.address().accepts(l.spec.address()))
+    }
+
+    /// A passed listener whose address `spec` accepts, unnamed ones first
+    /// (see [`is_unnamed`]).
+    fn find_by_address(&self, spec: &ListenerSpec) -> Option<usize> {
+        let listeners = &self.inventory.listeners;
+        let at_address = |l: &&PassedListener| spec.address().accepts(l.spec.address());
+        listeners
+            .iter()
+            .position(|l| at_address(&l) && is_unnamed(l))
+            .or_else(|| listeners.iter().position(|l| at_address(&l)))
+    }
+
+    /// Why nothing passed matches `spec`, with the fix for this mode.
+    fn missing_listener(&self, spec: &ListenerSpec) -> Error {
+        let listeners = &self.inventory.listeners;
+        let available = || list(listeners.iter().map(|l| l.spec.to_string()));
+        let same_name = listeners.iter().find(|l| l.spec.name() == spec.name());
+        match (self.mode(), same_name) {
+            (Mode::Systemd, Some(other)) => Error::ActivatedSocketMismatch {
+                name: spec.name().to_owned(),
+                passed: other.spec.address().to_string(),
+                requested: spec.address().to_string(),
+            },
+            (Mode::Systemd, None) => Error::NoActivatedSocket {
+                name: spec.name().to_owned(),
+                address: spec.address().to_string(),
+                available: available(),
+            },
+            (_, Some(other)) => Error::SpecMismatch {
                 name: spec.name().to_owned(),
                 passed: other.spec.to_string(),
                 requested: spec.to_string(),
-            });
+            },
+            (mode, None) => Error::NoSuchListener {
+                spec: spec.to_string(),
+                mode,
+                available: available(),
+            },
         }
-        Err(Error::NoSuchListener {
-            spec: spec.to_string(),
-            mode: self.choice.mode,
-            available: list(listeners.iter().map(|l| l.spec.to_string())),
-        })
     }
 
     /// An open, read-only, close-on-exec file for `path`, the same call in
@@ -394,8 +430,30 @@ impl Handoff {
     /// - systemd: checks each listener was passed, opens the files;
     /// - inherited: checks each listener and file was passed.
     ///
-    /// Listeners are reordered to follow `listeners`; passed ones nobody
-    /// asked for stay at the end.
+    /// Passed listeners are matched as by [`listen`](Self::listen), all by
+    /// name first, then the rest by address, and take the names of the
+    /// specs that claim them. They are reordered to follow `listeners`;
+    /// passed ones nobody asked for stay at the end (an `FdBroker` closes
+    /// them with a warning once the listeners run). On an error nothing is
+    /// taken.
+    ///
+    /// ```
+    /// use lifecycle_handoff::{Handoff, Inventory, ListenAddress, ListenerSpec, Mode, PassedListener};
+    ///
+    /// // An unnamed socket from systemd (no FileDescriptorName=) is named by its address.
+    /// let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let bound = ListenAddress::Tcp(tcp.local_addr().unwrap());
+    /// let passed = PassedListener { spec: ListenerSpec::new(bound.to_string(), bound.clone()), fd: tcp.into() };
+    /// let inventory = Inventory { listeners: vec![passed], files: vec![] };
+    /// let mut handoff = Handoff::from_inventory(Mode::Systemd, inventory);
+    ///
+    /// handoff.prepare(&[ListenerSpec::new("smtp", bound)], &[]).unwrap();
+    /// assert_eq!(handoff.inventory().listeners[0].spec.name(), "smtp");
+    ///
+    /// // A listener without a socket: the error names it and the fix.
+    /// let err = handoff.prepare(&[ListenerSpec::tcp("imap", "127.0.0.1:143".parse().unwrap())], &[]);
+    /// assert!(err.unwrap_err().to_string().contains("FileDescriptorName=imap"));
+    /// ```
     pub fn prepare(&mut self, listeners: &[ListenerSpec], files: &[FileSpec]) -> Result<()> {
         match self.mode() {
             Mode::Privileged | Mode::Immediate => {
@@ -416,17 +474,7 @@ impl Handoff {
                 }
             }
             Mode::Inherited | Mode::Systemd => {
-                let mut taken = Vec::with_capacity(listeners.len());
-                for spec in listeners {
-                    match self.take_listener(spec) {
-                        Ok(listener) => taken.push(listener),
-                        Err(err) => {
-                            // Put back what was taken so nothing is lost.
-                            self.inventory.listeners.splice(0..0, taken);
-                            return Err(err);
-                        }
-                    }
-                }
+                let taken = self.claim_all(listeners)?;
                 let rest = std::mem::take(&mut self.inventory.listeners);
                 self.inventory.listeners = taken;
                 self.inventory.listeners.extend(rest);
@@ -463,6 +511,44 @@ impl Handoff {
         Ok(())
     }
 
+    /// Takes one passed listener per spec, in the order of `specs`, each
+    /// renamed to its spec's name: first every match by name, then, for the
+    /// specs still without one, a match by address (so an unnamed socket
+    /// never goes to a spec whose named socket is also passed). On an error
+    /// nothing is taken.
+    fn claim_all(&mut self, specs: &[ListenerSpec]) -> Result<Vec<PassedListener>> {
+        let mut slots: Vec<Option<PassedListener>> = specs.iter().map(|_| None).collect();
+        for (slot, spec) in slots.iter_mut().zip(specs) {
+            if let Some(index) = self.find_by_name(spec) {
+                *slot = Some(self.inventory.listeners.remove(index));
+            }
+        }
+        let mut failed = None;
+        for (slot, spec) in slots.iter_mut().zip(specs) {
+            if slot.is_some() {
+                continue;
+            }
+            match self.find_by_address(spec) {
+                Some(index) => *slot = Some(self.inventory.listeners.remove(index)),
+                None => {
+                    failed = Some(self.missing_listener(spec));
+                    break;
+                }
+            }
+        }
+        if let Some(err) = failed {
+            // Put back what was taken, as it was, so nothing is lost.
+            let taken: Vec<PassedListener> = slots.into_iter().flatten().collect();
+            self.inventory.listeners.splice(0..0, taken);
+            return Err(err);
+        }
+        Ok(slots
+            .into_iter()
+            .zip(specs)
+            .filter_map(|(slot, spec)| slot.map(|l| claimed(l, spec)))
+            .collect())
+    }
+
     /// Closes every descriptor still held (passed and not taken) and
     /// returns a description of each, for a warning.
     pub fn close_unclaimed(&mut self) -> Vec<String> {
@@ -489,6 +575,26 @@ impl Handoff {
     }
 }
 
+/// True for a passed listener named by its address: an unnamed systemd
+/// socket (`LISTEN_FDNAMES` absent, or the name empty or `unknown`) or a mox
+/// entry. Every address's text holds a `:` and systemd refuses a `:` in
+/// `FileDescriptorName=`, so a name given by a socket unit is never of this
+/// form.
+fn is_unnamed(listener: &PassedListener) -> bool {
+    listener.spec.name() == listener.spec.address().to_string()
+}
+
+/// `listener`, claimed by `spec`: it takes the spec's name (the name the
+/// program, and an `FdBroker`, look it up by) and keeps the address it is
+/// bound to.
+fn claimed(listener: PassedListener, spec: &ListenerSpec) -> PassedListener {
+    PassedListener {
+        spec: ListenerSpec::new(spec.name(), listener.spec.address().clone())
+            .with_backlog(listener.spec.backlog()),
+        fd: listener.fd,
+    }
+}
+
 fn list(items: impl Iterator<Item = String>) -> String {
     let items: Vec<String> = items.collect();
     if items.is_empty() {
@@ -497,3 +603,6 @@ fn list(items: impl Iterator<Item = String>) -> String {
         items.join(", ")
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,7 +5,9 @@
 //! (colon-separated) by `LISTEN_FDNAMES` from each socket's
 //! `FileDescriptorName=`. A name maps to the listener of that name; an
 //! unnamed descriptor (no `LISTEN_FDNAMES`, an empty name, or `unknown`)
-//! is found by its address. All three variables are removed once read.
+//! is found by its address and takes the name of the listener that claims
+//! it ([`Handoff::prepare`](crate::Handoff::prepare)). All three variables
+//! are removed once read.
 
 use std::os::fd::{AsFd, RawFd};
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::ArbiterHandle;
-use lifecycle_handoff::{ListenAddress, Network, PassedListener};
+use lifecycle_handoff::{validate_listener, ListenAddress, Network, PassedListener};
 use slog::{debug, info, warn, Logger};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
@@ -28,46 +28,24 @@ pub(crate) enum Acceptor {
     Unix(UnixListener),
 }
 
-fn not_listening(what: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("the descriptor is a {what} socket that is not listening"),
-    )
-}
-
 impl Acceptor {
-    /// Sets O_NONBLOCK (tokio needs it; a hand-built inventory may be
-    /// blocking), checks the socket matches the declared network and is
-    /// listening, and registers it with the current arbiter's reactor.
+    /// Checks the socket with [`validate_listener`] (a listening stream
+    /// socket of the declared network, bound where declared), which also
+    /// sets O_NONBLOCK — tokio needs it, and a hand-built inventory may be
+    /// blocking — and registers it with the current arbiter's reactor.
     pub(crate) fn adopt(passed: PassedListener) -> io::Result<(Acceptor, ListenAddress)> {
+        use std::os::fd::AsFd;
         let PassedListener { spec, fd } = passed;
-        let sock = socket2::Socket::from(fd);
-        if !sock.is_listener()? {
-            return Err(not_listening(spec.network().as_str()));
-        }
-        sock.set_nonblocking(true)?;
-        match spec.network() {
-            Network::Tcp => {
-                let std = std::net::TcpListener::from(sock);
-                let addr = std.local_addr()?;
-                Ok((
-                    Acceptor::Tcp(TcpListener::from_std(std)?),
-                    ListenAddress::Tcp(addr),
-                ))
-            }
-            Network::Unix => {
-                let std = std::os::unix::net::UnixListener::from(std::os::fd::OwnedFd::from(sock));
-                let local = std.local_addr()?;
-                let path = local
-                    .as_pathname()
-                    .map(|p| p.to_path_buf())
-                    .unwrap_or_default();
-                Ok((
-                    Acceptor::Unix(UnixListener::from_std(std)?),
-                    ListenAddress::Unix(path),
-                ))
-            }
-        }
+        let entry = format!("inventory listener {:?}", spec.name());
+        let found = validate_listener(fd.as_fd(), &spec, &entry)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let acceptor = match spec.network() {
+            Network::Tcp => Acceptor::Tcp(TcpListener::from_std(std::net::TcpListener::from(fd))?),
+            Network::Unix => Acceptor::Unix(UnixListener::from_std(
+                std::os::unix::net::UnixListener::from(fd),
+            )?),
+        };
+        Ok((acceptor, found))
     }
 
     async fn accept(&self) -> io::Result<(Stream, PeerAddr)> {
