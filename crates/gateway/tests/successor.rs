@@ -2,7 +2,8 @@
 //! user nobody; skipped with a printed reason otherwise): SIGHUP (or
 //! SIGUSR2) makes the serving process hand its listeners and freshly opened
 //! TLS files to a successor of itself, report it with `MAINPID=`, then
-//! drain and exit.
+//! drain and exit; in the immediate mode under load, and socket-activated
+//! by `systemd-socket-activate`.
 
 mod common;
 
@@ -193,4 +194,111 @@ fn without_a_privileged_parent_sighup_hands_over_to_a_successor() {
         "{}",
         gw.log_text()
     );
+}
+
+#[test]
+fn a_socket_activated_gateway_hands_over_on_sighup() {
+    if !require_root("starting the gateway as user nobody")
+        || !require_tool("systemd-socket-activate")
+    {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpStream;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    nix::unistd::chown(&spool, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "spool_dir = \"{}\"\n[log]\nformat = \"json\"\n[smtp]\nhostname = \"gw.test\"\n\
+             [[listener]]\nname = \"smtp\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:{port}\"\n",
+            spool.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(SOON)).unwrap();
+    std::fs::set_permissions(&notify_path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.args(["-l", &format!("127.0.0.1:{port}"), "--fdname=smtp", "-E"])
+        .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
+        .arg("--")
+        .arg(common::BIN)
+        .arg("--config")
+        .arg(&config)
+        .current_dir(dir.path())
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut gw = common::Gateway::spawn_command(dir, &mut cmd);
+    // systemd-socket-activate says so on stderr once its socket listens.
+    gw.wait_log(SOON, |l| l.contains("Listening on"))
+        .unwrap_or_else(|| panic!("systemd-socket-activate did not listen:\n{}", gw.log_text()));
+    let greet = |what: &str| {
+        // The first connection also makes systemd-socket-activate exec the
+        // gateway.
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(SOON)).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        assert!(line.starts_with("220 "), "{what}: {line:?}");
+    };
+    greet("the first, activating connection");
+    gw.wait_log(SOON, |l| l.contains(r#""msg":"ready""#))
+        .unwrap_or_else(|| panic!("not ready:\n{}", gw.log_text()));
+    notified(&notify, "READY=1");
+    assert!(
+        gw.log_text().contains(r#""mode":"systemd""#),
+        "{}",
+        gw.log_text()
+    );
+
+    let first = i32::try_from(gw.pid()).unwrap();
+    let line = upgrade_pid(&gw, first, Signal::SIGHUP);
+    assert!(
+        line.contains("upgrade succeeded"),
+        "{line}\n{}",
+        gw.log_text()
+    );
+    let next = i32::try_from(common::number(&line, "child").unwrap()).unwrap();
+    let _reaper = Reaper(vec![next]);
+    let text = notified(&notify, &format!("MAINPID={next}"));
+    loud(&format!(
+        "socket-activated hand-over: pid {first} -> {next}; notified {text:?}"
+    ));
+    let status = gw
+        .wait_exit(SOON)
+        .expect("the activated process still runs");
+    assert_eq!(status.code(), Some(0), "{}", gw.log_text());
+    greet("after the hand-over");
+    let started = format!(r#""pid":{next}"#);
+    assert!(
+        gw.logs().iter().any(|l| l.contains(r#""msg":"starting""#)
+            && l.contains(&started)
+            && l.contains(r#""mode":"inherited""#)),
+        "{}",
+        gw.log_text()
+    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(next), Signal::SIGTERM).unwrap();
+    notified(&notify, "STOPPING=1");
+    let deadline = Instant::now() + SOON;
+    while !gone(next) {
+        assert!(Instant::now() < deadline, "the successor still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
