@@ -138,7 +138,19 @@ address = "127.0.0.1:0"
 
     /// Starts `command` (a gateway, its stderr piped) and follows its log.
     pub fn spawn_command(dir: tempfile::TempDir, command: &mut Command) -> Gateway {
-        let mut child = ChildGuard::spawn(command).unwrap();
+        // A binary copied a moment ago may still be open for writing in a
+        // child that another test thread forked meanwhile (until its exec
+        // closes it): exec fails with ETXTBSY for that moment.
+        let mut tries = 0;
+        let mut child = loop {
+            match ChildGuard::spawn(command) {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                spawned => break spawned.unwrap(),
+            }
+        };
         let stderr = child.child_mut().stderr.take().unwrap();
         let log = Arc::new(Log::default());
         let sink = log.clone();
