@@ -12,16 +12,19 @@ use actix_lifecycle::{
     CloseUnclaimed, ConnHandler, GetListenerInfo, Lifecycle, LifecycleError, ListenerActor,
     TakeListener,
 };
-use lifecycle_handoff::{Handoff, Inventory, Mode, Network, PassedListener};
-use slog::{error, info, o, Logger};
+use lifecycle_handoff::{Handoff, Inventory, Lineage, Mode, Network, PassedListener, ReadyChannel};
+use slog::{error, info, o, warn, Logger};
 
-use crate::config::{Config, Protocol};
+use crate::config::{Config, Protocol, TlsMode};
+use crate::handover::{Handover, HandoverTask};
 use crate::http::{http_server, HttpListener, HttpState, Readiness};
 use crate::imap::{serve_imap, ImapContext};
 use crate::metrics::GatewayMetrics;
 use crate::notify::Notifications;
-use crate::smtp::{serve_smtp, SmtpContext};
+use crate::smtp::{serve_smtp, SmtpContext, SmtpTls};
 use crate::spool::{Spool, SpoolError};
+use crate::tls::{tls_server_config, TlsAcceptor, TlsError, HANDSHAKE_TIMEOUT};
+use crate::upgrade::{report_ready, stop_accepting_on_upgrade, UpgradeDrain, UpgradeMetrics};
 
 /// How long the listeners may take to start accepting.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +38,9 @@ pub enum StartError {
     /// Binding, taking or passing descriptors failed.
     #[error(transparent)]
     Handoff(lifecycle_handoff::Error),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The configured user cannot be used.
     #[error("{0}")]
     User(#[source] lifecycle_handoff::Error),
@@ -71,7 +77,7 @@ impl StartError {
     /// (unknown user, root not allowed), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::User(_) | StartError::Root { .. } => 2,
+            StartError::User(_) | StartError::Root { .. } | StartError::Tls(_) => 2,
             _ => 1,
         }
     }
@@ -89,6 +95,13 @@ pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32,
         // or a child of a parent that kept root).
         return Err(StartError::Root { user: None });
     }
+    // Under an upgrading parent: the channel to report ready on, and this
+    // child's generation with the parent's counters.
+    let ready = handoff.take_ready_channel();
+    let lineage = handoff.lineage();
+    if let Some(l) = &lineage {
+        info!(log, "generation"; "generation" => l.generation, "upgrades_ok" => l.upgrades_ok, "upgrades_failed" => l.upgrades_failed);
+    }
     handoff
         .prepare(&config.listener_specs(), &[])
         .map_err(StartError::Handoff)?;
@@ -96,21 +109,88 @@ pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32,
         Mode::Inherited | Mode::Systemd => "listener taken",
         Mode::Privileged | Mode::Immediate => "listener bound",
     };
-    let notify = Notifications::for_handoff(&handoff);
-    let inventory = handoff.into_inventory();
-    for l in &inventory.listeners {
+    for l in &handoff.inventory().listeners {
         info!(log, "{}", what; "listener" => l.spec.name(), "address" => %l.spec.address());
     }
-    run(config, log, inventory, notify)
+    let tls = open_tls(config, &mut handoff, log)?;
+    let notify = Notifications::for_handoff(&handoff);
+    let inventory = handoff.into_inventory();
+    // A child of the privileged parent (started with a parent-death signal)
+    // leaves upgrades to it; any other serving process hands over to a
+    // successor of its own on SIGHUP.
+    let supervised = ready.is_some() && nix::sys::prctl::get_pdeathsig().ok().flatten().is_some();
+    let handover = if supervised {
+        None
+    } else {
+        let files = config
+            .tls()
+            .map(|t| vec![t.cert().to_path_buf(), t.key().to_path_buf()])
+            .unwrap_or_default();
+        let names: Vec<&str> = config.listeners().iter().map(|l| l.name()).collect();
+        match Handover::new(&inventory, &names, files, lineage) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                warn!(log, "cannot keep the listeners for a successor; SIGHUP will not upgrade"; "error" => %e);
+                None
+            }
+        }
+    };
+    let upgrade = Upgrade {
+        ready,
+        lineage,
+        handover,
+    };
+    run(config, log, inventory, tls, upgrade, notify)
+}
+
+/// How the service takes part in upgrades: a child of an upgrading parent
+/// (see `lifecycle_handoff::UpgradeSupervisor`) or of a predecessor gets a
+/// ready channel and its lineage; a process that upgrades itself on SIGHUP
+/// keeps a [`Handover`]. All empty: SIGHUP is logged and ignored.
+#[derive(Debug, Default)]
+pub struct Upgrade {
+    /// Where to report ready once every listener accepts.
+    pub ready: Option<ReadyChannel>,
+    /// This process's generation and the parent's upgrade counters.
+    pub lineage: Option<Lineage>,
+    /// What a successor of this process needs (no privileged parent).
+    pub handover: Option<Handover>,
+}
+
+/// Opens the `[tls]` certificate and key with
+/// [`Handoff::open_privileged`] (the root parent opens them and passes
+/// them on; the child takes what was passed; other modes open them) and
+/// builds the TLS configuration from them. `None` without `[tls]`.
+pub fn open_tls(
+    config: &Config,
+    handoff: &mut Handoff,
+    log: &Logger,
+) -> Result<Option<TlsAcceptor>, StartError> {
+    let Some(tls) = config.tls() else {
+        return Ok(None);
+    };
+    let cert = handoff
+        .open_privileged(tls.cert())
+        .map_err(StartError::Handoff)?;
+    let key = handoff
+        .open_privileged(tls.key())
+        .map_err(StartError::Handoff)?;
+    let server = tls_server_config(tls.cert(), cert, tls.key(), key)?;
+    info!(log, "tls loaded"; "cert" => %tls.cert().display(), "key" => %tls.key().display());
+    Ok(Some(TlsAcceptor::from(server)))
 }
 
 /// Runs the gateway on `inventory` until it stops; returns the process exit
-/// status (0 after a clean signal-initiated stop). Once every listener
-/// accepts, `notify` tells systemd (see [`Notifications`]).
+/// status (0 after a clean signal-initiated stop).
+/// `tls` serves the listeners with a `tls` option (see [`open_tls`]);
+/// `upgrade` says how this process takes part in upgrades; once every
+/// listener accepts, `notify` tells systemd (see [`Notifications`]).
 pub fn run(
     config: &Config,
     log: &Logger,
     inventory: Inventory,
+    tls: Option<TlsAcceptor>,
+    upgrade: Upgrade,
     notify: Notifications,
 ) -> Result<i32, StartError> {
     raise_open_files_limit(log);
@@ -123,9 +203,7 @@ pub fn run(
             .drain_grace(config.shutdown().drain_grace())
             .abort_grace(config.shutdown().abort_grace())
             .start()?;
-        start_listeners(config, log, &lifecycle, spool).await?;
-        notify.start(&lifecycle, log);
-        Ok::<(), StartError>(())
+        start_listeners(config, log, &lifecycle, spool, tls, upgrade, notify).await
     })?;
     let code = system.run_with_code()?;
     info!(log, "exiting"; "status" => code);
@@ -137,46 +215,108 @@ async fn start_listeners(
     log: &Logger,
     lifecycle: &Lifecycle,
     spool: Arc<Spool>,
+    tls: Option<TlsAcceptor>,
+    upgrade: Upgrade,
+    notify: Notifications,
 ) -> Result<(), StartError> {
     let gateway_metrics = GatewayMetrics::register(lifecycle.metrics(), config.metrics_prefix())?;
+    let upgrade_metrics = UpgradeMetrics::register(lifecycle.metrics(), config.metrics_prefix())?;
+    if let Some(lineage) = &upgrade.lineage {
+        upgrade_metrics.set_lineage(lineage);
+    }
+    let generation = upgrade.lineage.map_or(0, |l| l.generation);
+    let upgrade_drain = match &upgrade.ready {
+        // A successor's channel closes once its predecessor has seen it
+        // ready: only a supervising parent's closing means an upgrade.
+        Some(_) if upgrade.handover.is_some() => UpgradeDrain::default(),
+        Some(channel) => match channel.watch() {
+            Ok(watch) => UpgradeDrain::new(watch),
+            Err(e) => {
+                warn!(log, "cannot watch the channel to the parent; an upgrade drain will be handled as a stop"; "error" => %e);
+                UpgradeDrain::default()
+            }
+        },
+        None => UpgradeDrain::default(),
+    };
     // One context per listener, so that every session's log lines name it.
-    let smtp = |name: &str| {
+    let smtp = |name: &str, tls: SmtpTls| {
         let log = log.new(o!("listener" => name.to_owned()));
         Arc::new(
             SmtpContext::from_config(config.smtp(), spool.clone(), log)
-                .metrics(gateway_metrics.clone()),
+                .metrics(gateway_metrics.clone())
+                .tls(tls)
+                .upgrade_drain(upgrade_drain.clone()),
         )
     };
     let imap = |name: &str| {
         let log = log.new(o!("listener" => name.to_owned()));
-        Arc::new(ImapContext::from_config(config.imap(), log))
+        Arc::new(ImapContext::from_config(config.imap(), log).upgrade_drain(upgrade_drain.clone()))
     };
     let readiness = Readiness::new();
     let mut actors: Vec<(String, Addr<ListenerActor>)> = Vec::new();
     let mut http = Vec::new();
+    let mut http_handle = None;
     for l in config.listeners() {
         let name = l.name().to_owned();
+        // The configuration checked that a listener with `tls` has [tls].
+        let acceptor = match (l.tls(), &tls) {
+            (None, _) => None,
+            (Some(mode), Some(acceptor)) => Some((mode, acceptor.clone())),
+            (Some(_), None) => {
+                return Err(listener_error(&name, "uses TLS but no [tls] was loaded"))
+            }
+        };
+        let tls_log = log.new(o!("listener" => name.clone()));
         match l.protocol() {
             Protocol::Smtp => {
-                let ctx = smtp(&name);
+                let (ctx, implicit) = match acceptor {
+                    None => (smtp(&name, SmtpTls::None), None),
+                    Some((TlsMode::Starttls, a)) => (smtp(&name, SmtpTls::Starttls(a)), None),
+                    Some((TlsMode::Implicit, a)) => (smtp(&name, SmtpTls::Implicit), Some(a)),
+                };
                 let handler = ConnHandler::new(move |conn| {
                     let ctx = ctx.clone();
+                    let implicit = implicit.clone();
+                    let tls_log = tls_log.clone();
                     async move {
                         let peer = conn.peer().to_string();
                         let shutdown = conn.shutdown().clone();
-                        serve_smtp(conn, peer, shutdown, ctx).await;
+                        match implicit {
+                            None => {
+                                serve_smtp(conn, peer, shutdown, ctx).await;
+                            }
+                            Some(acceptor) => {
+                                if let Some(tls) = handshake(&acceptor, conn, &peer, &tls_log).await
+                                {
+                                    serve_smtp(tls, peer, shutdown, ctx).await;
+                                }
+                            }
+                        }
                     }
                 });
                 actors.push((name.clone(), lifecycle.serve(name, "smtp", handler)));
             }
             Protocol::Imap => {
                 let ctx = imap(&name);
+                let implicit = acceptor.map(|(_, a)| a);
                 let handler = ConnHandler::new(move |conn| {
                     let ctx = ctx.clone();
+                    let implicit = implicit.clone();
+                    let tls_log = tls_log.clone();
                     async move {
                         let peer = conn.peer().to_string();
                         let shutdown = conn.shutdown().clone();
-                        serve_imap(conn, peer, shutdown, ctx).await;
+                        match implicit {
+                            None => {
+                                serve_imap(conn, peer, shutdown, ctx).await;
+                            }
+                            Some(acceptor) => {
+                                if let Some(tls) = handshake(&acceptor, conn, &peer, &tls_log).await
+                                {
+                                    serve_imap(tls, peer, shutdown, ctx).await;
+                                }
+                            }
+                        }
                     }
                 });
                 actors.push((name.clone(), lifecycle.serve(name, "imap", handler)));
@@ -200,6 +340,7 @@ async fn start_listeners(
         );
         let server =
             http_server(state, http, config.shutdown().abort_grace()).map_err(StartError::Http)?;
+        http_handle = Some(server.handle());
         let log = log.clone();
         actix::spawn(async move {
             if let Err(e) = server.await {
@@ -216,8 +357,62 @@ async fn start_listeners(
         .await
         .map_err(|e| listener_error("(broker)", e))?;
     readiness.set_ready(true);
-    info!(log, "ready"; "listeners" => config.listeners().len(), "unclaimed_closed" => closed);
+    // systemd (Type=notify) when this process is the main one; a child of
+    // the privileged parent stays silent (see `Notifications`).
+    let notifier = notify.start(lifecycle, log);
+    HandoverTask {
+        handover: upgrade.handover.map(Arc::new),
+        coordinator: lifecycle.coordinator().clone(),
+        shutdown: lifecycle.shutdown_handle(),
+        notifier,
+        drain: upgrade_drain.clone(),
+        metrics: upgrade_metrics.clone(),
+        generation,
+        log: log.new(o!("generation" => generation)),
+    }
+    .spawn();
+    stop_accepting_on_upgrade(
+        lifecycle.shutdown_handle(),
+        upgrade_drain,
+        actors,
+        http_handle,
+        log.new(o!("generation" => generation)),
+    );
+    info!(log, "ready"; "listeners" => config.listeners().len(), "unclaimed_closed" => closed, "generation" => generation);
+    if let Some(ready) = upgrade.ready {
+        report_ready(ready, upgrade_metrics, log.clone());
+    }
     Ok(())
+}
+
+/// The server side of an implicit-TLS handshake on an accepted connection,
+/// bounded by [`HANDSHAKE_TIMEOUT`]. The TLS stream wraps the tracked
+/// connection, so the lifecycle's abort still ends it (its reads see end of
+/// input). `None` (logged) when the handshake fails.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    conn: actix_lifecycle::Conn,
+    peer: &str,
+    log: &Logger,
+) -> Option<tokio_rustls::server::TlsStream<actix_lifecycle::Conn>> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
+        Ok(Ok(tls)) => {
+            let (_, session) = tls.get_ref();
+            let version = session
+                .protocol_version()
+                .map_or_else(|| "?".to_owned(), |v| format!("{v:?}"));
+            info!(log, "tls started"; "peer" => peer, "version" => version, "implicit" => true);
+            Some(tls)
+        }
+        Ok(Err(e)) => {
+            info!(log, "tls handshake failed"; "peer" => peer, "error" => %e);
+            None
+        }
+        Err(_) => {
+            info!(log, "tls handshake failed"; "peer" => peer, "error" => "timed out");
+            None
+        }
+    }
 }
 
 async fn wait_accepting(name: &str, actor: &Addr<ListenerActor>) -> Result<(), StartError> {

@@ -2,7 +2,9 @@
 //! connect, ask for capabilities and log out (greeting, CAPABILITY, NOOP,
 //! LOGOUT; LIST answers an empty list so that `curl imap://host/` works as
 //! a probe; anything else is `BAD`). While draining, new sessions and the
-//! next command of open ones get `* BYE shutting down`.
+//! next command of open ones get `* BYE shutting down`; in an upgrade drain
+//! (see [`UpgradeDrain`]) a session accepted just before the listener
+//! stopped is still greeted, and its next command gets the `BYE`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::ImapConfig;
 use crate::session::{EndReason, SessionSummary};
+use crate::upgrade::UpgradeDrain;
 use crate::wire::Wire;
 
 /// Longest command line accepted.
@@ -33,6 +36,7 @@ const CAPABILITY: &str = "IMAP4rev1";
 pub struct ImapContext {
     idle_timeout: Duration,
     logger: Logger,
+    upgrade_drain: UpgradeDrain,
 }
 
 impl ImapContext {
@@ -41,6 +45,7 @@ impl ImapContext {
         ImapContext {
             idle_timeout: Duration::from_secs(1800),
             logger,
+            upgrade_drain: UpgradeDrain::default(),
         }
     }
 
@@ -52,6 +57,12 @@ impl ImapContext {
     /// How long a session waits for the client (default 30 minutes).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// Tells an upgrade drain from a stop (default: every drain is a stop).
+    pub fn upgrade_drain(mut self, drain: UpgradeDrain) -> Self {
+        self.upgrade_drain = drain;
         self
     }
 }
@@ -70,7 +81,7 @@ where
     let log = ctx.logger.new(o!("protocol" => "imap", "peer" => peer));
     info!(log, "connection open");
     let mut wire = Wire::new(stream, shutdown.abort_token(), ctx.idle_timeout);
-    let reason = converse(&mut wire, &shutdown).await;
+    let reason = converse(&mut wire, &shutdown, &ctx.upgrade_drain).await;
     match reason {
         EndReason::IdleTimeout => wire.reply("* BYE idle timeout, closing connection"),
         EndReason::TooManyErrors => wire.reply("* BYE too many errors, closing connection"),
@@ -87,8 +98,9 @@ where
 async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     wire: &mut Wire<S>,
     shutdown: &ShutdownHandle,
+    upgrade_drain: &UpgradeDrain,
 ) -> EndReason {
-    if shutdown.is_draining() {
+    if shutdown.is_draining() && !upgrade_drain.is_upgrade() {
         wire.reply("* BYE shutting down");
         return EndReason::Draining;
     }
@@ -236,6 +248,27 @@ mod tests {
         assert_eq!(line(&mut open).await, "* BYE shutting down\r\n");
         assert!(eof(&mut open).await);
         assert_eq!(open_task.await.unwrap().reason, EndReason::Draining);
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_drain_greets_a_late_session_then_says_bye() {
+        let phases = PhaseController::new();
+        phases.advance(Phase::Draining);
+        let (client, server) = tokio::io::duplex(16 * 1024);
+        let ctx = ImapContext::new(Logger::root(slog::Discard, o!()))
+            .upgrade_drain(UpgradeDrain::upgrading());
+        let task = tokio::spawn(serve_imap(
+            server,
+            "t".into(),
+            phases.handle(),
+            Arc::new(ctx),
+        ));
+        let mut late = BufReader::new(client);
+        assert!(line(&mut late).await.starts_with("* OK"));
+        late.get_mut().write_all(b"a1 NOOP\r\n").await.unwrap();
+        assert_eq!(line(&mut late).await, "* BYE shutting down\r\n");
+        assert!(eof(&mut late).await);
+        assert_eq!(task.await.unwrap().reason, EndReason::Draining);
     }
 
     #[tokio::test]

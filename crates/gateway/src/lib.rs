@@ -13,6 +13,7 @@
 mod app;
 mod cli;
 mod config;
+mod handover;
 mod http;
 mod imap;
 mod line;
@@ -23,14 +24,17 @@ mod parent;
 mod session;
 mod smtp;
 mod spool;
+mod tls;
+mod upgrade;
 mod wire;
 
-pub use app::{run, serve, StartError};
+pub use app::{open_tls, run, serve, StartError, Upgrade};
 pub use cli::{Cli, EXIT_CONFIG};
 pub use config::{
     Config, ConfigError, ImapConfig, ListenerConfig, Located, LogConfig, LogFormat, LogLevel,
     Protocol, ShutdownConfig, SmtpConfig, TlsConfig, TlsMode, DEFAULT_USER,
 };
+pub use handover::Handover;
 pub use http::{http_server, HttpListener, HttpState, Readiness};
 pub use imap::{serve_imap, ImapContext};
 pub use logging::{json_logger, resolve_format, stderr_logger, LogGuard};
@@ -38,5 +42,7 @@ pub use metrics::GatewayMetrics;
 pub use notify::Notifications;
 pub use parent::{service_user, supervise};
 pub use session::{EndReason, SessionSummary};
-pub use smtp::{serve_smtp, SmtpContext};
+pub use smtp::{serve_smtp, SmtpContext, SmtpTls};
 pub use spool::{Spool, SpoolError, StoredMessage, MESSAGE_EXT, TMP_DIR};
+pub use tls::{tls_server_config, TlsAcceptor, TlsError, HANDSHAKE_TIMEOUT};
+pub use upgrade::{UpgradeDrain, UpgradeMetrics};

@@ -48,6 +48,11 @@ impl LineReader {
         }
     }
 
+    /// How many bytes were received and not yet returned.
+    pub(crate) fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
     /// True when [`segment`](Self::segment) with this `max` can return
     /// without reading: use it to flush replies before blocking (pipelining).
     pub(crate) fn has_segment(&self, max: usize) -> bool {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lifecycle_gateway::{serve, stderr_logger, supervise, Cli, Config, EXIT_CONFIG};
-use lifecycle_handoff::{Handoff, Mode, Supervisor};
+use lifecycle_handoff::{Handoff, Mode, UpgradeSupervisor};
 use slog::{error, info, o};
 
 /// Prefix of the hand-off variables from the privileged parent to the
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         }
     };
     let supervisor = match handoff.mode() {
-        Mode::Privileged => match Supervisor::new() {
+        Mode::Privileged => match UpgradeSupervisor::new() {
             Ok(s) => Some(s),
             Err(e) => {
                 eprintln!("lifecycle-gateway: {e}");
@@ -49,14 +49,14 @@ fn main() -> ExitCode {
     };
     let (log, guard) = stderr_logger(config.log().format(), config.log().level());
     // The privileged parent's lines say so; the service's lines are plain.
-    let log = match supervisor {
+    let log = match &supervisor {
         Some(_) => log.new(o!("process" => "parent")),
         None => log,
     };
     info!(log, "starting"; "version" => env!("CARGO_PKG_VERSION"), "pid" => std::process::id(),
         "mode" => handoff.mode().as_str(), "reason" => handoff.reason(),
         "config" => cli.config.as_ref().map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string()));
-    let result = match &supervisor {
+    let result = match supervisor {
         Some(supervisor) => supervise(&config, handoff, supervisor, &log),
         None => serve(&config, handoff, &log),
     };

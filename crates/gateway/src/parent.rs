@@ -1,14 +1,16 @@
 //! The privileged parent (started as root): checks the service user, binds
-//! the listeners, starts the same program as that user with the sockets
-//! passed at fd 3.., forwards signals, and exits with the child's status.
-//! It never serves traffic.
+//! the listeners, opens the TLS files, starts the same program as that user
+//! with them passed at fd 3.., forwards signals, upgrades on SIGHUP or
+//! SIGUSR2 (a new child of the binary on disk, with freshly re-opened
+//! files, takes over once ready; the old one drains), and exits with the
+//! serving child's status. It never serves traffic.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use lifecycle_handoff::{ChildSpawner, Handoff, Supervisor, TargetUser};
-use slog::{info, Logger};
+use lifecycle_handoff::{ChildSpawner, Handoff, SupervisorEvent, TargetUser, UpgradeSupervisor};
+use slog::{error, info, warn, Logger};
 
 use crate::app::StartError;
 use crate::config::Config;
@@ -54,12 +56,13 @@ fn prepare_spool(dir: &Path, user: &TargetUser, log: &Logger) -> Result<(), Star
 }
 
 /// The privileged parent's whole life; returns the exit status to exit with
-/// (the child's, 128 + signal when it was killed). `supervisor` must have
-/// been created before any other thread (it blocks the forwarded signals).
+/// (the serving child's, 128 + signal when it was killed). `supervisor` must
+/// have been created before any other thread (it blocks the signals it
+/// handles).
 pub fn supervise(
     config: &Config,
     mut handoff: Handoff,
-    supervisor: &Supervisor,
+    supervisor: UpgradeSupervisor,
     log: &Logger,
 ) -> Result<i32, StartError> {
     // The user first: an unknown user or a refused root fails before
@@ -71,21 +74,71 @@ pub fn supervise(
     handoff
         .prepare(&config.listener_specs(), &[])
         .map_err(StartError::Handoff)?;
-    let mut kept = handoff.into_inventory();
-    for l in &kept.listeners {
+    for l in &handoff.inventory().listeners {
         info!(log, "listener bound"; "listener" => l.spec.name(), "address" => %l.spec.address());
     }
+    // Opened here, as root, and passed on; loading them checks them before
+    // the child exists. The supervisor re-opens them for every upgrade.
+    drop(crate::app::open_tls(config, &mut handoff, log)?);
+    let kept = handoff.into_inventory();
     let mut spawner = ChildSpawner::new().map_err(StartError::Handoff)?;
     if let Some(user) = &user {
         spawner = spawner.user(user.clone());
     }
-    let mut child = spawner.spawn(&kept).map_err(StartError::Handoff)?;
-    // The child has its copies of the secret files; the listeners stay here
-    // for upgrades.
-    kept.close_files();
-    info!(log, "service started"; "child" => child.id(),
-        "user" => user.as_ref().map_or_else(|| "root (allow_root)".to_owned(), ToString::to_string));
-    let code = supervisor.wait(&mut child).map_err(StartError::Handoff)?;
-    info!(log, "service exited"; "child" => child.id(), "status" => code);
+    let user = user
+        .as_ref()
+        .map_or_else(|| "root (allow_root)".to_owned(), ToString::to_string);
+    info!(log, "supervising"; "program" => %spawner.program_path().display(), "user" => &user);
+    let code = supervisor
+        .run(spawner, kept, |event| log_event(log, &user, event))
+        .map_err(StartError::Handoff)?;
     Ok(code)
+}
+
+/// One log line per supervisor event, naming the generations involved.
+fn log_event(log: &Logger, user: &str, event: &SupervisorEvent) {
+    let text = event.to_string();
+    match event {
+        SupervisorEvent::Started { generation, pid } => {
+            info!(log, "service started"; "child" => pid, "generation" => generation, "user" => user)
+        }
+        SupervisorEvent::Ready { generation, pid } => {
+            info!(log, "service ready"; "child" => pid, "generation" => generation)
+        }
+        SupervisorEvent::UpgradeStarted { from, to, signal } => {
+            info!(log, "upgrade started"; "from" => from, "to" => to, "signal" => signal)
+        }
+        SupervisorEvent::UpgradeSucceeded {
+            from,
+            to,
+            pid,
+            stats,
+        } => info!(log, "upgrade succeeded";
+            "from" => from, "to" => to, "child" => pid, "upgrades_ok" => stats.succeeded,
+            "upgrades_failed" => stats.failed, "detail" => text),
+        SupervisorEvent::UpgradeFailed {
+            from,
+            to,
+            failure,
+            stats,
+        } => error!(log, "upgrade failed";
+            "from" => from, "to" => to, "reason" => %failure, "upgrades_ok" => stats.succeeded,
+            "upgrades_failed" => stats.failed, "detail" => text),
+        SupervisorEvent::OldChildExited {
+            generation,
+            pid,
+            code,
+        } => {
+            info!(log, "old generation exited"; "generation" => generation, "child" => pid, "status" => code)
+        }
+        SupervisorEvent::ServingExited {
+            generation,
+            pid,
+            code,
+        } => {
+            info!(log, "service exited"; "generation" => generation, "child" => pid, "status" => code)
+        }
+        SupervisorEvent::NotifyFailed { .. } => warn!(log, "{}", text),
+        _ => info!(log, "{}", text),
+    }
 }

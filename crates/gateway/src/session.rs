@@ -21,6 +21,11 @@ pub enum EndReason {
     TooManyErrors,
     /// Reading or writing failed.
     Io(io::ErrorKind),
+    /// The TLS handshake failed or timed out.
+    Tls(String),
+    /// Commands followed STARTTLS in the same read: refused, as they could
+    /// have been injected into the plain-text part (CVE-2011-0411).
+    PipelinedStarttls,
 }
 
 impl fmt::Display for EndReason {
@@ -33,6 +38,8 @@ impl fmt::Display for EndReason {
             EndReason::Draining => f.write_str("draining"),
             EndReason::TooManyErrors => f.write_str("too many errors"),
             EndReason::Io(kind) => write!(f, "i/o error: {kind}"),
+            EndReason::Tls(why) => write!(f, "tls handshake failed: {why}"),
+            EndReason::PipelinedStarttls => f.write_str("commands pipelined after STARTTLS"),
         }
     }
 }

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::line::{Line, LineReader, Segment};
 use crate::session::EndReason;
+use crate::tls::{TlsAcceptor, Upgradable, HANDSHAKE_TIMEOUT};
 
 /// Replies are flushed at the latest when this much is pending.
 const OUT_LIMIT: usize = 16 * 1024;
@@ -32,6 +33,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             abort,
             idle,
         }
+    }
+
+    /// True when the client sent bytes that were not read yet (pipelined
+    /// after the last line returned).
+    pub(crate) fn has_buffered_input(&self) -> bool {
+        self.reader.buffered() > 0
     }
 
     /// Queues a reply line (without its CRLF).
@@ -130,6 +137,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 _ = tokio::time::timeout(FINAL_FLUSH, self.io.shutdown()) => {}
             }
         }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Wire<Upgradable<S>> {
+    /// Flushes pending replies, then runs the TLS handshake on the stream
+    /// (STARTTLS). The input buffer must be empty (checked by the caller).
+    pub(crate) async fn start_tls(&mut self, acceptor: &TlsAcceptor) -> Result<(), EndReason> {
+        self.flush_within(self.idle).await?;
+        let Wire { io, abort, .. } = self;
+        let result = tokio::select! {
+            biased;
+            _ = abort.cancelled() => Err(EndReason::Aborted),
+            r = tokio::time::timeout(HANDSHAKE_TIMEOUT, io.upgrade(acceptor)) => match r {
+                Err(_) => Err(EndReason::Tls(format!("no handshake within {HANDSHAKE_TIMEOUT:?}"))),
+                Ok(Err(e)) => Err(EndReason::Tls(e.to_string())),
+                Ok(Ok(())) => Ok(()),
+            },
+        };
+        result.map_err(|end| match end {
+            EndReason::Tls(_) if abort.is_cancelled() => EndReason::Aborted,
+            other => other,
+        })
+    }
+
+    /// The negotiated TLS version and cipher suite, once TLS runs.
+    pub(crate) fn tls_details(&self) -> Option<(String, String)> {
+        self.io.tls_details()
     }
 }
 

@@ -108,7 +108,9 @@
 //!    listening sockets the parent kept; the re-opened files are closed in
 //!    the parent;
 //! 4. the parent waits for `READY=1` on the new child's channel (default 30 s);
-//! 5. ready: SIGTERM to generation n, which stops accepting and drains
+//! 5. ready: generation n's channel is closed, then it gets SIGTERM (so it
+//!    can tell this drain from a stop with [`ChannelWatch`]); it stops
+//!    accepting and drains
 //!    while generation n+1 accepts from the same kernel queues (no
 //!    connection is refused); `READY=1` and `STATUS=serving generation n+1`;
 //! 6. not ready (exited, closed its channel, timed out): it is killed and
@@ -207,7 +209,7 @@ pub use notify::{
     WATCHDOG_PID, WATCHDOG_USEC,
 };
 pub use privilege::{verify_cannot_regain_root, TargetUser};
-pub use ready::{ReadyChannel, ReadyPair, ReadyReceiver, ReadyState, READY_MESSAGE};
+pub use ready::{ChannelWatch, ReadyChannel, ReadyPair, ReadyReceiver, ReadyState, READY_MESSAGE};
 pub use spawn::{pass_fds, ChildSpawner};
 pub use spec::{FileSpec, ListenAddress, ListenerSpec, Network, DEFAULT_BACKLOG};
 pub use successor::{Successor, SuccessorHandoff};

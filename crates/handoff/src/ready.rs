@@ -334,6 +334,17 @@ impl ReadyChannel {
         })
     }
 
+    /// A second handle on this channel that tells, without reading,
+    /// whether the parent closed its end (see [`ChannelWatch`]). Take it
+    /// before handing the channel to the thread that reads the updates.
+    pub fn watch(&self) -> Result<ChannelWatch> {
+        let fd = self.fd.try_clone().map_err(|source| Error::ReadyChannel {
+            operation: "fcntl(F_DUPFD_CLOEXEC)",
+            source,
+        })?;
+        Ok(ChannelWatch { fd })
+    }
+
     /// Tells the parent this process is ready (writes [`READY_MESSAGE`]).
     /// Call it once every listener accepts: the parent then drains the
     /// previous generation. The channel stays open for
@@ -437,6 +448,38 @@ fn file_kind_name(mode: libc::mode_t) -> &'static str {
     }
 }
 
+/// Whether the parent closed its end of a child's readiness channel
+/// ([`ReadyChannel::watch`]).
+///
+/// An upgrading parent closes an old child's channel *before* it sends the
+/// old child SIGTERM, and keeps the serving child's channel open when it
+/// forwards a stop. So when the signal arrives, [`parent_closed`] tells an
+/// upgrade drain (a successor now accepts from the same sockets: stop
+/// accepting at once) from a stop of the whole service. The check is a
+/// zero-timeout `poll` for hang-up that neither reads nor consumes data.
+///
+/// [`parent_closed`]: Self::parent_closed
+#[derive(Debug)]
+pub struct ChannelWatch {
+    fd: OwnedFd,
+}
+
+impl ChannelWatch {
+    /// True once the parent closed its end (or is gone). A failed check
+    /// counts as not closed.
+    pub fn parent_closed(&self) -> bool {
+        let mut poll = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: `poll` points at one valid `pollfd` for the duration of
+        // the call, the count is 1, and the descriptor is owned by `self`.
+        let result = unsafe { libc::poll(&mut poll, 1, 0) };
+        result > 0 && poll.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,5 +506,35 @@ mod tests {
             assert!(matches!(err, Error::BadUpdate { .. }), "{err}");
             assert!(err.to_string().contains("GENERATION=<g>"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_watch_sees_the_parent_close_its_end_without_reading() {
+        let pair = ReadyPair::new().unwrap();
+        let child_end = pair.child_end().try_clone_to_owned().unwrap();
+        let receiver = pair.into_receiver();
+        let channel = ReadyChannel {
+            fd: child_end,
+            buffer: Vec::new(),
+        };
+        let watch = channel.watch().unwrap();
+        assert!(!watch.parent_closed());
+        // Unread data does not hide the hang-up.
+        receiver
+            .send_update(&Lineage {
+                generation: 1,
+                upgrades_ok: 0,
+                upgrades_failed: 0,
+            })
+            .unwrap();
+        assert!(!watch.parent_closed());
+        drop(receiver);
+        assert!(watch.parent_closed());
+        let mut channel = channel;
+        assert_eq!(
+            channel.recv_update().unwrap().map(|l| l.generation),
+            Some(1)
+        );
+        assert_eq!(channel.recv_update().unwrap(), None);
     }
 }

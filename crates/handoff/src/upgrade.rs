@@ -45,7 +45,9 @@ const CLOSED_CHANNEL_GRACE: Duration = Duration::from_secs(1);
 ///    its path (a rotated certificate is picked up), starts generation n+1
 ///    of the program *path* resolved at start-up (the binary now on disk)
 ///    with the same listeners, and closes the re-opened copies;
-///    - ready within the timeout → SIGTERM to the old child (it drains and
+///    - ready within the timeout → the old child's channel is closed, then
+///      it gets SIGTERM (a [`ChannelWatch`](crate::ChannelWatch) tells it
+///      that this is an upgrade drain, not a stop; it drains and
 ///      exits; its exit is reported, not passed on), `READY=1` and
 ///      `STATUS=serving generation n+1`;
 ///    - exited, closed its channel, or timed out → killed and reaped, the

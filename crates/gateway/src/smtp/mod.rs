@@ -7,6 +7,11 @@
 //! session gets 421 at its next command, and a DATA transfer in progress
 //! completes (and is spooled and acknowledged). At `Aborting` the session
 //! ends at once, storing nothing that was not complete.
+//!
+//! An upgrade drain (see [`UpgradeDrain`]) is gentler, because a successor
+//! already accepts: a session is greeted normally and finishes one more
+//! transaction (the one it is in, or its first since the drain began); only
+//! its next `MAIL` gets `421`, which sends the client to the successor.
 
 mod command;
 mod session;
@@ -22,6 +27,31 @@ use crate::config::SmtpConfig;
 use crate::metrics::GatewayMetrics;
 use crate::session::SessionSummary;
 use crate::spool::Spool;
+use crate::tls::TlsAcceptor;
+use crate::upgrade::UpgradeDrain;
+
+/// How an SMTP listener uses TLS.
+#[derive(Clone, Default)]
+pub enum SmtpTls {
+    /// No TLS: STARTTLS is not offered (default).
+    #[default]
+    None,
+    /// Plain text first; `STARTTLS` (RFC 3207) upgrades with this acceptor.
+    Starttls(TlsAcceptor),
+    /// The stream the session gets is already TLS (SMTPS): STARTTLS is
+    /// not offered and refused.
+    Implicit,
+}
+
+impl std::fmt::Debug for SmtpTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SmtpTls::None => "None",
+            SmtpTls::Starttls(_) => "Starttls",
+            SmtpTls::Implicit => "Implicit",
+        })
+    }
+}
 
 /// What every SMTP session of a listener shares: limits, the spool, the
 /// logger and the metrics. Build it once, wrap it in an [`Arc`].
@@ -49,6 +79,8 @@ pub struct SmtpContext {
     spool: Arc<Spool>,
     logger: Logger,
     metrics: Option<GatewayMetrics>,
+    tls: SmtpTls,
+    upgrade_drain: UpgradeDrain,
 }
 
 impl SmtpContext {
@@ -63,6 +95,8 @@ impl SmtpContext {
             spool,
             logger,
             metrics: None,
+            tls: SmtpTls::None,
+            upgrade_drain: UpgradeDrain::default(),
         }
     }
 
@@ -105,6 +139,20 @@ impl SmtpContext {
         self
     }
 
+    /// How this listener uses TLS (default: not at all).
+    pub fn tls(mut self, tls: SmtpTls) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Tells an upgrade drain from a stop (default: every drain is a stop).
+    /// In an upgrade drain a session is not refused at its greeting and
+    /// finishes one more transaction before `421`.
+    pub fn upgrade_drain(mut self, drain: UpgradeDrain) -> Self {
+        self.upgrade_drain = drain;
+        self
+    }
+
     /// The configured message size limit.
     pub fn max_message_size_limit(&self) -> usize {
         self.max_message_size
@@ -130,7 +178,8 @@ where
 {
     let log = ctx.logger.new(o!("protocol" => "smtp", "peer" => peer));
     info!(log, "connection open");
-    let mut session = session::Session::new(stream, shutdown, ctx, log);
+    let mut session =
+        session::Session::new(crate::tls::Upgradable::Plain(stream), shutdown, ctx, log);
     let reason = session.run().await;
     info!(session.log, "connection closed"; "reason" => %reason, "messages" => session.messages);
     SessionSummary {

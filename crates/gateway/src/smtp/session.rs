@@ -8,8 +8,9 @@ use slog::{error, info, Logger};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::command::{parse, Command, ParseError, MAX_COMMAND_LINE};
-use super::SmtpContext;
+use super::{SmtpContext, SmtpTls};
 use crate::session::EndReason;
+use crate::tls::Upgradable;
 use crate::wire::Wire;
 
 /// After this many errors the session is closed (421).
@@ -20,7 +21,7 @@ const MAX_DATA_LINE: usize = 1000;
 type Step = Result<(), EndReason>;
 
 pub(super) struct Session<S> {
-    wire: Wire<S>,
+    wire: Wire<Upgradable<S>>,
     ctx: Arc<SmtpContext>,
     shutdown: ShutdownHandle,
     pub(super) log: Logger,
@@ -29,20 +30,32 @@ pub(super) struct Session<S> {
     rcpts: Vec<String>,
     errors: u32,
     pub(super) messages: u32,
+    /// TLS runs on the connection (implicit, or after STARTTLS).
+    tls_active: bool,
+    /// In an upgrade drain: the message count at which the next `MAIL` is
+    /// refused (set when the session first sees the drain).
+    drain_limit: Option<u32>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    pub(super) fn new(io: S, shutdown: ShutdownHandle, ctx: Arc<SmtpContext>, log: Logger) -> Self {
+    pub(super) fn new(
+        io: Upgradable<S>,
+        shutdown: ShutdownHandle,
+        ctx: Arc<SmtpContext>,
+        log: Logger,
+    ) -> Self {
         Session {
             wire: Wire::new(io, shutdown.abort_token(), ctx.idle_timeout),
             shutdown,
-            ctx,
             log,
             helo: None,
             from: None,
             rcpts: Vec::new(),
             errors: 0,
             messages: 0,
+            tls_active: matches!(ctx.tls, SmtpTls::Implicit),
+            drain_limit: None,
+            ctx,
         }
     }
 
@@ -60,7 +73,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn converse(&mut self) -> EndReason {
-        if self.shutdown.is_draining() {
+        if self.shutdown.is_draining() && !self.ctx.upgrade_drain.is_upgrade() {
             self.reply(421, "4.3.2 shutting down");
             return EndReason::Draining;
         }
@@ -82,7 +95,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         self.reply(221, &text);
                         Err(EndReason::Quit)
                     }
-                    _ if self.shutdown.is_draining() => {
+                    parsed if self.refused_while_draining(parsed.as_ref().ok()) => {
                         self.reply(421, "4.3.2 shutting down");
                         Err(EndReason::Draining)
                     }
@@ -105,17 +118,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
+    /// Whether the drain refuses this command (`None`: it did not parse).
+    /// A stop refuses everything but QUIT; an upgrade drain refuses only a
+    /// `MAIL` after the session's one more transaction.
+    fn refused_while_draining(&mut self, cmd: Option<&Command>) -> bool {
+        if !self.shutdown.is_draining() {
+            return false;
+        }
+        if !self.ctx.upgrade_drain.is_upgrade() {
+            return true;
+        }
+        let limit = *self.drain_limit.get_or_insert(self.messages + 1);
+        matches!(cmd, Some(Command::Mail { .. })) && self.messages >= limit
+    }
+
     async fn handle(&mut self, cmd: Command) -> Step {
         match cmd {
             Command::Ehlo(domain) => {
                 self.reset();
-                let lines = [
+                let mut lines = vec![
                     format!("{} greets {domain}", self.ctx.hostname),
                     "PIPELINING".to_owned(),
                     format!("SIZE {}", self.ctx.max_message_size),
                     "8BITMIME".to_owned(),
                     "ENHANCEDSTATUSCODES".to_owned(),
                 ];
+                if self.offers_starttls() {
+                    lines.push("STARTTLS".to_owned());
+                }
                 self.reply_lines(250, &lines);
                 self.helo = Some(domain);
             }
@@ -180,14 +210,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 214,
                 "2.0.0 commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
             ),
-            Command::Starttls => {
-                return self.error(502, "5.5.1 STARTTLS is not offered on this listener")
-            }
+            Command::Starttls => return self.starttls().await,
             Command::Quit => {
                 // Answered before dispatch; kept for completeness.
                 self.reply(221, "2.0.0 bye");
                 return Err(EndReason::Quit);
             }
+        }
+        Ok(())
+    }
+
+    fn offers_starttls(&self) -> bool {
+        !self.tls_active && matches!(self.ctx.tls, SmtpTls::Starttls(_))
+    }
+
+    /// RFC 3207: `220`, the handshake, then a fresh session (the client must
+    /// say EHLO again). Refused when TLS already runs, and the connection
+    /// is closed when more input follows STARTTLS in the same read: those
+    /// bytes arrived in plain text and must not be taken as commands of the
+    /// TLS session (the STARTTLS command injection, CVE-2011-0411).
+    async fn starttls(&mut self) -> Step {
+        if self.tls_active {
+            return self.error(503, "5.5.1 TLS is already active");
+        }
+        let acceptor = match &self.ctx.tls {
+            SmtpTls::Starttls(acceptor) => acceptor.clone(),
+            _ => return self.error(502, "5.5.1 STARTTLS is not offered on this listener"),
+        };
+        if self.wire.has_buffered_input() {
+            info!(self.log, "refusing STARTTLS followed by pipelined input");
+            self.reply(
+                554,
+                "5.5.0 commands after STARTTLS must wait for the handshake; closing connection",
+            );
+            return Err(EndReason::PipelinedStarttls);
+        }
+        self.reply(220, "2.0.0 ready to start TLS");
+        self.wire.start_tls(&acceptor).await?;
+        self.tls_active = true;
+        self.helo = None;
+        self.reset();
+        if let Some((version, suite)) = self.wire.tls_details() {
+            info!(self.log, "tls started"; "version" => version, "cipher" => suite);
         }
         Ok(())
     }

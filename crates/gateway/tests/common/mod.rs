@@ -5,6 +5,8 @@
 #![allow(dead_code)] // each test file uses a different part
 #![allow(unreachable_pub)] // shared by the test crates through `mod common`
 
+pub mod upgrading;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -33,6 +35,8 @@ pub struct Gateway {
     pub smtp: SocketAddr,
     pub imap: SocketAddr,
     pub http: SocketAddr,
+    /// Every listener's bound address, by name, as logged.
+    pub addrs: Vec<(String, SocketAddr)>,
 }
 
 impl Gateway {
@@ -75,18 +79,78 @@ address = "127.0.0.1:0"
 "#,
             spool = dir.path().join("spool").display()
         );
+        Self::launch(dir, &config, &[])
+    }
+
+    /// Starts the binary on `config` (written to `dir/gateway.toml`, mode
+    /// 0644) with `env` added, and waits until it is ready. Listener
+    /// addresses are learnt from the log: see [`addr`](Self::addr).
+    pub fn launch(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Gateway {
+        let mut gw = Self::spawn(dir, config, env);
+        gw.wait_log(SOON, |l| l.contains(r#""msg":"ready""#))
+            .unwrap_or_else(|| panic!("gateway not ready; log:\n{}", gw.log_text()));
+        gw.learn_addresses();
+        gw
+    }
+
+    /// Reads the listener addresses from the log lines so far.
+    pub fn learn_addresses(&mut self) {
+        for line in self.logs() {
+            if !line.contains(r#""msg":"listener bound""#)
+                && !line.contains(r#""msg":"listener taken""#)
+            {
+                continue;
+            }
+            let addr: SocketAddr = field(&line, "address").unwrap().parse().unwrap();
+            let name = field(&line, "listener").unwrap();
+            match name.as_str() {
+                "smtp" => self.smtp = addr,
+                "imap" => self.imap = addr,
+                "http" => self.http = addr,
+                _ => {}
+            }
+            if !self.addrs.iter().any(|(n, _)| *n == name) {
+                self.addrs.push((name, addr));
+            }
+        }
+    }
+
+    /// Starts the binary like [`launch`](Self::launch) without waiting for
+    /// anything.
+    pub fn spawn(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Gateway {
+        use std::os::unix::fs::PermissionsExt;
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut child = ChildGuard::spawn(
-            Command::new(BIN)
-                .arg("--config")
-                .arg(&config_path)
-                .current_dir(dir.path())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped()),
-        )
-        .unwrap();
+        std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut command = Command::new(BIN);
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        Self::spawn_command(dir, &mut command)
+    }
+
+    /// Starts `command` (a gateway, its stderr piped) and follows its log.
+    pub fn spawn_command(dir: tempfile::TempDir, command: &mut Command) -> Gateway {
+        // A binary copied a moment ago may still be open for writing in a
+        // child that another test thread forked meanwhile (until its exec
+        // closes it): exec fails with ETXTBSY for that moment.
+        let mut tries = 0;
+        let mut child = loop {
+            match ChildGuard::spawn(command) {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                spawned => break spawned.unwrap(),
+            }
+        };
         let stderr = child.child_mut().stderr.take().unwrap();
         let log = Arc::new(Log::default());
         let sink = log.clone();
@@ -97,31 +161,30 @@ address = "127.0.0.1:0"
                 sink.grew.notify_all();
             }
         });
-        let mut gw = Gateway {
+        Gateway {
             child,
             dir,
             log,
             smtp: "0.0.0.0:0".parse().unwrap(),
             imap: "0.0.0.0:0".parse().unwrap(),
             http: "0.0.0.0:0".parse().unwrap(),
-        };
-        gw.wait_log(SOON, |l| l.contains(r#""msg":"ready""#))
-            .unwrap_or_else(|| panic!("gateway not ready; log:\n{}", gw.log_text()));
-        for line in gw.logs() {
-            if !line.contains(r#""msg":"listener bound""#)
-                && !line.contains(r#""msg":"listener taken""#)
-            {
-                continue;
-            }
-            let addr: SocketAddr = field(&line, "address").unwrap().parse().unwrap();
-            match field(&line, "listener").unwrap().as_str() {
-                "smtp" => gw.smtp = addr,
-                "imap" => gw.imap = addr,
-                "http" => gw.http = addr,
-                other => panic!("unexpected listener {other}"),
-            }
+            addrs: Vec::new(),
         }
-        gw
+    }
+
+    /// The bound address of listener `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no listener {name} in the log"))
+    }
+
+    /// The pid of the process started by the test (the parent in
+    /// privileged mode).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The pid of the process that serves (the child in privileged mode).
@@ -317,4 +380,44 @@ pub fn occurrences(hay: &[u8], needle: &[u8]) -> usize {
         }
     }
     n
+}
+
+/// `openssl s_client` against `addr`, sending `say` once connected and
+/// reading until the server closes: the transcript (handshake, served
+/// certificate, what the server said).
+pub fn s_client(addr: std::net::SocketAddr, starttls: Option<&str>, say: &str) -> String {
+    use std::io::Write;
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-connect",
+        &addr.to_string(),
+        "-servername",
+        "gw.test",
+        "-crlf",
+        "-ign_eof",
+    ]);
+    if let Some(proto) = starttls {
+        cmd.args(["-starttls", proto]);
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Give the handshake a moment before the command (a bound, not a speed check).
+    std::thread::sleep(Duration::from_millis(300));
+    stdin.write_all(say.as_bytes()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// The PEM certificate a `s_client` transcript shows as served.
+pub fn served_pem(transcript: &str) -> Option<String> {
+    let start = transcript.find("-----BEGIN CERTIFICATE-----")?;
+    let end = transcript[start..].find("-----END CERTIFICATE-----")? + start;
+    Some(transcript[start..end].replace('\r', ""))
 }

@@ -411,8 +411,12 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
                 ]);
             }
             Some(mut old) => {
+                // The channel closes first, then SIGTERM: by the time the
+                // old child handles the signal, its end of the channel is
+                // at end-of-file, which tells it that this is an upgrade
+                // drain and not a stop (see `ChannelWatch`).
+                old.channel = None;
                 old.signal(Signal::SIGTERM);
-                old.channel = None; // no more counters for a draining child
                 let from = old.number;
                 self.draining.push(old);
                 self.stats.serving = number;

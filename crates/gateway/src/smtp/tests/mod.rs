@@ -434,6 +434,54 @@ async fn a_transfer_in_progress_completes_while_draining() {
 }
 
 #[tokio::test]
+async fn an_upgrade_drain_greets_and_lets_a_session_finish_one_more_transaction() {
+    let s = Setup::new();
+    let upgrade = || {
+        s.ctx()
+            .upgrade_drain(crate::upgrade::UpgradeDrain::upgrading())
+    };
+    // A session in a transaction when the drain starts finishes it; its
+    // next MAIL moves it to the successor.
+    let (mut open, open_task) = s.start(upgrade());
+    hello(&mut open).await;
+    open.send("MAIL FROM:<a@x>\r\n").await;
+    open.expect("250").await;
+    s.phases.advance(Phase::Draining);
+    open.send("RCPT TO:<b@x>\r\nDATA\r\n").await;
+    open.expect("250").await;
+    open.expect("354").await;
+    open.send("in progress\r\n.\r\n").await;
+    open.expect("250 2.0.0").await;
+    open.send("NOOP\r\nMAIL FROM:<a@x>\r\n").await;
+    open.expect("250").await;
+    open.expect("421 4.3.2 shutting down").await;
+    assert!(open.eof().await);
+
+    // A session accepted just before the listener stopped is greeted and
+    // makes its one transaction (a one-message client never sees 421).
+    let (mut late, late_task) = s.start(upgrade());
+    hello(&mut late).await;
+    late.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n")
+        .await;
+    late.expect("250").await;
+    late.expect("250").await;
+    late.expect("354").await;
+    late.send("late\r\n.\r\nQUIT\r\n").await;
+    late.expect("250 2.0.0").await;
+    late.expect("221").await;
+
+    assert_eq!(open_task.await.unwrap().reason, EndReason::Draining);
+    assert_eq!(
+        late_task.await.unwrap(),
+        SessionSummary {
+            reason: EndReason::Quit,
+            messages: 1
+        }
+    );
+    assert_eq!(s.messages().len(), 2);
+}
+
+#[tokio::test]
 async fn aborting_mid_data_stores_nothing() {
     let s = Setup::new();
     let (mut c, task) = s.start(s.ctx());
@@ -505,4 +553,5 @@ async fn serves_a_real_tcp_connection() {
 }
 
 mod adversarial;
+mod starttls;
 mod storage;

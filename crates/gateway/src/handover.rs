@@ -1,0 +1,197 @@
+//! Upgrades without a privileged parent (socket-activated or
+//! `CAP_NET_BIND_SERVICE` setups): on SIGHUP the serving process starts a
+//! successor of the binary on disk with duplicates of its listeners and
+//! freshly opened TLS files (`lifecycle_handoff::SuccessorHandoff`), waits
+//! until it is ready, tells systemd `MAINPID=<successor>`, then drains for
+//! an upgrade and exits. If the successor fails, this process serves on and
+//! counts the failure. SIGUSR2 does the same. Under a privileged parent
+//! both are the parent's business: a child that gets one logs it and goes
+//! on.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_lifecycle::{BeginShutdown, SendMainPid, ShutdownCoordinator, SystemdNotifier};
+use actix_rt::signal::unix::{signal, SignalKind};
+use lifecycle_handoff::{
+    open_file, ChildSpawner, Inventory, Lineage, PassedFile, PassedListener, Successor,
+    SuccessorHandoff,
+};
+use slog::{error, info, warn, Logger};
+
+use crate::upgrade::{UpgradeDrain, UpgradeMetrics};
+
+/// What a successor needs: duplicates of the listeners this process serves
+/// and the paths of the files to open afresh for it (the TLS certificate and
+/// key, in the order the service opens them).
+#[derive(Debug)]
+pub struct Handover {
+    listeners: Vec<PassedListener>,
+    files: Vec<PathBuf>,
+    lineage: Option<Lineage>,
+}
+
+impl Handover {
+    /// Keeps duplicates of `inventory`'s listeners named in `names` (the
+    /// originals go to the service; a socket no listener claims is not
+    /// kept, so it closes) and `files` to re-open at each hand-over;
+    /// `lineage` is this process's own (`None` for the first one).
+    pub fn new(
+        inventory: &Inventory,
+        names: &[&str],
+        files: Vec<PathBuf>,
+        lineage: Option<Lineage>,
+    ) -> std::io::Result<Self> {
+        let listeners = inventory
+            .listeners
+            .iter()
+            .filter(|l| names.contains(&l.spec.name()))
+            .map(|l| {
+                Ok(PassedListener {
+                    spec: l.spec.clone(),
+                    fd: l.fd.try_clone()?,
+                })
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok(Handover {
+            listeners,
+            files,
+            lineage,
+        })
+    }
+
+    /// Starts the successor and waits until it is ready (blocking).
+    /// `failed` earlier attempts of this process are passed on in its
+    /// lineage.
+    fn start(&self, failed: u64) -> Result<Successor, HandoverError> {
+        let mut inventory = Inventory::default();
+        for l in &self.listeners {
+            let fd = l.fd.try_clone().map_err(|source| HandoverError::Dup {
+                listener: l.spec.name().to_owned(),
+                source,
+            })?;
+            inventory.listeners.push(PassedListener {
+                spec: l.spec.clone(),
+                fd,
+            });
+        }
+        for path in &self.files {
+            inventory.files.push(PassedFile {
+                path: path.clone(),
+                fd: open_file(path)?.into(),
+            });
+        }
+        let mut lineage = self.lineage.unwrap_or(Lineage::FIRST);
+        lineage.upgrades_failed += failed;
+        Ok(SuccessorHandoff::new(ChildSpawner::new()?)
+            .lineage(Some(lineage))
+            .start(&inventory)?)
+    }
+}
+
+/// Why a hand-over did not happen (this process serves on).
+#[derive(Debug, thiserror::Error)]
+enum HandoverError {
+    /// A listening socket could not be duplicated for the successor.
+    #[error("cannot duplicate the socket of listener {listener} for the successor (raise the open-files limit): {source}")]
+    Dup {
+        listener: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Opening a file, starting the successor, or waiting for it failed.
+    #[error(transparent)]
+    Handoff(#[from] lifecycle_handoff::Error),
+}
+
+/// What the SIGHUP task needs from the running service.
+pub(crate) struct HandoverTask {
+    pub(crate) handover: Option<Arc<Handover>>,
+    pub(crate) coordinator: Addr<ShutdownCoordinator>,
+    pub(crate) shutdown: actix_lifecycle::ShutdownHandle,
+    pub(crate) notifier: Option<Addr<SystemdNotifier>>,
+    pub(crate) drain: UpgradeDrain,
+    pub(crate) metrics: UpgradeMetrics,
+    pub(crate) generation: u64,
+    pub(crate) log: Logger,
+}
+
+impl HandoverTask {
+    /// Handles SIGHUP and SIGUSR2 for the life of the service (a signal that
+    /// arrives during a hand-over waits for it: each signal stream keeps
+    /// one).
+    pub(crate) fn spawn(self) {
+        actix::spawn(async move {
+            let streams = signal(SignalKind::hangup())
+                .and_then(|hup| Ok((hup, signal(SignalKind::user_defined2())?)));
+            let (mut hup, mut usr2) = match streams {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(self.log, "cannot handle SIGHUP/SIGUSR2; upgrades are off"; "error" => %e);
+                    return;
+                }
+            };
+            let mut failed = 0;
+            loop {
+                let received = tokio::select! {
+                    s = hup.recv() => s.map(|()| "SIGHUP"),
+                    s = usr2.recv() => s.map(|()| "SIGUSR2"),
+                };
+                let Some(name) = received else {
+                    return;
+                };
+                let Some(handover) = &self.handover else {
+                    info!(self.log, "upgrade signal ignored: the privileged parent upgrades the service (signal the parent)"; "signal" => name);
+                    continue;
+                };
+                if self.shutdown.is_draining() {
+                    info!(self.log, "upgrade signal ignored: the service is draining"; "signal" => name);
+                    continue;
+                }
+                if self.hand_over(handover, name, &mut failed).await {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// One hand-over; true when the successor serves and this process
+    /// drains.
+    async fn hand_over(&self, handover: &Arc<Handover>, signal: &str, failed: &mut u64) -> bool {
+        let from = self.generation.max(1);
+        info!(self.log, "upgrade started"; "from" => from, "to" => from + 1, "signal" => signal);
+        let h = Arc::clone(handover);
+        let attempts = *failed;
+        let started = tokio::task::spawn_blocking(move || h.start(attempts)).await;
+        let reason = match started {
+            Ok(Ok(successor)) => {
+                let pid = successor.pid();
+                let to = successor.generation();
+                info!(self.log, "upgrade succeeded"; "from" => from, "to" => to, "child" => pid,
+                    "detail" => format!("generation {to} (pid {pid}) serves; generation {from} drains"));
+                // Dropping the handle neither kills nor waits: the successor
+                // outlives this process.
+                drop(successor.into_child());
+                self.drain.mark();
+                // The hand-over told systemd already; this stops the
+                // notifier speaking for the service (no STOPPING=1 from an
+                // old process).
+                if let Some(notifier) = &self.notifier {
+                    if let Err(e) = notifier.send(SendMainPid { pid }).await {
+                        warn!(self.log, "notifier gone"; "error" => %e);
+                    }
+                }
+                self.coordinator.do_send(BeginShutdown);
+                return true;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the hand-over task failed: {e}"),
+        };
+        *failed += 1;
+        self.metrics.record_failed();
+        error!(self.log, "upgrade failed"; "from" => from, "to" => from + 1, "reason" => reason,
+            "upgrades_failed" => *failed, "detail" => format!("generation {from} keeps serving"));
+        false
+    }
+}

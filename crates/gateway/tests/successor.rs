@@ -1,0 +1,304 @@
+//! Upgrades without a privileged parent (as root, to start the gateway as
+//! user nobody; skipped with a printed reason otherwise): SIGHUP (or
+//! SIGUSR2) makes the serving process hand its listeners and freshly opened
+//! TLS files to a successor of itself, report it with `MAINPID=`, then
+//! drain and exit; in the immediate mode under load, and socket-activated
+//! by `systemd-socket-activate`.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::upgrading::{count, load, upgrade_pid, LoadStats, Setup, NOBODY};
+use common::{occurrences, s_client, sample, served_pem, SOON};
+use lifecycle_tests::{loud, require_root, require_tool};
+use nix::sys::signal::Signal;
+
+/// Kills the listed processes when the test ends (successors are not the
+/// test's children).
+struct Reaper(Vec<i32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+    }
+}
+
+fn gone(pid: i32) -> bool {
+    // Reparented successors are reaped by init; a zombie counts as gone.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+/// The next notify datagram with `line` among its lines.
+fn notified(socket: &std::os::unix::net::UnixDatagram, line: &str) -> String {
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no {line:?}: {e}"));
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.lines().any(|l| l == line) {
+            return text;
+        }
+    }
+}
+
+#[test]
+fn without_a_privileged_parent_sighup_hands_over_to_a_successor() {
+    if !require_root("starting the gateway as user nobody") || !require_tool("openssl") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let (setup, pem) = Setup::new();
+    for path in [&setup.cert, &setup.key] {
+        nix::unistd::chown(path, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
+    }
+    let notify_path = setup.dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(SOON)).unwrap();
+    std::fs::set_permissions(&notify_path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut gw = setup.launch(
+        "",
+        |cmd| {
+            cmd.uid(NOBODY)
+                .gid(NOBODY)
+                .env("NOTIFY_SOCKET", &notify_path);
+        },
+        "ready",
+    );
+    notified(&notify, "READY=1");
+    let first = i32::try_from(gw.pid()).unwrap();
+    let mut reaper = Reaper(Vec::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(LoadStats::default());
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..4)
+        .map(|id| {
+            let (stop, stats, accepted) = (stop.clone(), stats.clone(), accepted.clone());
+            let addr = gw.smtp;
+            std::thread::spawn(move || load(addr, id, stop, stats, accepted))
+        })
+        .collect();
+
+    // Two hand-overs under load: 1 → 2 → 3, each reported with MAINPID=.
+    let mut serving = first;
+    let mut pids = vec![first];
+    for round in 1..=2u64 {
+        while stats.accepted.load(Ordering::Relaxed) < round * 300 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // What `systemctl reload` sends, then the other upgrade signal.
+        let signal = if round == 1 {
+            Signal::SIGHUP
+        } else {
+            Signal::SIGUSR2
+        };
+        let line = upgrade_pid(&gw, serving, signal);
+        assert!(
+            line.contains("upgrade succeeded"),
+            "{line}\n{}",
+            gw.log_text()
+        );
+        let next = i32::try_from(common::number(&line, "child").unwrap()).unwrap();
+        reaper.0.push(next);
+        let text = notified(&notify, &format!("MAINPID={next}"));
+        loud(&format!(
+            "hand-over {round}: pid {serving} -> {next}; notified {text:?}"
+        ));
+        pids.push(next);
+        serving = next;
+    }
+    // The first process (the test's child) drained and exited 0; the second
+    // is gone too.
+    let status = gw.wait_exit(SOON).expect("generation 1 still running");
+    assert_eq!(status.code(), Some(0), "{}", gw.log_text());
+    let deadline = Instant::now() + SOON;
+    while !gone(pids[1]) {
+        assert!(Instant::now() < deadline, "generation 2 still running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    while stats.accepted.load(Ordering::Relaxed) < 900 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    let (refused, reset, other) = (
+        stats.refused.load(Ordering::Relaxed),
+        stats.reset.load(Ordering::Relaxed),
+        stats.other.load(Ordering::Relaxed),
+    );
+    let stored: Vec<Vec<u8>> = gw
+        .messages()
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let missing = accepted
+        .iter()
+        .filter(|t| {
+            stored
+                .iter()
+                .filter(|b| occurrences(b, t.as_bytes()) > 0)
+                .count()
+                != 1
+        })
+        .count();
+    loud(&format!(
+        "successor hand-over: pids {pids:?}; {} messages acknowledged, {} sessions drained (421, retried); \
+         refused {refused}, reset {reset}, other {other}; {} files in the spool, {missing} acknowledged not stored exactly once",
+        accepted.len(),
+        stats.drained.load(Ordering::Relaxed),
+        stored.len(),
+    ));
+    assert_eq!((refused, reset, other), (0, 0, 0));
+    assert_eq!(missing, 0);
+    assert_eq!(stored.len(), accepted.len());
+
+    // The TLS files were passed on: generation 3 serves the certificate.
+    let t = s_client(gw.addr("smtps"), None, "QUIT\n");
+    assert_eq!(served_pem(&t).as_deref(), Some(pem.as_str()), "{t}");
+    let metrics = gw.metrics();
+    assert_eq!(
+        sample(&metrics, "lifecycle_generation", &[]),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "lifecycle_upgrades_total", &[("result", "ok")]),
+        Some(2.0),
+        "{metrics}"
+    );
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(serving), Signal::SIGTERM).unwrap();
+    notified(&notify, "STOPPING=1");
+    let deadline = Instant::now() + SOON;
+    while !gone(serving) {
+        assert!(Instant::now() < deadline, "generation 3 still running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        count(&gw, "draining for an upgrade"),
+        2,
+        "{}",
+        gw.log_text()
+    );
+}
+
+#[test]
+fn a_socket_activated_gateway_hands_over_on_sighup() {
+    if !require_root("starting the gateway as user nobody")
+        || !require_tool("systemd-socket-activate")
+    {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpStream;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    nix::unistd::chown(&spool, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "spool_dir = \"{}\"\n[log]\nformat = \"json\"\n[smtp]\nhostname = \"gw.test\"\n\
+             [[listener]]\nname = \"smtp\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:{port}\"\n",
+            spool.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(SOON)).unwrap();
+    std::fs::set_permissions(&notify_path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.args(["-l", &format!("127.0.0.1:{port}"), "--fdname=smtp", "-E"])
+        .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
+        .arg("--")
+        .arg(common::BIN)
+        .arg("--config")
+        .arg(&config)
+        .current_dir(dir.path())
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut gw = common::Gateway::spawn_command(dir, &mut cmd);
+    // systemd-socket-activate says so on stderr once its socket listens.
+    gw.wait_log(SOON, |l| l.contains("Listening on"))
+        .unwrap_or_else(|| panic!("systemd-socket-activate did not listen:\n{}", gw.log_text()));
+    let greet = |what: &str| {
+        // The first connection also makes systemd-socket-activate exec the
+        // gateway.
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(SOON)).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        assert!(line.starts_with("220 "), "{what}: {line:?}");
+    };
+    greet("the first, activating connection");
+    gw.wait_log(SOON, |l| l.contains(r#""msg":"ready""#))
+        .unwrap_or_else(|| panic!("not ready:\n{}", gw.log_text()));
+    notified(&notify, "READY=1");
+    assert!(
+        gw.log_text().contains(r#""mode":"systemd""#),
+        "{}",
+        gw.log_text()
+    );
+
+    let first = i32::try_from(gw.pid()).unwrap();
+    let line = upgrade_pid(&gw, first, Signal::SIGHUP);
+    assert!(
+        line.contains("upgrade succeeded"),
+        "{line}\n{}",
+        gw.log_text()
+    );
+    let next = i32::try_from(common::number(&line, "child").unwrap()).unwrap();
+    let _reaper = Reaper(vec![next]);
+    let text = notified(&notify, &format!("MAINPID={next}"));
+    loud(&format!(
+        "socket-activated hand-over: pid {first} -> {next}; notified {text:?}"
+    ));
+    let status = gw
+        .wait_exit(SOON)
+        .expect("the activated process still runs");
+    assert_eq!(status.code(), Some(0), "{}", gw.log_text());
+    greet("after the hand-over");
+    let started = format!(r#""pid":{next}"#);
+    assert!(
+        gw.logs().iter().any(|l| l.contains(r#""msg":"starting""#)
+            && l.contains(&started)
+            && l.contains(r#""mode":"inherited""#)),
+        "{}",
+        gw.log_text()
+    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(next), Signal::SIGTERM).unwrap();
+    notified(&notify, "STOPPING=1");
+    let deadline = Instant::now() + SOON;
+    while !gone(next) {
+        assert!(Instant::now() < deadline, "the successor still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
