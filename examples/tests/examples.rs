@@ -33,7 +33,14 @@ fn cargo_build(name: &str) -> PathBuf {
         // The `test` profile over the whole workspace: the profile and
         // feature set `cargo test --workspace` built everything with, so
         // this reuses that build instead of compiling the tree again.
-        .args(["build", "--profile", "test", "--workspace", "--example", name])
+        .args([
+            "build",
+            "--profile",
+            "test",
+            "--workspace",
+            "--example",
+            name,
+        ])
         .arg("--message-format=json-render-diagnostics")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()

@@ -37,6 +37,8 @@ const USER: &str = "UPG_TEST_USER";
 const READY_TIMEOUT_MS: &str = "UPG_TEST_READY_TIMEOUT_MS";
 /// Makes a child exit with this code at start-up.
 const CHILD_EXIT: &str = "UPG_TEST_CHILD_EXIT";
+/// Makes a child exit with this code right after reporting ready.
+const CHILD_READY_EXIT: &str = "UPG_TEST_CHILD_READY_EXIT";
 /// Makes a child serve without ever reporting ready.
 const CHILD_HANG: &str = "UPG_TEST_CHILD_HANG";
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -76,6 +78,8 @@ fn run_tests() -> ExitCode {
     }
     failed_upgrades_keep_the_old_child_serving();
     println!("test failed_upgrades_keep_the_old_child_serving ... ok");
+    a_child_that_dies_right_after_ready_is_a_failed_upgrade();
+    println!("test a_child_that_dies_right_after_ready_is_a_failed_upgrade ... ok");
     parent_notifies_systemd();
     println!("test parent_notifies_systemd ... ok");
     first_child_exit_is_passed_through();
@@ -223,6 +227,10 @@ fn run_serve(mode: Mode) -> Result<(), String> {
             std::mem::forget(ready); // keeps the channel open, never ready
         } else {
             ready.notify_ready().map_err(|e| e.to_string())?;
+            if let Some(code) = (std::env::var(CHILD_READY_EXIT).ok()).and_then(|c| c.parse().ok())
+            {
+                std::process::exit(code);
+            }
             std::thread::spawn(move || {
                 while let Ok(Some(update)) = ready.recv_update() {
                     *live.lock().unwrap() =
@@ -654,6 +662,59 @@ fn failed_upgrades_keep_the_old_child_serving() {
             .any(|l| l.contains("serving generation 4") && l.ends_with("exited with code 0")),
         "{seen:#?}"
     );
+}
+
+/// A new child that reports ready and is dead by the time the parent looks
+/// must not replace the old one. The script stops the parent, and the test
+/// lets it go on only once the child has written ready and exited (a
+/// zombie), so the parent sees both in one pass; the upgrade fails and the
+/// old child keeps serving.
+fn a_child_that_dies_right_after_ready_is_a_failed_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut parent = Parent::start(dir.path(), &[]);
+    parent.expect("generation 1 (pid");
+    let original = std::env::current_exe().unwrap();
+    let pid_file = dir.path().join("candidate.pid");
+    replace_with_script(
+        &parent.binary,
+        &format!(
+            "#!/bin/sh\necho $$ > '{}'\nkill -STOP $PPID\n{CHILD_READY_EXIT}=4 exec '{}' \"$@\"\n",
+            pid_file.display(),
+            original.display()
+        ),
+    );
+    parent.signal(Signal::SIGHUP);
+    let deadline = Instant::now() + TIMEOUT;
+    let zombie = loop {
+        let state = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).ok())
+            .and_then(|stat| Some(stat.rsplit_once(") ")?.1.chars().next()? == 'Z'));
+        if state == Some(true) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    parent.signal(Signal::SIGCONT);
+    assert!(
+        zombie,
+        "the candidate did not report ready and exit in time"
+    );
+    let failed = parent.expect("upgrade from generation 1 to 2 failed");
+    assert!(failed.contains("exited with code 4"), "{failed}");
+    let answer = parent.ask();
+    assert_eq!(field(&answer, "gen"), "1", "old child serves: {answer}");
+    assert!(
+        !parent.seen.iter().any(|l| l.contains("succeeded")),
+        "{:#?}",
+        parent.seen
+    );
+    parent.signal(Signal::SIGTERM);
+    let (code, seen) = parent.finish();
+    assert_eq!(code, 0, "{seen:#?}");
 }
 
 /// Receives one datagram (a notification), or panics after the timeout.

@@ -317,6 +317,16 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         match candidate.receiver.poll_ready()? {
             ReadyState::Pending => Ok(None),
             ReadyState::Ready if !self.stopping => {
+                // Ready and already dead is a failed upgrade, not a new
+                // serving child: leave it to `reap` (its SIGCHLD is queued
+                // or on its way), which fails it and keeps the old child.
+                let pid = candidate.generation.pid();
+                if (candidate.generation.child.try_wait())
+                    .map_err(wait_err(pid))?
+                    .is_some()
+                {
+                    return self.reap();
+                }
                 self.promote();
                 self.run_pending()?;
                 Ok(None)
@@ -469,13 +479,6 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
 
     /// SIGCHLD: reaps whichever children exited.
     fn reap(&mut self) -> Result<Option<i32>> {
-        let wait_err = |pid| {
-            move |source| Error::Supervise {
-                pid,
-                operation: "waitpid",
-                source,
-            }
-        };
         let mut index = 0;
         while index < self.draining.len() {
             let old = &mut self.draining[index];
@@ -499,10 +502,9 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
                 .try_wait()
                 .map_err(wait_err(pid))?
             {
-                // A ready message written just before the exit still counts.
-                if candidate.receiver.poll_ready()? == ReadyState::Ready && !self.stopping {
-                    self.promote();
-                } else if let Some(candidate) = self.candidate.take() {
+                // Even one that reported ready first: an exited child
+                // cannot serve, so the old one keeps serving.
+                if let Some(candidate) = self.candidate.take() {
                     let failure = UpgradeFailure::Exited {
                         code: exit_code(status),
                     };
@@ -564,5 +566,14 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
             });
         }
         Ok(code)
+    }
+}
+
+/// The error of a failed `waitpid` on child `pid`.
+fn wait_err(pid: u32) -> impl Fn(io::Error) -> Error {
+    move |source| Error::Supervise {
+        pid,
+        operation: "waitpid",
+        source,
     }
 }
