@@ -139,6 +139,7 @@ pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32,
         ready,
         lineage,
         handover,
+        supervised,
     };
     run(config, log, inventory, tls, upgrade, notify)
 }
@@ -155,6 +156,9 @@ pub struct Upgrade {
     pub lineage: Option<Lineage>,
     /// What a successor of this process needs (no privileged parent).
     pub handover: Option<Handover>,
+    /// A child of the privileged parent, which upgrades it: the parent
+    /// closing the ready channel means "an upgrade took over, drain".
+    pub supervised: bool,
 }
 
 /// Opens the `[tls]` certificate and key with
@@ -228,7 +232,7 @@ async fn start_listeners(
     let upgrade_drain = match &upgrade.ready {
         // A successor's channel closes once its predecessor has seen it
         // ready: only a supervising parent's closing means an upgrade.
-        Some(_) if upgrade.handover.is_some() => UpgradeDrain::default(),
+        Some(_) if !upgrade.supervised => UpgradeDrain::default(),
         Some(channel) => match channel.watch() {
             Ok(watch) => UpgradeDrain::new(watch),
             Err(e) => {
@@ -362,6 +366,7 @@ async fn start_listeners(
     let notifier = notify.start(lifecycle, log);
     HandoverTask {
         handover: upgrade.handover.map(Arc::new),
+        supervised: upgrade.supervised,
         coordinator: lifecycle.coordinator().clone(),
         shutdown: lifecycle.shutdown_handle(),
         notifier,

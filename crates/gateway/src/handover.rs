@@ -9,6 +9,7 @@
 //! on.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix::Addr;
@@ -64,7 +65,7 @@ impl Handover {
     /// Starts the successor and waits until it is ready (blocking).
     /// `failed` earlier attempts of this process are passed on in its
     /// lineage.
-    fn start(&self, failed: u64) -> Result<Successor, HandoverError> {
+    fn start(&self, failed: u64, cancel: &Arc<AtomicBool>) -> Result<Successor, HandoverError> {
         let mut inventory = Inventory::default();
         for l in &self.listeners {
             let fd = l.fd.try_clone().map_err(|source| HandoverError::Dup {
@@ -86,6 +87,7 @@ impl Handover {
         lineage.upgrades_failed += failed;
         Ok(SuccessorHandoff::new(ChildSpawner::new()?)
             .lineage(Some(lineage))
+            .cancel_on(Arc::clone(cancel))
             .start(&inventory)?)
     }
 }
@@ -108,6 +110,7 @@ enum HandoverError {
 /// What the SIGHUP task needs from the running service.
 pub(crate) struct HandoverTask {
     pub(crate) handover: Option<Arc<Handover>>,
+    pub(crate) supervised: bool,
     pub(crate) coordinator: Addr<ShutdownCoordinator>,
     pub(crate) shutdown: actix_lifecycle::ShutdownHandle,
     pub(crate) notifier: Option<Addr<SystemdNotifier>>,
@@ -142,7 +145,11 @@ impl HandoverTask {
                     return;
                 };
                 let Some(handover) = &self.handover else {
-                    info!(self.log, "upgrade signal ignored: the privileged parent upgrades the service (signal the parent)"; "signal" => name);
+                    if self.supervised {
+                        info!(self.log, "upgrade signal ignored: the privileged parent upgrades the service (signal the parent)"; "signal" => name);
+                    } else {
+                        warn!(self.log, "upgrade signal ignored: the listeners could not be kept for a successor at start (see the warning then); restart to upgrade"; "signal" => name);
+                    }
                     continue;
                 };
                 if self.shutdown.is_draining() {
@@ -163,8 +170,43 @@ impl HandoverTask {
         info!(self.log, "upgrade started"; "from" => from, "to" => from + 1, "signal" => signal);
         let h = Arc::clone(handover);
         let attempts = *failed;
-        let started = tokio::task::spawn_blocking(move || h.start(attempts)).await;
+        // A stop (SIGTERM) during the hand-over cancels it: the successor
+        // is killed and the blocking wait ends, so the stop stays a stop and
+        // the runtime is not kept waiting for the blocking task.
+        let cancel = Arc::new(AtomicBool::new(false));
+        let cancelled = Arc::clone(&cancel);
+        let log = self.log.clone();
+        let mut task = tokio::task::spawn_blocking(move || {
+            let started = h.start(attempts, &cancelled);
+            // Logged here: an idle service stops before the task resumes.
+            if let (Err(e), true) = (&started, cancelled.load(Ordering::SeqCst)) {
+                warn!(log, "upgrade cancelled by a stop"; "from" => from, "to" => from + 1,
+                    "reason" => %e, "detail" => format!("generation {from} stops; the successor was killed"));
+            }
+            started
+        });
+        let started = tokio::select! {
+            started = &mut task => started,
+            () = self.shutdown.draining() => {
+                cancel.store(true, Ordering::SeqCst);
+                task.await
+            }
+        };
         let reason = match started {
+            // Ready just as the stop began: pass the stop on to it.
+            Ok(Ok(successor)) if self.shutdown.is_draining() => {
+                let pid = successor.pid();
+                let sent = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                warn!(self.log, "upgrade overtaken by a stop: the successor is told to stop too";
+                    "from" => from, "child" => pid, "sigterm" => ?sent);
+                // It drains within its own graces; dropping the handle
+                // neither kills nor waits.
+                drop(successor.into_child());
+                return false;
+            }
             Ok(Ok(successor)) => {
                 let pid = successor.pid();
                 let to = successor.generation();
@@ -185,6 +227,8 @@ impl HandoverTask {
                 self.coordinator.do_send(BeginShutdown);
                 return true;
             }
+            // Logged by the blocking task already.
+            Ok(Err(_)) if cancel.load(Ordering::SeqCst) => return false,
             Ok(Err(e)) => e.to_string(),
             Err(e) => format!("the hand-over task failed: {e}"),
         };

@@ -302,3 +302,80 @@ fn a_socket_activated_gateway_hands_over_on_sighup() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A stop (SIGTERM) during a hand-over stays a stop: the successor that is
+/// still starting is killed, the process drains and exits 0 within its
+/// graces, and nothing is left running or holding the ports.
+#[test]
+fn sigterm_during_a_hand_over_cancels_it() {
+    if !require_root("starting the gateway as user nobody") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let (setup, _pem) = Setup::new();
+    for path in [&setup.cert, &setup.key] {
+        nix::unistd::chown(path, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
+    }
+    let bin = setup.bin.clone();
+    // Written by the successor, which runs as nobody.
+    let run_dir = setup.dir.path().join("run");
+    std::fs::create_dir(&run_dir).unwrap();
+    nix::unistd::chown(&run_dir, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
+    let pid_file = run_dir.join("successor.pid");
+    let mut gw = setup.launch(
+        "",
+        |cmd| {
+            cmd.uid(NOBODY).gid(NOBODY);
+        },
+        "ready",
+    );
+    // The binary on disk now never becomes ready.
+    let staged = bin.with_extension("new");
+    std::fs::write(
+        &staged,
+        format!(
+            "#!/bin/sh\necho $$ > '{}'\nexec sleep 600\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, &bin).unwrap();
+    let mut reaper = Reaper(Vec::new());
+    gw.signal(Signal::SIGHUP);
+    gw.wait_log(SOON, |l| l.contains(r#""msg":"upgrade started""#))
+        .unwrap_or_else(|| panic!("no upgrade started:\n{}", gw.log_text()));
+    let deadline = Instant::now() + SOON;
+    let successor = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the successor never started");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    reaper.0.push(successor);
+    let signalled = Instant::now();
+    gw.signal(Signal::SIGTERM);
+    let status = gw.wait_exit(SOON).expect("the gateway did not exit");
+    let took = signalled.elapsed();
+    let log = gw.log_text();
+    assert_eq!(status.code(), Some(0), "{log}");
+    // Drain 2 s + abort 1 s, plus slack: not the 30 s ready timeout.
+    assert!(took < Duration::from_secs(10), "exit took {took:?}:\n{log}");
+    assert!(
+        log.contains(r#""msg":"upgrade cancelled by a stop""#),
+        "{log}"
+    );
+    assert!(!log.contains("upgrade succeeded"), "{log}");
+    assert!(gone(successor), "the cancelled successor still runs");
+    assert!(
+        std::net::TcpStream::connect(gw.smtp).is_err(),
+        "something still listens on the SMTP port"
+    );
+    loud(&format!(
+        "SIGTERM during a hand-over: exit 0 after {took:?}, successor {successor} killed"
+    ));
+}

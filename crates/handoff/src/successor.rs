@@ -34,13 +34,15 @@
 //! not `WATCHDOG_PID`, which names the old process.
 
 use std::process::Child;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::inventory::Inventory;
 use crate::lineage::Lineage;
 use crate::notify::{monotonic_now, one_line, Notifier, NotifyState, WATCHDOG_PID};
-use crate::ready::{ReadyPair, ReadyState};
+use crate::ready::{ReadyPair, ReadyReceiver, ReadyState};
 use crate::spawn::ChildSpawner;
 use crate::supervise::exit_code;
 use crate::upgrade::DEFAULT_READY_TIMEOUT;
@@ -73,7 +75,11 @@ pub struct SuccessorHandoff {
     ready_timeout: Duration,
     notifier: Option<Notifier>,
     lineage: Lineage,
+    cancel: Option<Arc<AtomicBool>>,
 }
+
+/// How often a cancellable [`SuccessorHandoff::start`] looks at its flag.
+const CANCEL_CHECK: Duration = Duration::from_millis(50);
 
 impl SuccessorHandoff {
     /// A hand-off that starts `spawner`'s program (this executable, by
@@ -90,6 +96,7 @@ impl SuccessorHandoff {
                 upgrades_ok: 0,
                 upgrades_failed: 0,
             },
+            cancel: None,
         }
     }
 
@@ -115,6 +122,25 @@ impl SuccessorHandoff {
             upgrades_ok: current.succeeded_including_self(),
             upgrades_failed: current.upgrades_failed,
         };
+        self
+    }
+
+    /// Makes [`start`](Self::start) give up when `flag` becomes true while
+    /// it waits for the successor (checked every 50 ms): the successor is
+    /// killed and `start` fails with [`Error::NotReady`] ("cancelled"), so a
+    /// stop that arrives during a hand-over stays a stop.
+    ///
+    /// ```
+    /// use std::sync::{atomic::AtomicBool, Arc};
+    /// use lifecycle_handoff::{ChildSpawner, SuccessorHandoff};
+    ///
+    /// let stop = Arc::new(AtomicBool::new(false));
+    /// let handoff = SuccessorHandoff::new(ChildSpawner::new()?).cancel_on(Arc::clone(&stop));
+    /// # drop(handoff);
+    /// # Ok::<(), lifecycle_handoff::Error>(())
+    /// ```
+    pub fn cancel_on(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.cancel = Some(flag);
         self
     }
 
@@ -149,16 +175,26 @@ impl SuccessorHandoff {
             }
         };
         let pid = child.id();
-        let state = receiver.wait(self.ready_timeout);
+        let state = self.wait_ready(&mut receiver);
         let reason = match state {
             Ok(ReadyState::Ready) => None,
+            Ok(ReadyState::Pending) if self.is_cancelled() => {
+                Some("cancelled: this process is stopping".to_owned())
+            }
             Ok(ReadyState::Pending) => Some(format!("not ready within {:?}", self.ready_timeout)),
             Ok(ReadyState::Closed) => Some("closed its readiness channel".to_owned()),
             Err(ref err) => Some(err.to_string()),
         };
         let closed = matches!(state, Ok(ReadyState::Closed));
         if let Some(reason) = reason {
-            let reason = match reap(&mut child) {
+            let exited = if self.is_cancelled() {
+                let _ = child.kill();
+                let _ = child.wait();
+                None
+            } else {
+                reap(&mut child)
+            };
+            let reason = match exited {
                 Some(code) if closed => {
                     format!("exited with code {code} before it was ready")
                 }
@@ -179,6 +215,27 @@ impl SuccessorHandoff {
             NotifyState::Status(&status),
         ]);
         Ok(Successor { child, generation })
+    }
+
+    fn is_cancelled(&self) -> bool {
+        (self.cancel.as_ref()).is_some_and(|c| c.load(Ordering::SeqCst))
+    }
+
+    /// Waits for the successor's ready message until the ready timeout,
+    /// looking at the cancel flag every [`CANCEL_CHECK`].
+    fn wait_ready(&self, receiver: &mut ReadyReceiver) -> Result<ReadyState> {
+        let deadline = Instant::now() + self.ready_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let slice = match self.cancel {
+                Some(_) => left.min(CANCEL_CHECK),
+                None => left,
+            };
+            let state = receiver.wait(slice)?;
+            if state != ReadyState::Pending || left <= slice || self.is_cancelled() {
+                return Ok(state);
+            }
+        }
     }
 
     fn notify(&self, states: &[NotifyState<'_>]) {
