@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use actix::{Message, Recipient};
-use futures_util::future::LocalBoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -244,7 +243,11 @@ impl AsyncWrite for Conn {
 #[rtype(result = "()")]
 pub struct Accepted(pub Conn);
 
-type HandlerFn = dyn Fn(Conn) -> LocalBoxFuture<'static, ()> + Send + Sync;
+/// Starts the handler's future for a connection on the current arbiter.
+/// The spawn happens inside the closure, where the future's type is known,
+/// so the future is stored in the task itself: no separate boxed future
+/// per connection.
+type HandlerFn = dyn Fn(Conn) + Send + Sync;
 
 /// The protocol handler of a [`ListenerActor`](crate::ListenerActor): a
 /// closure whose future is spawned on the arbiter serving the connection,
@@ -288,7 +291,9 @@ impl ConnHandler {
         Fut: Future<Output = ()> + 'static,
     {
         ConnHandler {
-            inner: HandlerInner::Func(Arc::new(move |conn| Box::pin(f(conn)))),
+            inner: HandlerInner::Func(Arc::new(move |conn| {
+                actix::spawn(f(conn));
+            })),
         }
     }
 
@@ -305,9 +310,7 @@ impl ConnHandler {
     /// current arbiter, or sends it to the recipient.
     pub(crate) fn dispatch(&self, conn: Conn) {
         match &self.inner {
-            HandlerInner::Func(f) => {
-                actix::spawn(f(conn));
-            }
+            HandlerInner::Func(spawn) => spawn(conn),
             HandlerInner::Recipient(r) => r.do_send(Accepted(conn)),
         }
     }

@@ -85,10 +85,10 @@ impl RegistryHandle {
         let mut to_wake = Vec::new();
         self.shared.each_shard(|st| {
             let mut newly = Vec::new();
-            for entry in st.live.values() {
+            for entry in st.live.iter() {
                 if entry.mark_aborted() {
                     newly.push(entry.kind);
-                    to_wake.push(Arc::clone(entry));
+                    to_wake.push(Arc::clone(&entry.0));
                 }
             }
             for kind in newly {
@@ -121,7 +121,7 @@ impl RegistryHandle {
         let mut hit = false;
         if let Some(shard) = self.shard_of(id) {
             let mut st = shard.lock();
-            let entry = st.live.get(&id).cloned();
+            let entry = st.live.get(&id).map(|live| Arc::clone(&live.0));
             if let Some(entry) = &entry {
                 hit = true;
                 if entry.mark_aborted() {
@@ -177,7 +177,7 @@ impl RegistryHandle {
         let names = common.kind_names();
         let mut entries = Vec::new();
         self.shared.each_shard(|st| {
-            for e in st.live.values() {
+            for e in st.live.iter() {
                 let (protocol, listener) = names
                     .get(e.kind as usize)
                     .cloned()

@@ -6,8 +6,9 @@
 //! The [`ConnectionRegistry`](crate::ConnectionRegistry) visits every shard
 //! for `Shutdown`, `Done`, `Snapshot` and the gauges.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -39,6 +40,44 @@ pub(crate) struct Entry {
     pub(crate) write_waker: AtomicWaker,
 }
 
+/// A live entry in its shard's table, hashed and compared by its id.
+///
+/// The table is a set of entries rather than a map from id to entry: the
+/// id already lives in the entry, so a slot holds one pointer (8 bytes)
+/// instead of a key and a pointer (16 bytes). Lookups by id go through
+/// [`Borrow<u64>`]; `Hash` and `Eq` are those of the id, as `Borrow`
+/// requires.
+#[derive(Debug, Clone)]
+pub(crate) struct Live(pub(crate) Arc<Entry>);
+
+impl Hash for Live {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state);
+    }
+}
+
+impl PartialEq for Live {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for Live {}
+
+impl Borrow<u64> for Live {
+    fn borrow(&self) -> &u64 {
+        &self.0.id
+    }
+}
+
+impl std::ops::Deref for Live {
+    type Target = Entry;
+
+    fn deref(&self) -> &Entry {
+        &self.0
+    }
+}
+
 /// Ids are unique sequence numbers: a multiplicative hash spreads them.
 #[derive(Default)]
 pub(crate) struct IdHasher(u64);
@@ -61,7 +100,8 @@ impl Hasher for IdHasher {
 
 pub(crate) struct ShardState {
     next_seq: u64,
-    pub(crate) live: HashMap<u64, Arc<Entry>, BuildHasherDefault<IdHasher>>,
+    /// Every live entry of this shard, found by id.
+    pub(crate) live: HashSet<Live, BuildHasherDefault<IdHasher>>,
     /// Indexed by [`ConnKind`] index.
     pub(crate) kinds: Vec<KindStats>,
 }
@@ -75,7 +115,7 @@ impl Default for ShardState {
     fn default() -> Self {
         ShardState {
             next_seq: 0,
-            live: HashMap::with_capacity_and_hasher(INITIAL_CAPACITY, Default::default()),
+            live: HashSet::with_capacity_and_hasher(INITIAL_CAPACITY, Default::default()),
             kinds: Vec::new(),
         }
     }
@@ -111,7 +151,7 @@ impl ShardInner {
     fn unregister(&self, id: u64) -> bool {
         let now = self.shared.now_nanos();
         let mut st = self.lock();
-        let Some(entry) = st.live.remove(&id) else {
+        let Some(entry) = st.live.take(&id) else {
             drop(st);
             debug!(self.shared.log, "unregister of an unknown connection ignored"; "conn" => id);
             return false;
@@ -173,7 +213,7 @@ impl RegistryShard {
             read_waker: AtomicWaker::new(),
             write_waker: AtomicWaker::new(),
         });
-        st.live.insert(id, Arc::clone(&entry));
+        st.live.insert(Live(Arc::clone(&entry)));
         let stats = st.kind_mut(kind_index);
         stats.live += 1;
         stats.accepted += 1;
@@ -254,10 +294,11 @@ mod tests {
     #[test]
     fn per_connection_memory_stays_small() {
         // Issue 9 budgets 128 bytes per tracked connection (entry + guard):
-        // the entry's allocation (with the Arc counts), its map slot, and
+        // the entry's allocation (with the Arc counts), its table slot (one
+        // pointer and a control byte: the id is not stored twice), and
         // the guard. Keep these from growing unnoticed.
         let entry_alloc = std::mem::size_of::<Entry>() + 2 * std::mem::size_of::<usize>();
-        let map_slot = std::mem::size_of::<(u64, Arc<Entry>)>() + 1;
+        let map_slot = std::mem::size_of::<Live>() + 1;
         let guard = std::mem::size_of::<ConnectionGuard>();
         assert!(entry_alloc <= 88, "entry allocation {entry_alloc} bytes");
         assert_eq!(guard, 16);
