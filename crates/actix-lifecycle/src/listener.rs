@@ -235,24 +235,8 @@ impl ListenerActor {
                 ),
             }
         }
-        // Connections served on other arbiters are accepted, while any are
-        // queued, through a duplicate of the socket (see `Detached`).
-        let detached = if remote.is_empty() {
-            None
-        } else {
-            match acceptor.detached() {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    warn!(self.log, "cannot duplicate the listening socket; \
-                        connections for other arbiters go through this one's reactor";
-                        "error" => %e);
-                    None
-                }
-            }
-        };
         let accept_loop = AcceptLoop {
             acceptor,
-            detached,
             local: server(&self.local_shard),
             remote,
             next_remote: 0,

@@ -48,16 +48,6 @@ impl Acceptor {
         Ok((acceptor, found))
     }
 
-    /// A duplicate of the listening socket (same queue, same flags) for
-    /// accepting without this arbiter's reactor.
-    pub(crate) fn detached(&self) -> io::Result<Detached> {
-        use std::os::fd::AsFd;
-        Ok(match self {
-            Acceptor::Tcp(l) => Detached::Tcp(l.as_fd().try_clone_to_owned()?.into()),
-            Acceptor::Unix(l) => Detached::Unix(l.as_fd().try_clone_to_owned()?.into()),
-        })
-    }
-
     async fn accept(&self) -> io::Result<(Stream, PeerAddr)> {
         match self {
             Acceptor::Tcp(l) => {
@@ -74,47 +64,6 @@ impl Acceptor {
         }
     }
 }
-
-/// A duplicate of the listening socket, used by a listener that serves its
-/// connections on other arbiters: while connections are queued it accepts
-/// them with the standard library, outside any reactor, so each is
-/// registered once, by the arbiter that serves it. Accepting through tokio
-/// and moving the stream costs two more `epoll_ctl` calls per connection
-/// (an add here, a delete when it leaves) and a reactor slot allocated and
-/// freed here. Only when the queue is empty does the loop wait on tokio's
-/// accept, which registers that one connection here (it is then moved as
-/// before). The socket is non-blocking (adopting it made it so, and a
-/// duplicate shares that flag), so an empty queue answers `WouldBlock`.
-pub(crate) enum Detached {
-    Tcp(std::net::TcpListener),
-    Unix(std::os::unix::net::UnixListener),
-}
-
-impl Detached {
-    /// One queued connection, `None` when the queue is empty. (The
-    /// standard library's accept leaves the connection blocking; the
-    /// arbiter that serves it sets it non-blocking.)
-    fn try_accept(&self) -> Option<io::Result<(StdStream, PeerAddr)>> {
-        let accepted = match self {
-            Detached::Tcp(l) => l
-                .accept()
-                .map(|(s, peer)| (StdStream::blocking(StdSocket::Tcp(s)), PeerAddr::Tcp(peer))),
-            Detached::Unix(l) => l.accept().map(|(s, peer)| {
-                let peer = PeerAddr::Unix(peer.as_pathname().map(|p| p.to_path_buf()));
-                (StdStream::blocking(StdSocket::Unix(s)), peer)
-            }),
-        };
-        match accepted {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-            other => Some(other),
-        }
-    }
-}
-
-/// Connections accepted in a row through [`Detached`] before the accept
-/// loop yields to the other tasks of its arbiter (tokio's own accept does
-/// this through its cooperative budget).
-const DETACHED_BURST: u32 = 32;
 
 /// How an accept error is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,7 +165,11 @@ impl Server {
         let (tx, mut rx) = mpsc::unbounded_channel::<(StdStream, PeerAddr)>();
         let started = arbiter.spawn(async move {
             while let Some((stream, peer)) = rx.recv().await {
-                match stream.into_tokio() {
+                let stream = match stream {
+                    StdStream::Tcp(s) => tokio::net::TcpStream::from_std(s).map(Stream::Tcp),
+                    StdStream::Unix(s) => tokio::net::UnixStream::from_std(s).map(Stream::Unix),
+                };
+                match stream {
                     Ok(stream) => self.serve(stream, peer),
                     Err(e) => {
                         debug!(self.log, "cannot adopt a moved connection; dropped"; "error" => %e)
@@ -231,16 +184,8 @@ impl Server {
 /// The way to hand connections to a [`Server`] on another arbiter.
 pub(crate) struct Remote(mpsc::UnboundedSender<(StdStream, PeerAddr)>);
 
-/// An accepted connection: in this arbiter's reactor, or in none yet.
-enum Incoming {
-    Local(Stream),
-    Detached(StdStream),
-}
-
 pub(crate) struct AcceptLoop {
     pub(crate) acceptor: Acceptor,
-    /// Set when connections are served on other arbiters.
-    pub(crate) detached: Option<Detached>,
     pub(crate) local: Server,
     pub(crate) remote: Vec<Remote>,
     pub(crate) next_remote: usize,
@@ -252,32 +197,15 @@ impl AcceptLoop {
     /// Accepts until cancelled; returns only on a fatal error.
     pub(crate) async fn run(mut self) -> io::Result<()> {
         let mut delay = ACCEPT_BACKOFF_MIN;
-        let mut in_a_row = 0u32;
         loop {
-            let queued = self.detached.as_ref().and_then(Detached::try_accept);
-            let accepted = match queued {
-                Some(accepted) => {
-                    in_a_row += 1;
-                    if in_a_row >= DETACHED_BURST {
-                        in_a_row = 0;
-                        tokio::task::yield_now().await;
-                    }
-                    accepted.map(|(s, peer)| (Incoming::Detached(s), peer))
-                }
-                None => {
-                    in_a_row = 0;
-                    let accepted = self.acceptor.accept().await;
-                    accepted.map(|(s, peer)| (Incoming::Local(s), peer))
-                }
-            };
-            match accepted {
-                Ok((incoming, peer)) => {
+            match self.acceptor.accept().await {
+                Ok((stream, peer)) => {
                     if self.counters.burst.get() > 0 {
                         self.counters.end_burst(&self.log);
                         delay = ACCEPT_BACKOFF_MIN;
                     }
                     self.counters.accepted.set(self.counters.accepted.get() + 1);
-                    self.dispatch(incoming, peer);
+                    self.dispatch(stream, peer);
                 }
                 Err(e) => {
                     self.counters.errors.set(self.counters.errors.get() + 1);
@@ -303,32 +231,17 @@ impl AcceptLoop {
         }
     }
 
-    /// Serves the connection here, or sends it to the next other arbiter
-    /// (round robin).
-    fn dispatch(&mut self, incoming: Incoming, peer: PeerAddr) {
+    fn dispatch(&mut self, stream: Stream, peer: PeerAddr) {
         if self.remote.is_empty() {
-            match incoming {
-                Incoming::Local(stream) => self.local.serve(stream, peer),
-                // Not reached: `detached` is set only with other arbiters.
-                Incoming::Detached(stream) => match stream.into_tokio() {
-                    Ok(stream) => self.local.serve(stream, peer),
-                    Err(e) => debug!(self.log, "cannot adopt a connection; dropped";
-                        "peer" => %peer, "error" => %e),
-                },
-            }
+            self.local.serve(stream, peer);
             return;
         }
         let i = self.next_remote % self.remote.len();
         self.next_remote = i + 1;
         // Leave this arbiter's reactor; the target registers it with its own.
-        let std_stream = match incoming {
-            Incoming::Detached(s) => Ok(s),
-            Incoming::Local(Stream::Tcp(s)) => {
-                s.into_std().map(|s| StdStream::moved(StdSocket::Tcp(s)))
-            }
-            Incoming::Local(Stream::Unix(s)) => {
-                s.into_std().map(|s| StdStream::moved(StdSocket::Unix(s)))
-            }
+        let std_stream = match stream {
+            Stream::Tcp(s) => s.into_std().map(StdStream::Tcp),
+            Stream::Unix(s) => s.into_std().map(StdStream::Unix),
         };
         match std_stream {
             Ok(s) => {
@@ -348,111 +261,14 @@ impl AcceptLoop {
 }
 
 /// A connection on its way to another arbiter, out of any reactor.
-pub(crate) struct StdStream {
-    socket: StdSocket,
-    /// True when accepted through [`Detached`] (the standard library's
-    /// accept leaves it blocking); false when moved out of tokio.
-    blocking: bool,
-}
-
-pub(crate) enum StdSocket {
+pub(crate) enum StdStream {
     Tcp(std::net::TcpStream),
     Unix(std::os::unix::net::UnixStream),
-}
-
-impl StdStream {
-    fn blocking(socket: StdSocket) -> Self {
-        StdStream {
-            socket,
-            blocking: true,
-        }
-    }
-
-    fn moved(socket: StdSocket) -> Self {
-        StdStream {
-            socket,
-            blocking: false,
-        }
-    }
-
-    /// Sets the connection non-blocking if it is not yet (tokio needs it)
-    /// and registers it with the current arbiter's reactor.
-    fn into_tokio(self) -> io::Result<Stream> {
-        match self.socket {
-            StdSocket::Tcp(s) => {
-                if self.blocking {
-                    s.set_nonblocking(true)?;
-                }
-                tokio::net::TcpStream::from_std(s).map(Stream::Tcp)
-            }
-            StdSocket::Unix(s) => {
-                if self.blocking {
-                    s.set_nonblocking(true)?;
-                }
-                tokio::net::UnixStream::from_std(s).map(Stream::Unix)
-            }
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lifecycle_handoff::ListenerSpec;
-
-    /// The detached accept takes every queued connection (with its peer),
-    /// then reports an empty queue instead of blocking; each connection
-    /// can then be registered with a reactor.
-    #[actix::test]
-    async fn detached_accept_drains_the_queue_without_blocking() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let passed = PassedListener {
-            spec: ListenerSpec::tcp("t", addr),
-            fd: l.into(),
-        };
-        let (acceptor, _) = Acceptor::adopt(passed).unwrap();
-        let detached = acceptor.detached().unwrap();
-        assert!(detached.try_accept().is_none(), "empty queue");
-        let clients: Vec<_> = (0..3)
-            .map(|_| std::net::TcpStream::connect(addr).unwrap())
-            .collect();
-        let mut peers = Vec::new();
-        for _ in &clients {
-            let (stream, peer) = detached.try_accept().unwrap().unwrap();
-            let stream = stream.into_tokio().unwrap();
-            assert!(matches!(stream, Stream::Tcp(_)));
-            peers.push(peer);
-        }
-        assert!(detached.try_accept().is_none(), "queue drained");
-        let expected: Vec<_> = clients
-            .iter()
-            .map(|c| PeerAddr::Tcp(c.local_addr().unwrap()))
-            .collect();
-        assert_eq!(peers, expected);
-        // The listener itself still accepts through tokio.
-        let _late = std::net::TcpStream::connect(addr).unwrap();
-        let (_, peer) = acceptor.accept().await.unwrap();
-        assert_eq!(peer, PeerAddr::Tcp(_late.local_addr().unwrap()));
-    }
-
-    #[actix::test]
-    async fn detached_accept_works_on_unix_sockets() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.sock");
-        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let passed = PassedListener {
-            spec: ListenerSpec::unix("u", &path),
-            fd: l.into(),
-        };
-        let (acceptor, _) = Acceptor::adopt(passed).unwrap();
-        let detached = acceptor.detached().unwrap();
-        let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
-        let (stream, peer) = detached.try_accept().unwrap().unwrap();
-        assert_eq!(peer, PeerAddr::Unix(None));
-        assert!(matches!(stream.into_tokio().unwrap(), Stream::Unix(_)));
-        assert!(detached.try_accept().is_none());
-    }
 
     #[test]
     fn errors_are_classified() {
