@@ -6,7 +6,8 @@
 //! drain from a stop ([`UpgradeDrain`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 use actix_lifecycle::{ListenerActor, ShutdownHandle, StopAccepting};
@@ -123,6 +124,8 @@ struct DrainState {
     watch: Option<ChannelWatch>,
     /// Seen closed, or marked by this process's own hand-over.
     seen: AtomicBool,
+    /// When this process first saw that its drain is an upgrade's.
+    since: OnceLock<Instant>,
 }
 
 impl UpgradeDrain {
@@ -132,6 +135,7 @@ impl UpgradeDrain {
             state: Arc::new(DrainState {
                 watch: Some(watch),
                 seen: AtomicBool::new(false),
+                since: OnceLock::new(),
             }),
         }
     }
@@ -144,10 +148,30 @@ impl UpgradeDrain {
         drain
     }
 
+    /// An upgrade drain that began `age` ago (for the session tests).
+    #[cfg(test)]
+    pub(crate) fn upgrading_for(age: Duration) -> Self {
+        let drain = UpgradeDrain::default();
+        let began = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        let _ = drain.state.since.set(began);
+        drain.mark();
+        drain
+    }
+
     /// This process handed over to a successor itself: its drain is an
     /// upgrade's.
     pub(crate) fn mark(&self) {
+        self.state.since.get_or_init(Instant::now);
         self.state.seen.store(true, Ordering::Relaxed);
+    }
+
+    /// How long ago this process first saw that its drain is an upgrade's
+    /// (`None`: it is not, or not yet seen).
+    pub fn upgrade_age(&self) -> Option<Duration> {
+        if !self.is_upgrade() {
+            return None;
+        }
+        self.state.since.get().map(Instant::elapsed)
     }
 
     /// True once the parent closed this process's channel, or this process
@@ -163,6 +187,7 @@ impl UpgradeDrain {
             .as_ref()
             .is_some_and(ChannelWatch::parent_closed);
         if closed {
+            self.state.since.get_or_init(Instant::now);
             self.state.seen.store(true, Ordering::Relaxed);
         }
         closed

@@ -2,6 +2,7 @@
 //! the mail transaction.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_lifecycle::ShutdownHandle;
 use slog::{error, info, Logger};
@@ -12,6 +13,11 @@ use super::{SmtpContext, SmtpTls};
 use crate::session::EndReason;
 use crate::tls::Upgradable;
 use crate::wire::Wire;
+
+/// How far into an upgrade drain a session may still start its one more
+/// transaction (a client accepted just before the listeners stopped sends
+/// its `MAIL` within milliseconds); a later `MAIL` gets 421.
+pub(crate) const UPGRADE_NEW_MAIL_WINDOW: Duration = Duration::from_secs(1);
 
 /// After this many errors the session is closed (421).
 const MAX_ERRORS: u32 = 20;
@@ -120,7 +126,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Whether the drain refuses this command (`None`: it did not parse).
     /// A stop refuses everything but QUIT; an upgrade drain refuses only a
-    /// `MAIL` after the session's one more transaction.
+    /// `MAIL` after the session's one more transaction, or one that starts
+    /// later than [`UPGRADE_NEW_MAIL_WINDOW`] into the drain (it could be
+    /// cut off by the abort; a clean 421 sends it to the new generation).
     fn refused_while_draining(&mut self, cmd: Option<&Command>) -> bool {
         if !self.shutdown.is_draining() {
             return false;
@@ -129,7 +137,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return true;
         }
         let limit = *self.drain_limit.get_or_insert(self.messages + 1);
-        matches!(cmd, Some(Command::Mail { .. })) && self.messages >= limit
+        let late =
+            (self.ctx.upgrade_drain.upgrade_age()).is_some_and(|age| age > UPGRADE_NEW_MAIL_WINDOW);
+        matches!(cmd, Some(Command::Mail { .. })) && (self.messages >= limit || late)
     }
 
     async fn handle(&mut self, cmd: Command) -> Step {

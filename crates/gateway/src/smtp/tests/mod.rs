@@ -555,3 +555,24 @@ async fn serves_a_real_tcp_connection() {
 mod adversarial;
 mod starttls;
 mod storage;
+
+#[tokio::test]
+async fn a_new_transaction_late_in_an_upgrade_drain_gets_421() {
+    let s = Setup::new();
+    // The drain began longer ago than the window: a session that was idle
+    // between transactions is sent to the new generation, not let start a
+    // message the abort could cut off.
+    let late_drain = crate::smtp::session::UPGRADE_NEW_MAIL_WINDOW * 2;
+    let ctx = s
+        .ctx()
+        .upgrade_drain(crate::upgrade::UpgradeDrain::upgrading_for(late_drain));
+    let (mut c, task) = s.start(ctx);
+    hello(&mut c).await;
+    s.phases.advance(Phase::Draining);
+    c.send("NOOP\r\nMAIL FROM:<a@x>\r\n").await;
+    c.expect("250").await;
+    c.expect("421 4.3.2 shutting down").await;
+    assert!(c.eof().await);
+    assert_eq!(task.await.unwrap().reason, EndReason::Draining);
+    assert!(s.messages().is_empty());
+}
