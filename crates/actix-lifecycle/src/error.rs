@@ -123,7 +123,7 @@ pub enum LifecycleError {
     /// listeners out by name, so the second could never be served.
     #[error(
         "two listeners in the inventory are named {name:?}; give every listener \
-         a unique name (Handoff::prepare refuses this too)"
+         a unique name (the inventory of Handoff::prepare always has unique names)"
     )]
     DuplicateListener {
         /// The repeated name.

@@ -165,7 +165,12 @@ impl std::fmt::Debug for Lifecycle {
 }
 
 impl Lifecycle {
-    /// A builder for a lifecycle owning `inventory`.
+    /// A builder for a lifecycle owning `inventory`. A hand-built inventory
+    /// must hold listening stream sockets bound where their specs say (a
+    /// declared port 0 accepts any port; Unix sockets need a path): each
+    /// `ListenerActor` checks its socket with
+    /// [`lifecycle_handoff::validate_listener`] and stops with that error
+    /// otherwise. Inventories from `Handoff` always pass.
     pub fn builder(inventory: Inventory) -> LifecycleBuilder {
         LifecycleBuilder {
             inventory,

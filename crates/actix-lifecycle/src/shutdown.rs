@@ -149,10 +149,15 @@ impl ShutdownBuilder {
 
     /// The coordinator, not started. Inside a tokio runtime the SIGTERM
     /// and SIGINT handlers are installed here already (see
-    /// [`handle_signals`](Self::handle_signals)).
+    /// [`handle_signals`](Self::handle_signals)); tokio keeps a handler
+    /// for the life of the process, so build a coordinator that handles
+    /// signals only to start it.
     pub fn build(self) -> ShutdownCoordinator {
         let signal_streams = if self.signals && tokio::runtime::Handle::try_current().is_ok() {
-            Some(install_signal_streams(&self.log))
+            // Only a complete set; otherwise the actor tries again when it
+            // starts (on its arbiter, where the signal driver runs).
+            let streams = install_signal_streams(&self.log);
+            (streams.len() == 2).then_some(streams)
         } else {
             None
         };

@@ -476,6 +476,22 @@ impl Handoff {
             Mode::Inherited | Mode::Systemd => {
                 let taken = self.claim_all(listeners)?;
                 let rest = std::mem::take(&mut self.inventory.listeners);
+                // A leftover may share a claimed socket's name (systemd names
+                // every socket of a unit alike: `ListenStream=0.0.0.0:25` and
+                // `[::]:25` are both "smtp"). It is named by its address, as
+                // an unnamed one is, so names stay unique and the broker
+                // closes it as unclaimed, with a log line.
+                let rest: Vec<PassedListener> = rest
+                    .into_iter()
+                    .map(|mut l| {
+                        if taken.iter().any(|t| t.spec.name() == l.spec.name()) {
+                            let address = l.spec.address().clone();
+                            l.spec = ListenerSpec::new(address.to_string(), address)
+                                .with_backlog(l.spec.backlog());
+                        }
+                        l
+                    })
+                    .collect();
                 self.inventory.listeners = taken;
                 self.inventory.listeners.extend(rest);
                 if self.mode() == Mode::Systemd {

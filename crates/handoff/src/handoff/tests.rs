@@ -196,3 +196,24 @@ fn inherited_mode_keeps_its_own_errors() {
         .unwrap_err();
     assert!(matches!(err, Error::NoSuchListener { .. }), "{err:?}");
 }
+
+#[test]
+fn a_leftover_sharing_a_claimed_name_is_named_by_its_address() {
+    // systemd names every socket of a unit alike (`ListenStream=` twice,
+    // `FileDescriptorName=smtp`): the one the config claims keeps "smtp",
+    // the other is named by its address, so names stay unique and the
+    // broker closes it as unclaimed.
+    let (first, addr, keep) = activated(Some("smtp"));
+    let (second, other, _keep_other) = activated(Some("smtp"));
+    let mut handoff = systemd(vec![first, second]);
+    handoff
+        .prepare(&[ListenerSpec::tcp("smtp", addr)], &[])
+        .unwrap();
+    assert_eq!(names(&handoff), vec!["smtp".to_owned(), other.to_string()]);
+    let inventory = handoff.into_inventory();
+    assert!(same_socket(&inventory.listeners[0].fd, &keep));
+    assert_eq!(
+        inventory.listeners[1].spec.address(),
+        &ListenAddress::Tcp(other)
+    );
+}
