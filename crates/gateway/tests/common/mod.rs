@@ -279,44 +279,11 @@ address = "127.0.0.1:0"
     }
 }
 
-/// The string value of `"key":"value"` in a JSON log line.
-pub fn field(line: &str, key: &str) -> Option<String> {
-    let needle = format!(r#""{key}":""#);
-    let start = line.find(&needle)? + needle.len();
-    let end = line[start..].find('"')? + start;
-    Some(line[start..end].to_owned())
-}
-
-/// The number of `"key":N` in a JSON log line.
-pub fn number(line: &str, key: &str) -> Option<i64> {
-    let needle = format!(r#""{key}":"#);
-    let start = line.find(&needle)? + needle.len();
-    let digits: String = line[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '-')
-        .collect();
-    digits.parse().ok()
-}
-
-/// The value of a sample in Prometheus text output, labels in any order;
-/// `None` when the series is absent.
-pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?;
-        let (labels_text, value) = if let Some(r) = rest.strip_prefix('{') {
-            let (l, v) = r.split_once('}')?;
-            (l, v)
-        } else if rest.starts_with(' ') {
-            ("", rest)
-        } else {
-            return None;
-        };
-        let all = labels
-            .iter()
-            .all(|(k, v)| labels_text.split(',').any(|p| p == format!("{k}=\"{v}\"")));
-        all.then(|| value.trim().parse().ok()).flatten()
-    })
-}
+// Log lines and metrics are read with the end-to-end test package's
+// helpers: `field` (a JSON string value), `number` (a JSON integer) and
+// `sample` (a Prometheus sample whose labels include the given ones).
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use lifecycle_tests::{json_field as field, json_number as number, metric_value as sample};
 
 /// A line-oriented client (SMTP or IMAP) with read timeouts.
 pub struct Client {
