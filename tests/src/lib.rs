@@ -54,5 +54,5 @@ pub use paths::{temp_dir, workspace_root};
 pub use port::free_port;
 pub use process::ChildGuard;
 pub use procfs::ProcStats;
-pub use tool::{loud, require_root, require_tool};
+pub use tool::{loud, require_root, require_tool, skip, NO_SKIP_ENV};
 pub use unit_file::{UnitFile, UnitFileError};

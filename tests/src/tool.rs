@@ -19,6 +19,38 @@ pub fn loud(line: &str) {
     let _ = err.flush();
 }
 
+/// The variable `scripts/test` sets when it ran as root and installed every
+/// tool the tests use: a test that would skip then fails instead, because a
+/// skip there means an install step is missing.
+pub const NO_SKIP_ENV: &str = "LIFECYCLE_TESTS_NO_SKIP";
+
+/// Reports that a check cannot run here: prints `SKIP: <why>` (see
+/// [`loud`]) and returns, so the caller returns from the test; panics
+/// instead when [`NO_SKIP_ENV`] is set, since `scripts/test` then promised
+/// every tool.
+///
+/// ```
+/// let swaks_has_tls = true; // e.g. asked `swaks --support`
+/// if !swaks_has_tls {
+///     lifecycle_tests::skip("swaks has no TLS (install libnet-ssleay-perl)");
+///     return;
+/// }
+/// ```
+pub fn skip(why: &str) {
+    let strict = std::env::var_os(NO_SKIP_ENV).is_some_and(|v| !v.is_empty() && v != "0");
+    skip_or_fail(why, strict);
+}
+
+fn skip_or_fail(why: &str, strict: bool) {
+    if strict {
+        panic!(
+            "{why}: {NO_SKIP_ENV} is set (scripts/test installed every tool as root), \
+             so this check must run; add the missing package to scripts/test"
+        );
+    }
+    loud(&format!("SKIP: {why}"));
+}
+
 /// Returns `true` when `tool` is an executable file in one of the `PATH`
 /// directories; otherwise prints `SKIP: <tool> not installed ...` (see
 /// [`loud`]) and returns `false`, and the caller returns from the test.
@@ -35,8 +67,8 @@ pub fn require_tool(tool: &str) -> bool {
     if find_in_path(tool) {
         return true;
     }
-    loud(&format!(
-        "SKIP: {tool} not installed (run scripts/test as root to install it); \
+    skip(&format!(
+        "{tool} not installed (run scripts/test as root to install it); \
          the checks that need it did not run"
     ));
     false
@@ -55,8 +87,8 @@ pub fn require_root(why: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    loud(&format!(
-        "SKIP: not root: {why} needs root (CI runs as root); the check did not run"
+    skip(&format!(
+        "not root: {why} needs root (CI runs as root); the check did not run"
     ));
     false
 }
@@ -84,6 +116,17 @@ mod tests {
 
     #[test]
     fn a_missing_tool_is_reported_missing() {
-        assert!(!require_tool("lifecycle-tests-no-such-tool"));
+        assert!(!find_in_path("lifecycle-tests-no-such-tool"));
+    }
+
+    #[test]
+    fn a_skip_is_only_printed_when_skips_are_allowed() {
+        skip_or_fail("a check that cannot run", false);
+    }
+
+    #[test]
+    #[should_panic(expected = "add the missing package to scripts/test")]
+    fn a_skip_fails_when_scripts_test_promised_every_tool() {
+        skip_or_fail("swaks has no TLS", true);
     }
 }

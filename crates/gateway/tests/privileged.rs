@@ -166,7 +166,7 @@ fn swaks_has_tls() -> bool {
     if text.contains("TLS supported") {
         return true;
     }
-    loud("SKIP: swaks has no TLS (install libnet-ssleay-perl); swaks --tls deliveries not checked, openssl s_client still is");
+    lifecycle_tests::skip("swaks has no TLS (install libnet-ssleay-perl); swaks --tls deliveries not checked, openssl s_client still is");
     false
 }
 
