@@ -136,11 +136,14 @@ pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32,
     if nix::unistd::geteuid().is_root() && !config.allow_root() {
         // Serving here means serving as root: `drop_in_place` (run first
         // thing in `main`) did not drop, because no non-root `user` is set.
-        let user = config
-            .user()
-            .and_then(|name| TargetUser::lookup(name).ok())
-            .filter(TargetUser::is_root);
-        return Err(StartError::root(handoff.mode(), user.as_ref()));
+        let user = config.user().and_then(|name| TargetUser::lookup(name).ok());
+        return Err(match user {
+            Some(user) if !user.is_root() => StartError::Root {
+                found: format!("`user` is {user}, but this process did not drop to it"),
+                fix: "call `drop_in_place` first thing in main, before any other thread starts",
+            },
+            user => StartError::root(handoff.mode(), user.as_ref()),
+        });
     }
     // Under an upgrading parent: the channel to report ready on, and this
     // child's generation with the parent's counters.

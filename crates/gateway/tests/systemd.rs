@@ -864,3 +864,100 @@ fn socket_activation_as_root_without_a_user_names_the_fix_for_this_mode() {
     }
     assert!(!text.contains(r#""msg":"ready""#), "{text}");
 }
+
+/// Kills and reaps the child when the test ends, however it ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn inherited_sockets_from_a_parent_that_kept_root_drop_to_the_user_in_place() {
+    if !require_root("a gateway started as root with inherited sockets") {
+        return;
+    }
+    use lifecycle_handoff::{bind_listener, ChildSpawner, Inventory, ListenerSpec, PassedListener};
+    // This test plays a parent that binds, passes the socket and does not
+    // drop (as a foreign supervisor might): the gateway starts as root in
+    // inherited mode with `user = "nobody"`.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spec = ListenerSpec::tcp("smtp", "127.0.0.1:0".parse().unwrap());
+    let (fd, bound) = bind_listener(&spec).unwrap();
+    let smtp = bound.to_string();
+    let inventory = Inventory {
+        listeners: vec![PassedListener {
+            spec: spec.with_address(bound),
+            fd,
+        }],
+        files: vec![],
+    };
+    let cfg = config(dir.path(), "user = \"nobody\"", &[("smtp", "smtp", &smtp)]);
+    let log = dir.path().join("gateway.log");
+    // `sh` execs the gateway: same pid, same parent (this test), the passed
+    // socket at fd 3, the log in a file.
+    let child = ChildSpawner::new()
+        .unwrap()
+        .program("/bin/sh")
+        .args([
+            "-c".as_ref(),
+            r#"exec "$0" --config "$1" 2>"$2""#.as_ref(),
+            BIN.as_ref(),
+            cfg.as_os_str(),
+            log.as_os_str(),
+        ])
+        .spawn(&inventory)
+        .unwrap();
+    drop(inventory);
+    let mut child = Reaped(child);
+    let pid = child.0.id();
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + SOON;
+    while !text().contains(r#""msg":"ready""#) {
+        assert!(Instant::now() < deadline, "not ready:\n{}", text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let all = text();
+    let dropped = all
+        .lines()
+        .find(|l| l.contains(r#""msg":"privileges dropped in place""#))
+        .unwrap_or_else(|| panic!("no drop logged:\n{all}"));
+    assert_eq!(field(dropped, "mode").as_deref(), Some("inherited"));
+    let proc = lifecycle_tests::ProcStats::new(pid);
+    for key in ["Uid", "Gid"] {
+        assert_eq!(
+            proc.status_text(key).unwrap(),
+            "65534\t65534\t65534\t65534",
+            "{key}"
+        );
+    }
+    assert_eq!(proc.status_text("Groups").unwrap(), "");
+    assert_eq!(proc.status_text("NoNewPrivs").unwrap(), "1");
+    assert_eq!(proc.status_text("CapEff").unwrap(), "0000000000000000");
+    let mut c = greeted(smtp.parse().unwrap());
+    c.send(
+        "EHLO client.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n",
+    );
+    for code in ["250", "250", "250", "354"] {
+        c.expect(code);
+    }
+    c.send("Subject: t\r\n\r\ninherited\r\n.\r\n");
+    c.expect("250");
+    assert_eq!(spooled(dir.path()), 1);
+    c.send("QUIT\r\n");
+    c.expect("221");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + SOON;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running:\n{}", text());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{}", text());
+}
