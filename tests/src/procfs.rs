@@ -44,6 +44,22 @@ impl ProcStats {
             })
     }
 
+    /// A field of `/proc/PID/status` as text, trimmed: `Uid` gives
+    /// `"0\t0\t0\t0"`, `Groups` `""` when there are none, `NoNewPrivs`
+    /// `"1"`.
+    pub fn status_text(&self, field: &str) -> io::Result<String> {
+        let text = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .map(|v| v.trim().to_owned())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("no {field} in /proc/{}/status", self.pid),
+                )
+            })
+    }
+
     /// User plus system CPU time the process used so far (`utime + stime`
     /// of `/proc/PID/stat`), in seconds.
     pub fn cpu_seconds(&self) -> io::Result<f64> {

@@ -12,7 +12,9 @@ use actix_lifecycle::{
     CloseUnclaimed, ConnHandler, GetListenerInfo, Lifecycle, LifecycleError, ListenerActor,
     TakeListener,
 };
-use lifecycle_handoff::{Handoff, Inventory, Lineage, Mode, Network, PassedListener, ReadyChannel};
+use lifecycle_handoff::{
+    Handoff, Inventory, Lineage, Mode, Network, PassedListener, ReadyChannel, TargetUser,
+};
 use slog::{error, info, o, warn, Logger};
 
 use crate::config::{Config, Protocol, TlsMode};
@@ -44,11 +46,15 @@ pub enum StartError {
     /// The configured user cannot be used.
     #[error("{0}")]
     User(#[source] lifecycle_handoff::Error),
-    /// The service would run as root without `allow_root = true`.
-    #[error("refusing to run the service as root{}: set `user` to an unprivileged user (the root parent binds the ports and drops to it), or set `allow_root = true` to serve as root (not recommended)", user.as_ref().map(|u| format!(" (user {u})")).unwrap_or_default())]
+    /// The service would run as root without `allow_root = true`: what was
+    /// found in this start mode, and the fix for this mode (see
+    /// [`StartError::root`]).
+    #[error("refusing to run the service as root ({found}): {fix}")]
     Root {
-        /// The configured user, when it is root.
-        user: Option<String>,
+        /// What makes it run as root, in this mode.
+        found: String,
+        /// What to change, for this mode.
+        fix: &'static str,
     },
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
@@ -73,6 +79,39 @@ pub enum StartError {
 }
 
 impl StartError {
+    /// The refusal to serve as root in start `mode`, with `user` the
+    /// configured user when that is root (`None`: no `user` set).
+    pub fn root(mode: Mode, user: Option<&TargetUser>) -> StartError {
+        let found = match (mode, user) {
+            (_, Some(user)) => format!("user {user}"),
+            (Mode::Privileged, None) => "started as root, no `user` in the config".to_owned(),
+            (Mode::Systemd, None) => "started as root under socket activation (a unit without \
+                `User=`, or systemd-socket-activate run as root), no `user` in the config"
+                .to_owned(),
+            (Mode::Inherited, None) => "started as root by a parent that passed the sockets \
+                and kept root, no `user` in the config"
+                .to_owned(),
+            (Mode::Immediate, None) => "running as root, no `user` in the config".to_owned(),
+        };
+        let fix = match mode {
+            Mode::Privileged | Mode::Immediate => {
+                "set `user` to an unprivileged user (the root parent binds the ports and drops \
+                 to it), or set `allow_root = true` to serve as root (not recommended)"
+            }
+            Mode::Systemd => {
+                "set `user` in the config to an unprivileged user (the gateway drops to it in \
+                 place before serving), or `User=` in the unit, or set `allow_root = true` to \
+                 serve as root (not recommended)"
+            }
+            Mode::Inherited => {
+                "set `user` in the config to an unprivileged user (the gateway drops to it in \
+                 place before serving), or have the parent start it as that user, or set \
+                 `allow_root = true` to serve as root (not recommended)"
+            }
+        };
+        StartError::Root { found, fix }
+    }
+
     /// The exit status for this error: 2 when the configuration must change
     /// (unknown user, root not allowed), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
@@ -85,15 +124,26 @@ impl StartError {
 
 /// Serves in this process (immediate, inherited or systemd mode): takes or
 /// binds every configured listener through `handoff`, then [`run`]s.
+///
+/// Refuses to serve as root without `allow_root`: a process started as
+/// root in systemd or inherited mode calls
+/// [`drop_in_place`](crate::drop_in_place) first, while it has one thread.
 pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32, StartError> {
     if handoff.mode() == Mode::Inherited && !nix::unistd::getuid().is_root() {
         // A child of the privileged parent must not be able to become root.
         lifecycle_handoff::verify_cannot_regain_root().map_err(StartError::Handoff)?;
     }
     if nix::unistd::geteuid().is_root() && !config.allow_root() {
-        // Serving here means serving as root (systemd mode without User=,
-        // or a child of a parent that kept root).
-        return Err(StartError::Root { user: None });
+        // Serving here means serving as root: `drop_in_place` (run first
+        // thing in `main`) did not drop, because no non-root `user` is set.
+        let user = config.user().and_then(|name| TargetUser::lookup(name).ok());
+        return Err(match user {
+            Some(user) if !user.is_root() => StartError::Root {
+                found: format!("`user` is {user}, but this process did not drop to it"),
+                fix: "call `drop_in_place` first thing in main, before any other thread starts",
+            },
+            user => StartError::root(handoff.mode(), user.as_ref()),
+        });
     }
     // Under an upgrading parent: the channel to report ready on, and this
     // child's generation with the parent's counters.

@@ -16,6 +16,7 @@ mod config;
 mod handover;
 mod http;
 mod imap;
+mod in_place;
 mod line;
 mod logging;
 mod metrics;
@@ -37,6 +38,7 @@ pub use config::{
 pub use handover::Handover;
 pub use http::{http_server, HttpListener, HttpState, Readiness};
 pub use imap::{serve_imap, ImapContext};
+pub use in_place::{drop_in_place, DroppedInPlace};
 pub use logging::{json_logger, resolve_format, stderr_logger, LogGuard};
 pub use metrics::GatewayMetrics;
 pub use notify::Notifications;

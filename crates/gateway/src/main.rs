@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use lifecycle_gateway::{serve, stderr_logger, supervise, Cli, Config, EXIT_CONFIG};
+use lifecycle_gateway::{drop_in_place, serve, stderr_logger, supervise, Cli, Config, EXIT_CONFIG};
 use lifecycle_handoff::{Handoff, Mode, UpgradeSupervisor};
 use slog::{error, info, o};
 
@@ -37,6 +37,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Started as root with the sockets already made (socket activation, a
+    // parent that kept root): drop to `user` now, while this is the only
+    // thread; reported once the logger runs.
+    let dropped = drop_in_place(&config, handoff.mode());
     let supervisor = match handoff.mode() {
         Mode::Privileged => match UpgradeSupervisor::new() {
             Ok(s) => Some(s),
@@ -56,10 +60,15 @@ fn main() -> ExitCode {
     info!(log, "starting"; "version" => env!("CARGO_PKG_VERSION"), "pid" => std::process::id(),
         "mode" => handoff.mode().as_str(), "reason" => handoff.reason(),
         "config" => cli.config.as_ref().map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string()));
-    let result = match supervisor {
-        Some(supervisor) => supervise(&config, handoff, supervisor, &log),
-        None => serve(&config, handoff, &log),
-    };
+    let result = dropped.and_then(|dropped| {
+        if let Some(dropped) = dropped {
+            dropped.log(&log, &config);
+        }
+        match supervisor {
+            Some(supervisor) => supervise(&config, handoff, supervisor, &log),
+            None => serve(&config, handoff, &log),
+        }
+    });
     let code = match result {
         Ok(code) => u8::try_from(code).unwrap_or(1),
         Err(e) => {

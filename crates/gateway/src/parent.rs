@@ -9,7 +9,9 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use lifecycle_handoff::{ChildSpawner, Handoff, SupervisorEvent, TargetUser, UpgradeSupervisor};
+use lifecycle_handoff::{
+    ChildSpawner, Handoff, Mode, SupervisorEvent, TargetUser, UpgradeSupervisor,
+};
 use slog::{error, info, warn, Logger};
 
 use crate::app::StartError;
@@ -25,20 +27,19 @@ pub fn service_user(config: &Config) -> Result<Option<TargetUser>, StartError> {
     };
     let runs_as_root = user.as_ref().is_none_or(TargetUser::is_root);
     if runs_as_root && !config.allow_root() {
-        return Err(StartError::Root {
-            user: user.map(|u| u.to_string()),
-        });
+        return Err(StartError::root(Mode::Privileged, user.as_ref()));
     }
     Ok(user)
 }
 
 /// Creates a missing spool directory for the service user (mode 0700), as
-/// a package's tmpfiles.d entry would: the unprivileged child cannot create
-/// it in a directory owned by root. An existing directory is left as it is;
-/// the child reports clearly if it cannot write there.
-fn prepare_spool(dir: &Path, user: &TargetUser, log: &Logger) -> Result<(), StartError> {
+/// a package's tmpfiles.d entry would: the unprivileged service cannot
+/// create it in a directory owned by root. An existing directory is left as
+/// it is; the service reports clearly if it cannot write there. Returns
+/// whether it created the directory (log it with [`log_spool_created`]).
+pub(crate) fn prepare_spool(dir: &Path, user: &TargetUser) -> Result<bool, StartError> {
     if dir.exists() || user.is_root() {
-        return Ok(());
+        return Ok(false);
     }
     let made = fs::create_dir_all(dir)
         .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
@@ -50,9 +51,13 @@ fn prepare_spool(dir: &Path, user: &TargetUser, log: &Logger) -> Result<(), Star
             source,
         })
     })?;
+    Ok(true)
+}
+
+/// The log line for a spool directory [`prepare_spool`] created.
+pub(crate) fn log_spool_created(log: &Logger, dir: &Path, user: &TargetUser) {
     info!(log, "spool directory created for the service user";
         "spool" => %dir.display(), "user" => %user);
-    Ok(())
 }
 
 /// The privileged parent's whole life; returns the exit status to exit with
@@ -69,7 +74,9 @@ pub fn supervise(
     // anything is bound.
     let user = service_user(config)?;
     if let Some(user) = &user {
-        prepare_spool(config.spool_dir(), user, log)?;
+        if prepare_spool(config.spool_dir(), user)? {
+            log_spool_created(log, config.spool_dir(), user);
+        }
     }
     handoff
         .prepare(&config.listener_specs(), &[])

@@ -105,12 +105,9 @@ address = "127.0.0.1:0"
 
 /// `Key:\tvalue` of /proc/PID/status.
 fn status_field(pid: u32, key: &str) -> String {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")))
-        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-        .trim()
-        .to_owned()
+    lifecycle_tests::ProcStats::new(pid)
+        .status_text(key)
+        .unwrap()
 }
 
 /// (fd, link target) of every open descriptor of `pid`.

@@ -449,6 +449,51 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A secret file to open is not a regular file (a FIFO, a device, a
+    /// directory...).
+    #[error(
+        "cannot use {path:?} as a secret file: it is a {found}, not a regular file; put the \
+         key or certificate file itself there (a FIFO would block the process opening it)"
+    )]
+    NotRegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        found: &'static str,
+    },
+
+    /// A secret file opened as root sits where someone other than root
+    /// could change what the path names (see [`open_file`](crate::open_file)).
+    #[error(
+        "refusing to open {path:?} as root: the {what} {culprit:?} {problem}, so root could be \
+         made to open another file in its place and hand it to the service; fix: {fix}"
+    )]
+    UnsafeSecretPath {
+        /// The path as given.
+        path: PathBuf,
+        /// The file or directory at fault.
+        culprit: PathBuf,
+        /// `file` or `directory`.
+        what: &'static str,
+        /// Who can write it.
+        problem: String,
+        /// The command that fixes it.
+        fix: String,
+    },
+
+    /// The path of a secret file named another file after it was opened
+    /// and checked (it was replaced in between).
+    #[error(
+        "{path:?} (resolved to {resolved:?}) changed while it was opened and checked: it now \
+         names another file; retry, and find out who replaces it"
+    )]
+    SecretPathChanged {
+        /// The path as given.
+        path: PathBuf,
+        /// The path it resolved to.
+        resolved: PathBuf,
+    },
+
     /// Duplicating a descriptor to keep a copy for the child failed.
     #[error("cannot duplicate the descriptor of {what} to keep a copy for the child: {source}; raise the open-files limit")]
     Dup {
@@ -506,6 +551,32 @@ pub enum Error {
     StillPrivileged {
         /// What shows the privilege.
         detail: String,
+    },
+
+    /// An operation that must run while the process has one thread found
+    /// more.
+    #[error(
+        "{operation} needs a single-threaded process, but it has {threads} threads; call it \
+         first thing in main, right after Handoff::detect and before any other thread (a \
+         logger, an async runtime) starts"
+    )]
+    NotSingleThreaded {
+        /// What was to be done.
+        operation: &'static str,
+        /// How many threads there are.
+        threads: usize,
+    },
+
+    /// A step of dropping privileges in place failed.
+    #[error("cannot drop privileges to {user}: {step} failed: {source}; the process must be root to drop to another user")]
+    DropPrivileges {
+        /// The target user.
+        user: String,
+        /// The step that failed.
+        step: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
     },
 
     /// Spawning the unprivileged child failed.

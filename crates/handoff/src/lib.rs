@@ -182,6 +182,7 @@ mod mode;
 mod notify;
 mod privilege;
 mod ready;
+mod secure_path;
 mod spawn;
 mod spec;
 mod successor;
@@ -208,7 +209,7 @@ pub use notify::{
     Notifier, NotifyEnv, NotifyError, NotifyState, DEFAULT_SEND_TIMEOUT, NOTIFY_SOCKET,
     WATCHDOG_PID, WATCHDOG_USEC,
 };
-pub use privilege::{verify_cannot_regain_root, TargetUser};
+pub use privilege::{drop_privileges_in_place, verify_cannot_regain_root, TargetUser};
 pub use ready::{ChannelWatch, ReadyChannel, ReadyPair, ReadyReceiver, ReadyState, READY_MESSAGE};
 pub use spawn::{pass_fds, ChildSpawner};
 pub use spec::{FileSpec, ListenAddress, ListenerSpec, Network, DEFAULT_BACKLOG};

@@ -1,5 +1,7 @@
-//! The unprivileged user the child runs as, and the child's proof that it
-//! cannot become root again.
+//! The unprivileged user the child runs as, the child's proof that it
+//! cannot become root again, and the same drop done in place by a process
+//! that was started as root without a privileged parent (socket
+//! activation, a unit without `User=`).
 
 use std::fmt;
 
@@ -130,4 +132,92 @@ pub fn verify_cannot_regain_root() -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Drops this process from root to `user` in place, with the same sequence
+/// and proof as the privileged child: `setgroups([])`, `setgid`, `setuid`,
+/// `PR_SET_NO_NEW_PRIVS`, then [`verify_cannot_regain_root`]. Moving every
+/// user id away from 0 also clears the capability sets.
+///
+/// For a service that root starts with its descriptors already made (under
+/// systemd socket activation, or a parent that kept root): call it first
+/// thing in `main`, right after [`Handoff::detect`](crate::Handoff::detect)
+/// and before any other thread exists (a logger, a runtime). The ids are
+/// per thread in the kernel; a thread started earlier would keep root.
+/// The call checks this (`/proc/self/task`) and refuses with
+/// [`Error::NotSingleThreaded`] without changing anything.
+///
+/// Whatever needs root must be done before: creating directories for the
+/// user, opening root-only files.
+///
+/// ```no_run
+/// use lifecycle_handoff::{drop_privileges_in_place, Handoff, Mode, TargetUser};
+///
+/// # fn main() -> Result<(), lifecycle_handoff::Error> {
+/// let handoff = Handoff::detect("LIFECYCLE")?; // takes LISTEN_FDS
+/// if handoff.mode() == Mode::Systemd && nix::unistd::geteuid().is_root() {
+///     drop_privileges_in_place(&TargetUser::lookup("nobody")?)?;
+/// }
+/// // ... now start threads and serve.
+/// # Ok(())
+/// # }
+/// ```
+pub fn drop_privileges_in_place(user: &TargetUser) -> Result<()> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(Error::NotSingleThreaded {
+            operation: "dropping privileges in place",
+            threads,
+        });
+    }
+    let fail = |step: &'static str| {
+        move |errno: nix::errno::Errno| Error::DropPrivileges {
+            user: user.to_string(),
+            step,
+            source: errno.into(),
+        }
+    };
+    nix::unistd::setgroups(&[]).map_err(fail("setgroups([])"))?;
+    nix::unistd::setgid(Gid::from_raw(user.gid())).map_err(fail("setgid"))?;
+    nix::unistd::setuid(Uid::from_raw(user.uid())).map_err(fail("setuid"))?;
+    nix::sys::prctl::set_no_new_privs().map_err(fail("prctl(PR_SET_NO_NEW_PRIVS)"))?;
+    verify_cannot_regain_root()
+}
+
+/// The number of threads of this process (entries of `/proc/self/task`).
+fn thread_count() -> Result<usize> {
+    let fail = |source| Error::DropPrivileges {
+        user: "(any)".to_owned(),
+        step: "count threads in /proc/self/task",
+        source,
+    };
+    let entries = std::fs::read_dir("/proc/self/task").map_err(fail)?;
+    let mut count = 0;
+    for entry in entries {
+        entry.map_err(fail)?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_thread_stops_the_drop_before_anything_changes() {
+        let (stop, wait) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || wait.recv());
+        let before = (Uid::current(), Gid::current());
+        let user = TargetUser::from_ids("nobody", 65534, 65534);
+        let err = drop_privileges_in_place(&user).unwrap_err();
+        drop(stop);
+        let _ = other.join();
+        assert!(
+            matches!(err, Error::NotSingleThreaded { threads, .. } if threads >= 2),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("before any other thread"), "{err}");
+        assert_eq!((Uid::current(), Gid::current()), before);
+    }
 }

@@ -70,6 +70,16 @@ impl Setup {
     /// Starts the binary with `head` on top of the config, `edit` applied to
     /// the command; waits for the log message `ready`.
     pub fn launch(self, head: &str, edit: impl FnOnce(&mut Command), ready: &str) -> Gateway {
+        let mut gw = self.spawn(head, edit);
+        let needle = format!(r#""msg":"{ready}""#);
+        gw.wait_log(SOON, |l| l.contains(&needle))
+            .unwrap_or_else(|| panic!("not ready:\n{}", gw.log_text()));
+        gw.learn_addresses();
+        gw
+    }
+
+    /// [`launch`](Self::launch) without waiting for anything.
+    pub fn spawn(self, head: &str, edit: impl FnOnce(&mut Command)) -> Gateway {
         let config = format!(
             r#"{head}
 spool_dir = "{spool}"
@@ -117,12 +127,7 @@ address = "127.0.0.1:0"
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         edit(&mut cmd);
-        let mut gw = Gateway::spawn_command(self.dir, &mut cmd);
-        let needle = format!(r#""msg":"{ready}""#);
-        gw.wait_log(SOON, |l| l.contains(&needle))
-            .unwrap_or_else(|| panic!("not ready:\n{}", gw.log_text()));
-        gw.learn_addresses();
-        gw
+        Gateway::spawn_command(self.dir, &mut cmd)
     }
 }
 
