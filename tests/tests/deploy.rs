@@ -398,8 +398,12 @@ fn gateway_toml_uses_only_schema_keys() {
                 .unwrap_or_else(|| panic!("{what}: [{key}] table"))
         };
         let shutdown = table("shutdown");
-        assert_keys(&what, shutdown, &["drain_grace", "abort_grace"]);
-        for key in ["drain_grace", "abort_grace"] {
+        assert_keys(
+            &what,
+            shutdown,
+            &["lame_duck", "drain_grace", "abort_grace"],
+        );
+        for key in ["lame_duck", "drain_grace", "abort_grace"] {
             humantime::parse_duration(string(shutdown, key)).expect("a human duration");
         }
         let smtp = table("smtp");
@@ -541,7 +545,7 @@ fn sockets_match_the_config_listeners() {
     }
 }
 
-/// TimeoutStopSec= is just above drain_grace + abort_grace: long enough for
+/// TimeoutStopSec= is just above lame_duck + drain_grace + abort_grace: long enough for
 /// a graceful stop, short enough that a stuck stop does not hang shutdown.
 #[test]
 fn stop_timeout_is_just_above_the_graces() {
@@ -551,7 +555,7 @@ fn stop_timeout_is_just_above_the_graces() {
         .and_then(toml::Value::as_table)
         .expect("[shutdown]");
     let grace = |key| humantime::parse_duration(string(shutdown, key)).expect("duration");
-    let graces = grace("drain_grace") + grace("abort_grace");
+    let graces = grace("lame_duck") + grace("drain_grace") + grace("abort_grace");
     for name in [PRIVILEGED, ACTIVATED] {
         let unit = read_unit(name);
         let timeout = unit
@@ -560,7 +564,7 @@ fn stop_timeout_is_just_above_the_graces() {
         let timeout = humantime::parse_duration(timeout).expect("TimeoutStopSec= is a duration");
         assert!(
             timeout > graces && timeout <= graces + Duration::from_secs(3),
-            "{name}: TimeoutStopSec={timeout:?} should be just above drain+abort grace {graces:?}"
+            "{name}: TimeoutStopSec={timeout:?} should be just above lame duck + drain + abort grace {graces:?}"
         );
     }
 }

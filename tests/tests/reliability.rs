@@ -1,6 +1,7 @@
 //! Reliability of `lifecycle-gateway` under load, faults and bad input
 //! (issue 10): churn, descriptor exhaustion, idle hordes, bad bytes, crash
-//! safety, a full disk, and the actors' races in a loop.
+//! safety, a full disk, and the actors' races in a loop; and the paced
+//! closing of idle IMAP sessions (issue 15).
 //!
 //! Every test runs the real binary (built in release mode through
 //! [`lifecycle_tests::gateway_bin`]) with real sockets and signals, prints
@@ -23,6 +24,8 @@ mod exhaustion;
 mod full_disk;
 #[path = "reliability/hordes.rs"]
 mod hordes;
+#[path = "reliability/paced.rs"]
+mod paced;
 #[path = "reliability/races.rs"]
 mod races;
 #[path = "reliability/smtp.rs"]

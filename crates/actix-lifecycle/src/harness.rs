@@ -111,6 +111,7 @@ pub struct HarnessBuilder {
     log: Logger,
     metrics: Option<prometheus::Registry>,
     prefix: Option<String>,
+    lame_duck: Duration,
     drain_grace: Duration,
     abort_grace: Duration,
     stop_accepting_at: Phase,
@@ -120,6 +121,7 @@ impl std::fmt::Debug for HarnessBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HarnessBuilder")
             .field("listeners", &self.listeners.len())
+            .field("lame_duck", &self.lame_duck)
             .field("drain_grace", &self.drain_grace)
             .field("abort_grace", &self.abort_grace)
             .finish()
@@ -183,6 +185,14 @@ impl HarnessBuilder {
         self
     }
 
+    /// Lame duck (phase `LameDuck`, see
+    /// [`ShutdownBuilder::lame_duck`](crate::ShutdownBuilder::lame_duck)).
+    /// Default none.
+    pub fn lame_duck(mut self, lame_duck: Duration) -> Self {
+        self.lame_duck = lame_duck;
+        self
+    }
+
     /// Drain grace. Default 3 s.
     pub fn drain_grace(mut self, grace: Duration) -> Self {
         self.drain_grace = grace;
@@ -238,6 +248,7 @@ impl Harness {
             log: Logger::root(slog::Discard, o!()),
             metrics: None,
             prefix: None,
+            lame_duck: crate::shutdown::DEFAULT_LAME_DUCK,
             drain_grace: crate::shutdown::DEFAULT_DRAIN_GRACE,
             abort_grace: crate::shutdown::DEFAULT_ABORT_GRACE,
             stop_accepting_at: Phase::Aborting,
@@ -294,6 +305,7 @@ impl Handler<Start> for Harness {
         }
         let mut builder = Lifecycle::builder(inventory)
             .logger(plan.log.clone())
+            .lame_duck(plan.lame_duck)
             .drain_grace(plan.drain_grace)
             .abort_grace(plan.abort_grace)
             .handle_signals(false)

@@ -4,7 +4,7 @@
 //! serve them ([`ListenerActor`]), track every live connection by protocol
 //! and listener ([`ConnectionRegistry`], with prometheus metrics), and shut
 //! down gracefully within bounds ([`ShutdownCoordinator`]): `Running →
-//! Draining → Aborting → Stopped`, observed by handlers through a
+//! LameDuck → Draining → Aborting → Stopped`, observed by handlers through a
 //! [`ShutdownHandle`]. [`Lifecycle`] starts them together; [`Harness`]
 //! runs the whole thing in a test, driven by messages.
 //!
@@ -97,7 +97,7 @@
 //! [`SystemdNotifier`] is the actor that speaks `sd_notify(3)` for a
 //! [`Lifecycle`] under `Type=notify`: `READY=1` once every listener accepts
 //! ([`WaitReady`] tells the service itself), a rate-limited `STATUS=` with
-//! live connections, `STOPPING=1` when draining begins, `WATCHDOG=1` pings
+//! live connections and the phase, `STOPPING=1` when the shutdown begins, `WATCHDOG=1` pings
 //! from its arbiter, and `MAINPID=` on request ([`SendMainPid`]). Its sends
 //! never wait for room in the manager's queue, so a stuck manager cannot
 //! stall the arbiter. Without `NOTIFY_SOCKET` it sends nothing and fails
@@ -162,8 +162,8 @@ pub use registry::{
     Tracked, Unregister,
 };
 pub use shutdown::{
-    BeginShutdown, GetPhase, ShutdownBuilder, ShutdownCoordinator, SignalReceived, StopOutcome,
-    WaitStopped, DEFAULT_ABORT_GRACE, DEFAULT_DRAIN_GRACE,
+    BeginShutdown, EndLameDuck, GetPhase, ShutdownBuilder, ShutdownCoordinator, SignalReceived,
+    StopOutcome, WaitStopped, DEFAULT_ABORT_GRACE, DEFAULT_DRAIN_GRACE, DEFAULT_LAME_DUCK,
 };
 
 #[doc(no_inline)]

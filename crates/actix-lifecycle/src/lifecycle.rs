@@ -10,7 +10,7 @@ use slog::{o, Logger};
 use crate::broker::FdBroker;
 use crate::error::LifecycleError;
 use crate::listener::{ConnHandler, ListenerActor, ListenerBuilder};
-use crate::metrics::DEFAULT_PREFIX;
+use crate::metrics::{PhaseCollector, DEFAULT_PREFIX};
 use crate::phase::ShutdownHandle;
 use crate::registry::{ConnectionRegistry, RegistryHandle};
 use crate::shutdown::ShutdownCoordinator;
@@ -22,6 +22,7 @@ pub struct LifecycleBuilder {
     log: Logger,
     metrics: prometheus::Registry,
     prefix: String,
+    lame_duck: Option<Duration>,
     drain_grace: Option<Duration>,
     abort_grace: Option<Duration>,
     signals: bool,
@@ -57,6 +58,12 @@ impl LifecycleBuilder {
     /// Metric name prefix. Default `lifecycle`.
     pub fn metrics_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// Lame duck; default none (see [`crate::ShutdownBuilder::lame_duck`]).
+    pub fn lame_duck(mut self, lame_duck: Duration) -> Self {
+        self.lame_duck = Some(lame_duck);
         self
     }
 
@@ -107,13 +114,16 @@ impl LifecycleBuilder {
         let registry = ConnectionRegistry::builder()
             .logger(self.log.clone())
             .metrics(&self.metrics)
-            .prefix(self.prefix)
+            .prefix(self.prefix.clone())
             .build()?;
         let connections = registry.handle();
         let mut shutdown = ShutdownCoordinator::builder(connections.clone())
             .logger(self.log.clone())
             .handle_signals(self.signals)
             .stop_system(self.stop_system);
+        if let Some(lame_duck) = self.lame_duck {
+            shutdown = shutdown.lame_duck(lame_duck);
+        }
         if let Some(grace) = self.drain_grace {
             shutdown = shutdown.drain_grace(grace);
         }
@@ -125,6 +135,7 @@ impl LifecycleBuilder {
         }
         let coordinator = shutdown.build();
         let shutdown_handle = coordinator.handle();
+        PhaseCollector::register(&self.metrics, &self.prefix, shutdown_handle.clone())?;
         Ok(Lifecycle {
             broker: FdBroker::new(self.inventory, self.log.clone()).start(),
             registry: registry.start(),
@@ -177,6 +188,7 @@ impl Lifecycle {
             log: Logger::root(slog::Discard, o!()),
             metrics: prometheus::Registry::new(),
             prefix: DEFAULT_PREFIX.to_owned(),
+            lame_duck: None,
             drain_grace: None,
             abort_grace: None,
             signals: true,

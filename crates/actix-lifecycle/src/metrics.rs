@@ -9,7 +9,11 @@
 //! * `<prefix>_connections` (gauge): live connections;
 //! * `<prefix>_connections_accepted_total` (counter);
 //! * `<prefix>_connections_aborted_total` (counter);
-//! * `<prefix>_connection_duration_seconds` (histogram).
+//! * `<prefix>_connection_duration_seconds` (histogram);
+//!
+//! and, from the shutdown coordinator, `<prefix>_phase{phase}` (a state
+//! set: 1 for the current phase, 0 for the others; phases `running`,
+//! `lame_duck`, `draining`, `aborting`, `stopped`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +23,8 @@ use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
 
+use crate::error::LifecycleError;
+use crate::phase::{Phase, ShutdownHandle};
 use crate::registry::Shared;
 
 /// Default metric name prefix.
@@ -204,5 +210,75 @@ impl Collector for RegistryCollector {
                 durations,
             ),
         ]
+    }
+}
+
+/// Publishes `<prefix>_phase{phase}`: 1 for the current phase, 0 for the
+/// others, read from the shutdown handle when scraped.
+pub(crate) struct PhaseCollector {
+    shutdown: ShutdownHandle,
+    name: String,
+    desc: Desc,
+}
+
+impl PhaseCollector {
+    /// Registers the phase state set on `registry`.
+    pub(crate) fn register(
+        registry: &prometheus::Registry,
+        prefix: &str,
+        shutdown: ShutdownHandle,
+    ) -> Result<(), LifecycleError> {
+        let name = format!("{prefix}_phase");
+        let desc = Desc::new(
+            name.clone(),
+            "Shutdown phase: 1 for the current one (running, lame_duck, draining, aborting, stopped)."
+                .to_owned(),
+            vec!["phase".to_owned()],
+            HashMap::new(),
+        )
+        .map_err(|source| LifecycleError::Metrics {
+            prefix: prefix.to_owned(),
+            source,
+        })?;
+        registry
+            .register(Box::new(PhaseCollector {
+                shutdown,
+                name,
+                desc,
+            }))
+            .map_err(|source| LifecycleError::Metrics {
+                prefix: prefix.to_owned(),
+                source,
+            })
+    }
+}
+
+impl Collector for PhaseCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let now = self.shutdown.phase();
+        let metrics = Phase::ALL
+            .iter()
+            .map(|phase| {
+                let mut p = LabelPair::default();
+                p.set_name("phase".to_owned());
+                p.set_value(phase.as_str().to_owned());
+                let mut g = Gauge::default();
+                g.set_value(if *phase == now { 1.0 } else { 0.0 });
+                let mut m = Metric::default();
+                m.set_label(vec![p]);
+                m.set_gauge(g);
+                m
+            })
+            .collect();
+        vec![family(
+            &self.name,
+            self.desc.help.as_str(),
+            MetricType::GAUGE,
+            metrics,
+        )]
     }
 }

@@ -88,7 +88,7 @@ enum Readiness {
 /// * `STATUS=` with the phase and live connections per listener
 ///   (`running: 3 connections (imap 1, smtp 2)`), at most once per
 ///   status interval (1 s) and only when the text changed.
-/// * `STOPPING=1` when draining begins.
+/// * `STOPPING=1` when the shutdown begins (the lame duck, else draining).
 /// * `WATCHDOG=1` at half of `WATCHDOG_USEC`, when it is set for this
 ///   process, from an interval on this actor's arbiter: if the arbiter is
 ///   stuck, the pings stop and the service manager restarts the service.
@@ -272,7 +272,7 @@ impl SystemdNotifier {
             }
             Err(why) => {
                 self.readiness = Readiness::Never;
-                if self.shutdown.is_draining() {
+                if self.shutdown.is_shutting_down() {
                     info!(self.log, "not ready: {}", why);
                 } else {
                     error!(self.log, "not ready: {}", why);
@@ -344,14 +344,14 @@ impl Actor for SystemdNotifier {
                 .map(|res, act, ctx| act.became_ready(ctx, res)),
         );
 
-        // STOPPING=1 is sent synchronously where draining is observed (the
-        // outbox holds it back only while the manager's queue is full): an
-        // idle service goes from Draining to Stopped and stops the System in
-        // one step, and a further hop (a channel, another task) could be
-        // dropped with the runtime.
+        // STOPPING=1 is sent synchronously where the shutdown is observed
+        // (the outbox holds it back only while the manager's queue is
+        // full): an idle service without a lame duck goes from Draining to
+        // Stopped and stops the System in one step, and a further hop (a
+        // channel, another task) could be dropped with the runtime.
         let shutdown = self.shutdown.clone();
         ctx.spawn(
-            async move { shutdown.draining().await }
+            async move { shutdown.shutting_down().await }
                 .into_actor(self)
                 .map(|(), act, ctx| act.post(ctx, Note::Stopping)),
         );

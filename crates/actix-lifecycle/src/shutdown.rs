@@ -1,5 +1,6 @@
 //! The shutdown coordinator: turns SIGTERM/SIGINT (or a message) into the
-//! phases `Running → Draining → Aborting → Stopped`, bounded by two graces.
+//! phases `Running → LameDuck → Draining → Aborting → Stopped`, bounded by
+//! the lame duck and two graces.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +21,8 @@ use crate::registry::{ConnectionInfo, RegistryHandle};
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(3);
 /// Default time aborted connections get to close before the service stops anyway.
 pub const DEFAULT_ABORT_GRACE: Duration = Duration::from_secs(1);
+/// Default lame duck: none, draining starts at once.
+pub const DEFAULT_LAME_DUCK: Duration = Duration::ZERO;
 
 /// Begin a graceful shutdown, as the first SIGTERM would. Idempotent: a
 /// second `BeginShutdown` does not force anything.
@@ -27,8 +30,18 @@ pub const DEFAULT_ABORT_GRACE: Duration = Duration::from_secs(1);
 #[rtype(result = "()")]
 pub struct BeginShutdown;
 
-/// What a received SIGTERM or SIGINT does: the first begins the shutdown,
-/// a second one while it runs forces an exit through the force-exit policy
+/// Ends the lame duck now: the shutdown moves on to `Draining` (as a
+/// second signal during the lame duck does). Does nothing in any other
+/// phase. For a service that knows the lame duck is pointless, e.g. an
+/// upgrade whose successor already serves the same sockets.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct EndLameDuck;
+
+/// What a received SIGTERM or SIGINT does: the first begins the shutdown
+/// (the lame duck if one is configured, else draining); a second one
+/// during the lame duck ends it (draining starts); a second one while
+/// draining or aborting forces an exit through the force-exit policy
 /// ([`ShutdownBuilder::on_force_exit`]) with status `128 + signal`.
 /// The coordinator sends this to itself for real signals; tests may send it.
 #[derive(Debug, Clone, Copy, Message)]
@@ -55,7 +68,7 @@ pub struct StopOutcome {
     pub exit_code: i32,
     /// Connections still open when the abort grace expired (each logged).
     pub left_open: Vec<ConnectionInfo>,
-    /// From the start of draining to `Stopped`.
+    /// From the start of the shutdown (lame duck included) to `Stopped`.
     pub elapsed: Duration,
 }
 
@@ -69,6 +82,7 @@ type ForceExit = Arc<dyn Fn(i32) + Send + Sync>;
 ///
 /// let registry = ConnectionRegistry::builder().build().unwrap();
 /// let coordinator = ShutdownCoordinator::builder(registry.handle())
+///     .lame_duck(Duration::from_secs(5))
 ///     .drain_grace(Duration::from_secs(10))
 ///     .abort_grace(Duration::from_millis(500))
 ///     .handle_signals(false)
@@ -80,6 +94,7 @@ type ForceExit = Arc<dyn Fn(i32) + Send + Sync>;
 pub struct ShutdownBuilder {
     registry: RegistryHandle,
     log: Logger,
+    lame_duck: Duration,
     drain_grace: Duration,
     abort_grace: Duration,
     signals: bool,
@@ -90,6 +105,7 @@ pub struct ShutdownBuilder {
 impl std::fmt::Debug for ShutdownBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShutdownBuilder")
+            .field("lame_duck", &self.lame_duck)
             .field("drain_grace", &self.drain_grace)
             .field("abort_grace", &self.abort_grace)
             .field("signals", &self.signals)
@@ -102,6 +118,17 @@ impl ShutdownBuilder {
     /// Logs go to `log` (key `actor=shutdown`). Default: discarded.
     pub fn logger(mut self, log: Logger) -> Self {
         self.log = log;
+        self
+    }
+
+    /// How long the service keeps serving normally once the shutdown
+    /// began, while readiness checks already fail (phase `LameDuck`), so
+    /// that a load balancer or Kubernetes stops sending new clients before
+    /// any is refused. Waited in full even when nothing is open (the
+    /// point is the time the balancer needs to notice). Default
+    /// [`DEFAULT_LAME_DUCK`] (none). A second signal ends it early.
+    pub fn lame_duck(mut self, lame_duck: Duration) -> Self {
+        self.lame_duck = lame_duck;
         self
     }
 
@@ -161,11 +188,14 @@ impl ShutdownBuilder {
         } else {
             None
         };
+        let controller = PhaseController::new();
+        controller.set_drain_grace(self.drain_grace);
         ShutdownCoordinator {
             signal_streams,
-            controller: PhaseController::new(),
+            controller,
             registry: self.registry,
             log: self.log.new(o!("actor" => "shutdown")),
+            lame_duck: self.lame_duck,
             drain_grace: self.drain_grace,
             abort_grace: self.abort_grace,
             signals: self.signals,
@@ -181,6 +211,9 @@ impl ShutdownBuilder {
 /// Turns SIGTERM/SIGINT (or [`BeginShutdown`]) into phases that handlers
 /// observe through [`ShutdownHandle`]:
 ///
+/// 0. `LameDuck` (only with a [`lame_duck`](ShutdownBuilder::lame_duck)):
+///    readiness fails, everything else serves normally, for the whole
+///    lame duck (a second signal or [`EndLameDuck`] ends it early).
 /// 1. `Draining`: handlers refuse new work; listeners keep or stop
 ///    accepting as configured.
 /// 2. `Aborting` after the drain grace, or as soon as no connection is
@@ -190,12 +223,15 @@ impl ShutdownBuilder {
 ///    waiters get the [`StopOutcome`], and the actix `System` stops with
 ///    exit code 0 (unless turned off).
 ///
-/// An idle service goes through all phases at once. A second signal
-/// forces an exit with a non-zero status.
+/// An idle service goes through the phases after the lame duck at once.
+/// The whole stop takes at most lame duck + drain grace + abort grace. A
+/// second signal while draining or aborting forces an exit with a
+/// non-zero status.
 pub struct ShutdownCoordinator {
     controller: PhaseController,
     registry: RegistryHandle,
     log: Logger,
+    lame_duck: Duration,
     drain_grace: Duration,
     abort_grace: Duration,
     signals: bool,
@@ -212,6 +248,7 @@ impl std::fmt::Debug for ShutdownCoordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShutdownCoordinator")
             .field("phase", &self.controller.handle().phase())
+            .field("lame_duck", &self.lame_duck)
             .field("drain_grace", &self.drain_grace)
             .field("abort_grace", &self.abort_grace)
             .finish()
@@ -225,6 +262,7 @@ impl ShutdownCoordinator {
         ShutdownBuilder {
             registry,
             log: Logger::root(slog::Discard, o!()),
+            lame_duck: DEFAULT_LAME_DUCK,
             drain_grace: DEFAULT_DRAIN_GRACE,
             abort_grace: DEFAULT_ABORT_GRACE,
             signals: true,
@@ -248,10 +286,25 @@ impl ShutdownCoordinator {
             return;
         }
         self.began = Some(Instant::now());
-        self.controller.advance(Phase::Draining);
+        if self.lame_duck.is_zero() {
+            self.enter_draining(ctx, why);
+            return;
+        }
+        self.controller.advance(Phase::LameDuck);
+        info!(self.log, "phase"; "phase" => Phase::LameDuck.as_str(), "trigger" => why,
+            "live" => self.registry.live(), "lame_duck_ms" => self.lame_duck.as_millis() as u64);
+        ctx.run_later(self.lame_duck, |act, ctx| {
+            act.enter_draining(ctx, "lame duck over")
+        });
+    }
+
+    fn enter_draining(&mut self, ctx: &mut Context<Self>, why: &str) {
+        if !self.controller.advance(Phase::Draining) {
+            return;
+        }
         let live = self.registry.live();
-        info!(self.log, "phase"; "phase" => "draining", "trigger" => why, "live" => live,
-            "drain_grace_ms" => self.drain_grace.as_millis() as u64);
+        info!(self.log, "phase"; "phase" => Phase::Draining.as_str(), "trigger" => why,
+            "live" => live, "drain_grace_ms" => self.drain_grace.as_millis() as u64);
         if live == 0 {
             self.enter_aborting(ctx, "nothing open");
             return;
@@ -378,6 +431,17 @@ impl Actor for ShutdownCoordinator {
     }
 }
 
+impl Handler<EndLameDuck> for ShutdownCoordinator {
+    type Result = ();
+
+    fn handle(&mut self, _msg: EndLameDuck, ctx: &mut Self::Context) {
+        debug!(self.log, "end lame duck requested"; "phase" => %self.phase());
+        if self.phase() == Phase::LameDuck {
+            self.enter_draining(ctx, "lame duck ended");
+        }
+    }
+}
+
 impl Handler<BeginShutdown> for ShutdownCoordinator {
     type Result = ();
 
@@ -403,6 +467,9 @@ impl Handler<SignalReceived> for ShutdownCoordinator {
         debug!(self.log, "signal received"; "signal" => name);
         if self.began.is_none() {
             self.begin(ctx, name);
+        } else if self.phase() == Phase::LameDuck {
+            info!(self.log, "second signal during the lame duck: draining now"; "signal" => name);
+            self.enter_draining(ctx, name);
         } else if self.phase() < Phase::Stopped {
             let code = 128 + msg.signal;
             error!(self.log, "second signal during shutdown: forcing exit";
@@ -508,5 +575,113 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(*forced.lock().unwrap(), 0);
+    }
+
+    /// Paused-time durations: tokio timers round up to the millisecond.
+    fn assert_about(elapsed: Duration, expected: Duration, what: &str) {
+        assert!(
+            elapsed >= expected && elapsed <= expected + Duration::from_millis(10),
+            "{what}: {elapsed:?}, expected {expected:?}"
+        );
+    }
+
+    fn with_lame_duck(
+        lame_duck: Duration,
+        forced: Arc<std::sync::Mutex<Vec<i32>>>,
+    ) -> (ShutdownCoordinator, RegistryHandle) {
+        let registry = ConnectionRegistry::builder().build().unwrap();
+        let handle = registry.handle();
+        let c = ShutdownCoordinator::builder(handle.clone())
+            .handle_signals(false)
+            .stop_system(false)
+            .lame_duck(lame_duck)
+            .drain_grace(Duration::from_secs(3))
+            .abort_grace(Duration::from_secs(1))
+            .on_force_exit(move |code| forced.lock().unwrap().push(code))
+            .build();
+        (c, handle)
+    }
+
+    #[actix::test]
+    async fn lame_duck_serves_until_it_ends_then_drains_and_the_stop_is_bounded() {
+        tokio::time::pause();
+        let forced = Arc::default();
+        let (c, registry) = with_lame_duck(Duration::from_secs(5), Arc::clone(&forced));
+        let handle = c.handle();
+        let addr = c.start();
+        // A connection that never closes, so every grace runs in full.
+        let _guard = registry.shard().register(&registry.kind("p", "l"));
+        let began = tokio::time::Instant::now();
+        addr.send(BeginShutdown).await.unwrap();
+        assert_eq!(handle.phase(), Phase::LameDuck);
+        assert!(handle.is_shutting_down() && !handle.is_draining());
+        assert!(!registry.is_shut_down());
+
+        handle.draining().await;
+        assert_about(
+            began.elapsed(),
+            Duration::from_secs(5),
+            "draining after the lame duck",
+        );
+        let outcome = addr.send(WaitStopped).await.unwrap();
+        assert_about(
+            began.elapsed(),
+            Duration::from_secs(5 + 3 + 1),
+            "bounded by lame duck + drain grace + abort grace",
+        );
+        assert_eq!(outcome.exit_code, 0);
+        assert_eq!(outcome.left_open.len(), 1);
+        assert!(forced.lock().unwrap().is_empty());
+    }
+
+    #[actix::test]
+    async fn a_second_signal_in_the_lame_duck_drains_and_a_third_forces() {
+        tokio::time::pause();
+        let forced = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, registry) = with_lame_duck(Duration::from_secs(60), Arc::clone(&forced));
+        let handle = c.handle();
+        let addr = c.start();
+        let _guard = registry.shard().register(&registry.kind("p", "l"));
+        let term = SignalReceived {
+            signal: libc::SIGTERM,
+        };
+        let began = tokio::time::Instant::now();
+        addr.send(term).await.unwrap();
+        assert_eq!(addr.send(GetPhase).await.unwrap(), Phase::LameDuck);
+        addr.send(BeginShutdown).await.unwrap();
+        assert_eq!(handle.phase(), Phase::LameDuck, "a message does not end it");
+
+        addr.send(term).await.unwrap();
+        assert_eq!(addr.send(GetPhase).await.unwrap(), Phase::Draining);
+        assert_eq!(began.elapsed(), Duration::ZERO, "at once");
+        assert!(forced.lock().unwrap().is_empty(), "no forced exit");
+
+        addr.send(term).await.unwrap();
+        assert_eq!(*forced.lock().unwrap(), [128 + libc::SIGTERM]);
+
+        let outcome = addr.send(WaitStopped).await.unwrap();
+        assert_about(
+            began.elapsed(),
+            Duration::from_secs(3 + 1),
+            "the lame duck is over",
+        );
+        assert_eq!(outcome.exit_code, 0);
+    }
+
+    #[actix::test]
+    async fn end_lame_duck_moves_on_and_is_ignored_elsewhere() {
+        tokio::time::pause();
+        let (c, _registry) = with_lame_duck(Duration::from_secs(60), Arc::default());
+        let addr = c.start();
+        addr.send(EndLameDuck).await.unwrap();
+        assert_eq!(addr.send(GetPhase).await.unwrap(), Phase::Running);
+        addr.send(BeginShutdown).await.unwrap();
+        assert_eq!(addr.send(GetPhase).await.unwrap(), Phase::LameDuck);
+        addr.send(EndLameDuck).await.unwrap();
+        assert_eq!(
+            addr.send(GetPhase).await.unwrap(),
+            Phase::Stopped,
+            "idle: through draining to stopped at once"
+        );
     }
 }

@@ -26,7 +26,10 @@ use crate::notify::Notifications;
 use crate::smtp::{serve_smtp, SmtpContext, SmtpTls};
 use crate::spool::{Spool, SpoolError};
 use crate::tls::{tls_server_config, TlsAcceptor, TlsError, HANDSHAKE_TIMEOUT};
-use crate::upgrade::{report_ready, stop_accepting_on_upgrade, UpgradeDrain, UpgradeMetrics};
+use crate::upgrade::{
+    report_ready, skip_lame_duck_on_upgrade, stop_accepting_on_upgrade, UpgradeDrain,
+    UpgradeMetrics,
+};
 
 /// How long the listeners may take to start accepting.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -254,6 +257,7 @@ pub fn run(
         let lifecycle = Lifecycle::builder(inventory)
             .logger(log.clone())
             .metrics_prefix(config.metrics_prefix())
+            .lame_duck(config.shutdown().lame_duck())
             .drain_grace(config.shutdown().drain_grace())
             .abort_grace(config.shutdown().abort_grace())
             .start()?;
@@ -426,6 +430,12 @@ async fn start_listeners(
         log: log.new(o!("generation" => generation)),
     }
     .spawn();
+    skip_lame_duck_on_upgrade(
+        lifecycle.shutdown_handle(),
+        upgrade_drain.clone(),
+        lifecycle.coordinator().clone(),
+        log.new(o!("generation" => generation)),
+    );
     stop_accepting_on_upgrade(
         lifecycle.shutdown_handle(),
         upgrade_drain,

@@ -152,8 +152,8 @@ impl HandoverTask {
                     }
                     continue;
                 };
-                if self.shutdown.is_draining() {
-                    info!(self.log, "upgrade signal ignored: the service is draining"; "signal" => name);
+                if self.shutdown.is_shutting_down() {
+                    info!(self.log, "upgrade signal ignored: the service is stopping"; "signal" => name);
                     continue;
                 }
                 if self.hand_over(handover, name, &mut failed).await {
@@ -187,14 +187,14 @@ impl HandoverTask {
         });
         let started = tokio::select! {
             started = &mut task => started,
-            () = self.shutdown.draining() => {
+            () = self.shutdown.shutting_down() => {
                 cancel.store(true, Ordering::SeqCst);
                 task.await
             }
         };
         let reason = match started {
             // Ready just as the stop began: pass the stop on to it.
-            Ok(Ok(successor)) if self.shutdown.is_draining() => {
+            Ok(Ok(successor)) if self.shutdown.is_shutting_down() => {
                 let pid = successor.pid();
                 let sent = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0)),

@@ -115,7 +115,9 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
-    if state.shutdown.is_draining() {
+    // From the lame duck on: a load balancer's health check sees the stop
+    // at once, while every listener still serves normally.
+    if state.shutdown.is_shutting_down() {
         HttpResponse::ServiceUnavailable()
             .content_type("text/plain")
             .body(format!("{}\n", state.shutdown.phase()))
@@ -189,6 +191,11 @@ mod tests {
         let unix = tokio::net::UnixStream::connect(&sock).await.unwrap();
         assert_eq!(get(unix, "/healthz").await.0, 200);
 
+        phases.advance(Phase::LameDuck);
+        assert_eq!(
+            get(tcp().await, "/readyz").await,
+            (503, "lame_duck\n".into())
+        );
         phases.advance(Phase::Draining);
         assert_eq!(
             get(tcp().await, "/readyz").await,

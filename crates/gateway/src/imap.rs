@@ -4,12 +4,15 @@
 //! a probe; anything else is `BAD`). While draining, new sessions and the
 //! next command of open ones get `* BYE shutting down`; in an upgrade drain
 //! (see [`UpgradeDrain`]) a session accepted just before the listener
-//! stopped is still greeted, and its next command gets the `BYE`.
+//! stopped is still greeted, and its next command gets the `BYE`. A session
+//! that stays idle gets its `BYE` at an instant drawn uniformly from the
+//! drain window ([`ShutdownHandle::draining_paced`]), so that the clients
+//! of a stopping instance reconnect elsewhere spread out, not as one storm.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_lifecycle::ShutdownHandle;
+use actix_lifecycle::{Phase, ShutdownHandle};
 use slog::{info, o, Logger};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -108,8 +111,23 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
         "* OK [CAPABILITY {CAPABILITY}] lifecycle-gateway ready"
     ));
     let mut errors = 0;
+    // Drawn once per session: the instant of the drain at which an idle
+    // session is told goodbye.
+    let paced_bye = shutdown.draining_paced();
+    tokio::pin!(paced_bye);
     loop {
-        let line = match wire.line(MAX_LINE).await {
+        let read = tokio::select! {
+            biased;
+            r = wire.line(MAX_LINE) => r,
+            () = &mut paced_bye => {
+                if shutdown.phase() >= Phase::Aborting {
+                    return EndReason::Aborted;
+                }
+                wire.reply("* BYE shutting down");
+                return EndReason::Draining;
+            }
+        };
+        let line = match read {
             Ok(Some(line)) => line,
             Ok(None) => {
                 wire.reply("* BAD line too long");
@@ -244,7 +262,7 @@ mod tests {
         assert_eq!(line(&mut late).await, "* BYE shutting down\r\n");
         assert!(eof(&mut late).await);
         assert_eq!(late_task.await.unwrap().reason, EndReason::Draining);
-        open.get_mut().write_all(b"a1 NOOP\r\n").await.unwrap();
+        // No drain grace known to the controller: the idle one is told at once.
         assert_eq!(line(&mut open).await, "* BYE shutting down\r\n");
         assert!(eof(&mut open).await);
         assert_eq!(open_task.await.unwrap().reason, EndReason::Draining);
@@ -253,6 +271,9 @@ mod tests {
     #[tokio::test]
     async fn an_upgrade_drain_greets_a_late_session_then_says_bye() {
         let phases = PhaseController::new();
+        // Its paced goodbye falls somewhere in the first 54 minutes: the
+        // command comes first.
+        phases.set_drain_grace(Duration::from_secs(3600));
         phases.advance(Phase::Draining);
         let (client, server) = tokio::io::duplex(16 * 1024);
         let ctx = ImapContext::new(Logger::root(slog::Discard, o!()))
@@ -278,6 +299,25 @@ mod tests {
         assert!(line(&mut c).await.starts_with("* OK"));
         phases.advance(Phase::Aborting);
         assert_eq!(task.await.unwrap().reason, EndReason::Aborted);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_sessions_get_bye_paced_within_the_drain_window() {
+        let phases = PhaseController::new();
+        let grace = Duration::from_secs(2);
+        phases.set_drain_grace(grace);
+        let (mut c, task) = start(&phases, Duration::from_secs(600));
+        assert!(line(&mut c).await.starts_with("* OK"));
+        let began = tokio::time::Instant::now();
+        phases.advance(Phase::Draining);
+        assert_eq!(line(&mut c).await, "* BYE shutting down\r\n");
+        assert!(
+            began.elapsed() < grace,
+            "before the abort: {:?}",
+            began.elapsed()
+        );
+        assert!(eof(&mut c).await);
+        assert_eq!(task.await.unwrap().reason, EndReason::Draining);
     }
 
     #[tokio::test(start_paused = true)]

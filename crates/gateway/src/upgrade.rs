@@ -10,7 +10,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix::Addr;
-use actix_lifecycle::{ListenerActor, ShutdownHandle, StopAccepting};
+use actix_lifecycle::{
+    EndLameDuck, ListenerActor, Phase, ShutdownCoordinator, ShutdownHandle, StopAccepting,
+};
 use lifecycle_handoff::{ChannelWatch, Lineage, ReadyChannel};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use slog::{info, warn, Logger};
@@ -232,6 +234,24 @@ pub(crate) fn report_ready(mut ready: ReadyChannel, metrics: UpgradeMetrics, log
     if let Err(e) = spawned {
         warn!(log, "cannot follow the parent's upgrade updates"; "error" => %e);
     }
+}
+
+/// When the shutdown starts and it is an upgrade's, ends the lame duck at
+/// once: the successor already serves the same sockets (and answers
+/// `/readyz`), so there is no load balancer to wait for.
+pub(crate) fn skip_lame_duck_on_upgrade(
+    shutdown: ShutdownHandle,
+    drain: UpgradeDrain,
+    coordinator: Addr<ShutdownCoordinator>,
+    log: Logger,
+) {
+    actix::spawn(async move {
+        shutdown.shutting_down().await;
+        if shutdown.phase() == Phase::LameDuck && drain.is_upgrade() {
+            info!(log, "upgrade: no lame duck, draining now");
+            coordinator.do_send(EndLameDuck);
+        }
+    });
 }
 
 /// When the drain starts and it is an upgrade's, stops every listener

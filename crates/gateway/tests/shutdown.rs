@@ -1,13 +1,14 @@
 //! Shutdown end to end against the real binary: SIGTERM stops an idle
 //! service with status 0; open sessions get 421 while draining; a silent
-//! client is aborted at `Aborting` and leaves the registry.
+//! client is aborted at `Aborting` and leaves the registry; a lame duck
+//! fails `/readyz` at once while mail is still accepted.
 
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use common::{number, sample, Client, Gateway, SOON};
+use common::{field, number, sample, Client, Gateway, SOON};
 use nix::sys::signal::Signal;
 
 fn phase_order(gw: &Gateway) -> Vec<String> {
@@ -137,5 +138,81 @@ fn a_silent_client_is_aborted_and_leaves_the_registry() {
         common::field(&closed, "reason").as_deref(),
         Some("aborted"),
         "{closed}"
+    );
+}
+
+#[test]
+fn a_lame_duck_fails_readyz_at_once_but_still_accepts_mail_then_drains() {
+    let mut gw = Gateway::start_with_lame_duck("2s", "3s", "1s", "");
+    assert_eq!(gw.get("/readyz"), (200, "ready\n".to_owned()));
+    gw.signal(Signal::SIGTERM);
+    let lame = gw
+        .wait_phase("lame_duck", SOON)
+        .expect("no lame_duck phase");
+    assert_eq!(number(&lame, "lame_duck_ms"), Some(2000), "{lame}");
+
+    // What a load balancer's health check sees, at once.
+    assert_eq!(gw.get("/readyz"), (503, "lame_duck\n".to_owned()));
+    assert_eq!(gw.get("/healthz").0, 200);
+    let metrics = gw.metrics();
+    assert_eq!(
+        sample(&metrics, "lifecycle_phase", &[("phase", "lame_duck")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&metrics, "lifecycle_phase", &[("phase", "running")]),
+        Some(0.0)
+    );
+
+    // A new client is served as before: greeted and its message stored.
+    let mut c = Client::connect(gw.smtp);
+    c.expect("220 gw.test");
+    c.send("EHLO client.example\r\n");
+    c.expect("250");
+    c.send("MAIL FROM:<a@example.org>\r\n");
+    c.expect("250");
+    c.send("RCPT TO:<b@example.org>\r\n");
+    c.expect("250");
+    c.send("DATA\r\n");
+    c.expect("354");
+    c.send("Subject: lame duck\r\n\r\nstill served\r\n.\r\n");
+    c.expect("250");
+    assert_eq!(gw.messages().len(), 1, "the message is in the spool");
+
+    // Then the drain as without a lame duck (the session `c` stays open, so
+    // it lasts): new connections and new work get 421.
+    gw.wait_phase("draining", SOON).expect("no draining phase");
+    let mut late = Client::connect(gw.smtp);
+    assert_eq!(late.reply(), "421 4.3.2 shutting down\r\n");
+    c.send("MAIL FROM:<a@example.org>\r\n");
+    assert_eq!(c.reply(), "421 4.3.2 shutting down\r\n");
+
+    let status = gw.wait_exit(SOON).expect("gateway still running");
+    assert_eq!(status.code(), Some(0), "{status:?}\n{}", gw.log_text());
+    assert_eq!(
+        phase_order(&gw),
+        ["lame_duck", "draining", "aborting", "stopped"]
+    );
+}
+
+#[test]
+fn a_second_sigterm_in_the_lame_duck_drains_at_once_and_still_exits_0() {
+    let mut gw = Gateway::start_with_lame_duck("1h", "3s", "1s", "");
+    gw.signal(Signal::SIGTERM);
+    gw.wait_phase("lame_duck", SOON)
+        .expect("no lame_duck phase");
+    gw.signal(Signal::SIGTERM);
+    let draining = gw.wait_phase("draining", SOON).expect("no draining phase");
+    assert_eq!(
+        field(&draining, "trigger").as_deref(),
+        Some("SIGTERM"),
+        "{draining}"
+    );
+    let status = gw.wait_exit(SOON).expect("gateway still running");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "not a forced exit: {status:?}\n{}",
+        gw.log_text()
     );
 }

@@ -232,7 +232,8 @@ fn rotation_failed_binary_and_idle_imap_of_the_old_child() {
     assert!(greeting.starts_with("* OK"), "{greeting}");
 
     // Upgrade 1: same certificate; generation 1 drains, the idle client is
-    // aborted at the end of its graces (drain 2 s + abort 1 s), not held.
+    // told goodbye during the drain (paced) or aborted at the end of its
+    // graces (drain 2 s + abort 1 s), not held.
     let outcome = upgrade(&gw, Signal::SIGHUP);
     assert!(outcome.contains("upgrade succeeded"), "{outcome}");
     let upgraded = Instant::now();

@@ -25,7 +25,7 @@ pub(super) async fn wait_until_ready(
     let began = Instant::now();
     let mut warned = false;
     loop {
-        if shutdown.is_draining() {
+        if shutdown.is_shutting_down() {
             return Err("shutdown began before every listener accepted".to_owned());
         }
         let report = broker
@@ -51,7 +51,7 @@ pub(super) async fn wait_until_ready(
     }
     for (i, listener) in listeners.iter().enumerate() {
         loop {
-            if shutdown.is_draining() {
+            if shutdown.is_shutting_down() {
                 return Err("shutdown began before every listener accepted".to_owned());
             }
             let info = listener.send(GetListenerInfo).await.map_err(|_| {

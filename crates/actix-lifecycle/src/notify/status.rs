@@ -7,7 +7,8 @@ use crate::phase::Phase;
 use crate::registry::RegistrySnapshot;
 
 /// E.g. `running: 3 connections (imap 1, smtp 2)`, `starting: 0
-/// connections`, `draining: 1 connection (smtp 1)`, `stopped`.
+/// connections`, `lame_duck: 2 connections (smtp 2)`, `draining: 1
+/// connection (smtp 1)`, `stopped`.
 pub(super) fn status_line(phase: Phase, ready: bool, snapshot: &RegistrySnapshot) -> String {
     let word = match phase {
         Phase::Running if !ready => "starting",
@@ -66,6 +67,10 @@ mod tests {
         assert_eq!(
             status_line(Phase::Running, true, &snap),
             "running: 3 connections (imap 1, smtp 2)"
+        );
+        assert_eq!(
+            status_line(Phase::LameDuck, true, &snap),
+            "lame_duck: 3 connections (imap 1, smtp 2)"
         );
         snap.kinds = vec![kind("smtp", 1)];
         assert_eq!(

@@ -61,11 +61,27 @@ pub struct Config {
 /// `[shutdown]`: how long each shutdown phase may last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShutdownConfig {
+    lame_duck: Duration,
     drain_grace: Duration,
     abort_grace: Duration,
 }
 
 impl ShutdownConfig {
+    /// How long the service keeps serving normally after SIGTERM while
+    /// `/readyz` already answers 503, so that a load balancer or
+    /// Kubernetes stops sending clients before any is refused (default
+    /// 0 s: draining starts at once). Set it longer than the balancer's
+    /// health check takes to notice (interval × failures).
+    pub fn lame_duck(&self) -> Duration {
+        self.lame_duck
+    }
+
+    /// The longest a stop can take: lame duck + drain grace + abort
+    /// grace (a supervisor's stop timeout should be longer).
+    pub fn total(&self) -> Duration {
+        self.lame_duck + self.drain_grace + self.abort_grace
+    }
+
     /// How long open sessions may finish their work after draining starts
     /// (default 3 s, as mox).
     pub fn drain_grace(&self) -> Duration {
@@ -226,6 +242,7 @@ impl Default for Config {
             spool_dir: PathBuf::from(validate::DEFAULT_SPOOL),
             metrics_prefix: validate::DEFAULT_PREFIX.to_owned(),
             shutdown: ShutdownConfig {
+                lame_duck: validate::DEFAULT_LAME_DUCK,
                 drain_grace: validate::DEFAULT_DRAIN,
                 abort_grace: validate::DEFAULT_ABORT,
             },
@@ -274,6 +291,7 @@ impl Config {
             spool_dir: self.spool_dir.display().to_string(),
             metrics_prefix: self.metrics_prefix.clone(),
             shutdown: raw::OutShutdown {
+                lame_duck: humantime::format_duration(self.shutdown.lame_duck).to_string(),
                 drain_grace: humantime::format_duration(self.shutdown.drain_grace).to_string(),
                 abort_grace: humantime::format_duration(self.shutdown.abort_grace).to_string(),
             },

@@ -47,6 +47,7 @@ pub(crate) struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawShutdown {
+    pub(crate) lame_duck: Option<HumanDuration>,
     pub(crate) drain_grace: Option<HumanDuration>,
     pub(crate) abort_grace: Option<HumanDuration>,
 }
@@ -111,6 +112,7 @@ pub(crate) struct OutConfig {
 
 #[derive(Debug, Serialize)]
 pub(crate) struct OutShutdown {
+    pub(crate) lame_duck: String,
     pub(crate) drain_grace: String,
     pub(crate) abort_grace: String,
 }

@@ -22,6 +22,7 @@ fn empty_file_gives_the_defaults() {
         ]
     );
     assert_eq!(c.spool_dir(), Path::new("spool"));
+    assert_eq!(c.shutdown().lame_duck(), Duration::ZERO);
     assert_eq!(c.shutdown().drain_grace(), Duration::from_secs(3));
     assert_eq!(c.shutdown().abort_grace(), Duration::from_secs(1));
     assert_eq!(c.metrics_prefix(), "lifecycle");
@@ -37,6 +38,7 @@ spool_dir = "/var/spool/gw"
 metrics_prefix = "gw"
 
 [shutdown]
+lame_duck = "10s"
 drain_grace = "5s"
 abort_grace = "1500ms"
 
@@ -81,6 +83,8 @@ fn full_file_is_read_and_printed_back() {
     let c = Config::from_toml(FULL, "full.toml").unwrap();
     assert_eq!(c.user(), Some("mail"));
     assert_eq!(c.shutdown().abort_grace(), Duration::from_millis(1500));
+    assert_eq!(c.shutdown().lame_duck(), Duration::from_secs(10));
+    assert_eq!(c.shutdown().total(), Duration::from_millis(16_500));
     assert_eq!(c.log().format(), Some(LogFormat::Json));
     assert_eq!(c.log().level(), LogLevel::Warning);
     assert_eq!(c.smtp().max_recipients(), 5);

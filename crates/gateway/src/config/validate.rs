@@ -18,6 +18,7 @@ use super::{
 
 pub(super) const DEFAULT_SPOOL: &str = "spool";
 pub(super) const DEFAULT_PREFIX: &str = "lifecycle";
+pub(super) const DEFAULT_LAME_DUCK: Duration = Duration::ZERO;
 pub(super) const DEFAULT_DRAIN: Duration = Duration::from_secs(3);
 pub(super) const DEFAULT_ABORT: Duration = Duration::from_secs(1);
 pub(super) const DEFAULT_MAX_MESSAGE: usize = 10 * 1024 * 1024;
@@ -118,6 +119,7 @@ pub(super) fn build(raw: RawConfig, origin: &str, text: &str) -> Result<Config, 
     };
 
     let shutdown = ShutdownConfig {
+        lame_duck: raw.shutdown.lame_duck.map_or(DEFAULT_LAME_DUCK, |d| d.0),
         drain_grace: raw.shutdown.drain_grace.map_or(DEFAULT_DRAIN, |d| d.0),
         abort_grace: raw.shutdown.abort_grace.map_or(DEFAULT_ABORT, |d| d.0),
     };

@@ -51,11 +51,17 @@ impl Gateway {
 
     /// [`start`](Self::start) with more keys for the `[smtp]` table.
     pub fn start_with(drain: &str, abort: &str, smtp: &str) -> Gateway {
+        Self::start_with_lame_duck("0s", drain, abort, smtp)
+    }
+
+    /// [`start_with`](Self::start_with) and a `lame_duck`.
+    pub fn start_with_lame_duck(lame_duck: &str, drain: &str, abort: &str, smtp: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
             r#"allow_root = true
 spool_dir = "{spool}"
 [shutdown]
+lame_duck = "{lame_duck}"
 drain_grace = "{drain}"
 abort_grace = "{abort}"
 [log]

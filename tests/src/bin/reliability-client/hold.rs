@@ -66,6 +66,16 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
                 let (closed, open) = holder.peer_closed(Duration::from_millis(arg));
                 say(&format!("peer-closed closed={closed} open={open}"));
             }
+            "close-times" => {
+                let times = holder.close_times(Duration::from_millis(arg));
+                let open = times.iter().filter(|t| t.is_none()).count();
+                let ms: Vec<String> = times.iter().flatten().map(u128::to_string).collect();
+                say(&format!(
+                    "close-times closed={} open={open} ms={}",
+                    ms.len(),
+                    ms.join(",")
+                ));
+            }
             "exit" => break,
             other => say(&format!("error unknown command {other:?}")),
         }
@@ -193,6 +203,52 @@ impl Holder {
                 return (n, closed.len() - n);
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Like [`peer_closed`](Self::peer_closed), but notes when each
+    /// connection was closed (ms since the command, within 10 ms); `None`
+    /// for one still open after `limit`. Pending input (a greeting, a
+    /// goodbye) is read and dropped.
+    fn close_times(&mut self, limit: Duration) -> Vec<Option<u128>> {
+        let start = Instant::now();
+        let deadline = start + limit;
+        let mut times: Vec<Option<u128>> = vec![None; self.conns.len()];
+        let mut buf = [0u8; 4096];
+        for s in self.conns.iter().flatten() {
+            let _ = s.set_nonblocking(true);
+        }
+        loop {
+            for (i, c) in self.conns.iter().enumerate() {
+                let Some(s) = c else { continue };
+                if times[i].is_some() {
+                    continue;
+                }
+                loop {
+                    match (&*s).read(&mut buf) {
+                        Ok(0) => {
+                            times[i] = Some(start.elapsed().as_millis());
+                            break;
+                        }
+                        Ok(_) => continue,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(_) => {
+                            times[i] = Some(start.elapsed().as_millis());
+                            break;
+                        }
+                    }
+                }
+            }
+            let open = self
+                .conns
+                .iter()
+                .zip(&times)
+                .filter(|(c, t)| c.is_some() && t.is_none())
+                .count();
+            if open == 0 || Instant::now() >= deadline {
+                return times;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }

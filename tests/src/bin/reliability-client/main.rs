@@ -15,8 +15,8 @@
 //!
 //! `hold` opens N silent connections to each ADDR, prints `held
 //! connected=C failed=F`, then obeys stdin commands: `greeted MS`, `probe
-//! K`, `deliver K`, `release-except K`, `peer-closed MS`, `exit` (see
-//! [`Holder`]).
+//! K`, `deliver K`, `release-except K`, `peer-closed MS`, `close-times
+//! MS`, `exit` (see [`Holder`]).
 
 use std::io::{self, Write};
 use std::time::Duration;
