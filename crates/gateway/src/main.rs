@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lifecycle_gateway::{serve, stderr_logger, supervise, Cli, Config, EXIT_CONFIG};
-use lifecycle_handoff::{Handoff, Mode, UpgradeSupervisor};
+use lifecycle_handoff::{Handoff, HeldSignals, Mode, UpgradeSupervisor};
 use slog::{error, info, o};
 
 /// Prefix of the hand-off variables from the privileged parent to the
@@ -12,6 +12,16 @@ use slog::{error, info, o};
 const HANDOFF_PREFIX: &str = "LIFECYCLE";
 
 fn main() -> ExitCode {
+    // First of all: SIGHUP and SIGUSR2 wait (pending) until their handlers
+    // exist instead of terminating the process; every thread started from
+    // here on inherits the mask.
+    let held = match HeldSignals::hold() {
+        Ok(held) => held,
+        Err(e) => {
+            eprintln!("lifecycle-gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cli = Cli::parse();
     let config = match cli.load_config() {
         Ok(config) => config,
@@ -57,8 +67,12 @@ fn main() -> ExitCode {
         "mode" => handoff.mode().as_str(), "reason" => handoff.reason(),
         "config" => cli.config.as_ref().map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string()));
     let result = match supervisor {
-        Some(supervisor) => supervise(&config, handoff, supervisor, &log),
-        None => serve(&config, handoff, &log),
+        Some(supervisor) => {
+            // The supervisor reads them from its signalfd: they stay blocked.
+            drop(held);
+            supervise(&config, handoff, supervisor, &log)
+        }
+        None => serve(&config, handoff, held, &log),
     };
     let code = match result {
         Ok(code) => u8::try_from(code).unwrap_or(1),
