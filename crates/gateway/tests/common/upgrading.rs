@@ -24,6 +24,8 @@ pub struct Setup {
     pub bin: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// `[shutdown] drain_grace` (default 2 s).
+    pub drain_grace: &'static str,
 }
 
 pub fn write_pair(dir: &Path, cert: &Path, key: &Path) -> String {
@@ -58,6 +60,7 @@ impl Setup {
                 bin,
                 cert,
                 key,
+                drain_grace: "2s",
             },
             pem,
         )
@@ -74,7 +77,7 @@ impl Setup {
             r#"{head}
 spool_dir = "{spool}"
 [shutdown]
-drain_grace = "2s"
+drain_grace = "{drain}"
 abort_grace = "1s"
 [log]
 format = "json"
@@ -105,6 +108,7 @@ address = "127.0.0.1:0"
             spool = self.dir.path().join("spool").display(),
             cert = self.cert.display(),
             key = self.key.display(),
+            drain = self.drain_grace,
         );
         let path = self.dir.path().join("gateway.toml");
         std::fs::write(&path, &config).unwrap();
