@@ -73,6 +73,16 @@ impl Setup {
     /// Starts the binary with `head` on top of the config, `edit` applied to
     /// the command; waits for the log message `ready`.
     pub fn launch(self, head: &str, edit: impl FnOnce(&mut Command), ready: &str) -> Gateway {
+        let mut gw = self.spawn(head, edit);
+        let needle = format!(r#""msg":"{ready}""#);
+        gw.wait_log(SOON, |l| l.contains(&needle))
+            .unwrap_or_else(|| panic!("not ready:\n{}", gw.log_text()));
+        gw.learn_addresses();
+        gw
+    }
+
+    /// [`launch`](Self::launch) without waiting for anything.
+    pub fn spawn(self, head: &str, edit: impl FnOnce(&mut Command)) -> Gateway {
         let config = format!(
             r#"{head}
 spool_dir = "{spool}"
@@ -121,12 +131,30 @@ address = "127.0.0.1:0"
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         edit(&mut cmd);
-        let mut gw = Gateway::spawn_command(self.dir, &mut cmd);
-        let needle = format!(r#""msg":"{ready}""#);
-        gw.wait_log(SOON, |l| l.contains(&needle))
-            .unwrap_or_else(|| panic!("not ready:\n{}", gw.log_text()));
-        gw.learn_addresses();
-        gw
+        Gateway::spawn_command(self.dir, &mut cmd)
+    }
+}
+
+/// Kills the listed processes when the test ends (successors are not the
+/// test's children).
+pub struct Reaper(pub Vec<i32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Whether process `pid` is gone (reparented successors are reaped by
+/// init; a zombie counts as gone).
+pub fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
     }
 }
 
