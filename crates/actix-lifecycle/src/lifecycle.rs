@@ -79,7 +79,12 @@ impl LifecycleBuilder {
         self
     }
 
-    /// Listen for SIGTERM/SIGINT; default true.
+    /// Listen for SIGTERM/SIGINT; default true. Their handlers exist once
+    /// [`start`](Self::start) returns. Upgrade signals (SIGHUP, SIGUSR2) are
+    /// the program's own: to keep an early one from terminating it, hold
+    /// them from the start of `main` with
+    /// [`lifecycle_handoff::HeldSignals`] and release them once its handlers
+    /// are installed.
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.signals = on;
         self

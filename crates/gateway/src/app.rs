@@ -13,7 +13,8 @@ use actix_lifecycle::{
     TakeListener,
 };
 use lifecycle_handoff::{
-    Handoff, Inventory, Lineage, Mode, Network, PassedListener, ReadyChannel, TargetUser,
+    Handoff, HeldSignals, Inventory, Lineage, Mode, Network, PassedListener, ReadyChannel,
+    TargetUser,
 };
 use slog::{error, info, o, warn, Logger};
 
@@ -131,7 +132,16 @@ impl StartError {
 /// Refuses to serve as root without `allow_root`: a process started as
 /// root in systemd or inherited mode calls
 /// [`drop_in_place`](crate::drop_in_place) first, while it has one thread.
-pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32, StartError> {
+///
+/// `held` are SIGHUP and SIGUSR2 as `main` held them (see [`HeldSignals`]);
+/// they are released in this thread once their handlers exist, before the
+/// service reports ready.
+pub fn serve(
+    config: &Config,
+    mut handoff: Handoff,
+    held: HeldSignals,
+    log: &Logger,
+) -> Result<i32, StartError> {
     if handoff.mode() == Mode::Inherited && !nix::unistd::getuid().is_root() {
         // A child of the privileged parent must not be able to become root.
         lifecycle_handoff::verify_cannot_regain_root().map_err(StartError::Handoff)?;
@@ -193,6 +203,7 @@ pub fn serve(config: &Config, mut handoff: Handoff, log: &Logger) -> Result<i32,
         lineage,
         handover,
         supervised,
+        held: Some(held),
     };
     run(config, log, inventory, tls, upgrade, notify)
 }
@@ -212,6 +223,11 @@ pub struct Upgrade {
     /// A child of the privileged parent, which upgrades it: the parent
     /// closing the ready channel means "an upgrade took over, drain".
     pub supervised: bool,
+    /// SIGHUP and SIGUSR2 as held since the start of `main`: released in
+    /// the thread that calls [`run`] once their handlers are installed,
+    /// before the service reports ready, so that one that came early is
+    /// handled then instead of terminating the process. `None`: not held.
+    pub held: Option<HeldSignals>,
 }
 
 /// Opens the `[tls]` certificate and key with
@@ -418,8 +434,11 @@ async fn start_listeners(
     // systemd (Type=notify) when this process is the main one; a child of
     // the privileged parent stays silent (see `Notifications`).
     let notifier = notify.start(lifecycle, log);
+    // Installs the SIGHUP/SIGUSR2 handlers and releases the held signals
+    // (this is the thread that held them): before `ready`.
     HandoverTask {
         handover: upgrade.handover.map(Arc::new),
+        held: upgrade.held,
         supervised: upgrade.supervised,
         coordinator: lifecycle.coordinator().clone(),
         shutdown: lifecycle.shutdown_handle(),

@@ -16,8 +16,8 @@ use actix::Addr;
 use actix_lifecycle::{BeginShutdown, SendMainPid, ShutdownCoordinator, SystemdNotifier};
 use actix_rt::signal::unix::{signal, SignalKind};
 use lifecycle_handoff::{
-    open_file, ChildSpawner, Inventory, Lineage, PassedFile, PassedListener, Successor,
-    SuccessorHandoff,
+    open_file, ChildSpawner, HeldSignals, Inventory, Lineage, PassedFile, PassedListener,
+    Successor, SuccessorHandoff,
 };
 use slog::{error, info, warn, Logger};
 
@@ -110,6 +110,8 @@ enum HandoverError {
 /// What the SIGHUP task needs from the running service.
 pub(crate) struct HandoverTask {
     pub(crate) handover: Option<Arc<Handover>>,
+    /// SIGHUP and SIGUSR2 as held since the start of `main`.
+    pub(crate) held: Option<HeldSignals>,
     pub(crate) supervised: bool,
     pub(crate) coordinator: Addr<ShutdownCoordinator>,
     pub(crate) shutdown: actix_lifecycle::ShutdownHandle,
@@ -123,18 +125,26 @@ pub(crate) struct HandoverTask {
 impl HandoverTask {
     /// Handles SIGHUP and SIGUSR2 for the life of the service (a signal that
     /// arrives during a hand-over waits for it: each signal stream keeps
-    /// one).
-    pub(crate) fn spawn(self) {
+    /// one). Call it in the runtime's thread, the one that held the signals
+    /// in `main`: the handlers are installed now, then the held signals are
+    /// released, so one that came during the start is handled now.
+    pub(crate) fn spawn(mut self) {
+        let streams = signal(SignalKind::hangup())
+            .and_then(|hup| Ok((hup, signal(SignalKind::user_defined2())?)));
+        let (mut hup, mut usr2) = match streams {
+            Ok(s) => s,
+            Err(e) => {
+                // Held, they stay blocked: ignored rather than fatal.
+                warn!(self.log, "cannot handle SIGHUP/SIGUSR2; upgrades are off and the signals stay blocked"; "error" => %e);
+                return;
+            }
+        };
+        if let Some(held) = self.held.take() {
+            if let Err(e) = held.release() {
+                warn!(self.log, "cannot release SIGHUP/SIGUSR2; they stay blocked and upgrades are off"; "error" => %e);
+            }
+        }
         actix::spawn(async move {
-            let streams = signal(SignalKind::hangup())
-                .and_then(|hup| Ok((hup, signal(SignalKind::user_defined2())?)));
-            let (mut hup, mut usr2) = match streams {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(self.log, "cannot handle SIGHUP/SIGUSR2; upgrades are off"; "error" => %e);
-                    return;
-                }
-            };
             let mut failed = 0;
             loop {
                 let received = tokio::select! {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lifecycle_gateway::{drop_in_place, serve, stderr_logger, supervise, Cli, Config, EXIT_CONFIG};
-use lifecycle_handoff::{Handoff, Mode, UpgradeSupervisor};
+use lifecycle_handoff::{Handoff, HeldSignals, Mode, UpgradeSupervisor};
 use slog::{error, info, o};
 
 /// Prefix of the hand-off variables from the privileged parent to the
@@ -12,6 +12,16 @@ use slog::{error, info, o};
 const HANDOFF_PREFIX: &str = "LIFECYCLE";
 
 fn main() -> ExitCode {
+    // First of all: SIGHUP and SIGUSR2 wait (pending) until their handlers
+    // exist instead of terminating the process; every thread started from
+    // here on inherits the mask.
+    let held = match HeldSignals::hold() {
+        Ok(held) => held,
+        Err(e) => {
+            eprintln!("lifecycle-gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cli = Cli::parse();
     let config = match cli.load_config() {
         Ok(config) => config,
@@ -65,8 +75,12 @@ fn main() -> ExitCode {
             dropped.log(&log, &config);
         }
         match supervisor {
-            Some(supervisor) => supervise(&config, handoff, supervisor, &log),
-            None => serve(&config, handoff, &log),
+            Some(supervisor) => {
+                // The supervisor reads them from its signalfd: they stay blocked.
+                drop(held);
+                supervise(&config, handoff, supervisor, &log)
+            }
+            None => serve(&config, handoff, held, &log),
         }
     });
     let code = match result {

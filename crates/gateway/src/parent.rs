@@ -8,6 +8,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
 
 use lifecycle_handoff::{
     ChildSpawner, Handoff, Mode, SupervisorEvent, TargetUser, UpgradeSupervisor,
@@ -60,6 +61,20 @@ pub(crate) fn log_spool_created(log: &Logger, dir: &Path, user: &TargetUser) {
         "spool" => %dir.display(), "user" => %user);
 }
 
+/// What the parent allows a child beyond its drain and abort graces to exit
+/// (runtime shutdown, the last log lines) before it kills it.
+const CHILD_EXIT_MARGIN: Duration = Duration::from_secs(2);
+
+/// How long a new child told to stop may drain before the parent kills it:
+/// the configured drain and abort graces, plus [`CHILD_EXIT_MARGIN`]. A new
+/// child may already serve sessions it accepted from the shared listeners
+/// when its upgrade fails or the service stops; they finish or get `421`
+/// within these graces, as in any serving child.
+fn child_grace(config: &Config) -> Duration {
+    let shutdown = config.shutdown();
+    shutdown.lame_duck() + shutdown.drain_grace() + shutdown.abort_grace() + CHILD_EXIT_MARGIN
+}
+
 /// The privileged parent's whole life; returns the exit status to exit with
 /// (the serving child's, 128 + signal when it was killed). `supervisor` must
 /// have been created before any other thread (it blocks the signals it
@@ -95,8 +110,11 @@ pub fn supervise(
     let user = user
         .as_ref()
         .map_or_else(|| "root (allow_root)".to_owned(), ToString::to_string);
-    info!(log, "supervising"; "program" => %spawner.program_path().display(), "user" => &user);
+    let grace = child_grace(config);
+    info!(log, "supervising"; "program" => %spawner.program_path().display(), "user" => &user,
+        "child_grace" => ?grace);
     let code = supervisor
+        .child_grace(grace)
         .run(spawner, kept, |event| log_event(log, &user, event))
         .map_err(StartError::Handoff)?;
     Ok(code)
@@ -137,6 +155,21 @@ fn log_event(log: &Logger, user: &str, event: &SupervisorEvent) {
             code,
         } => {
             info!(log, "old generation exited"; "generation" => generation, "child" => pid, "status" => code)
+        }
+        SupervisorEvent::CandidateExited {
+            generation,
+            pid,
+            code,
+            killed,
+        } => {
+            let (killed, code) = (*killed, *code);
+            if killed {
+                warn!(log, "stopped new generation killed"; "generation" => generation, "child" => pid,
+                    "status" => code, "detail" => text)
+            } else {
+                info!(log, "stopped new generation exited"; "generation" => generation, "child" => pid,
+                    "status" => code)
+            }
         }
         SupervisorEvent::ServingExited {
             generation,

@@ -196,39 +196,76 @@ impl UpgradeDrain {
     }
 }
 
+/// Test seam: a delay (such as `"1h"`) between the moment every listener
+/// accepts and the ready report to the parent. The end-to-end tests use it
+/// to make a new child that serves before it is ready; nothing else should
+/// set it.
+pub(crate) const TEST_READY_DELAY_VAR: &str = "LIFECYCLE_GATEWAY_TEST_READY_DELAY";
+
+/// The delay [`TEST_READY_DELAY_VAR`] asks for (a bad value is logged and
+/// ignored).
+fn test_ready_delay(log: &Logger) -> Option<Duration> {
+    let value = std::env::var(TEST_READY_DELAY_VAR).ok()?;
+    match humantime::parse_duration(&value) {
+        Ok(delay) => {
+            warn!(log, "ready report delayed (test seam)"; "variable" => TEST_READY_DELAY_VAR, "delay" => %value);
+            Some(delay)
+        }
+        Err(e) => {
+            warn!(log, "ignoring a bad test delay"; "variable" => TEST_READY_DELAY_VAR, "value" => %value, "error" => %e);
+            None
+        }
+    }
+}
+
+/// Writes the ready message; false (logged) when the parent cannot hear it.
+fn notify_parent(ready: &mut ReadyChannel, log: &Logger) -> bool {
+    if let Err(e) = ready.notify_ready() {
+        warn!(log, "cannot report ready to the parent"; "error" => %e);
+        return false;
+    }
+    info!(log, "reported ready to the parent");
+    true
+}
+
 /// Tells the parent this child is ready, then follows the parent's updates
 /// in a thread of its own (they end when the parent closes the channel).
 pub(crate) fn report_ready(mut ready: ReadyChannel, metrics: UpgradeMetrics, log: Logger) {
-    if let Err(e) = ready.notify_ready() {
-        warn!(log, "cannot report ready to the parent"; "error" => %e);
+    let delay = test_ready_delay(&log);
+    if delay.is_none() && !notify_parent(&mut ready, &log) {
         return;
     }
-    info!(log, "reported ready to the parent");
     let thread_log = log.clone();
     let spawned = std::thread::Builder::new()
         .name("upgrade-updates".to_owned())
         .spawn(move || {
             let log = thread_log;
-            loop {
-            match ready.recv_update() {
-                Ok(Some(update)) => {
-                    info!(log, "upgrade counters from the parent";
-                        "serving_generation" => update.generation,
-                        "upgrades_ok" => update.upgrades_ok, "upgrades_failed" => update.upgrades_failed);
-                    // The generation gauge is this process's own.
-                    let own = metrics.generation.get();
-                    metrics.set(
-                        u64::try_from(own).unwrap_or(0),
-                        update.upgrades_ok,
-                        update.upgrades_failed,
-                    );
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    warn!(log, "bad update from the parent"; "error" => %e);
+            if let Some(delay) = delay {
+                std::thread::sleep(delay);
+                if !notify_parent(&mut ready, &log) {
                     return;
                 }
             }
+            loop {
+                match ready.recv_update() {
+                    Ok(Some(update)) => {
+                        info!(log, "upgrade counters from the parent";
+                            "serving_generation" => update.generation,
+                            "upgrades_ok" => update.upgrades_ok, "upgrades_failed" => update.upgrades_failed);
+                        // The generation gauge is this process's own.
+                        let own = metrics.generation.get();
+                        metrics.set(
+                            u64::try_from(own).unwrap_or(0),
+                            update.upgrades_ok,
+                            update.upgrades_failed,
+                        );
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        warn!(log, "bad update from the parent"; "error" => %e);
+                        return;
+                    }
+                }
             }
         });
     if let Err(e) = spawned {

@@ -12,32 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::upgrading::{count, load, upgrade_pid, LoadStats, Setup, NOBODY};
+use common::upgrading::{count, gone, load, upgrade_pid, LoadStats, Reaper, Setup, NOBODY};
 use common::{occurrences, s_client, sample, served_pem, SOON};
 use lifecycle_tests::{loud, require_root, require_tool};
 use nix::sys::signal::Signal;
-
-/// Kills the listed processes when the test ends (successors are not the
-/// test's children).
-struct Reaper(Vec<i32>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in &self.0 {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGKILL);
-        }
-    }
-}
-
-fn gone(pid: i32) -> bool {
-    // Reparented successors are reaped by init; a zombie counts as gone.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z')),
-    }
-}
 
 /// The next notify datagram with `line` among its lines.
 fn notified(socket: &std::os::unix::net::UnixDatagram, line: &str) -> String {

@@ -648,6 +648,20 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The calling thread's signal mask could not be changed (see
+    /// [`HeldSignals`](crate::HeldSignals)).
+    #[error(
+        "cannot {action} SIGHUP and SIGUSR2 in this thread: pthread_sigmask failed: {source}; \
+         a signal mask change fails only on a broken C library, report it"
+    )]
+    SignalMask {
+        /// `block` or `unblock`.
+        action: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
     /// A system call on the parent's end of a readiness channel failed.
     #[error("readiness channel: {operation} failed: {source}")]
     ReadyChannel {

@@ -113,9 +113,12 @@
 //!    accepting and drains
 //!    while generation n+1 accepts from the same kernel queues (no
 //!    connection is refused); `READY=1` and `STATUS=serving generation n+1`;
-//! 6. not ready (exited, closed its channel, timed out): it is killed and
-//!    reaped, generation n keeps serving, `READY=1` and
-//!    `STATUS=upgrade failed: ...`.
+//! 6. not ready (exited, closed its channel, timed out): it is reaped,
+//!    generation n keeps serving, `READY=1` and
+//!    `STATUS=upgrade failed: ...`. One that timed out may already serve
+//!    sessions it accepted: its channel is closed and it gets SIGTERM, and
+//!    is killed only after [`UpgradeSupervisor::child_grace`] (the same
+//!    holds for a new child still starting when the service stops).
 //!
 //! One upgrade runs at a time; a signal during one is queued (at most one
 //! waits). Each step is reported to the caller as a [`SupervisorEvent`]
@@ -136,6 +139,12 @@
 //! successor of itself with [`SuccessorHandoff`]: the same protocol, no
 //! parent-death signal (the successor outlives it), and `MAINPID=<successor>`
 //! to systemd once the successor is ready.
+//!
+//! A process that handles SIGHUP or SIGUSR2 itself must not die from one
+//! that arrives before its handlers exist (a reload queued during a
+//! hand-over reaches the successor as soon as it is the main process): hold
+//! them with [`HeldSignals`] first thing in `main`, and release them once
+//! the handlers are installed.
 //!
 //! # Example
 //!
@@ -183,6 +192,7 @@ mod notify;
 mod privilege;
 mod ready;
 mod secure_path;
+mod signals;
 mod spawn;
 mod spec;
 mod successor;
@@ -211,12 +221,14 @@ pub use notify::{
 };
 pub use privilege::{drop_privileges_in_place, verify_cannot_regain_root, TargetUser};
 pub use ready::{ChannelWatch, ReadyChannel, ReadyPair, ReadyReceiver, ReadyState, READY_MESSAGE};
+pub use signals::{HeldSignals, UPGRADE_SIGNALS};
 pub use spawn::{pass_fds, ChildSpawner};
 pub use spec::{FileSpec, ListenAddress, ListenerSpec, Network, DEFAULT_BACKLOG};
 pub use successor::{Successor, SuccessorHandoff};
 pub use supervise::{exit_code, Supervisor, FORWARDED_SIGNALS};
 pub use systemd::{SystemdManifest, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID, SD_LISTEN_FDS_START};
 pub use upgrade::{
-    SupervisorEvent, UpgradeFailure, UpgradeStats, UpgradeSupervisor, DEFAULT_READY_TIMEOUT,
+    SupervisorEvent, UpgradeFailure, UpgradeStats, UpgradeSupervisor, DEFAULT_CHILD_GRACE,
+    DEFAULT_READY_TIMEOUT,
 };
 pub use validate::{inspect_listener, validate_file, validate_listener};

@@ -24,6 +24,11 @@ use run::Loop;
 /// How long the parent waits for a new child's ready message by default.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a new child told to stop may drain before it is killed, by
+/// default: actix-lifecycle's default drain (3 s) and abort (1 s) graces,
+/// and 1 s to exit.
+pub const DEFAULT_CHILD_GRACE: Duration = Duration::from_secs(5);
+
 /// How long a child that closed its readiness channel may take to exit
 /// before it is killed.
 const CLOSED_CHANNEL_GRACE: Duration = Duration::from_secs(1);
@@ -50,12 +55,22 @@ const CLOSED_CHANNEL_GRACE: Duration = Duration::from_secs(1);
 ///      that this is an upgrade drain, not a stop; it drains and
 ///      exits; its exit is reported, not passed on), `READY=1` and
 ///      `STATUS=serving generation n+1`;
-///    - exited, closed its channel, or timed out → killed and reaped, the
-///      old child keeps serving, `READY=1` and `STATUS=upgrade failed: ...`;
+///    - exited, or closed its channel → reaped (killed if it does not exit
+///      within a second), the old child keeps serving, `READY=1` and
+///      `STATUS=upgrade failed: ...`;
+///    - not ready in time → the same, but the new child may already serve
+///      sessions it accepted from the shared listeners: its channel is
+///      closed (it drains as for an upgrade: stops accepting at once) and it
+///      gets SIGTERM; it is killed only if it is still running after the
+///      [child grace](Self::child_grace). The supervisor goes on meanwhile;
 /// 4. on SIGTERM or SIGINT: `STOPPING=1`, forwards the signal to the
 ///    serving child and any candidate, and returns the serving child's exit
 ///    code once it exits (after waiting for draining old children, which
-///    would otherwise die with the parent through their death signal).
+///    would otherwise die with the parent through their death signal). A
+///    candidate still running then (or when the serving child exits on its
+///    own during an upgrade) gets SIGTERM if it has not had one, and the
+///    child grace before SIGKILL: sessions it accepted finish or get the
+///    service's stop reply rather than a reset.
 ///
 /// One upgrade at a time: an upgrade signal that arrives while a child is
 /// starting is **queued** (at most one waits; a further one is ignored with
@@ -63,8 +78,8 @@ const CLOSED_CHANNEL_GRACE: Duration = Duration::from_secs(1);
 /// ignored with an event.
 ///
 /// If the first child exits before it is ready, `run` returns its exit code;
-/// if it does not report ready in time it is killed and `run` fails with
-/// [`Error::NotReady`]. A child started this way must report ready with
+/// if it does not report ready in time it is told to stop (SIGTERM, then
+/// SIGKILL after the child grace) and `run` fails with [`Error::NotReady`]. A child started this way must report ready with
 /// [`ReadyChannel::notify_ready`](crate::ReadyChannel::notify_ready).
 ///
 /// ```no_run
@@ -86,6 +101,7 @@ pub struct UpgradeSupervisor {
     signals: SignalFd,
     previous: SigSet,
     ready_timeout: Duration,
+    child_grace: Duration,
     notifier: Option<Notifier>,
 }
 
@@ -130,6 +146,7 @@ impl UpgradeSupervisor {
             signals,
             previous,
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            child_grace: DEFAULT_CHILD_GRACE,
             notifier,
         })
     }
@@ -144,6 +161,26 @@ impl UpgradeSupervisor {
     /// ```
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
+        self
+    }
+
+    /// How long a new child told to stop without ever serving as the main
+    /// child may take to exit before it is killed (SIGKILL); default
+    /// [`DEFAULT_CHILD_GRACE`]. It concerns a child that was not ready in
+    /// time, and one still starting when the service stops or the serving
+    /// child exits: it may already serve sessions it accepted from the
+    /// shared listeners. Set it to the child's own drain and abort graces
+    /// plus a margin to exit.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use lifecycle_handoff::UpgradeSupervisor;
+    /// // The child drains for 3 s, aborts for 1 s, and needs 1 s to exit.
+    /// let supervisor = UpgradeSupervisor::new()?.child_grace(Duration::from_secs(5));
+    /// # Ok::<(), lifecycle_handoff::Error>(())
+    /// ```
+    pub fn child_grace(mut self, grace: Duration) -> Self {
+        self.child_grace = grace;
         self
     }
 
@@ -178,6 +215,7 @@ impl UpgradeSupervisor {
             serving: None,
             candidate: None,
             draining: Vec::new(),
+            retiring: Vec::new(),
             pending: None,
             stopping: false,
             next_generation: 1,

@@ -35,6 +35,7 @@ const ROLE: &str = "UPG_TEST_ROLE";
 const FILE: &str = "UPG_TEST_FILE";
 const USER: &str = "UPG_TEST_USER";
 const READY_TIMEOUT_MS: &str = "UPG_TEST_READY_TIMEOUT_MS";
+const CHILD_GRACE_MS: &str = "UPG_TEST_CHILD_GRACE_MS";
 /// Makes a child exit with this code at start-up.
 const CHILD_EXIT: &str = "UPG_TEST_CHILD_EXIT";
 /// Makes a child exit with this code right after reporting ready.
@@ -80,6 +81,8 @@ fn run_tests() -> ExitCode {
     println!("test failed_upgrades_keep_the_old_child_serving ... ok");
     a_child_that_dies_right_after_ready_is_a_failed_upgrade();
     println!("test a_child_that_dies_right_after_ready_is_a_failed_upgrade ... ok");
+    a_new_child_told_to_stop_gets_its_grace();
+    println!("test a_new_child_told_to_stop_gets_its_grace ... ok");
     parent_notifies_systemd();
     println!("test parent_notifies_systemd ... ok");
     first_child_exit_is_passed_through();
@@ -127,6 +130,12 @@ fn run_parent() -> Result<i32, Error> {
         .and_then(|v| v.parse().ok())
     {
         supervisor = supervisor.ready_timeout(Duration::from_millis(ms));
+    }
+    if let Some(ms) = std::env::var(CHILD_GRACE_MS)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        supervisor = supervisor.child_grace(Duration::from_millis(ms));
     }
     let mut spawner = ChildSpawner::new()?.env(ROLE, "child");
     if let Some(user) = user {
@@ -715,6 +724,69 @@ fn a_child_that_dies_right_after_ready_is_a_failed_upgrade() {
     parent.signal(Signal::SIGTERM);
     let (code, seen) = parent.finish();
     assert_eq!(code, 0, "{seen:#?}");
+}
+
+/// A new child that serves without reporting ready may hold connections it
+/// accepted from the shared listener: when its time is up it is told to stop
+/// (SIGTERM) and exits by itself, and only one that outlives the child grace
+/// is killed; the same when the serving child dies during the upgrade.
+/// Before, each was killed (SIGKILL) at once: the first and the last would
+/// not exit with code 0.
+fn a_new_child_told_to_stop_gets_its_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut parent = Parent::start(
+        dir.path(),
+        &[
+            (READY_TIMEOUT_MS, "3000".into()),
+            (CHILD_GRACE_MS, "1000".into()),
+        ],
+    );
+    parent.expect("generation 1 (pid");
+    let first = parent.ask();
+    let original = std::env::current_exe().unwrap();
+    // The real child, serving but never ready.
+    let hanging = format!(
+        "#!/bin/sh\n{CHILD_HANG}=1 exec '{}' \"$@\"\n",
+        original.display()
+    );
+
+    // Not ready in time: a failed upgrade, the old child serves on, and the
+    // new one handles its SIGTERM (code 0).
+    replace_with_script(&parent.binary, &hanging);
+    parent.signal(Signal::SIGHUP);
+    let failed = parent.expect("upgrade from generation 1 to 2 failed");
+    assert!(failed.contains("not ready within 3s"), "{failed}");
+    assert!(failed.contains("upgrades ok 0, failed 1"), "{failed}");
+    let stopped = parent.expect("stopped new generation 2 (pid");
+    assert!(stopped.ends_with("exited with code 0"), "{stopped}");
+    let answer = parent.ask_until(|a| field(a, "live") == "0/1");
+    assert_eq!(field(&answer, "gen"), "1", "{answer}");
+
+    // One that ignores SIGTERM is killed once the grace is over.
+    replace_with_script(&parent.binary, "#!/bin/sh\ntrap '' TERM\nexec sleep 600\n");
+    parent.signal(Signal::SIGHUP);
+    parent.expect("upgrade from generation 1 to 3 failed");
+    let killed = parent.expect("stopped new generation 3 (pid");
+    assert!(
+        killed.ends_with("outlived the child grace and was killed (code 137)"),
+        "{killed}"
+    );
+
+    // The serving child dies while a new one serves without being ready:
+    // the service is over, but the new one gets SIGTERM and its grace.
+    replace_with_script(&parent.binary, &hanging);
+    parent.signal(Signal::SIGHUP);
+    parent.expect("started generation 4");
+    parent.ask_until(|a| field(a, "gen") == "4");
+    let pid: i32 = field(&first, "pid").parse().unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let exited = parent.expect("serving generation 1 (pid");
+    assert!(exited.ends_with("exited with code 137"), "{exited}");
+    let stopped = parent.expect("stopped new generation 4 (pid");
+    assert!(stopped.ends_with("exited with code 0"), "{stopped}");
+    parent.expect("upgrade from generation 1 to 4 failed: the service is stopping");
+    let (code, seen) = parent.finish();
+    assert_eq!(code, 137, "{seen:#?}");
 }
 
 /// Receives one datagram (a notification), or panics after the timeout.

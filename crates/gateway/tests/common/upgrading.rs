@@ -24,6 +24,8 @@ pub struct Setup {
     pub bin: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// `[shutdown] drain_grace` (default 2 s).
+    pub drain_grace: &'static str,
 }
 
 pub fn write_pair(dir: &Path, cert: &Path, key: &Path) -> String {
@@ -58,6 +60,7 @@ impl Setup {
                 bin,
                 cert,
                 key,
+                drain_grace: "2s",
             },
             pem,
         )
@@ -84,7 +87,7 @@ impl Setup {
             r#"{head}
 spool_dir = "{spool}"
 [shutdown]
-drain_grace = "2s"
+drain_grace = "{drain}"
 abort_grace = "1s"
 [log]
 format = "json"
@@ -115,6 +118,7 @@ address = "127.0.0.1:0"
             spool = self.dir.path().join("spool").display(),
             cert = self.cert.display(),
             key = self.key.display(),
+            drain = self.drain_grace,
         );
         let path = self.dir.path().join("gateway.toml");
         std::fs::write(&path, &config).unwrap();
@@ -128,6 +132,29 @@ address = "127.0.0.1:0"
             .stderr(Stdio::piped());
         edit(&mut cmd);
         Gateway::spawn_command(self.dir, &mut cmd)
+    }
+}
+
+/// Kills the listed processes when the test ends (successors are not the
+/// test's children).
+pub struct Reaper(pub Vec<i32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Whether process `pid` is gone (reparented successors are reaped by
+/// init; a zombie counts as gone).
+pub fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
     }
 }
 

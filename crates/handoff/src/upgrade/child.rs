@@ -1,5 +1,6 @@
-//! The children the upgrade supervisor tracks: a running generation, and a
-//! candidate that has not reported ready yet.
+//! The children the upgrade supervisor tracks: a running generation, a
+//! candidate that has not reported ready yet, and a candidate that was told
+//! to stop without ever serving as the main child.
 
 use std::io;
 use std::process::{Child, ExitStatus};
@@ -41,10 +42,9 @@ impl Generation {
         self.child.wait()
     }
 
-    /// Waits at most `grace` for the child to exit, then kills it; returns
-    /// the status and whether it had to be killed.
-    pub(super) fn settle(&mut self, grace: Duration) -> io::Result<(ExitStatus, bool)> {
-        let deadline = Instant::now() + grace;
+    /// Waits until `deadline` for the child to exit, then kills it;
+    /// returns the status and whether it had to be killed.
+    pub(super) fn settle_until(&mut self, deadline: Instant) -> io::Result<(ExitStatus, bool)> {
         loop {
             if let Some(status) = self.child.try_wait()? {
                 return Ok((status, false));
@@ -66,4 +66,20 @@ pub(super) struct Candidate {
     /// The channel said all it will (ready while stopping): stop polling
     /// it, or its end-of-file would wake the loop until the child is reaped.
     pub(super) settled: bool,
+    /// A stop (SIGTERM or SIGINT) was forwarded to it: a second one would
+    /// force it to exit at once, so it is not sent again.
+    pub(super) told_to_stop: bool,
+}
+
+/// A candidate told to stop (SIGTERM) that never became the serving child:
+/// it may already serve sessions it accepted from the shared listeners, so
+/// it drains like any serving child and is killed only once `kill_at`
+/// passes (the supervisor's child grace).
+#[derive(Debug)]
+pub(super) struct Retiring {
+    pub(super) generation: Generation,
+    pub(super) kill_at: Instant,
+    /// Kept open when the stop was forwarded (the child drains to stop, not
+    /// for an upgrade); `None` once the supervisor closed it.
+    pub(super) _channel: Option<ReadyReceiver>,
 }

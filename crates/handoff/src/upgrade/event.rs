@@ -41,13 +41,15 @@ pub enum UpgradeFailure {
     /// The new child closed the readiness channel without reporting ready
     /// and kept running; it was killed.
     ClosedChannel,
-    /// The new child did not report ready in time; it was killed.
+    /// The new child did not report ready in time; it was told to stop
+    /// (SIGTERM) and drains within the child grace.
     Timeout {
         /// The limit that passed.
         after: Duration,
     },
-    /// SIGTERM or SIGINT arrived during the upgrade: the new child was told
-    /// to stop with the old one.
+    /// SIGTERM or SIGINT arrived during the upgrade, or the serving child
+    /// exited: the new child was told to stop and had the child grace to
+    /// drain.
     Stopping,
 }
 
@@ -150,6 +152,20 @@ pub enum SupervisorEvent {
         /// Its exit code.
         code: i32,
     },
+    /// A new child that never became the serving one, told to stop (its
+    /// upgrade failed, or the service stopped while it started), exited
+    /// after its drain or was killed at the end of the child grace (see
+    /// [`UpgradeSupervisor::child_grace`](crate::UpgradeSupervisor::child_grace)).
+    CandidateExited {
+        /// Its generation.
+        generation: u64,
+        /// Its pid.
+        pid: u32,
+        /// Its exit code (137 when it was killed).
+        code: i32,
+        /// It outlived the child grace and was killed (SIGKILL).
+        killed: bool,
+    },
     /// SIGTERM or SIGINT was forwarded.
     Forwarded {
         /// The signal.
@@ -226,6 +242,25 @@ impl fmt::Display for SupervisorEvent {
             } => write!(
                 f,
                 "old generation {generation} (pid {pid}) exited with code {code}"
+            ),
+            SupervisorEvent::CandidateExited {
+                generation,
+                pid,
+                code,
+                killed: false,
+            } => write!(
+                f,
+                "stopped new generation {generation} (pid {pid}) exited with code {code}"
+            ),
+            SupervisorEvent::CandidateExited {
+                generation,
+                pid,
+                code,
+                killed: true,
+            } => write!(
+                f,
+                "stopped new generation {generation} (pid {pid}) outlived the child grace and \
+                 was killed (code {code})"
             ),
             SupervisorEvent::Forwarded {
                 signal,

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use nix::sys::signal::Signal;
 
-use super::child::{Candidate, Generation};
+use super::child::{Candidate, Generation, Retiring};
 use super::{
     SupervisorEvent, UpgradeFailure, UpgradeStats, UpgradeSupervisor, CLOSED_CHANNEL_GRACE,
 };
@@ -35,6 +35,9 @@ pub(super) struct Loop<'a, F> {
     pub(super) serving: Option<Generation>,
     pub(super) candidate: Option<Candidate>,
     pub(super) draining: Vec<Generation>,
+    /// New children told to stop that never served as the main child;
+    /// killed if still running at their deadline.
+    pub(super) retiring: Vec<Retiring>,
     pub(super) pending: Option<&'static str>,
     pub(super) stopping: bool,
     pub(super) next_generation: u64,
@@ -88,6 +91,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
             receiver,
             deadline: Instant::now() + self.supervisor.ready_timeout,
             settled: false,
+            told_to_stop: false,
         })
     }
 
@@ -110,10 +114,10 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
 
     pub(super) fn run(&mut self) -> Result<i32> {
         loop {
-            let timeout = self
-                .candidate
-                .as_ref()
-                .map(|c| c.deadline.saturating_duration_since(Instant::now()));
+            let next = (self.candidate.iter().map(|c| c.deadline))
+                .chain(self.retiring.iter().map(|r| r.kill_at))
+                .min();
+            let timeout = next.map(|at| at.saturating_duration_since(Instant::now()));
             let readable = {
                 let mut fds = vec![self.supervisor.signals.as_fd()];
                 if let Some(candidate) = self.candidate.as_ref().filter(|c| !c.settled) {
@@ -138,6 +142,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
             if let Some(code) = self.check_deadline()? {
                 return Ok(code);
             }
+            self.kill_overdue()?;
         }
     }
 
@@ -188,8 +193,9 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
             serving.signal(signal);
             generations.push(serving.number);
         }
-        if let Some(candidate) = &self.candidate {
+        if let Some(candidate) = &mut self.candidate {
             candidate.generation.signal(signal);
+            candidate.told_to_stop = true;
             generations.push(candidate.generation.number);
         }
         self.emit(SupervisorEvent::Forwarded {
@@ -342,15 +348,10 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
                     return Ok(None);
                 };
                 let pid = candidate.generation.pid();
-                let (status, killed) =
-                    candidate
-                        .generation
-                        .settle(CLOSED_CHANNEL_GRACE)
-                        .map_err(|source| Error::Supervise {
-                            pid,
-                            operation: "waitpid",
-                            source,
-                        })?;
+                let (status, killed) = candidate
+                    .generation
+                    .settle_until(Instant::now() + CLOSED_CHANNEL_GRACE)
+                    .map_err(wait_err(pid))?;
                 let failure = if killed {
                     UpgradeFailure::ClosedChannel
                 } else {
@@ -462,23 +463,101 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         let Some(mut candidate) = self.candidate.take() else {
             return Ok(None);
         };
-        let pid = candidate.generation.pid();
-        let status = candidate
-            .generation
-            .kill_and_reap()
-            .map_err(|source| Error::Supervise {
-                pid,
-                operation: "waitpid",
-                source,
-            })?;
         let failure = UpgradeFailure::Timeout {
             after: self.supervisor.ready_timeout,
         };
-        self.candidate_failed(candidate.generation, status, failure)
+        let Some(serving) = &self.serving else {
+            // The first child: no service to keep; it stops within its
+            // grace, then `run` reports it.
+            let pid = candidate.generation.pid();
+            if !candidate.told_to_stop {
+                candidate.generation.signal(Signal::SIGTERM);
+            }
+            let kill_at = Instant::now() + self.supervisor.child_grace;
+            let (status, _) = (candidate.generation)
+                .settle_until(kill_at)
+                .map_err(wait_err(pid))?;
+            return self.candidate_failed(candidate.generation, status, failure);
+        };
+        let (from, to) = (serving.number, candidate.generation.number);
+        self.retire(candidate);
+        let failure = if self.stopping {
+            UpgradeFailure::Stopping
+        } else {
+            failure
+        };
+        self.upgrade_failed(from, to, failure);
+        self.run_pending()?;
+        Ok(None)
+    }
+
+    /// Tells a candidate that will not serve to stop, and keeps it until it
+    /// exits (reaped on SIGCHLD) or its child grace ends (killed). Its
+    /// channel is closed first, so that it drains as for an upgrade (stops
+    /// accepting at once; the serving child takes the new connections) —
+    /// unless a stop was forwarded to it already, which is not repeated.
+    fn retire(&mut self, candidate: Candidate) {
+        let Candidate {
+            generation,
+            receiver,
+            told_to_stop,
+            ..
+        } = candidate;
+        let channel = if told_to_stop {
+            Some(receiver)
+        } else {
+            drop(receiver);
+            generation.signal(Signal::SIGTERM);
+            None
+        };
+        self.retiring.push(Retiring {
+            generation,
+            kill_at: Instant::now() + self.supervisor.child_grace,
+            _channel: channel,
+        });
+    }
+
+    /// Kills (and reaps) the retiring candidates whose grace is over.
+    fn kill_overdue(&mut self) -> Result<()> {
+        let now = Instant::now();
+        let mut index = 0;
+        while index < self.retiring.len() {
+            if self.retiring[index].kill_at > now {
+                index += 1;
+                continue;
+            }
+            let mut retiring = self.retiring.remove(index);
+            let pid = retiring.generation.pid();
+            let (status, killed) = (retiring.generation)
+                .settle_until(now)
+                .map_err(wait_err(pid))?;
+            self.candidate_exited(&retiring.generation, status, killed);
+        }
+        Ok(())
+    }
+
+    fn candidate_exited(&mut self, generation: &Generation, status: ExitStatus, killed: bool) {
+        self.emit(SupervisorEvent::CandidateExited {
+            generation: generation.number,
+            pid: generation.pid(),
+            code: exit_code(status),
+            killed,
+        });
     }
 
     /// SIGCHLD: reaps whichever children exited.
     fn reap(&mut self) -> Result<Option<i32>> {
+        let mut index = 0;
+        while index < self.retiring.len() {
+            let retiring = &mut self.retiring[index];
+            let pid = retiring.generation.pid();
+            if let Some(status) = (retiring.generation.child.try_wait()).map_err(wait_err(pid))? {
+                let retiring = self.retiring.remove(index);
+                self.candidate_exited(&retiring.generation, status, false);
+            } else {
+                index += 1;
+            }
+        }
         let mut index = 0;
         while index < self.draining.len() {
             let old = &mut self.draining[index];
@@ -540,17 +619,27 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         }
         // The service is over either way: no notification after this.
         self.stopping = true;
+        // A candidate may already serve sessions it accepted from the shared
+        // listeners: it stops like a serving child (SIGTERM, unless a stop
+        // was forwarded to it) and has the child grace to finish them.
         if let Some(mut candidate) = self.candidate.take() {
             let pid = candidate.generation.pid();
-            candidate
-                .generation
-                .kill_and_reap()
-                .map_err(|source| Error::Supervise {
-                    pid,
-                    operation: "waitpid",
-                    source,
-                })?;
+            if !candidate.told_to_stop {
+                candidate.generation.signal(Signal::SIGTERM);
+            }
+            let kill_at = Instant::now() + self.supervisor.child_grace;
+            let (status, killed) = (candidate.generation)
+                .settle_until(kill_at)
+                .map_err(wait_err(pid))?;
+            self.candidate_exited(&candidate.generation, status, killed);
             self.upgrade_failed(from, candidate.generation.number, UpgradeFailure::Stopping);
+        }
+        for mut retiring in std::mem::take(&mut self.retiring) {
+            let pid = retiring.generation.pid();
+            let (status, killed) = (retiring.generation)
+                .settle_until(retiring.kill_at)
+                .map_err(wait_err(pid))?;
+            self.candidate_exited(&retiring.generation, status, killed);
         }
         for mut old in std::mem::take(&mut self.draining) {
             let pid = old.pid();
