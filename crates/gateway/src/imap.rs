@@ -156,7 +156,21 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
             wire.reply("* BYE shutting down");
             return EndReason::Draining;
         }
-        if !valid_tag(tag) {
+        if let Some((octets, synchronizing)) = literal(&line) {
+            // No command here takes a literal. A synchronizing one is never
+            // sent (no `+` continuation); a non-synchronizing one follows at
+            // once and is read and thrown away through the fixed buffer.
+            wire.reply(&format!(
+                "{} BAD literals are not accepted by this server ({octets} octets refused)",
+                if valid_tag(tag) { tag } else { "*" }
+            ));
+            errors += 1;
+            if !synchronizing {
+                if let Err(end) = wire.discard(octets).await {
+                    return end;
+                }
+            }
+        } else if !valid_tag(tag) {
             wire.reply("* BAD missing or invalid tag");
             errors += 1;
         } else {
@@ -186,6 +200,23 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
             return end;
         }
     }
+}
+
+/// The literal a command line announces at its end: `{N}` (synchronizing,
+/// `true`) or `{N+}` (RFC 7888 non-synchronizing, `false`).
+fn literal(line: &[u8]) -> Option<(u64, bool)> {
+    let inner = line.strip_suffix(b"}")?;
+    let open = inner.iter().rposition(|&b| b == b'{')?;
+    let spec = &inner[open + 1..];
+    let (digits, synchronizing) = match spec.strip_suffix(b"+") {
+        Some(d) => (d, false),
+        None => (spec, true),
+    };
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let octets = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some((octets, synchronizing))
 }
 
 /// A tag is one or more ASTRING-CHARs other than `+` (RFC 9051).
@@ -379,6 +410,40 @@ mod tests {
             counted,
             vec![vec!["imap".to_owned(), "max_session".to_owned()]]
         );
+    }
+
+    #[tokio::test]
+    async fn literals_are_refused_and_a_non_synchronizing_one_is_skipped() {
+        let phases = PhaseController::new();
+        let (mut c, task) = start(&phases, Duration::from_secs(20));
+        assert!(line(&mut c).await.starts_with("* OK"));
+        // 1 MiB of literal, full of what would look like commands: read
+        // through the fixed buffer and thrown away, not taken as commands.
+        let mut literal = b"a1 LOGIN user {1048576+}\r\n".to_vec();
+        literal.extend(b"x LOGOUT\r\n".iter().cycle().take(1 << 20));
+        c.get_mut().write_all(&literal).await.unwrap();
+        c.get_mut()
+            .write_all(b"a2 APPEND box {20}\r\na3 NOOP\r\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            line(&mut c).await,
+            "a1 BAD literals are not accepted by this server (1048576 octets refused)\r\n"
+        );
+        assert_eq!(
+            line(&mut c).await,
+            "a2 BAD literals are not accepted by this server (20 octets refused)\r\n"
+        );
+        assert_eq!(line(&mut c).await, "a3 OK NOOP completed\r\n");
+        drop(c);
+        assert_eq!(task.await.unwrap().reason, EndReason::ClientClosed);
+        assert_eq!(literal_of(b"a LOGIN {5}"), Some((5, true)));
+        assert_eq!(literal_of(b"a LOGIN {x}"), None);
+        assert_eq!(literal_of(b"a NOOP"), None);
+    }
+
+    fn literal_of(line: &[u8]) -> Option<(u64, bool)> {
+        literal(line)
     }
 
     #[tokio::test]

@@ -237,6 +237,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         Err(attribute(end, &self.abort))
     }
 
+    /// Reads and throws away the next `n` bytes through the fixed buffer
+    /// (an announced literal the protocol does not take), under the same
+    /// timeouts as every read.
+    pub(crate) async fn discard(&mut self, mut n: u64) -> Result<(), EndReason> {
+        while n > 0 {
+            let max = usize::try_from(n).unwrap_or(usize::MAX);
+            let (bytes, _) = self.segment(max).await?;
+            n = n.saturating_sub(bytes.len() as u64);
+        }
+        Ok(())
+    }
+
     /// Writes every pending reply, waiting at most `limit`.
     pub(crate) async fn flush_within(&mut self, limit: Duration) -> Result<(), EndReason> {
         if self.out.is_empty() {
