@@ -1,7 +1,8 @@
 //! Reliability of `lifecycle-gateway` under load, faults and bad input
 //! (issue 10): churn, descriptor exhaustion, idle hordes, bad bytes, crash
-//! safety, a full disk, and the actors' races in a loop; and the paced
-//! closing of idle IMAP sessions (issue 15).
+//! safety, a full disk, and the actors' races in a loop; the paced closing
+//! of idle IMAP sessions (issue 15); and (issue 14) bounded memory of
+//! sessions in DATA and the DATA deadlines.
 //!
 //! Every test runs the real binary (built in release mode through
 //! [`lifecycle_tests::gateway_bin`]) with real sockets and signals, prints
@@ -18,12 +19,16 @@ mod bad_bytes;
 mod churn;
 #[path = "reliability/crash.rs"]
 mod crash;
+#[path = "reliability/deadlines.rs"]
+mod deadlines;
 #[path = "reliability/exhaustion.rs"]
 mod exhaustion;
 #[path = "reliability/full_disk.rs"]
 mod full_disk;
 #[path = "reliability/hordes.rs"]
 mod hordes;
+#[path = "reliability/memory.rs"]
+mod memory;
 #[path = "reliability/paced.rs"]
 mod paced;
 #[path = "reliability/races.rs"]

@@ -324,7 +324,11 @@ async fn start_listeners(
     };
     let imap = |name: &str| {
         let log = log.new(o!("listener" => name.to_owned()));
-        Arc::new(ImapContext::from_config(config.imap(), log).upgrade_drain(upgrade_drain.clone()))
+        Arc::new(
+            ImapContext::from_config(config.imap(), log)
+                .metrics(gateway_metrics.clone())
+                .upgrade_drain(upgrade_drain.clone()),
+        )
     };
     let readiness = Readiness::new();
     let mut actors: Vec<(String, Addr<ListenerActor>)> = Vec::new();

@@ -17,6 +17,7 @@ use slog::{info, o, Logger};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::ImapConfig;
+use crate::metrics::GatewayMetrics;
 use crate::session::{EndReason, SessionSummary};
 use crate::upgrade::UpgradeDrain;
 use crate::wire::Wire;
@@ -38,23 +39,42 @@ const CAPABILITY: &str = "IMAP4rev1";
 #[derive(Debug)]
 pub struct ImapContext {
     idle_timeout: Duration,
+    max_session: Duration,
     logger: Logger,
+    metrics: Option<GatewayMetrics>,
     upgrade_drain: UpgradeDrain,
 }
 
 impl ImapContext {
-    /// A context with a 30 minute idle timeout.
+    /// A context with a 30 minute idle timeout and a 24 hour session limit.
     pub fn new(logger: Logger) -> Self {
         ImapContext {
             idle_timeout: Duration::from_secs(1800),
+            max_session: Duration::from_secs(24 * 3600),
             logger,
+            metrics: None,
             upgrade_drain: UpgradeDrain::default(),
         }
     }
 
     /// A context with the settings of an `[imap]` config table.
     pub fn from_config(config: &ImapConfig, logger: Logger) -> Self {
-        Self::new(logger).idle_timeout(config.idle_timeout())
+        Self::new(logger)
+            .idle_timeout(config.idle_timeout())
+            .max_session(config.max_session())
+    }
+
+    /// The longest a session may last, however busy (default 24 hours);
+    /// then `* BYE` at its next wait for the client.
+    pub fn max_session(mut self, max: Duration) -> Self {
+        self.max_session = max;
+        self
+    }
+
+    /// Counts sessions cut by a timer in these metrics (default: not counted).
+    pub fn metrics(mut self, metrics: GatewayMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// How long a session waits for the client (default 30 minutes).
@@ -84,11 +104,19 @@ where
     let log = ctx.logger.new(o!("protocol" => "imap", "peer" => peer));
     info!(log, "connection open");
     let mut wire = Wire::new(stream, shutdown.abort_token(), ctx.idle_timeout);
+    wire.limit_session(ctx.max_session);
     let reason = converse(&mut wire, &shutdown, &ctx.upgrade_drain).await;
     match reason {
         EndReason::IdleTimeout => wire.reply("* BYE idle timeout, closing connection"),
+        EndReason::Cut(_) => wire.reply("* BYE session lifetime exceeded, closing connection"),
         EndReason::TooManyErrors => wire.reply("* BYE too many errors, closing connection"),
         _ => {}
+    }
+    if let Some(label) = reason.cut_label() {
+        info!(log, "session cut"; "reason" => label);
+        if let Some(m) = &ctx.metrics {
+            m.session_cut("imap", label);
+        }
     }
     wire.finish(&reason).await;
     info!(log, "connection closed"; "reason" => %reason);
@@ -146,7 +174,21 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
             wire.reply("* BYE shutting down");
             return EndReason::Draining;
         }
-        if !valid_tag(tag) {
+        if let Some((octets, synchronizing)) = literal(&line) {
+            // No command here takes a literal. A synchronizing one is never
+            // sent (no `+` continuation); a non-synchronizing one follows at
+            // once and is read and thrown away through the fixed buffer.
+            wire.reply(&format!(
+                "{} BAD literals are not accepted by this server ({octets} octets refused)",
+                if valid_tag(tag) { tag } else { "*" }
+            ));
+            errors += 1;
+            if !synchronizing {
+                if let Err(end) = wire.discard(octets).await {
+                    return end;
+                }
+            }
+        } else if !valid_tag(tag) {
             wire.reply("* BAD missing or invalid tag");
             errors += 1;
         } else {
@@ -176,6 +218,23 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
             return end;
         }
     }
+}
+
+/// The literal a command line announces at its end: `{N}` (synchronizing,
+/// `true`) or `{N+}` (RFC 7888 non-synchronizing, `false`).
+fn literal(line: &[u8]) -> Option<(u64, bool)> {
+    let inner = line.strip_suffix(b"}")?;
+    let open = inner.iter().rposition(|&b| b == b'{')?;
+    let spec = &inner[open + 1..];
+    let (digits, synchronizing) = match spec.strip_suffix(b"+") {
+        Some(d) => (d, false),
+        None => (spec, true),
+    };
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let octets = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some((octets, synchronizing))
 }
 
 /// A tag is one or more ASTRING-CHARs other than `+` (RFC 9051).
@@ -330,6 +389,101 @@ mod tests {
             "* BYE idle timeout, closing connection\r\n"
         );
         assert_eq!(task.await.unwrap().reason, EndReason::IdleTimeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_session_is_cut_at_its_lifetime() {
+        let phases = PhaseController::new();
+        let (client, server) = tokio::io::duplex(16 * 1024);
+        let registry = prometheus::Registry::new();
+        let metrics = GatewayMetrics::register(&registry, "t").unwrap();
+        let ctx = ImapContext::new(Logger::root(slog::Discard, o!()))
+            .idle_timeout(Duration::from_secs(60))
+            .max_session(Duration::from_secs(300))
+            .metrics(metrics);
+        let task = tokio::spawn(serve_imap(
+            server,
+            "t".into(),
+            phases.handle(),
+            Arc::new(ctx),
+        ));
+        let mut c = BufReader::new(client);
+        assert!(line(&mut c).await.starts_with("* OK"));
+        // A NOOP every 45 s never lets the idle timeout fire.
+        let mut noops = 0;
+        let last = loop {
+            tokio::time::sleep(Duration::from_secs(45)).await;
+            // After the cut the write fails; the BYE is still there to read.
+            let _ = c.get_mut().write_all(b"a NOOP\r\n").await;
+            let l = line(&mut c).await;
+            if !l.starts_with("a OK") {
+                break l;
+            }
+            noops += 1;
+        };
+        assert_eq!(
+            last,
+            "* BYE session lifetime exceeded, closing connection\r\n"
+        );
+        assert_eq!(noops, 6, "cut at 300 s, after the NOOPs at 45..270 s");
+        assert_eq!(
+            task.await.unwrap().reason,
+            EndReason::Cut(crate::session::Cut::MaxSession)
+        );
+        let cut = registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == "t_sessions_cut_total")
+            .unwrap();
+        let counted: Vec<_> = cut
+            .get_metric()
+            .iter()
+            .filter(|m| m.get_counter().get_value() > 0.0)
+            .map(|m| {
+                m.get_label()
+                    .iter()
+                    .map(|l| l.value().to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(
+            counted,
+            vec![vec!["imap".to_owned(), "max_session".to_owned()]]
+        );
+    }
+
+    #[tokio::test]
+    async fn literals_are_refused_and_a_non_synchronizing_one_is_skipped() {
+        let phases = PhaseController::new();
+        let (mut c, task) = start(&phases, Duration::from_secs(20));
+        assert!(line(&mut c).await.starts_with("* OK"));
+        // 1 MiB of literal, full of what would look like commands: read
+        // through the fixed buffer and thrown away, not taken as commands.
+        let mut literal = b"a1 LOGIN user {1048576+}\r\n".to_vec();
+        literal.extend(b"x LOGOUT\r\n".iter().cycle().take(1 << 20));
+        c.get_mut().write_all(&literal).await.unwrap();
+        c.get_mut()
+            .write_all(b"a2 APPEND box {20}\r\na3 NOOP\r\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            line(&mut c).await,
+            "a1 BAD literals are not accepted by this server (1048576 octets refused)\r\n"
+        );
+        assert_eq!(
+            line(&mut c).await,
+            "a2 BAD literals are not accepted by this server (20 octets refused)\r\n"
+        );
+        assert_eq!(line(&mut c).await, "a3 OK NOOP completed\r\n");
+        drop(c);
+        assert_eq!(task.await.unwrap().reason, EndReason::ClientClosed);
+        assert_eq!(literal_of(b"a LOGIN {5}"), Some((5, true)));
+        assert_eq!(literal_of(b"a LOGIN {x}"), None);
+        assert_eq!(literal_of(b"a NOOP"), None);
+    }
+
+    fn literal_of(line: &[u8]) -> Option<(u64, bool)> {
+        literal(line)
     }
 
     #[tokio::test]

@@ -32,8 +32,8 @@ mod wire;
 pub use app::{open_tls, run, serve, StartError, Upgrade};
 pub use cli::{Cli, EXIT_CONFIG};
 pub use config::{
-    Config, ConfigError, ImapConfig, ListenerConfig, Located, LogConfig, LogFormat, LogLevel,
-    Protocol, ShutdownConfig, SmtpConfig, TlsConfig, TlsMode, DEFAULT_USER,
+    BareNewlines, Config, ConfigError, ImapConfig, ListenerConfig, Located, LogConfig, LogFormat,
+    LogLevel, Protocol, ShutdownConfig, SmtpConfig, TlsConfig, TlsMode, DEFAULT_USER,
 };
 pub use handover::Handover;
 pub use http::{http_server, HttpListener, HttpState, Readiness};
@@ -43,8 +43,8 @@ pub use logging::{json_logger, resolve_format, stderr_logger, LogGuard};
 pub use metrics::GatewayMetrics;
 pub use notify::Notifications;
 pub use parent::{service_user, supervise};
-pub use session::{EndReason, SessionSummary};
+pub use session::{Cut, EndReason, SessionSummary};
 pub use smtp::{serve_smtp, SmtpContext, SmtpTls};
-pub use spool::{Spool, SpoolError, StoredMessage, MESSAGE_EXT, TMP_DIR};
+pub use spool::{Spool, SpoolError, SpoolWriter, StoredMessage, MESSAGE_EXT, TMP_DIR};
 pub use tls::{tls_server_config, TlsAcceptor, TlsError, HANDSHAKE_TIMEOUT};
 pub use upgrade::{UpgradeDrain, UpgradeMetrics};

@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub(crate) const BUFFER: usize = 8 * 1024;
 
 /// One piece of input returned by [`LineReader::segment`].
+#[cfg(test)]
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Segment<'a> {
     /// Bytes up to and including a line feed.
@@ -21,6 +22,7 @@ pub(crate) enum Segment<'a> {
 }
 
 /// Outcome of [`LineReader::line`].
+#[cfg(test)]
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Line<'a> {
     /// A complete line without its line ending (CRLF or bare LF).
@@ -32,11 +34,42 @@ pub(crate) enum Line<'a> {
     Eof,
 }
 
+/// Where [`LineReader::next_segment`] found its piece (a range of the
+/// buffer, read with [`LineReader::bytes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// See [`Segment::Line`].
+    Line(std::ops::Range<usize>),
+    /// See [`Segment::Part`].
+    Part(std::ops::Range<usize>),
+    /// End of input.
+    Eof,
+}
+
+/// Where [`LineReader::next_line`] found its line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FoundLine {
+    /// See [`Line::Text`].
+    Text(std::ops::Range<usize>),
+    /// See [`Line::TooLong`].
+    TooLong,
+    /// End of input.
+    Eof,
+}
+
 /// Reads lines and line pieces from a stream through a fixed buffer.
+///
+/// Every method is cancel safe: a future dropped at its await point loses
+/// no input and no state (what was read stays in the buffer), so a caller
+/// may wait for it with a deadline and call it again.
 pub(crate) struct LineReader {
     buf: Box<[u8]>,
     start: usize,
     end: usize,
+    /// Inside a line longer than the limit of [`next_line`](Self::next_line).
+    discarding: bool,
+    /// Bytes received from the stream so far.
+    received: u64,
 }
 
 impl LineReader {
@@ -45,12 +78,19 @@ impl LineReader {
             buf: vec![0; BUFFER].into_boxed_slice(),
             start: 0,
             end: 0,
+            discarding: false,
+            received: 0,
         }
     }
 
     /// How many bytes were received and not yet returned.
     pub(crate) fn buffered(&self) -> usize {
         self.end - self.start
+    }
+
+    /// How many bytes were received from the stream in all.
+    pub(crate) fn received(&self) -> u64 {
+        self.received
     }
 
     /// True when [`segment`](Self::segment) with this `max` can return
@@ -61,13 +101,33 @@ impl LineReader {
         avail.len() >= max || avail[..lim].contains(&b'\n')
     }
 
+    /// The bytes of a range returned by [`next_segment`](Self::next_segment)
+    /// or [`next_line`](Self::next_line) (valid until the next call).
+    pub(crate) fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
+        &self.buf[range]
+    }
+
     /// The next line (with its line feed), or the next `max` bytes of a
     /// longer line. `max` is clamped to the buffer size.
+    #[cfg(test)]
     pub(crate) async fn segment<R: AsyncRead + Unpin>(
         &mut self,
         io: &mut R,
         max: usize,
     ) -> io::Result<Segment<'_>> {
+        Ok(match self.next_segment(io, max).await? {
+            Found::Line(r) => Segment::Line(&self.buf[r]),
+            Found::Part(r) => Segment::Part(&self.buf[r]),
+            Found::Eof => Segment::Eof,
+        })
+    }
+
+    /// [`segment`](Self::segment), as a range of the buffer.
+    pub(crate) async fn next_segment<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        max: usize,
+    ) -> io::Result<Found> {
         let max = max.clamp(1, BUFFER);
         let mut eof = false;
         loop {
@@ -76,16 +136,15 @@ impl LineReader {
             if let Some(i) = avail[..lim].iter().position(|&b| b == b'\n') {
                 let s = self.start;
                 self.start += i + 1;
-                return Ok(Segment::Line(&self.buf[s..s + i + 1]));
+                return Ok(Found::Line(s..s + i + 1));
             }
             if avail.len() >= max || (eof && !avail.is_empty()) {
                 let s = self.start;
-                let n = lim;
-                self.start += n;
-                return Ok(Segment::Part(&self.buf[s..s + n]));
+                self.start += lim;
+                return Ok(Found::Part(s..s + lim));
             }
             if eof {
-                return Ok(Segment::Eof);
+                return Ok(Found::Eof);
             }
             // Need more input: make room at the end first.
             if self.start == self.end {
@@ -101,41 +160,56 @@ impl LineReader {
                 eof = true;
             }
             self.end += n;
+            self.received += n as u64;
         }
     }
 
     /// The next command line of at most `max` bytes including its line
     /// ending; longer lines are consumed and reported as [`Line::TooLong`].
+    #[cfg(test)]
     pub(crate) async fn line<R: AsyncRead + Unpin>(
         &mut self,
         io: &mut R,
         max: usize,
     ) -> io::Result<Line<'_>> {
-        let mut too_long = false;
+        Ok(match self.next_line(io, max).await? {
+            FoundLine::Text(r) => Line::Text(&self.buf[r]),
+            FoundLine::TooLong => Line::TooLong,
+            FoundLine::Eof => Line::Eof,
+        })
+    }
+
+    /// [`line`](Self::line), as a range of the buffer.
+    pub(crate) async fn next_line<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        max: usize,
+    ) -> io::Result<FoundLine> {
         loop {
-            let (complete, range) = match self.segment(io, max).await? {
-                Segment::Eof => return Ok(Line::Eof),
-                Segment::Part(p) => (false, p.len()),
-                Segment::Line(l) => (true, l.len()),
+            let range = match self.next_segment(io, max).await? {
+                Found::Eof => {
+                    self.discarding = false;
+                    return Ok(FoundLine::Eof);
+                }
+                Found::Part(_) => {
+                    // Without a line feed the piece is either `max` bytes (too
+                    // long) or the tail before end of input.
+                    self.discarding = true;
+                    continue;
+                }
+                Found::Line(range) => range,
             };
-            if !complete {
-                // Without a line feed the piece is either `max` bytes (too
-                // long) or the tail before end of input.
-                too_long = true;
-                continue;
+            if std::mem::take(&mut self.discarding) {
+                return Ok(FoundLine::TooLong);
             }
-            if too_long {
-                return Ok(Line::TooLong);
-            }
-            // The line just returned ends at self.start.
-            let end = self.start - 1;
-            let begin = self.start - range;
+            let begin = range.start;
+            let end = range.end - 1;
             let end = if end > begin && self.buf[end - 1] == b'\r' {
                 end - 1
             } else {
                 end
             };
-            return Ok(Line::Text(&self.buf[begin..end]));
+            return Ok(FoundLine::Text(begin..end));
         }
     }
 }

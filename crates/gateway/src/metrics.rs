@@ -16,18 +16,33 @@ use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 pub struct GatewayMetrics {
     messages: IntCounterVec,
     bytes: IntCounter,
+    cut: IntCounterVec,
 }
 
 impl GatewayMetrics {
     /// Outcomes counted in `<prefix>_smtp_messages_total{outcome}`.
-    pub const OUTCOMES: [&'static str; 4] = ["accepted", "too_big", "line_too_long", "spool_error"];
+    pub const OUTCOMES: [&'static str; 5] = [
+        "accepted",
+        "too_big",
+        "line_too_long",
+        "bare_newline",
+        "spool_error",
+    ];
+
+    /// Reasons counted in `<prefix>_sessions_cut_total{protocol,reason}`.
+    pub const CUT_REASONS: [&'static str; 4] = [
+        "idle_timeout",
+        "data_deadline",
+        "min_data_rate",
+        "max_session",
+    ];
 
     /// Creates the counters and registers them in `registry`.
     pub fn register(registry: &Registry, prefix: &str) -> Result<Self, prometheus::Error> {
         let messages = IntCounterVec::new(
             Opts::new(
                 format!("{prefix}_smtp_messages_total"),
-                "SMTP messages received, by outcome (accepted, too_big, line_too_long, spool_error).",
+                "SMTP messages received, by outcome (accepted, too_big, line_too_long, bare_newline, spool_error).",
             ),
             &["outcome"],
         )?;
@@ -35,12 +50,35 @@ impl GatewayMetrics {
             format!("{prefix}_smtp_spooled_bytes_total"),
             "Bytes written to the spool for accepted SMTP messages.",
         )?;
+        let cut = IntCounterVec::new(
+            Opts::new(
+                format!("{prefix}_sessions_cut_total"),
+                "Sessions ended by a timer, by protocol and reason (idle_timeout, data_deadline, min_data_rate, max_session).",
+            ),
+            &["protocol", "reason"],
+        )?;
         registry.register(Box::new(messages.clone()))?;
         registry.register(Box::new(bytes.clone()))?;
+        registry.register(Box::new(cut.clone()))?;
         for outcome in Self::OUTCOMES {
             messages.with_label_values(&[outcome]);
         }
-        Ok(GatewayMetrics { messages, bytes })
+        for protocol in ["smtp", "imap"] {
+            for reason in Self::CUT_REASONS {
+                cut.with_label_values(&[protocol, reason]);
+            }
+        }
+        Ok(GatewayMetrics {
+            messages,
+            bytes,
+            cut,
+        })
+    }
+
+    /// Counts one session of `protocol` ended by a timer (`reason`, one of
+    /// [`CUT_REASONS`](Self::CUT_REASONS)).
+    pub fn session_cut(&self, protocol: &str, reason: &str) {
+        self.cut.with_label_values(&[protocol, reason]).inc();
     }
 
     /// Counts one message with this outcome.

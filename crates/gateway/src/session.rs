@@ -26,6 +26,44 @@ pub enum EndReason {
     /// Commands followed STARTTLS in the same read: refused, as they could
     /// have been injected into the plain-text part (CVE-2011-0411).
     PipelinedStarttls,
+    /// A deadline ended the session although the client was still there.
+    Cut(Cut),
+}
+
+/// A deadline that ends a session however busy the client keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Cut {
+    /// A DATA transfer took longer than the DATA deadline.
+    DataDeadline,
+    /// A DATA transfer's average rate fell below the minimum after the grace.
+    MinDataRate,
+    /// The session outlived the maximum session lifetime.
+    MaxSession,
+}
+
+impl Cut {
+    /// The name in logs and in the `reason` label of
+    /// `<prefix>_sessions_cut_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cut::DataDeadline => "data_deadline",
+            Cut::MinDataRate => "min_data_rate",
+            Cut::MaxSession => "max_session",
+        }
+    }
+}
+
+impl EndReason {
+    /// For an end forced by a timer (the idle timeout or a [`Cut`]), the
+    /// `reason` label it is counted under in `<prefix>_sessions_cut_total`.
+    pub fn cut_label(&self) -> Option<&'static str> {
+        match self {
+            EndReason::IdleTimeout => Some("idle_timeout"),
+            EndReason::Cut(cut) => Some(cut.as_str()),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for EndReason {
@@ -40,6 +78,9 @@ impl fmt::Display for EndReason {
             EndReason::Io(kind) => write!(f, "i/o error: {kind}"),
             EndReason::Tls(why) => write!(f, "tls handshake failed: {why}"),
             EndReason::PipelinedStarttls => f.write_str("commands pipelined after STARTTLS"),
+            EndReason::Cut(Cut::DataDeadline) => f.write_str("data deadline exceeded"),
+            EndReason::Cut(Cut::MinDataRate) => f.write_str("data rate below the minimum"),
+            EndReason::Cut(Cut::MaxSession) => f.write_str("session lifetime exceeded"),
         }
     }
 }

@@ -1,21 +1,36 @@
 //! The durable message spool: one file per accepted message.
 //!
-//! A message is written to `tmp/<id>.tmp` inside the spool directory,
-//! fsync'd, renamed to `<id>.eml` in the spool directory, and the directory is
-//! fsync'd, all before [`Spool::store`] returns. Only then may the SMTP layer
-//! answer `250`: an acknowledged message survives a crash or power loss, and
-//! a message file is never visible half-written. Temporary files left by a
-//! crash are removed when the spool is next opened.
+//! A message is streamed to `tmp/<id>.tmp` inside the spool directory through
+//! a [`SpoolWriter`] as it arrives, then [`SpoolWriter::commit`] fsyncs the
+//! file, renames it to `<id>.eml` in the spool directory and fsyncs the
+//! directory. Only then may the SMTP layer answer `250`: an acknowledged
+//! message survives a crash or power loss, and a message file is never
+//! visible half-written. A writer dropped before its commit removes its
+//! temporary file (a rejected message, a client that hung up, an aborted
+//! session), and a commit whose directory fsync fails removes the renamed
+//! file again, so a message that was not acknowledged is never left stored.
+//! Temporary files left by a crash are removed when the spool is next opened.
 //!
 //! ```
+//! use std::sync::Arc;
 //! use lifecycle_gateway::Spool;
 //!
 //! let dir = tempfile::tempdir()?;
 //! let log = slog::Logger::root(slog::Discard, slog::o!());
-//! let spool = Spool::open(dir.path(), &log)?;
-//! let stored = spool.store(&[b"Subject: hi\r\n\r\nhello\r\n"])?;
+//! let spool = Arc::new(Spool::open(dir.path(), &log)?);
+//! let mut writer = spool.begin();
+//! writer.write(b"Subject: hi\r\n\r\n")?;
+//! writer.write(b"hello\r\n")?;
+//! let stored = writer.commit()?;
 //! assert_eq!(std::fs::read(&stored.path)?, b"Subject: hi\r\n\r\nhello\r\n");
 //! assert_eq!(spool.messages()?, vec![stored.path.clone()]);
+//!
+//! // Dropped before its commit: nothing is left behind.
+//! let mut writer = spool.begin();
+//! writer.write(b"half a message")?;
+//! drop(writer);
+//! assert_eq!(spool.messages()?.len(), 1);
+//! assert_eq!(std::fs::read_dir(dir.path().join("tmp"))?.count(), 0);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -89,6 +104,9 @@ pub struct Spool {
     tmp: PathBuf,
     pid: u32,
     counter: AtomicU64,
+    /// Test seam: the next directory fsyncs fail with EIO.
+    #[cfg(test)]
+    pub(crate) fail_dir_sync: std::sync::atomic::AtomicBool,
 }
 
 impl Spool {
@@ -104,6 +122,8 @@ impl Spool {
             tmp,
             pid: std::process::id(),
             counter: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_dir_sync: std::sync::atomic::AtomicBool::new(false),
         };
         let (removed, kept) = spool.clean_tmp()?;
         if removed > 0 {
@@ -123,36 +143,33 @@ impl Spool {
         &self.dir
     }
 
-    /// Writes the concatenation of `parts` as one message and makes it
-    /// durable (file fsync, rename, directory fsync). Blocking: call it
-    /// from a blocking thread, or use [`Spool::store_async`].
-    pub fn store(&self, parts: &[&[u8]]) -> Result<StoredMessage, SpoolError> {
+    /// Starts a message: returns the writer that streams it to a new
+    /// temporary file (created at the first write or the commit). Does no
+    /// I/O itself.
+    pub fn begin(self: &Arc<Self>) -> SpoolWriter {
         let id = self.next_id();
-        let tmp_path = self.tmp.join(format!("{id}.{TMP_EXT}"));
-        let final_path = self.dir.join(format!("{id}.{MESSAGE_EXT}"));
-        let result = self.write_file(&tmp_path, &final_path, parts);
-        if result.is_err() {
-            // Best effort: the message was not stored, leave nothing behind.
-            let _ = fs::remove_file(&tmp_path);
+        SpoolWriter {
+            open: Some(OpenMessage {
+                spool: Arc::clone(self),
+                tmp_path: self.tmp.join(format!("{id}.{TMP_EXT}")),
+                final_path: self.dir.join(format!("{id}.{MESSAGE_EXT}")),
+                id,
+                file: None,
+                len: 0,
+                done: false,
+            }),
         }
-        let len = result?;
-        Ok(StoredMessage {
-            id,
-            path: final_path,
-            len,
-        })
     }
 
-    /// [`Spool::store`] on tokio's blocking thread pool, so the async thread
-    /// never waits on the disk.
-    pub async fn store_async(
-        self: &Arc<Self>,
-        message: Vec<u8>,
-    ) -> Result<StoredMessage, SpoolError> {
-        let spool = Arc::clone(self);
-        tokio::task::spawn_blocking(move || spool.store(&[&message]))
-            .await
-            .map_err(|e| SpoolError::Task(e.to_string()))?
+    /// Writes the concatenation of `parts` as one message and makes it
+    /// durable: [`Spool::begin`], [`SpoolWriter::write`] and
+    /// [`SpoolWriter::commit`] in one call. Blocking.
+    pub fn store(self: &Arc<Self>, parts: &[&[u8]]) -> Result<StoredMessage, SpoolError> {
+        let mut writer = self.begin();
+        for part in parts {
+            writer.write(part)?;
+        }
+        writer.commit()
     }
 
     /// Paths of every complete message, sorted by name (arrival order
@@ -170,33 +187,13 @@ impl Spool {
         Ok(out)
     }
 
-    fn write_file(
-        &self,
-        tmp_path: &Path,
-        final_path: &Path,
-        parts: &[&[u8]],
-    ) -> Result<u64, SpoolError> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o640)
-            .open(tmp_path)
-            .map_err(|e| classify("create", tmp_path, &self.dir, e))?;
-        let mut len = 0u64;
-        for part in parts {
-            file.write_all(part)
-                .map_err(|e| classify("write", tmp_path, &self.dir, e))?;
-            len += part.len() as u64;
+    /// fsync of the spool directory (the test seam can make it fail).
+    fn sync_dir(&self) -> io::Result<()> {
+        #[cfg(test)]
+        if self.fail_dir_sync.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        file.sync_all()
-            .map_err(|e| classify("fsync", tmp_path, &self.dir, e))?;
-        drop(file);
-        fs::rename(tmp_path, final_path)
-            .map_err(|e| classify("rename", final_path, &self.dir, e))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| classify("fsync directory", &self.dir, &self.dir, e))?;
-        Ok(len)
+        File::open(&self.dir).and_then(|d| d.sync_all())
     }
 
     /// A name unique across processes and time: seconds.nanoseconds.pid.counter.
@@ -238,6 +235,158 @@ impl Spool {
             removed += 1;
         }
         Ok((removed, kept))
+    }
+}
+
+/// A message on its way into the spool: bytes are appended to its
+/// temporary file, [`commit`](SpoolWriter::commit) makes it durable, and
+/// dropping the writer before that removes the temporary file.
+///
+/// The plain methods block on the disk; the `_async` ones run the same work
+/// on tokio's blocking thread pool, so an async thread never waits on the
+/// disk. Whatever happens to the future (dropped, its task panicked), the
+/// temporary file of a message that was not committed is removed.
+#[derive(Debug)]
+pub struct SpoolWriter {
+    /// `None` while a blocking task holds it, or after that task was lost.
+    open: Option<OpenMessage>,
+}
+
+#[derive(Debug)]
+struct OpenMessage {
+    spool: Arc<Spool>,
+    id: String,
+    tmp_path: PathBuf,
+    final_path: PathBuf,
+    file: Option<File>,
+    len: u64,
+    /// Committed (renamed) or already cleaned up: nothing to remove.
+    done: bool,
+}
+
+impl SpoolWriter {
+    /// The message id (the file stem it will get).
+    pub fn id(&self) -> Option<&str> {
+        self.open.as_ref().map(|o| o.id.as_str())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.open.as_ref().map_or(0, |o| o.len)
+    }
+
+    /// True when nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends `bytes` to the temporary file (created at the first call).
+    /// Blocking.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
+        self.open_mut()?.write(bytes)
+    }
+
+    /// Makes the message durable: file fsync, rename to `<id>.eml`,
+    /// directory fsync. When the directory fsync fails, the renamed file is
+    /// removed again before the error is returned: the caller answers with a
+    /// temporary failure, the client retries, and no unacknowledged copy
+    /// stays behind. Blocking.
+    pub fn commit(mut self) -> Result<StoredMessage, SpoolError> {
+        let open = self.open.take().ok_or_else(lost)?;
+        open.commit()
+    }
+
+    /// [`write`](Self::write) on the blocking thread pool. The bytes of
+    /// `buf` are written and `buf` is cleared (its allocation is kept, so a
+    /// session can reuse one fixed buffer for the whole message).
+    pub async fn write_async(&mut self, buf: &mut Vec<u8>) -> Result<(), SpoolError> {
+        let mut open = self.open.take().ok_or_else(lost)?;
+        let mut bytes = std::mem::take(buf);
+        let (open, bytes, result) = tokio::task::spawn_blocking(move || {
+            let result = open.write(&bytes);
+            bytes.clear();
+            (open, bytes, result)
+        })
+        .await
+        .map_err(|e| SpoolError::Task(e.to_string()))?;
+        self.open = Some(open);
+        *buf = bytes;
+        result
+    }
+
+    /// [`commit`](Self::commit) on the blocking thread pool.
+    pub async fn commit_async(mut self) -> Result<StoredMessage, SpoolError> {
+        let open = self.open.take().ok_or_else(lost)?;
+        tokio::task::spawn_blocking(move || open.commit())
+            .await
+            .map_err(|e| SpoolError::Task(e.to_string()))?
+    }
+
+    fn open_mut(&mut self) -> Result<&mut OpenMessage, SpoolError> {
+        self.open.as_mut().ok_or_else(lost)
+    }
+}
+
+fn lost() -> SpoolError {
+    SpoolError::Task("an earlier write of this message did not finish".to_owned())
+}
+
+impl OpenMessage {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
+        let dir = &self.spool.dir;
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => self.file.insert(
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o640)
+                    .open(&self.tmp_path)
+                    .map_err(|e| classify("create", &self.tmp_path, dir, e))?,
+            ),
+        };
+        file.write_all(bytes)
+            .map_err(|e| classify("write", &self.tmp_path, dir, e))?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn commit(mut self) -> Result<StoredMessage, SpoolError> {
+        if self.file.is_none() {
+            // An empty message still gets its file.
+            self.write(&[])?;
+        }
+        let dir = self.spool.dir.clone();
+        if let Some(file) = self.file.take() {
+            file.sync_all()
+                .map_err(|e| classify("fsync", &self.tmp_path, &dir, e))?;
+        }
+        fs::rename(&self.tmp_path, &self.final_path)
+            .map_err(|e| classify("rename", &self.final_path, &dir, e))?;
+        self.done = true;
+        if let Err(e) = self.spool.sync_dir() {
+            // The rename may or may not survive a crash, and the client will
+            // be told to retry: take the message back, so that the retry
+            // does not leave a second copy.
+            let _ = fs::remove_file(&self.final_path);
+            return Err(classify("fsync directory", &dir, &dir, e));
+        }
+        Ok(StoredMessage {
+            id: std::mem::take(&mut self.id),
+            path: std::mem::take(&mut self.final_path),
+            len: self.len,
+        })
+    }
+}
+
+impl Drop for OpenMessage {
+    fn drop(&mut self) {
+        if !self.done {
+            // Best effort: the message was not stored, leave nothing behind.
+            // Never created (no write yet) is fine too.
+            drop(self.file.take());
+            let _ = fs::remove_file(&self.tmp_path);
+        }
     }
 }
 
@@ -286,7 +435,7 @@ mod tests {
     #[test]
     fn stores_one_file_per_message_with_unique_names() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), &log()).unwrap();
+        let spool = Arc::new(Spool::open(dir.path(), &log()).unwrap());
         let a = spool.store(&[b"a", b"b"]).unwrap();
         let b = spool.store(&[b"c"]).unwrap();
         assert_ne!(a.path, b.path);
@@ -346,7 +495,7 @@ mod tests {
     #[test]
     fn a_failed_write_leaves_no_file() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), &log()).unwrap();
+        let spool = Arc::new(Spool::open(dir.path(), &log()).unwrap());
         // Break the spool: the temporary directory disappears.
         fs::remove_dir(dir.path().join(TMP_DIR)).unwrap();
         let err = spool.store(&[b"x"]).unwrap_err();
@@ -363,11 +512,72 @@ mod tests {
         assert!(spool.messages().unwrap().is_empty());
     }
 
+    fn tmp_files(dir: &Path) -> usize {
+        fs::read_dir(dir.join(TMP_DIR)).unwrap().count()
+    }
+
     #[tokio::test]
-    async fn store_async_runs_off_the_async_thread() {
+    async fn a_message_streams_through_one_reused_buffer() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Arc::new(Spool::open(dir.path(), &log()).unwrap());
-        let stored = spool.store_async(b"hello".to_vec()).await.unwrap();
-        assert_eq!(fs::read(stored.path).unwrap(), b"hello");
+        let mut writer = spool.begin();
+        let mut buf = Vec::with_capacity(16);
+        let capacity = buf.capacity();
+        for chunk in [&b"hello "[..], b"streamed ", b"world"] {
+            buf.extend_from_slice(chunk);
+            writer.write_async(&mut buf).await.unwrap();
+            assert!(buf.is_empty());
+            assert_eq!(buf.capacity(), capacity, "the buffer is handed back");
+        }
+        assert_eq!(tmp_files(dir.path()), 1, "written to the temporary file");
+        assert!(
+            spool.messages().unwrap().is_empty(),
+            "not visible before the commit"
+        );
+        let stored = writer.commit_async().await.unwrap();
+        assert_eq!(fs::read(&stored.path).unwrap(), b"hello streamed world");
+        assert_eq!(stored.len, 20);
+        assert_eq!(tmp_files(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn a_writer_dropped_before_its_commit_removes_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path(), &log()).unwrap());
+        let mut writer = spool.begin();
+        writer.write_async(&mut b"partial".to_vec()).await.unwrap();
+        assert_eq!(tmp_files(dir.path()), 1);
+        drop(writer);
+        assert_eq!(tmp_files(dir.path()), 0);
+        assert!(spool.messages().unwrap().is_empty());
+        // A writer that never wrote leaves nothing either; an empty commit
+        // stores an empty message.
+        drop(spool.begin());
+        let empty = spool.begin().commit().unwrap();
+        assert_eq!(fs::read(&empty.path).unwrap(), b"");
+        assert_eq!(tmp_files(dir.path()), 0);
+    }
+
+    #[test]
+    fn a_failed_directory_fsync_takes_the_renamed_message_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path(), &log()).unwrap());
+        spool.fail_dir_sync.store(true, Ordering::SeqCst);
+        let err = spool.store(&[b"unacknowledged"]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SpoolError::Io {
+                    action: "fsync directory",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(spool.messages().unwrap().is_empty(), "no copy stays");
+        assert_eq!(tmp_files(dir.path()), 0);
+        spool.fail_dir_sync.store(false, Ordering::SeqCst);
+        assert!(spool.store(&[b"retried"]).is_ok());
+        assert_eq!(spool.messages().unwrap().len(), 1);
     }
 }

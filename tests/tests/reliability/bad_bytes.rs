@@ -56,6 +56,35 @@ fn expect(reply: &str, prefix: &str, what: &str) -> Result<(), String> {
     }
 }
 
+/// `bytes` with every bare LF and bare CR written as CRLF.
+fn crlf_only(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 16);
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1)) {
+            (b'\r', Some(b'\n')) => i += 1,
+            (b'\r' | b'\n', _) => {}
+            (b, _) => {
+                out.push(b);
+                i += 1;
+                continue;
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+        i += 1;
+    }
+    out
+}
+
+/// The offset of the first bare LF or bare CR in `bytes`.
+fn bare_newline(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().enumerate().position(|(i, &b)| match b {
+        b'\r' => bytes.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || bytes[i - 1] != b'\r',
+        _ => false,
+    })
+}
+
 fn io(e: std::io::Error) -> String {
     format!("i/o error: {e}")
 }
@@ -141,7 +170,8 @@ fn session(i: usize, smtp: SocketAddr, imap: SocketAddr, acked: &Acked) -> Resul
         }
         // Bare LF line ends, bare CR inside lines, NUL and 8-bit bytes in
         // the body, a bare-LF dot that does not end the message: stored
-        // byte for byte.
+        // with every bare LF and CR as CRLF (`bare_newlines = "normalize"`,
+        // the default), the rest byte for byte.
         4 => {
             let mut c = Smtp::connect(smtp).map_err(io)?;
             for (cmd, code) in [
@@ -163,7 +193,7 @@ fn session(i: usize, smtp: SocketAddr, imap: SocketAddr, acked: &Acked) -> Resul
             acked
                 .lock()
                 .map_err(|_| "poisoned")?
-                .insert(id, spooled(body.as_bytes()));
+                .insert(id, spooled(&crlf_only(body.as_bytes())));
             expect(&c.reply().map_err(io)?, "221 ", "QUIT")?;
         }
         // Commands out of order.
@@ -354,6 +384,13 @@ fn bad_bytes_get_error_replies_and_never_reach_the_spool() {
             .get(id)
             .unwrap_or_else(|| panic!("{} was never acknowledged", path.display()));
         let got = std::fs::read(path).expect("read message");
+        // No relay that reads the spool can be smuggled anything.
+        assert_eq!(
+            bare_newline(&got),
+            None,
+            "{} holds a bare LF or CR",
+            path.display()
+        );
         assert!(
             &got == want,
             "{} differs from what was acknowledged",

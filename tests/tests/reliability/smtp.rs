@@ -39,6 +39,11 @@ impl Smtp {
         self.writer.write_all(bytes)
     }
 
+    /// A second handle on the connection, to write from another thread.
+    pub(crate) fn writer_clone(&self) -> io::Result<TcpStream> {
+        self.writer.try_clone()
+    }
+
     /// Closes the write side (the server sees end of input).
     pub(crate) fn half_close(&self) -> io::Result<()> {
         self.writer.shutdown(std::net::Shutdown::Write)

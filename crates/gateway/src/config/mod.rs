@@ -41,7 +41,7 @@ use std::time::Duration;
 use lifecycle_handoff::{ListenAddress, ListenerSpec};
 
 pub use error::{ConfigError, Located};
-pub use types::{LogFormat, LogLevel, Protocol, TlsMode};
+pub use types::{BareNewlines, LogFormat, LogLevel, Protocol, TlsMode};
 
 /// The whole gateway configuration, validated, every default filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +120,11 @@ pub struct SmtpConfig {
     max_message_size: usize,
     max_recipients: usize,
     idle_timeout: Duration,
+    data_deadline: Duration,
+    min_data_rate: u64,
+    min_data_rate_grace: Duration,
+    max_session: Duration,
+    bare_newlines: BareNewlines,
 }
 
 impl SmtpConfig {
@@ -138,9 +143,39 @@ impl SmtpConfig {
         self.max_recipients
     }
 
-    /// How long a session may wait for the client (default 5 min).
+    /// How long a session may wait for the client (default 5 min, RFC 5321
+    /// §4.5.3.2.7's server timeout).
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
+    }
+
+    /// How long a whole DATA transfer may take, from `354` to the final dot
+    /// (default 10 min; RFC 5321 §4.5.3.2 gives a client 10 minutes for
+    /// the server's answer to the final dot, and 3 minutes per data block).
+    pub fn data_deadline(&self) -> Duration {
+        self.data_deadline
+    }
+
+    /// Minimum average rate of a DATA transfer in bytes per second, checked
+    /// after [`min_data_rate_grace`](Self::min_data_rate_grace) (default 500,
+    /// Postfix's `smtpd_min_data_rate`; 0 turns the check off).
+    pub fn min_data_rate(&self) -> u64 {
+        self.min_data_rate
+    }
+
+    /// How long after `354` the data rate is first checked (default 30 s).
+    pub fn min_data_rate_grace(&self) -> Duration {
+        self.min_data_rate_grace
+    }
+
+    /// Longest SMTP session, however busy (default 1 h).
+    pub fn max_session(&self) -> Duration {
+        self.max_session
+    }
+
+    /// What a bare LF or bare CR in a message gets (default normalize).
+    pub fn bare_newlines(&self) -> BareNewlines {
+        self.bare_newlines
     }
 }
 
@@ -148,6 +183,7 @@ impl SmtpConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImapConfig {
     idle_timeout: Duration,
+    max_session: Duration,
 }
 
 impl ImapConfig {
@@ -155,6 +191,11 @@ impl ImapConfig {
     /// autologout minimum).
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
+    }
+
+    /// Longest IMAP session, however busy (default 24 h).
+    pub fn max_session(&self) -> Duration {
+        self.max_session
     }
 }
 
@@ -255,9 +296,15 @@ impl Default for Config {
                 max_message_size: validate::DEFAULT_MAX_MESSAGE,
                 max_recipients: validate::DEFAULT_MAX_RCPT,
                 idle_timeout: validate::DEFAULT_SMTP_IDLE,
+                data_deadline: validate::DEFAULT_DATA_DEADLINE,
+                min_data_rate: validate::DEFAULT_MIN_DATA_RATE,
+                min_data_rate_grace: validate::DEFAULT_MIN_DATA_RATE_GRACE,
+                max_session: validate::DEFAULT_SMTP_MAX_SESSION,
+                bare_newlines: BareNewlines::Normalize,
             },
             imap: ImapConfig {
                 idle_timeout: validate::DEFAULT_IMAP_IDLE,
+                max_session: validate::DEFAULT_IMAP_MAX_SESSION,
             },
             tls: None,
             listeners: validate::default_listeners(),
@@ -304,9 +351,16 @@ impl Config {
                 max_message_size: self.smtp.max_message_size as u64,
                 max_recipients: self.smtp.max_recipients as u64,
                 idle_timeout: humantime::format_duration(self.smtp.idle_timeout).to_string(),
+                data_deadline: humantime::format_duration(self.smtp.data_deadline).to_string(),
+                min_data_rate: self.smtp.min_data_rate,
+                min_data_rate_grace: humantime::format_duration(self.smtp.min_data_rate_grace)
+                    .to_string(),
+                max_session: humantime::format_duration(self.smtp.max_session).to_string(),
+                bare_newlines: self.smtp.bare_newlines,
             },
             imap: raw::OutImap {
                 idle_timeout: humantime::format_duration(self.imap.idle_timeout).to_string(),
+                max_session: humantime::format_duration(self.imap.max_session).to_string(),
             },
             tls: self.tls.as_ref().map(|t| raw::OutTls {
                 cert: t.cert.display().to_string(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 use toml::Spanned;
 
-use super::{LogFormat, LogLevel, Protocol, TlsMode};
+use super::{BareNewlines, LogFormat, LogLevel, Protocol, TlsMode};
 
 /// A human duration such as `"3s"`, `"500ms"` or `"1m 30s"`.
 #[derive(Debug, Clone, Copy)]
@@ -66,12 +66,18 @@ pub(crate) struct RawSmtp {
     pub(crate) max_message_size: Option<Spanned<i64>>,
     pub(crate) max_recipients: Option<Spanned<i64>>,
     pub(crate) idle_timeout: Option<Spanned<HumanDuration>>,
+    pub(crate) data_deadline: Option<Spanned<HumanDuration>>,
+    pub(crate) min_data_rate: Option<Spanned<i64>>,
+    pub(crate) min_data_rate_grace: Option<Spanned<HumanDuration>>,
+    pub(crate) max_session: Option<Spanned<HumanDuration>>,
+    pub(crate) bare_newlines: Option<BareNewlines>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawImap {
     pub(crate) idle_timeout: Option<Spanned<HumanDuration>>,
+    pub(crate) max_session: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,11 +136,17 @@ pub(crate) struct OutSmtp {
     pub(crate) max_message_size: u64,
     pub(crate) max_recipients: u64,
     pub(crate) idle_timeout: String,
+    pub(crate) data_deadline: String,
+    pub(crate) min_data_rate: u64,
+    pub(crate) min_data_rate_grace: String,
+    pub(crate) max_session: String,
+    pub(crate) bare_newlines: BareNewlines,
 }
 
 #[derive(Debug, Serialize)]
 pub(crate) struct OutImap {
     pub(crate) idle_timeout: String,
+    pub(crate) max_session: String,
 }
 
 #[derive(Debug, Serialize)]

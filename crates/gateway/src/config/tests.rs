@@ -29,6 +29,14 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(c.log().level(), LogLevel::Info);
     assert_eq!(c.log().format(), None);
     assert!(!c.allow_root());
+    // RFC 5321 §4.5.3.2: 5 min server timeout; 10 min for a DATA transfer.
+    assert_eq!(c.smtp().idle_timeout(), Duration::from_secs(300));
+    assert_eq!(c.smtp().data_deadline(), Duration::from_secs(600));
+    assert_eq!(c.smtp().min_data_rate(), 500);
+    assert_eq!(c.smtp().min_data_rate_grace(), Duration::from_secs(30));
+    assert_eq!(c.smtp().max_session(), Duration::from_secs(3600));
+    assert_eq!(c.smtp().bare_newlines(), crate::BareNewlines::Normalize);
+    assert_eq!(c.imap().max_session(), Duration::from_secs(24 * 3600));
 }
 
 const FULL: &str = r#"
@@ -51,9 +59,15 @@ hostname = "mx.example.org"
 max_message_size = 1048576
 max_recipients = 5
 idle_timeout = "1m"
+data_deadline = "3m"
+min_data_rate = 1000
+min_data_rate_grace = "10s"
+max_session = "30m"
+bare_newlines = "reject"
 
 [imap]
 idle_timeout = "2m"
+max_session = "2h"
 
 [tls]
 cert = "/etc/gw/cert.pem"
@@ -90,6 +104,12 @@ fn full_file_is_read_and_printed_back() {
     assert_eq!(c.smtp().max_recipients(), 5);
     assert_eq!(c.smtp().hostname(), "mx.example.org");
     assert_eq!(c.imap().idle_timeout(), Duration::from_secs(120));
+    assert_eq!(c.imap().max_session(), Duration::from_secs(7200));
+    assert_eq!(c.smtp().data_deadline(), Duration::from_secs(180));
+    assert_eq!(c.smtp().min_data_rate(), 1000);
+    assert_eq!(c.smtp().min_data_rate_grace(), Duration::from_secs(10));
+    assert_eq!(c.smtp().max_session(), Duration::from_secs(1800));
+    assert_eq!(c.smtp().bare_newlines(), crate::BareNewlines::Reject);
     assert_eq!(c.tls().unwrap().key(), Path::new("/etc/gw/key.pem"));
     let l = &c.listeners()[0];
     assert_eq!(l.spec().backlog(), 4096);
@@ -148,6 +168,11 @@ const BAD: &[(&str, usize, &[&str])] = &[
     ("metrics_prefix = \"9x\"\n", 1, &["metrics_prefix", "not a valid Prometheus"]),
     ("[smtp]\nmax_message_size = 0\n", 2, &["max_message_size", "from 1"]),
     ("[smtp]\nidle_timeout = \"0s\"\n", 2, &["idle_timeout", "longer than zero"]),
+    ("[smtp]\ndata_deadline = \"0s\"\n", 2, &["`data_deadline` must be longer than zero", "\"10m\""]),
+    ("[smtp]\nmin_data_rate = -1\n", 2, &["`min_data_rate` must be from 0"]),
+    ("[smtp]\nmin_data_rate_grace = \"0s\"\n", 2, &["`min_data_rate_grace` must be longer than zero"]),
+    ("[smtp]\nbare_newlines = \"strip\"\n", 2, &["unknown variant `strip`", "`normalize`", "`reject`"]),
+    ("[imap]\nmax_session = \"0s\"\n", 2, &["`max_session` must be longer than zero", "\"1day\""]),
     ("[tls]\ncert = \"c.pem\"\n", 1, &["missing field `key`"]),
     ("user = \"\"\n", 1, &["`user` is empty"]),
     ("spool_dir = \"a\"\nspool_dir = \"b\"\n", 2, &["duplicate key"]),

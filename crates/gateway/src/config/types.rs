@@ -43,6 +43,20 @@ pub enum TlsMode {
     Starttls,
 }
 
+/// What the SMTP sink does with a bare LF or a bare CR (one not part of a
+/// CRLF) in a message (`[smtp] bare_newlines`, Postfix 3.9's two answers).
+/// Either way no bare LF or CR reaches the spool, so a relay that later
+/// reads the spool cannot be smuggled a second message through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareNewlines {
+    /// Store such line endings as CRLF (default).
+    #[default]
+    Normalize,
+    /// Reject the message with `550 5.5.2` after its final dot.
+    Reject,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]

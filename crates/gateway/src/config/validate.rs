@@ -25,8 +25,15 @@ pub(super) const DEFAULT_MAX_MESSAGE: usize = 10 * 1024 * 1024;
 pub(super) const DEFAULT_MAX_RCPT: usize = 100;
 pub(super) const DEFAULT_SMTP_IDLE: Duration = Duration::from_secs(300);
 pub(super) const DEFAULT_IMAP_IDLE: Duration = Duration::from_secs(1800);
-/// Messages are held in memory while they arrive; keep the limit sane.
+pub(super) const DEFAULT_DATA_DEADLINE: Duration = Duration::from_secs(600);
+pub(super) const DEFAULT_MIN_DATA_RATE: u64 = 500;
+pub(super) const DEFAULT_MIN_DATA_RATE_GRACE: Duration = Duration::from_secs(30);
+pub(super) const DEFAULT_SMTP_MAX_SESSION: Duration = Duration::from_secs(3600);
+pub(super) const DEFAULT_IMAP_MAX_SESSION: Duration = Duration::from_secs(24 * 3600);
+/// Messages stream to the spool, but a spool file should stay sane.
 const MAX_MESSAGE_LIMIT: i64 = 1 << 30;
+/// A rate above 1 GB/s would cut every real client.
+const MAX_DATA_RATE: i64 = 1_000_000_000;
 const MAX_RCPT_LIMIT: i64 = 100_000;
 const MAX_NAME_LEN: usize = 64;
 
@@ -138,7 +145,10 @@ pub(super) fn build(raw: RawConfig, origin: &str, text: &str) -> Result<Config, 
     };
     let max_message_size = match raw.smtp.max_message_size {
         Some(n) if !(1..=MAX_MESSAGE_LIMIT).contains(n.get_ref()) => {
-            return Err(cx.err(&n, format!("`max_message_size` must be from 1 to {MAX_MESSAGE_LIMIT} bytes (messages are held in memory while they arrive)")));
+            return Err(cx.err(
+                &n,
+                format!("`max_message_size` must be from 1 to {MAX_MESSAGE_LIMIT} bytes"),
+            ));
         }
         Some(n) => to_usize(*n.get_ref()),
         None => DEFAULT_MAX_MESSAGE,
@@ -153,8 +163,49 @@ pub(super) fn build(raw: RawConfig, origin: &str, text: &str) -> Result<Config, 
         Some(n) => to_usize(*n.get_ref()),
         None => DEFAULT_MAX_RCPT,
     };
-    let smtp_idle = positive(&cx, raw.smtp.idle_timeout, DEFAULT_SMTP_IDLE)?;
-    let imap_idle = positive(&cx, raw.imap.idle_timeout, DEFAULT_IMAP_IDLE)?;
+    let smtp_idle = positive(
+        &cx,
+        "idle_timeout",
+        raw.smtp.idle_timeout,
+        DEFAULT_SMTP_IDLE,
+    )?;
+    let imap_idle = positive(
+        &cx,
+        "idle_timeout",
+        raw.imap.idle_timeout,
+        DEFAULT_IMAP_IDLE,
+    )?;
+    let data_deadline = positive(
+        &cx,
+        "data_deadline",
+        raw.smtp.data_deadline,
+        DEFAULT_DATA_DEADLINE,
+    )?;
+    let min_data_rate = match raw.smtp.min_data_rate {
+        Some(n) if !(0..=MAX_DATA_RATE).contains(n.get_ref()) => {
+            return Err(cx.err(&n, format!("`min_data_rate` must be from 0 (no minimum) to {MAX_DATA_RATE} bytes per second, such as 500")));
+        }
+        Some(n) => u64::try_from(*n.get_ref()).unwrap_or(0),
+        None => DEFAULT_MIN_DATA_RATE,
+    };
+    let min_data_rate_grace = positive(
+        &cx,
+        "min_data_rate_grace",
+        raw.smtp.min_data_rate_grace,
+        DEFAULT_MIN_DATA_RATE_GRACE,
+    )?;
+    let smtp_max_session = positive(
+        &cx,
+        "max_session",
+        raw.smtp.max_session,
+        DEFAULT_SMTP_MAX_SESSION,
+    )?;
+    let imap_max_session = positive(
+        &cx,
+        "max_session",
+        raw.imap.max_session,
+        DEFAULT_IMAP_MAX_SESSION,
+    )?;
 
     let tls = match raw.tls {
         Some(t) => {
@@ -194,9 +245,15 @@ pub(super) fn build(raw: RawConfig, origin: &str, text: &str) -> Result<Config, 
             max_message_size,
             max_recipients,
             idle_timeout: smtp_idle,
+            data_deadline,
+            min_data_rate,
+            min_data_rate_grace,
+            max_session: smtp_max_session,
+            bare_newlines: raw.smtp.bare_newlines.unwrap_or_default(),
         },
         imap: ImapConfig {
             idle_timeout: imap_idle,
+            max_session: imap_max_session,
         },
         tls,
         listeners,
@@ -209,13 +266,17 @@ fn to_usize(n: i64) -> usize {
 
 fn positive(
     cx: &Ctx<'_>,
+    key: &str,
     value: Option<Spanned<super::raw::HumanDuration>>,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
     match value {
         Some(d) if d.get_ref().0.is_zero() => Err(cx.err(
             &d,
-            "`idle_timeout` must be longer than zero, such as \"5m\"",
+            format!(
+                "`{key}` must be longer than zero, such as \"{}\"",
+                humantime::format_duration(default)
+            ),
         )),
         Some(d) => Ok(d.get_ref().0),
         None => Ok(default),

@@ -13,6 +13,7 @@
 //! transaction (the one it is in, or its first since the drain began); only
 //! its next `MAIL` gets `421`, which sends the client to the successor.
 
+mod body;
 mod command;
 mod session;
 
@@ -23,12 +24,13 @@ use actix_lifecycle::ShutdownHandle;
 use slog::{info, o, Logger};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::config::SmtpConfig;
+use crate::config::{BareNewlines, SmtpConfig};
 use crate::metrics::GatewayMetrics;
 use crate::session::SessionSummary;
 use crate::spool::Spool;
 use crate::tls::TlsAcceptor;
 use crate::upgrade::UpgradeDrain;
+use crate::wire::DataLimits;
 
 /// How an SMTP listener uses TLS.
 #[derive(Clone, Default)]
@@ -76,6 +78,9 @@ pub struct SmtpContext {
     max_message_size: usize,
     max_recipients: usize,
     idle_timeout: Duration,
+    data_limits: DataLimits,
+    max_session: Duration,
+    bare_newlines: BareNewlines,
     spool: Arc<Spool>,
     logger: Logger,
     metrics: Option<GatewayMetrics>,
@@ -85,13 +90,22 @@ pub struct SmtpContext {
 
 impl SmtpContext {
     /// A context with the default limits: host name `localhost`, 10 MiB
-    /// messages, 100 recipients, 5 minutes idle timeout.
+    /// messages, 100 recipients, 5 minutes idle timeout, 10 minutes for a
+    /// DATA transfer, at least 500 octets per second after 30 s of it, 1
+    /// hour per session, bare line endings normalised.
     pub fn new(spool: Arc<Spool>, logger: Logger) -> Self {
         SmtpContext {
             hostname: "localhost".to_owned(),
             max_message_size: 10 * 1024 * 1024,
             max_recipients: 100,
             idle_timeout: Duration::from_secs(300),
+            data_limits: DataLimits {
+                deadline: Duration::from_secs(600),
+                min_rate: 500,
+                grace: Duration::from_secs(30),
+            },
+            max_session: Duration::from_secs(3600),
+            bare_newlines: BareNewlines::Normalize,
             spool,
             logger,
             metrics: None,
@@ -107,6 +121,10 @@ impl SmtpContext {
             .max_message_size(config.max_message_size())
             .max_recipients(config.max_recipients())
             .idle_timeout(config.idle_timeout())
+            .data_deadline(config.data_deadline())
+            .min_data_rate(config.min_data_rate(), config.min_data_rate_grace())
+            .max_session(config.max_session())
+            .bare_newlines(config.bare_newlines())
     }
 
     /// The name in the greeting and EHLO reply (default `localhost`).
@@ -130,6 +148,36 @@ impl SmtpContext {
     /// How long a session waits for the client (default 5 minutes).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// How long a whole DATA transfer may take, `354` to the final dot
+    /// (default 10 minutes); then `421 4.4.2` and nothing is stored.
+    pub fn data_deadline(mut self, deadline: Duration) -> Self {
+        self.data_limits.deadline = deadline;
+        self
+    }
+
+    /// The minimum average rate of a DATA transfer in octets per second,
+    /// checked from `grace` after `354` on (default 500 after 30 s; a rate
+    /// of 0 turns the check off). A slower transfer gets `421 4.4.2` and
+    /// nothing is stored.
+    pub fn min_data_rate(mut self, octets_per_second: u64, grace: Duration) -> Self {
+        self.data_limits.min_rate = octets_per_second;
+        self.data_limits.grace = grace;
+        self
+    }
+
+    /// The longest a session may last, however busy (default 1 hour); then
+    /// `421 4.4.2` at its next wait for the client.
+    pub fn max_session(mut self, max: Duration) -> Self {
+        self.max_session = max;
+        self
+    }
+
+    /// What a bare CR or LF in a message gets (default normalised to CRLF).
+    pub fn bare_newlines(mut self, mode: BareNewlines) -> Self {
+        self.bare_newlines = mode;
         self
     }
 
@@ -181,6 +229,12 @@ where
     let mut session =
         session::Session::new(crate::tls::Upgradable::Plain(stream), shutdown, ctx, log);
     let reason = session.run().await;
+    if let Some(label) = reason.cut_label() {
+        info!(session.log, "session cut"; "reason" => label);
+        if let Some(m) = &session.ctx().metrics {
+            m.session_cut("smtp", label);
+        }
+    }
     info!(session.log, "connection closed"; "reason" => %reason, "messages" => session.messages);
     SessionSummary {
         reason,

@@ -8,9 +8,10 @@ use actix_lifecycle::ShutdownHandle;
 use slog::{error, info, Logger};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::body::{BodySink, Rejected};
 use super::command::{parse, Command, ParseError, MAX_COMMAND_LINE};
 use super::{SmtpContext, SmtpTls};
-use crate::session::EndReason;
+use crate::session::{Cut, EndReason};
 use crate::tls::Upgradable;
 use crate::wire::Wire;
 
@@ -50,8 +51,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         ctx: Arc<SmtpContext>,
         log: Logger,
     ) -> Self {
+        let mut wire = Wire::new(io, shutdown.abort_token(), ctx.idle_timeout);
+        wire.limit_session(ctx.max_session);
         Session {
-            wire: Wire::new(io, shutdown.abort_token(), ctx.idle_timeout),
+            wire,
             shutdown,
             log,
             helo: None,
@@ -65,13 +68,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
+    pub(super) fn ctx(&self) -> &SmtpContext {
+        &self.ctx
+    }
+
     pub(super) async fn run(&mut self) -> EndReason {
         let end = self.converse().await;
-        if end == EndReason::IdleTimeout {
-            let text = format!(
-                "4.4.2 {} idle timeout, closing connection",
-                self.ctx.hostname
-            );
+        let why = match &end {
+            EndReason::IdleTimeout => Some("idle timeout".to_owned()),
+            EndReason::Cut(Cut::DataDeadline) => Some(format!(
+                "data deadline of {} exceeded",
+                humantime::format_duration(self.ctx.data_limits.deadline)
+            )),
+            EndReason::Cut(Cut::MinDataRate) => Some(format!(
+                "data rate below {} octets per second",
+                self.ctx.data_limits.min_rate
+            )),
+            EndReason::Cut(_) => Some("session lifetime exceeded".to_owned()),
+            _ => None,
+        };
+        if let Some(why) = why {
+            let text = format!("4.4.2 {} {why}, closing connection", self.ctx.hostname);
             self.reply(421, &text);
         }
         self.wire.finish(&end).await;
@@ -266,76 +283,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(())
     }
 
-    /// Receives the message after `354`, then spools it and answers.
+    /// Receives the message after `354`, streaming it to the spool, and
+    /// answers. Whatever ends the transfer early (the client, a deadline, an
+    /// abort) drops the sink, which removes the temporary file.
     async fn data(&mut self) -> Step {
         self.reply(354, "start mail input; end with <CRLF>.<CRLF>");
         let max = self.ctx.max_message_size;
-        let mut msg = self.envelope_header();
-        let header_len = msg.len();
-        let mut too_big = false;
-        let mut line_too_long = false;
-        // Position in the message: at the start of a line, and whether the
-        // previous line ended with CRLF (only then is "." special).
-        let mut line_start = true;
-        let mut after_crlf = true;
-        let mut line_len = 0usize;
-        // The previous piece ended with CR (a CRLF split across pieces).
-        let mut prev_cr = false;
-        loop {
-            let (bytes, complete) = self.wire.segment(MAX_DATA_LINE).await?;
-            let special = line_start && after_crlf;
-            if special && bytes == b".\r\n" {
-                break;
-            }
-            let body = if special && bytes.first() == Some(&b'.') {
-                &bytes[1..]
-            } else {
-                bytes
-            };
-            line_len += bytes.len();
-            let ends_cr = bytes.last() == Some(&b'\r');
-            if complete {
-                after_crlf = bytes.ends_with(b"\r\n") || (bytes == b"\n" && prev_cr);
-                line_start = true;
-                line_len = 0;
-            } else {
-                line_start = false;
-                // 1000 octets and still no line feed: longer than 998 + CRLF.
-                if line_len >= MAX_DATA_LINE {
-                    line_too_long = true;
-                }
-            }
-            prev_cr = ends_cr;
-            if too_big || line_too_long {
-                if msg.capacity() > 0 {
-                    msg = Vec::new();
-                }
-                continue;
-            }
-            if msg.len() - header_len + body.len() > max {
-                too_big = true;
-                msg = Vec::new();
-                continue;
-            }
-            msg.extend_from_slice(body);
+        let mut sink = BodySink::new(&self.ctx.spool, self.ctx.bare_newlines, max);
+        for line in self.envelope_header() {
+            sink.push_raw(line.as_bytes()).await;
         }
+        self.wire.start_data(self.ctx.data_limits);
+        let result = self.receive(&mut sink).await;
+        self.wire.end_data();
+        result?;
         let recipients = self.rcpts.len();
         self.reset();
-        if line_too_long {
-            self.count("line_too_long");
-            return self.error(
-                500,
-                "5.5.2 message has a line longer than 1000 octets including CRLF",
-            );
-        }
-        if too_big {
-            self.count("too_big");
-            let text = format!("5.3.4 message exceeds the limit of {max} octets");
-            self.reply(552, &text);
-            return Ok(());
-        }
-        let body_len = msg.len() - header_len;
-        match self.ctx.spool.store_async(msg).await {
+        let body_len = sink.received();
+        match sink.finish().await {
             Ok(stored) => {
                 self.count("accepted");
                 if let Some(m) = &self.ctx.metrics {
@@ -346,7 +311,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let text = format!("2.0.0 ok: queued as {}", stored.id);
                 self.reply(250, &text);
             }
-            Err(e) => {
+            Err(Rejected::LineTooLong) => {
+                self.count("line_too_long");
+                return self.error(
+                    500,
+                    "5.5.2 message has a line longer than 1000 octets including CRLF",
+                );
+            }
+            Err(Rejected::TooBig) => {
+                self.count("too_big");
+                let text = format!("5.3.4 message exceeds the limit of {max} octets");
+                self.reply(552, &text);
+            }
+            Err(Rejected::BareNewline) => {
+                self.count("bare_newline");
+                info!(self.log, "message with a bare CR or LF rejected");
+                self.reply(
+                    550,
+                    "5.5.2 message contains a bare CR or LF; end every line with CRLF",
+                );
+            }
+            Err(Rejected::Spool(e)) => {
                 self.count("spool_error");
                 error!(self.log, "cannot spool message"; "error" => %e);
                 let text = if e.is_full() {
@@ -360,14 +345,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(())
     }
 
-    fn envelope_header(&self) -> Vec<u8> {
-        let mut h = Vec::with_capacity(64 + 64 * self.rcpts.len());
-        let from = self.from.as_deref().unwrap_or("");
-        h.extend_from_slice(format!("Return-Path: <{from}>\r\n").as_bytes());
-        for r in &self.rcpts {
-            h.extend_from_slice(format!("Delivered-To: {r}\r\n").as_bytes());
+    /// Reads the message up to its final dot into `sink`: dot-unstuffing,
+    /// the line length limit, and the end only at `CRLF.CRLF`.
+    async fn receive(&mut self, sink: &mut BodySink) -> Step {
+        // Position in the message: at the start of a line, and whether the
+        // previous line ended with CRLF (only then is "." special).
+        let mut line_start = true;
+        let mut after_crlf = true;
+        let mut line_len = 0usize;
+        // The previous piece ended with CR (a CRLF split across pieces).
+        let mut prev_cr = false;
+        loop {
+            let (bytes, complete) = self.wire.segment(MAX_DATA_LINE).await?;
+            let special = line_start && after_crlf;
+            if special && bytes == b".\r\n" {
+                return Ok(());
+            }
+            let body = if special && bytes.first() == Some(&b'.') {
+                &bytes[1..]
+            } else {
+                bytes
+            };
+            line_len += bytes.len();
+            let ends_cr = bytes.last() == Some(&b'\r');
+            let mut too_long = false;
+            if complete {
+                after_crlf = bytes.ends_with(b"\r\n") || (bytes == b"\n" && prev_cr);
+                line_start = true;
+                line_len = 0;
+            } else {
+                line_start = false;
+                // 1000 octets and still no line feed: longer than 998 + CRLF.
+                too_long = line_len >= MAX_DATA_LINE;
+            }
+            prev_cr = ends_cr;
+            if too_long {
+                sink.line_too_long();
+            }
+            sink.push(body).await;
         }
-        h
+    }
+
+    /// The envelope lines written before the message.
+    fn envelope_header(&self) -> Vec<String> {
+        let from = self.from.as_deref().unwrap_or("");
+        std::iter::once(format!("Return-Path: <{from}>\r\n"))
+            .chain(self.rcpts.iter().map(|r| format!("Delivered-To: {r}\r\n")))
+            .collect()
     }
 
     fn count(&self, outcome: &str) {

@@ -4,6 +4,7 @@
 //! ```text
 //! reliability-client churn SMTP_ADDR IMAP_ADDR TOTAL CONCURRENCY
 //! reliability-client hold ADDR=N [ADDR=N ...]
+//! reliability-client data SMTP_ADDR N SIZE
 //! ```
 //!
 //! `churn` runs TOTAL short SMTP and IMAP sessions (alternating) on
@@ -17,6 +18,8 @@
 //! connected=C failed=F`, then obeys stdin commands: `greeted MS`, `probe
 //! K`, `deliver K`, `release-except K`, `peer-closed MS`, `close-times
 //! MS`, `exit` (see [`Holder`]).
+//!
+//! `data` holds N sessions in DATA at the same time (see `data.rs`).
 
 use std::io::{self, Write};
 use std::time::Duration;
@@ -25,6 +28,7 @@ use std::time::Duration;
 pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 mod churn;
+mod data;
 mod hold;
 
 fn main() {
@@ -33,7 +37,8 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("churn") => churn::run(&args[1..]),
         Some("hold") => hold::run(&args[1..]),
-        _ => Err("usage: reliability-client churn|hold ...".to_owned()),
+        Some("data") => data::run(&args[1..]),
+        _ => Err("usage: reliability-client churn|hold|data ...".to_owned()),
     };
     if let Err(e) = result {
         eprintln!("reliability-client: {e}");

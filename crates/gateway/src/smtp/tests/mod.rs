@@ -217,14 +217,15 @@ async fn dot_handling_is_exact() {
     c.expect("250").await;
     c.expect("354").await;
     // ".." at a line start is unstuffed; "." after a bare LF is not the end
-    // (no SMTP smuggling) and is kept as is; ". " is not the end either.
+    // (no SMTP smuggling) and is kept (the bare LF becomes CRLF); ". " is
+    // not the end either.
     c.send("..a\r\nb\n.\r\nc\r\n. \r\n...\r\n.\r\n").await;
     c.expect("250").await;
     c.send("QUIT\r\n").await;
     c.expect("221").await;
     task.await.unwrap();
     let msgs = s.messages();
-    assert_eq!(body_of(&msgs[0]), b".a\r\nb\n.\r\nc\r\n \r\n..\r\n");
+    assert_eq!(body_of(&msgs[0]), b".a\r\nb\r\n.\r\nc\r\n \r\n..\r\n");
 }
 
 #[tokio::test]
@@ -553,8 +554,10 @@ async fn serves_a_real_tcp_connection() {
 }
 
 mod adversarial;
+mod deadlines;
 mod starttls;
 mod storage;
+mod streaming;
 
 #[tokio::test]
 async fn a_new_transaction_late_in_an_upgrade_drain_gets_421() {

@@ -84,3 +84,34 @@ async fn a_full_disk_answers_452_never_250() {
     assert_eq!(summary.messages as usize, accepted);
     assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
 }
+
+#[tokio::test]
+async fn a_failed_directory_fsync_answers_452_and_leaves_no_copy() {
+    let s = Setup::new();
+    let (mut c, task) = s.start(s.ctx());
+    hello(&mut c).await;
+    s.spool
+        .fail_dir_sync
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    c.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n").await;
+    c.expect("250").await;
+    c.expect("250").await;
+    c.expect("354").await;
+    c.send("first try\r\n.\r\n").await;
+    c.expect("452 4.3.1").await;
+    assert!(s.messages().is_empty(), "the unacknowledged copy is gone");
+    assert_eq!(s.tmp_files(), 0);
+    // The client retries: exactly one copy.
+    s.spool
+        .fail_dir_sync
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    c.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\nfirst try\r\n.\r\nQUIT\r\n")
+        .await;
+    c.expect("250").await;
+    c.expect("250").await;
+    c.expect("354").await;
+    c.expect("250 2.0.0").await;
+    c.expect("221").await;
+    assert_eq!(task.await.unwrap().messages, 1);
+    assert_eq!(s.messages().len(), 1);
+}
