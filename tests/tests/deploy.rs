@@ -353,40 +353,17 @@ fn string<'a>(table: &'a toml::Table, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{key} must be a string in {table:?}"))
 }
 
-fn assert_keys(what: &str, table: &toml::Table, allowed: &[&str]) {
-    for key in table.keys() {
-        assert!(
-            allowed.contains(&key.as_str()),
-            "{what}: `{key}` is not in the gateway's config schema (allowed: {allowed:?})"
-        );
-    }
-}
-
-/// The gateway rejects unknown keys, so the sample may use only the
-/// schema's (issues 5 and 6), commented-out settings included.
+/// The sample is shaped for production, commented-out settings included:
+/// never root, durations and listener settings that read right. Which keys
+/// exist is the gateway's own parser's business (it rejects unknown keys):
+/// [`the_gateway_accepts_gateway_toml`] runs it on the sample.
 #[test]
-fn gateway_toml_uses_only_schema_keys() {
+fn gateway_toml_is_shaped_for_production() {
     for (which, config) in [
         ("as shipped", config()),
         ("all settings on", config_all_on()),
     ] {
         let what = format!("gateway.toml ({which})");
-        assert_keys(
-            &what,
-            &config,
-            &[
-                "user",
-                "allow_root",
-                "spool_dir",
-                "metrics_prefix",
-                "shutdown",
-                "log",
-                "smtp",
-                "imap",
-                "tls",
-                "listener",
-            ],
-        );
         assert_eq!(
             config.get("allow_root").and_then(toml::Value::as_bool),
             Some(false)
@@ -398,38 +375,16 @@ fn gateway_toml_uses_only_schema_keys() {
                 .unwrap_or_else(|| panic!("{what}: [{key}] table"))
         };
         let shutdown = table("shutdown");
-        assert_keys(
-            &what,
-            shutdown,
-            &["lame_duck", "drain_grace", "abort_grace"],
-        );
         for key in ["lame_duck", "drain_grace", "abort_grace"] {
             humantime::parse_duration(string(shutdown, key)).expect("a human duration");
         }
         let smtp = table("smtp");
-        assert_keys(
-            &what,
-            smtp,
-            &[
-                "hostname",
-                "max_message_size",
-                "max_recipients",
-                "idle_timeout",
-            ],
-        );
         humantime::parse_duration(string(smtp, "idle_timeout")).expect("a human duration");
-        assert_keys(&what, table("imap"), &["idle_timeout"]);
         humantime::parse_duration(string(table("imap"), "idle_timeout")).expect("a human duration");
         let log = table("log");
-        assert_keys(&what, log, &["format", "level"]);
         assert!(["term", "json"].contains(&string(log, "format")));
         let mut names = BTreeSet::new();
         for listener in listeners(&config) {
-            assert_keys(
-                &what,
-                listener,
-                &["name", "protocol", "address", "backlog", "tls"],
-            );
             assert!(
                 names.insert(string(listener, "name")),
                 "listener names are unique"
@@ -444,15 +399,12 @@ fn gateway_toml_uses_only_schema_keys() {
                 );
             }
         }
-        if config.contains_key("tls") {
-            assert_keys(&what, table("tls"), &["cert", "key"]);
-        }
     }
 }
 
 /// The gateway itself (its `--check-config`) accepts the sample, as shipped
-/// and with every commented-out setting on: the schema lists above could
-/// drift from the gateway's, the gateway's own parser cannot.
+/// and with every commented-out setting on: the gateway's own parser owns
+/// the schema (unknown keys are errors).
 #[test]
 fn the_gateway_accepts_gateway_toml() {
     let bin = lifecycle_tests::gateway_bin().expect("build the gateway");
