@@ -39,6 +39,7 @@
 
 mod binary;
 mod gateway;
+mod nspawn;
 mod paths;
 mod port;
 mod process;
@@ -50,6 +51,7 @@ pub use binary::{cargo_bin, gateway_bin, GATEWAY_BIN_ENV};
 pub use gateway::{
     json_field, json_number, metric_samples, metric_value, GatewayBuilder, GatewayProcess,
 };
+pub use nspawn::{apt_mirror, cached_root, cannot_boot, target_dir, Container, NspawnError};
 pub use paths::{temp_dir, workspace_root};
 pub use port::free_port;
 pub use process::ChildGuard;
