@@ -35,7 +35,7 @@ const SOCKETS: [&str; 3] = [
 /// Bounds a wait for a state; never a measurement.
 const PATIENCE: Duration = Duration::from_secs(30);
 /// Stops after a reload, per unit and order.
-const STOP_ROUNDS: usize = 10;
+const STOP_ROUNDS: usize = 20;
 
 /// The `sh` block that follows `heading` in deploy/README.md, without the
 /// lines that build with cargo (the test installs the binary it was given).
@@ -320,9 +320,7 @@ impl Looper {
 fn start_and_deliver(r: &Rig) {
     assert!(r.deliver("first message"), "{}", r.journal());
     assert!(r.spool_has("first message"), "not in {}", r.spool);
-    r.wait_for("a STATUS= line", |r| {
-        r.prop("StatusText").contains("connections")
-    });
+    r.wait_for("a STATUS= line", |r| !r.prop("StatusText").is_empty());
 }
 
 fn reload_good(r: &Rig) {
@@ -389,8 +387,9 @@ fn stop_after_reload(r: &Rig) {
             let old = r.prop("MainPID");
             let (ok, out) = r.c.sh_status(&format!("systemctl reload {}", r.unit));
             assert!(ok, "{out}");
-            r.wait_for("the next generation serving", |r| {
-                r.generation() == Some(before + 1)
+            // (A failed upgrade may have used a number: greater, not + 1.)
+            r.wait_for("a newer generation serving", |r| {
+                r.generation().is_some_and(|g| g > before)
             });
             if r.unit == ACTIVATED {
                 // The old process has drained and exited: the state in
