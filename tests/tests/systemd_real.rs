@@ -510,12 +510,109 @@ fn sandbox_holds(r: &Rig) {
     r.assert_no_seccomp_kill();
 }
 
+/// An SMTP client in the container's network namespace (connected from a
+/// thread that entered it).
+struct Smtp {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Smtp {
+    fn connect(c: &Container) -> Smtp {
+        let netns = std::fs::File::open(format!("/proc/{}/ns/net", c.init_pid())).unwrap();
+        // Connect from a short-lived thread in the container's namespace;
+        // the socket stays usable from any thread.
+        let stream = std::thread::spawn(move || {
+            nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            TcpStream::connect(("127.0.0.1", 25)).unwrap()
+        })
+        .join()
+        .unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let writer = stream.try_clone().unwrap();
+        let mut smtp = Smtp {
+            reader: BufReader::new(stream),
+            writer,
+        };
+        let greeting = smtp.reply();
+        assert!(greeting.starts_with("220"), "{greeting}");
+        smtp
+    }
+
+    /// The last line of the next reply ("" at end of input).
+    fn reply(&mut self) -> String {
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return line;
+            }
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return line;
+            }
+        }
+    }
+
+    fn send(&mut self, text: &str) {
+        use std::io::Write;
+        self.writer.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn command(&mut self, line: &str) -> String {
+        self.send(&format!("{line}\r\n"));
+        self.reply()
+    }
+}
+
+/// `systemctl stop` with a transaction in the middle of DATA and an idle
+/// session: the transaction finishes (250) within the drain grace, the next
+/// command of both gets 421, the message is spooled, `Result=success`.
+fn stop_with_open_sessions(r: &Rig) {
+    let mut busy = Smtp::connect(&r.c);
+    let mut idle = Smtp::connect(&r.c);
+    assert!(busy.command("EHLO client.example.org").starts_with("250"));
+    assert!(idle.command("EHLO idle.example.org").starts_with("250"));
+    assert!(busy.command("MAIL FROM:<a@example.org>").starts_with("250"));
+    assert!(busy.command("RCPT TO:<b@example.org>").starts_with("250"));
+    assert!(busy.command("DATA").starts_with("354"));
+    busy.send("Subject: open at stop\r\n\r\nwritten while the unit stops\r\n");
+    let mut stop =
+        r.c.command("systemctl", &["stop", r.unit])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    r.wait_for("the stop to begin (draining)", |r| {
+        r.journal().contains("draining to stop")
+    });
+    busy.send(".\r\n");
+    let done = busy.reply();
+    assert!(done.starts_with("250"), "the open transaction: {done}");
+    let next = busy.command("MAIL FROM:<a@example.org>");
+    assert!(next.starts_with("421"), "after the drain began: {next}");
+    let next = idle.command("MAIL FROM:<a@example.org>");
+    assert!(
+        next.starts_with("421") || next.is_empty(),
+        "idle session: {next:?}"
+    );
+    let status = stop.wait().unwrap();
+    assert!(status.success(), "systemctl stop: {status}");
+    let s = r.show();
+    assert_eq!(
+        (s["Result"].as_str(), s["ExecMainStatus"].as_str()),
+        ("success", "0"),
+        "{s:?}\n{}",
+        r.journal()
+    );
+    assert!(r.spool_has("written while the unit stops"));
+    r.start();
+}
+
 fn run_cases(unit: &'static str) {
     let Some(r) = rig(unit) else {
         return;
     };
-    let cases: [(&str, fn(&Rig)); 6] = [
+    let cases: [(&str, fn(&Rig)); 7] = [
         ("start and deliver", start_and_deliver),
+        ("stop with open sessions", stop_with_open_sessions),
         ("reload with a good binary", reload_good),
         ("reload with a failing binary", reload_failing),
         ("stop right after a reload", stop_after_reload),
