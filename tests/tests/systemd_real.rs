@@ -657,11 +657,14 @@ fn watchdog_under_load(r: &Rig) {
     r.wait_active();
 }
 
+/// One case, run on a booted rig.
+type Case = fn(&Rig);
+
 fn run_cases(unit: &'static str) {
     let Some(r) = rig(unit) else {
         return;
     };
-    let cases: [(&str, fn(&Rig)); 8] = [
+    let cases: [(&str, Case); 8] = [
         ("start and deliver", start_and_deliver),
         ("stop with open sessions", stop_with_open_sessions),
         ("reload with a good binary", reload_good),
