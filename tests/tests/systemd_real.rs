@@ -57,8 +57,21 @@ fn readme_block(heading: &str) -> String {
         .join("\n")
 }
 
+/// Which setup of deploy/README.md a rig installs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Setup {
+    /// `lifecycle-gateway.service`: the root parent and its child.
+    Privileged,
+    /// The same unit with `cap-net-bind-service.conf`: no root, the
+    /// gateway hands over to a successor of itself on reload.
+    CapDropIn,
+    /// `lifecycle-gateway-activated.service` and its sockets.
+    Activated,
+}
+
 struct Rig {
     c: Container,
+    setup: Setup,
     unit: &'static str,
     spool: &'static str,
     _stage: tempfile::TempDir,
@@ -67,7 +80,12 @@ struct Rig {
 /// Boots a container with the sources an operator has (deploy/, the
 /// release binary at target/release/lifecycle-gateway, a failing binary
 /// under /stage) and runs the README's install steps for `unit`.
-fn rig(unit: &'static str) -> Option<Rig> {
+fn rig(setup: Setup) -> Option<Rig> {
+    let unit = if setup == Setup::Activated {
+        ACTIVATED
+    } else {
+        PRIVILEGED
+    };
     if let Some(why) = cannot_boot() {
         skip(&format!("no real systemd here: {why}"));
         return None;
@@ -93,16 +111,26 @@ fn rig(unit: &'static str) -> Option<Rig> {
         booted.elapsed(),
         c.init_pid()
     ));
-    let mode = if unit == PRIVILEGED {
-        "### Privileged-start mode"
-    } else {
-        "### Socket-activated mode"
-    };
-    let script = format!(
-        "cd /src\n{}\n{}\n",
-        readme_block("## Install"),
-        readme_block(mode)
-    );
+    let mut steps = vec![readme_block("## Install")];
+    match setup {
+        Setup::Privileged => steps.push(readme_block("### Privileged-start mode")),
+        Setup::Activated => steps.push(readme_block("### Socket-activated mode")),
+        Setup::CapDropIn => {
+            // "Install as for the privileged-start mode, but skip the
+            // tmpfiles snippet ... and add the drop-in".
+            let privileged = readme_block("### Privileged-start mode");
+            steps.push(
+                privileged
+                    .lines()
+                    .filter(|l| !l.contains("tmpfiles"))
+                    .map(|l| l.replace("enable --now", "enable"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            );
+            steps.push(readme_block("### CAP_NET_BIND_SERVICE instead of root"));
+        }
+    }
+    let script = format!("cd /src\n{}\n", steps.join("\n"));
     if let Err(e) = c.sh(&script) {
         panic!("README install steps failed: {e}\n{}", c.journal(""));
     }
@@ -113,6 +141,7 @@ fn rig(unit: &'static str) -> Option<Rig> {
     };
     let rig = Rig {
         c,
+        setup,
         unit,
         spool,
         _stage: stage,
@@ -181,7 +210,7 @@ impl Rig {
         // systemd's default start limit (5 in 10 s) allows: reset it.
         let units = units.join(" ");
         let (ok, out) = self.c.sh_status(&format!(
-            "systemctl reset-failed {units} && systemctl start {units}"
+            "systemctl reset-failed {units}; systemctl start {units}"
         ));
         assert!(ok, "{out}\n{}", self.journal());
         self.wait_active();
@@ -346,7 +375,7 @@ fn reload_good(r: &Rig) {
     assert_eq!(failed, 0, "refused or broken during the reload: {errors:?}");
     assert!(r.deliver("after a good reload"), "{}", r.journal());
     let journal = r.journal();
-    if r.unit == ACTIVATED {
+    if r.setup != Setup::Privileged {
         // The old process logs under the generation its successor names as
         // the one it took over from (it used to log generation 0).
         let line = journal
@@ -422,7 +451,7 @@ fn stop_after_reload(r: &Rig) {
             r.wait_for("a newer generation serving", |r| {
                 r.generation().is_some_and(|g| g > before)
             });
-            if r.unit == ACTIVATED {
+            if r.setup != Setup::Privileged {
                 // The old process has drained and exited: the state in
                 // which systemd used to SIGKILL the successor.
                 r.wait_for("the old process gone", |r| {
@@ -477,7 +506,7 @@ fn sandbox_holds(r: &Rig) {
     r.c.sh("echo secret > /root/secret").unwrap();
     // The serving process: the main one, or the privileged parent's child.
     let main = r.prop("MainPID");
-    let serving = if r.unit == PRIVILEGED {
+    let serving = if r.setup == Setup::Privileged {
         r.c.sh(&format!(
             "grep -l '^PPid:[[:space:]]*{main}$' /proc/[0-9]*/status | cut -d/ -f3"
         ))
@@ -492,10 +521,18 @@ fn sandbox_holds(r: &Rig) {
     let status = r.c.sh(&format!("cat /proc/{serving}/status")).unwrap();
     for key in ["CapEff:", "CapPrm:", "CapBnd:"] {
         let line = status.lines().find(|l| l.starts_with(key)).unwrap();
-        if key != "CapBnd:" || r.unit == ACTIVATED {
+        // The drop-in's process holds CAP_NET_BIND_SERVICE (bit 10) and
+        // nothing else; the others none at all. The privileged child's
+        // bounding set is the parent's (setuid cleared the rest).
+        let expected = if r.setup == Setup::CapDropIn {
+            "0000000000000400"
+        } else {
+            "0000000000000000"
+        };
+        if key != "CapBnd:" || r.setup == Setup::Activated {
             assert!(
-                line.ends_with("0000000000000000"),
-                "serving process has capabilities: {line}"
+                line.ends_with(expected),
+                "serving process capabilities: {line}, expected {expected}"
             );
         }
     }
@@ -660,8 +697,8 @@ fn watchdog_under_load(r: &Rig) {
 /// One case, run on a booted rig.
 type Case = fn(&Rig);
 
-fn run_cases(unit: &'static str) {
-    let Some(r) = rig(unit) else {
+fn run_cases(setup: Setup) {
+    let Some(r) = rig(setup) else {
         return;
     };
     let cases: [(&str, Case); 8] = [
@@ -677,17 +714,22 @@ fn run_cases(unit: &'static str) {
     for (name, case) in cases {
         let t = Instant::now();
         case(&r);
-        loud(&format!("{unit}: {name}: ok ({:?})", t.elapsed()));
+        loud(&format!("{setup:?}: {name}: ok ({:?})", t.elapsed()));
     }
     r.assert_no_seccomp_kill();
 }
 
 #[test]
 fn privileged_start_unit_under_systemd() {
-    run_cases(PRIVILEGED);
+    run_cases(Setup::Privileged);
+}
+
+#[test]
+fn cap_net_bind_service_drop_in_under_systemd() {
+    run_cases(Setup::CapDropIn);
 }
 
 #[test]
 fn socket_activated_unit_under_systemd() {
-    run_cases(ACTIVATED);
+    run_cases(Setup::Activated);
 }
