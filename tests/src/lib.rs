@@ -40,6 +40,7 @@
 mod binary;
 mod gateway;
 mod message;
+mod nspawn;
 mod paths;
 mod port;
 mod process;
@@ -52,6 +53,7 @@ pub use gateway::{
     json_field, json_number, metric_samples, metric_value, GatewayBuilder, GatewayProcess,
 };
 pub use message::{message_lines, MESSAGE_LINE_LEN};
+pub use nspawn::{apt_mirror, cached_root, cannot_boot, target_dir, Container, NspawnError};
 pub use paths::{temp_dir, workspace_root};
 pub use port::free_port;
 pub use process::ChildGuard;

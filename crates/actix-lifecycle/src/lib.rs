@@ -152,8 +152,8 @@ pub use listener::{
 };
 pub use metrics::{DEFAULT_PREFIX, DURATION_BUCKETS};
 pub use notify::{
-    GetNotifierState, NotifierBuilder, NotifierState, NotifyEnv, NotifyError, NotifySender,
-    SendMainPid, SystemdNotifier, WaitReady,
+    GetNotifierState, HandedOver, NotifierBuilder, NotifierState, NotifyEnv, NotifyError,
+    NotifySender, SendMainPid, SystemdNotifier, WaitReady,
 };
 pub use phase::{Phase, PhaseController, ShutdownHandle};
 pub use registry::{

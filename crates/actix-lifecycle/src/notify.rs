@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 pub use builder::NotifierBuilder;
 pub use lifecycle_handoff::{Notifier as NotifySender, NotifyEnv, NotifyError};
-pub use messages::{GetNotifierState, NotifierState, SendMainPid, WaitReady};
+pub use messages::{GetNotifierState, HandedOver, NotifierState, SendMainPid, WaitReady};
 
 use crate::broker::FdBroker;
 use crate::lifecycle::Lifecycle;
@@ -410,6 +410,18 @@ impl Handler<SendMainPid> for SystemdNotifier {
                 Err(e)
             }
         }
+    }
+}
+
+impl Handler<HandedOver> for SystemdNotifier {
+    type Result = ();
+
+    fn handle(&mut self, msg: HandedOver, _ctx: &mut Self::Context) -> Self::Result {
+        if self.handed_over_to.is_none() && self.sender.is_some() {
+            info!(self.log, "service handed over; this process sends no more notifications";
+                "to" => msg.pid);
+        }
+        self.handed_over_to.get_or_insert(msg.pid);
     }
 }
 

@@ -16,8 +16,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use actix_lifecycle::{
-    BeginShutdown, GetListenerInfo, GetNotifierState, Lifecycle, NotifyEnv, NotifySender, Phase,
-    SendMainPid, SystemdNotifier, WaitReady,
+    BeginShutdown, GetListenerInfo, GetNotifierState, HandedOver, Lifecycle, NotifyEnv,
+    NotifySender, Phase, SendMainPid, SystemdNotifier, WaitReady,
 };
 use common::{echo, logger, roundtrip};
 use lifecycle_handoff::{Inventory, ListenerSpec, PassedListener};
@@ -499,6 +499,29 @@ async fn handing_main_pid_to_another_process_silences_this_one() {
         .unwrap();
     let seen = systemd.until("MAINPID=", LIMIT).await;
     assert_eq!(seen.last().unwrap(), &format!("MAINPID={successor}\n"));
+    lc.coordinator().do_send(BeginShutdown);
+    let after = systemd.during(Duration::from_millis(600)).await;
+    assert!(
+        after.is_empty(),
+        "the old process notified after the hand-over: {after:?}"
+    );
+    assert!(lc.shutdown_handle().is_draining());
+    let state = notifier.send(GetNotifierState).await.unwrap();
+    assert_eq!(state.handed_over_to, Some(successor));
+}
+
+/// Issue 17: after a hand-over the old process sends nothing at all — not
+/// even the MAINPID= it used to send (systemd refused it: the old process
+/// was no longer the main one) — and no STOPPING=1 when it drains.
+#[actix::test]
+async fn handed_over_sends_nothing_more_not_even_mainpid() {
+    let systemd = FakeSystemd::bind();
+    let lc = lifecycle(vec![], false);
+    let notifier = SystemdNotifier::builder(&lc, systemd.env()).start();
+    assert!(notifier.send(WaitReady).await.unwrap());
+    let _ = systemd.until("READY=1", LIMIT).await;
+    let successor = std::process::id() + 1;
+    notifier.send(HandedOver { pid: successor }).await.unwrap();
     lc.coordinator().do_send(BeginShutdown);
     let after = systemd.during(Duration::from_millis(600)).await;
     assert!(

@@ -204,6 +204,7 @@ pub fn serve(
         handover,
         supervised,
         held: Some(held),
+        parent: Some(nix::unistd::getppid()),
     };
     run(config, log, inventory, tls, upgrade, notify)
 }
@@ -228,6 +229,11 @@ pub struct Upgrade {
     /// before the service reports ready, so that one that came early is
     /// handled then instead of terminating the process. `None`: not held.
     pub held: Option<HeldSignals>,
+    /// This process's parent at start. For a successor started by its
+    /// predecessor (a ready channel, not `supervised`) that is the
+    /// predecessor: once it exited, this process names itself systemd's
+    /// main process (`MAINPID=`).
+    pub parent: Option<nix::unistd::Pid>,
 }
 
 /// Opens the `[tls]` certificate and key with
@@ -295,10 +301,11 @@ async fn start_listeners(
 ) -> Result<(), StartError> {
     let gateway_metrics = GatewayMetrics::register(lifecycle.metrics(), config.metrics_prefix())?;
     let upgrade_metrics = UpgradeMetrics::register(lifecycle.metrics(), config.metrics_prefix())?;
-    if let Some(lineage) = &upgrade.lineage {
-        upgrade_metrics.set_lineage(lineage);
-    }
-    let generation = upgrade.lineage.map_or(0, |l| l.generation);
+    // The first process of a service (no lineage) is generation 1: the one
+    // its successor, generation 2, names as the one it took over from.
+    let lineage = upgrade.lineage.unwrap_or(Lineage::FIRST);
+    upgrade_metrics.set_lineage(&lineage);
+    let generation = lineage.generation;
     let upgrade_drain = match &upgrade.ready {
         // A successor's channel closes once its predecessor has seen it
         // ready: only a supervising parent's closing means an upgrade.
@@ -438,6 +445,20 @@ async fn start_listeners(
     // systemd (Type=notify) when this process is the main one; a child of
     // the privileged parent stays silent (see `Notifications`).
     let notifier = notify.start(lifecycle, log);
+    // A successor of a predecessor: systemd's main process once that one exited.
+    if let (Some(notifier), Some(parent), Some(_), false) = (
+        &notifier,
+        upgrade.parent,
+        &upgrade.ready,
+        upgrade.supervised,
+    ) {
+        crate::handover::announce_main_pid_after_parent(
+            parent,
+            notifier.clone(),
+            generation,
+            log.new(o!("generation" => generation)),
+        );
+    }
     // Installs the SIGHUP/SIGUSR2 handlers and releases the held signals
     // (this is the thread that held them): before `ready`.
     HandoverTask {

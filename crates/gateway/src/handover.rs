@@ -2,8 +2,10 @@
 //! `CAP_NET_BIND_SERVICE` setups): on SIGHUP the serving process starts a
 //! successor of the binary on disk with duplicates of its listeners and
 //! freshly opened TLS files (`lifecycle_handoff::SuccessorHandoff`), waits
-//! until it is ready, tells systemd `MAINPID=<successor>`, then drains for
-//! an upgrade and exits. If the successor fails, this process serves on and
+//! until it is ready, tells systemd `READY=1`, goes silent, then drains for
+//! an upgrade and exits. The successor tells systemd `MAINPID=<its pid>`
+//! once this process has exited ([`announce_main_pid_after_parent`]): only
+//! then is it systemd's own child, which systemd waits for on a stop. If the successor fails, this process serves on and
 //! counts the failure. SIGUSR2 does the same. Under a privileged parent
 //! both are the parent's business: a child that gets one logs it and goes
 //! on.
@@ -13,7 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix::Addr;
-use actix_lifecycle::{BeginShutdown, SendMainPid, ShutdownCoordinator, SystemdNotifier};
+use actix_lifecycle::{
+    BeginShutdown, HandedOver, SendMainPid, ShutdownCoordinator, SystemdNotifier,
+};
 use actix_rt::signal::unix::{signal, SignalKind};
 use lifecycle_handoff::{
     open_file, ChildSpawner, HeldSignals, Inventory, Lineage, PassedFile, PassedListener,
@@ -226,11 +230,13 @@ impl HandoverTask {
                 // outlives this process.
                 drop(successor.into_child());
                 self.drain.mark();
-                // The hand-over told systemd already; this stops the
-                // notifier speaking for the service (no STOPPING=1 from an
-                // old process).
+                // The hand-over told systemd READY=1 already, and the
+                // successor names itself the main process once this one
+                // exited; from now on this process sends nothing (above
+                // all no STOPPING=1 when it drains, which would stop the
+                // whole unit).
                 if let Some(notifier) = &self.notifier {
-                    if let Err(e) = notifier.send(SendMainPid { pid }).await {
+                    if let Err(e) = notifier.send(HandedOver { pid }).await {
                         warn!(self.log, "notifier gone"; "error" => %e);
                     }
                 }
@@ -248,4 +254,40 @@ impl HandoverTask {
             "upgrades_failed" => *failed, "detail" => format!("generation {from} keeps serving"));
         false
     }
+}
+
+/// How often a successor looks whether its predecessor exited.
+const PARENT_CHECK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// In a successor that notifies systemd (started by its predecessor, not by
+/// a privileged parent): waits until the predecessor `parent` exited (this
+/// process is re-parented, to systemd), then sends `MAINPID=<own pid>`.
+///
+/// Sent earlier, while `parent` lives, systemd would supervise this
+/// process as "not our child" for the rest of its life and, on a stop, not
+/// wait for it before SIGKILL (see `lifecycle_handoff`'s successor module
+/// and deploy/README.md). Until then the predecessor is the main process
+/// (`ExitType=cgroup` keeps the unit up between its exit and this
+/// message; `NotifyAccess=all` lets this message in).
+pub(crate) fn announce_main_pid_after_parent(
+    parent: nix::unistd::Pid,
+    notifier: Addr<SystemdNotifier>,
+    generation: u64,
+    log: Logger,
+) {
+    actix::spawn(async move {
+        let mut tick = tokio::time::interval(PARENT_CHECK);
+        while nix::unistd::getppid() == parent {
+            tick.tick().await;
+        }
+        let pid = std::process::id();
+        match notifier.send(SendMainPid { pid }).await {
+            Ok(Ok(())) => info!(log, "main process announced: the predecessor exited";
+                "main_pid" => pid, "predecessor" => parent.as_raw(), "generation" => generation),
+            Ok(Err(e)) => {
+                warn!(log, "MAINPID= not sent; systemd may not notice when this process exits"; "error" => %e)
+            }
+            Err(e) => warn!(log, "notifier gone"; "error" => %e),
+        }
+    });
 }

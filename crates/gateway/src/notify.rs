@@ -21,8 +21,9 @@ use slog::{info, Logger};
 ///   may leave the variable in place: it is ignored, and the child stays
 ///   silent.
 /// * **inherited** with a lineage but with `NOTIFY_SOCKET` still set: a
-///   successor started by its predecessor, which hands the service over
-///   with `MAINPID=`; it notifies.
+///   successor started by its predecessor, which goes silent once it is
+///   ready; it notifies, and names itself with `MAINPID=` once the
+///   predecessor has exited (then it is systemd's own child).
 /// * **privileged**: the parent's own notifications are not sent from here.
 ///
 /// Without `NOTIFY_SOCKET` nothing is ever sent.

@@ -1,8 +1,8 @@
 //! Upgrades without a privileged parent (as root, to start the gateway as
 //! user nobody; skipped with a printed reason otherwise): SIGHUP (or
 //! SIGUSR2) makes the serving process hand its listeners and freshly opened
-//! TLS files to a successor of itself, report it with `MAINPID=`, then
-//! drain and exit; in the immediate mode under load, and socket-activated
+//! TLS files to a successor of itself, drain and exit, and the successor
+//! reports itself with `MAINPID=` once its predecessor exited; in the immediate mode under load, and socket-activated
 //! by `systemd-socket-activate`.
 
 mod common;
@@ -16,6 +16,43 @@ use common::upgrading::{count, gone, load, upgrade_pid, LoadStats, Reaper, Setup
 use common::{occurrences, s_client, sample, served_pem, SOON};
 use lifecycle_tests::{loud, require_root, require_tool};
 use nix::sys::signal::Signal;
+
+/// The next notify datagram with `line` among its lines, and the pid of
+/// its sender (the socket must have `SO_PASSCRED`, see [`pass_credentials`]).
+fn notified_by(socket: &std::os::unix::net::UnixDatagram, line: &str) -> (String, i32) {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr, UnixCredentials};
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!(UnixCredentials);
+        let msg = recvmsg::<UnixAddr>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .unwrap_or_else(|e| panic!("no {line:?}: {e}"));
+        let pid = msg
+            .cmsgs()
+            .unwrap()
+            .find_map(|c| match c {
+                ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
+                _ => None,
+            })
+            .expect("SO_PASSCRED credentials");
+        let n = msg.bytes;
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.lines().any(|l| l == line) {
+            return (text, pid);
+        }
+    }
+}
+
+/// Makes the kernel attach the sender's credentials to every datagram.
+fn pass_credentials(socket: &std::os::unix::net::UnixDatagram) {
+    nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::PassCred, &true).unwrap();
+}
 
 /// The next notify datagram with `line` among its lines.
 fn notified(socket: &std::os::unix::net::UnixDatagram, line: &str) -> String {
@@ -209,6 +246,7 @@ fn a_socket_activated_gateway_hands_over_on_sighup() {
     let notify_path = dir.path().join("notify");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(SOON)).unwrap();
+    pass_credentials(&notify);
     std::fs::set_permissions(&notify_path, std::fs::Permissions::from_mode(0o777)).unwrap();
     let mut cmd = Command::new("systemd-socket-activate");
     cmd.args(["-l", &format!("127.0.0.1:{port}"), "--fdname=smtp", "-E"])
@@ -255,7 +293,19 @@ fn a_socket_activated_gateway_hands_over_on_sighup() {
     );
     let next = i32::try_from(common::number(&line, "child").unwrap()).unwrap();
     let _reaper = Reaper(vec![next]);
-    let text = notified(&notify, &format!("MAINPID={next}"));
+    // Issue 17: MAINPID= comes from the successor itself, once its
+    // predecessor has exited (then it is the service manager's child); sent
+    // by the predecessor, systemd would supervise it as "not our child" and
+    // SIGKILL it on stop.
+    let (text, sender) = notified_by(&notify, &format!("MAINPID={next}"));
+    assert_eq!(
+        sender, next,
+        "MAINPID= must come from the successor: {text:?}"
+    );
+    assert!(
+        gone(first),
+        "MAINPID= came before the predecessor {first} exited"
+    );
     loud(&format!(
         "socket-activated hand-over: pid {first} -> {next}; notified {text:?}"
     ));

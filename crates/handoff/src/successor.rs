@@ -9,11 +9,29 @@
 //!    listeners (and files, if any) by the hand-off protocol, a readiness
 //!    channel, and the next [`Lineage`];
 //! 3. wait until the successor reports ready (default 30 s);
-//! 4. `MAINPID=<successor pid>`, `READY=1` and `STATUS=` to systemd: the
-//!    successor is now the service's main process;
+//! 4. `READY=1` and `STATUS=` to systemd (the reload is over), but **no**
+//!    `MAINPID=`: the successor announces itself with `MAINPID=<own pid>`
+//!    once this process has exited (see below);
 //! 5. the caller drains and exits as on SIGTERM (it must not send
-//!    `STOPPING=1`: it is no longer the main process, and it would speak
-//!    for the whole service).
+//!    `STOPPING=1`: the successor serves, and it would speak for the whole
+//!    service).
+//!
+//! # Why the successor names itself, and only after its predecessor exited
+//!
+//! systemd can only wait for its own children. Told `MAINPID=` of a
+//! process that is not its child (the successor, while its parent — this
+//! process — lives), it logs `Supervising process N which is not our
+//! child` and marks the main process *alien* for as long as it stays the
+//! main process, even after the successor is re-parented to it. On
+//! `systemctl stop` it then sends SIGTERM and does not wait for an alien
+//! main process: unless other processes are left in the control group, it
+//! goes straight on to SIGKILL (`Result=signal`, `ExecMainStatus=9`) while
+//! the successor is still finishing its drain. Once this process has
+//! exited, the successor *is* systemd's child; a `MAINPID=` sent then is
+//! supervised like the original main process. The unit needs
+//! `ExitType=cgroup` (the service lives on while the predecessor's exit
+//! leaves the successor in the control group) and `NotifyAccess=all` (the
+//! successor is not the main process when it sends `MAINPID=`).
 //!
 //! If the successor fails (exits, closes its channel, times out) it is
 //! killed and reaped, `READY=1` and `STATUS=upgrade failed: ...` go to
@@ -209,11 +227,9 @@ impl SuccessorHandoff {
         }
         let status =
             format!("generation {generation} (pid {pid}) took over from generation {from}");
-        self.notify(&[
-            NotifyState::MainPid(pid),
-            NotifyState::Ready,
-            NotifyState::Status(&status),
-        ]);
+        // No MAINPID=: the successor names itself once this process exited
+        // (see the module documentation).
+        self.notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
         Ok(Successor { child, generation })
     }
 
@@ -275,7 +291,8 @@ pub struct Successor {
 }
 
 impl Successor {
-    /// Its pid (what systemd was told with `MAINPID=`).
+    /// Its pid (what it tells systemd with `MAINPID=` once this process
+    /// exited).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

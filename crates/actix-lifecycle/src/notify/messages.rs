@@ -27,6 +27,18 @@ pub struct SendMainPid {
     pub pid: u32,
 }
 
+/// Another process serves now and speaks for the service (a successor
+/// after an upgrade, which tells systemd `MAINPID=` itself once this
+/// process exited): this notifier sends nothing more — no `STATUS=`, no
+/// `WATCHDOG=1`, above all no `STOPPING=1` when this process drains, which
+/// would stop the whole unit. Nothing is sent for this message either.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct HandedOver {
+    /// The process that serves now.
+    pub pid: u32,
+}
+
 /// Ask the notifier what it did so far.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "NotifierState")]
@@ -42,7 +54,8 @@ pub struct NotifierState {
     pub watchdog_interval: Option<Duration>,
     /// True once every listener accepts.
     pub ready: bool,
-    /// Set once `MAINPID=` named another process: nothing is sent since.
+    /// Set once `MAINPID=` named another process or [`HandedOver`] came:
+    /// nothing is sent since.
     pub handed_over_to: Option<u32>,
     /// Datagrams sent successfully.
     pub sent: u64,
