@@ -1,6 +1,7 @@
 //! Reliability of `lifecycle-gateway` under load, faults and bad input
 //! (issue 10): churn, descriptor exhaustion, idle hordes, bad bytes, crash
-//! safety, a full disk, and the actors' races in a loop.
+//! safety, a full disk, and the actors' races in a loop; admission control
+//! (issue 14): a flood from one address, listener and rate caps.
 //!
 //! Every test runs the real binary (built in release mode through
 //! [`lifecycle_tests::gateway_bin`]) with real sockets and signals, prints
@@ -11,6 +12,8 @@
 //! `RELIABILITY_SCALE=0.1` scales the sizes down while iterating; the
 //! committed default (1.0) runs the issue's sizes.
 
+#[path = "reliability/admission.rs"]
+mod admission;
 #[path = "reliability/bad_bytes.rs"]
 mod bad_bytes;
 #[path = "reliability/churn.rs"]

@@ -11,6 +11,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod app;
+pub mod busy;
 mod cli;
 mod config;
 mod handover;
@@ -31,8 +32,8 @@ mod wire;
 pub use app::{open_tls, run, serve, StartError, Upgrade};
 pub use cli::{Cli, EXIT_CONFIG};
 pub use config::{
-    Config, ConfigError, ImapConfig, ListenerConfig, Located, LogConfig, LogFormat, LogLevel,
-    Protocol, ShutdownConfig, SmtpConfig, TlsConfig, TlsMode, DEFAULT_USER,
+    Config, ConfigError, ImapConfig, LimitsConfig, ListenerConfig, Located, LogConfig, LogFormat,
+    LogLevel, Protocol, ShutdownConfig, SmtpConfig, TlsConfig, TlsMode, DEFAULT_USER,
 };
 pub use handover::Handover;
 pub use http::{http_server, HttpListener, HttpState, Readiness};

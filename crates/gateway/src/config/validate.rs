@@ -44,6 +44,7 @@ pub(super) fn default_listeners() -> Vec<ListenerConfig> {
         address: local(port),
         backlog: None,
         tls: None,
+        max_connections: None,
     })
     .collect()
 }
@@ -170,6 +171,8 @@ pub(super) fn build(raw: RawConfig, origin: &str, text: &str) -> Result<Config, 
         None => None,
     };
 
+    let limits = super::limits::build(raw.limits, |v, m| cx.err(v, m), |v, m| cx.err(v, m))?;
+
     let listeners = match raw.listeners {
         None => defaults.listeners.clone(),
         Some(list) => {
@@ -197,6 +200,7 @@ pub(super) fn build(raw: RawConfig, origin: &str, text: &str) -> Result<Config, 
             idle_timeout: imap_idle,
         },
         tls,
+        limits,
         listeners,
     })
 }
@@ -294,12 +298,25 @@ fn listeners(
             }
         };
 
+        let max_connections = match &l.max_connections {
+            Some(v) if l.protocol == Protocol::Http => {
+                return Err(cx.err(v, "`max_connections` is not supported on http listeners (HTTP is served by actix-web, not admitted through the registry); remove it"));
+            }
+            Some(v) => Some(super::limits::count(
+                &|v, m| cx.err(v, m),
+                "max_connections",
+                v,
+            )?),
+            None => None,
+        };
+
         out.push(ListenerConfig {
             name: l.name.into_inner(),
             protocol: l.protocol,
             address,
             backlog,
             tls,
+            max_connections,
         });
     }
     Ok(out)

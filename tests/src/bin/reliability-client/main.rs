@@ -13,9 +13,17 @@
 //! with `term-ack`): sessions that ended before it must all have gone
 //! normally. The last line is `result key=value ...`.
 //!
+//! `flood ADDR N hold|close [side=IP]` opens N connections one after the
+//! other and classifies each by its first line: greeted (kept open with
+//! `hold`, closed with `close`) or busy (`421 `/`* BYE`, then it must be
+//! closed by the server); halfway through, one client from `side` IP is
+//! greeted or not. It prints `flood greeted=G busy=B busy_closed=C
+//! other=O busy_closed_ms_p50=.. side_greeted=0|1 side_ms=..`, then
+//! `flood-busy-line LINE`, and holds until `exit`.
+//!
 //! `hold` opens N silent connections to each ADDR, prints `held
-//! connected=C failed=F`, then obeys stdin commands: `greeted MS`, `probe
-//! K`, `deliver K`, `release-except K`, `peer-closed MS`, `exit` (see
+//! connected=C failed=F`, then obeys stdin commands: `greeted MS`, `busy
+//! MS` (wait for every first line, take out the busy ones), `probe K`, `deliver K`, `release-except K`, `peer-closed MS`, `exit` (see
 //! [`Holder`]).
 
 use std::io::{self, Write};
@@ -25,6 +33,7 @@ use std::time::Duration;
 pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 mod churn;
+mod flood;
 mod hold;
 
 fn main() {
@@ -33,7 +42,8 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("churn") => churn::run(&args[1..]),
         Some("hold") => hold::run(&args[1..]),
-        _ => Err("usage: reliability-client churn|hold ...".to_owned()),
+        Some("flood") => flood::run(&args[1..]),
+        _ => Err("usage: reliability-client churn|hold|flood ...".to_owned()),
     };
     if let Err(e) = result {
         eprintln!("reliability-client: {e}");
