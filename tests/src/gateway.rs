@@ -41,6 +41,7 @@ pub struct GatewayBuilder {
     spool_dir: Option<PathBuf>,
     nofile: Option<u64>,
     smtp_extra: String,
+    limits: Option<String>,
 }
 
 impl GatewayBuilder {
@@ -76,6 +77,16 @@ impl GatewayBuilder {
         self
     }
 
+    /// Lines for the `[limits]` table, e.g. `max_per_address = 100`.
+    /// Default: no limit at all (`max_connections = 0`, `max_per_address =
+    /// 0`), so that load tests from one address measure what they are
+    /// about; the gateway's own defaults apply only to a config without
+    /// `[limits]`.
+    pub fn limits(mut self, lines: &str) -> Self {
+        self.limits = Some(lines.to_owned());
+        self
+    }
+
     /// Writes the config, starts the gateway and waits until it logs
     /// `ready`; reads the bound SMTP, IMAP and HTTP addresses from the log.
     pub fn start(self) -> io::Result<GatewayProcess> {
@@ -95,6 +106,8 @@ level = "info"
 [smtp]
 hostname = "gw.test"
 {extra}
+[limits]
+{limits}
 [[listener]]
 name = "smtp"
 protocol = "smtp"
@@ -112,6 +125,10 @@ address = "127.0.0.1:0"
             drain = self.drain_grace,
             abort = self.abort_grace,
             extra = self.smtp_extra,
+            limits = self
+                .limits
+                .as_deref()
+                .unwrap_or("max_connections = 0\nmax_per_address = 0"),
         );
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config)?;
@@ -285,6 +302,7 @@ impl GatewayProcess {
             spool_dir: None,
             nofile: None,
             smtp_extra: String::new(),
+            limits: None,
         }
     }
 

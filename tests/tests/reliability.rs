@@ -1,7 +1,8 @@
 //! Reliability of `lifecycle-gateway` under load, faults and bad input
 //! (issue 10): churn, descriptor exhaustion, idle hordes, bad bytes, crash
 //! safety, a full disk, and the actors' races in a loop; the paced closing
-//! of idle IMAP sessions (issue 15); and (issue 14) bounded memory of
+//! of idle IMAP sessions (issue 15); and (issue 14) admission control (a
+//! flood from one address, listener and rate caps), bounded memory of
 //! sessions in DATA and the DATA deadlines.
 //!
 //! Every test runs the real binary (built in release mode through
@@ -13,6 +14,8 @@
 //! `RELIABILITY_SCALE=0.1` scales the sizes down while iterating; the
 //! committed default (1.0) runs the issue's sizes.
 
+#[path = "reliability/admission.rs"]
+mod admission;
 #[path = "reliability/bad_bytes.rs"]
 mod bad_bytes;
 #[path = "reliability/churn.rs"]

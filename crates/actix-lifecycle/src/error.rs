@@ -137,3 +137,48 @@ pub enum LifecycleError {
         name: String,
     },
 }
+
+/// Why admission [`Limits`](crate::Limits) or a [`Rate`](crate::Rate)
+/// cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitsError {
+    /// Not `COUNT/UNIT`.
+    #[error(
+        "rate {text:?} is not COUNT/UNIT: write it such as \"60/min\" or \"5/10s\" \
+         (units: ms, s, min, h, d)"
+    )]
+    RateSyntax {
+        /// The text given.
+        text: String,
+    },
+    /// The count is not a whole number from 1 up.
+    #[error(
+        "rate {text:?}: the count before `/` must be a whole number of connections \
+         from 1 to 4294967295, such as \"60/min\""
+    )]
+    RateCount {
+        /// The text given.
+        text: String,
+    },
+    /// The period is shorter than 1 ms or longer than 7 days.
+    #[error("rate {text:?}: the period after `/` must be from 1 ms to 7 days, such as \"60/min\"")]
+    RatePeriod {
+        /// The text given.
+        text: String,
+    },
+    /// A prefix longer than the address family allows.
+    #[error(
+        "address prefix /{prefix} is too long for IPv{family}: use 0 to {max} \
+         (IPv4 /32 is one host; IPv6 /64 is the smallest network a site is given, \
+         a longer prefix would let one client rotate through 2^64 addresses)"
+    )]
+    Prefix {
+        /// 4 or 6.
+        family: u8,
+        /// The prefix given.
+        prefix: u8,
+        /// The longest allowed.
+        max: u8,
+    },
+}

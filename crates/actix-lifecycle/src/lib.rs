@@ -143,7 +143,7 @@ pub use broker::{
     CloseUnclaimed, FdBroker, FileState, GetInventory, InventoryReport, ListenerState, TakeFile,
     TakeListener,
 };
-pub use error::{BrokerError, LifecycleError, ListenerError};
+pub use error::{BrokerError, LifecycleError, LimitsError, ListenerError};
 pub use harness::{Harness, HarnessBuilder, HarnessInfo, Start};
 pub use lifecycle::{Lifecycle, LifecycleBuilder};
 pub use listener::{
@@ -157,9 +157,10 @@ pub use notify::{
 };
 pub use phase::{Phase, PhaseController, ShutdownHandle};
 pub use registry::{
-    Abort, ConnKind, ConnectionGuard, ConnectionInfo, ConnectionRegistry, Done, KindCount,
-    Register, RegistryBuilder, RegistryHandle, RegistryShard, RegistrySnapshot, Shutdown, Snapshot,
-    Tracked, Unregister,
+    Abort, ConnKind, ConnectionGuard, ConnectionInfo, ConnectionRegistry, Done, KindCount, Limits,
+    Rate, RefuseReason, RefusedCounts, Register, RegistryBuilder, RegistryHandle, RegistryShard,
+    RegistrySnapshot, SetLimits, Shutdown, Snapshot, Tracked, Unregister, MAX_PREFIX_V4,
+    MAX_PREFIX_V6, MAX_TRACKED_NETWORKS, STRIPES,
 };
 pub use shutdown::{
     BeginShutdown, EndLameDuck, GetPhase, ShutdownBuilder, ShutdownCoordinator, SignalReceived,

@@ -19,8 +19,8 @@ pub use conn::{Accepted, Conn, ConnHandler, ConnParts, PeerAddr, Stream};
 use crate::broker::{FdBroker, TakeListener};
 use crate::error::{BrokerError, ListenerError};
 use crate::phase::{Phase, ShutdownHandle};
-use crate::registry::{ConnKind, RegistryHandle, RegistryShard};
-use accept::{AcceptLoop, Acceptor, Counters, Server};
+use crate::registry::{ConnKind, Limits, RegistryHandle, RegistryShard};
+use accept::{open_reserve, AcceptLoop, Acceptor, Counters, Server};
 
 pub use accept::{ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN};
 
@@ -64,6 +64,7 @@ pub struct ListenerBuilder {
     log: Logger,
     arbiters: Vec<ArbiterHandle>,
     stop_at: Phase,
+    limits: Option<Limits>,
 }
 
 impl std::fmt::Debug for ListenerBuilder {
@@ -73,11 +74,36 @@ impl std::fmt::Debug for ListenerBuilder {
             .field("protocol", &self.protocol)
             .field("arbiters", &self.arbiters.len())
             .field("stop_at", &self.stop_at)
+            .field("limits", &self.limits)
             .finish()
     }
 }
 
 impl ListenerBuilder {
+    /// This listener's own admission limits (checked where each connection
+    /// registers; see [`RegistryShard::admit`]). Default: the registry's
+    /// ([`RegistryBuilder::limits`](crate::RegistryBuilder::limits)).
+    /// Change them at run time with [`SetLimits`](crate::SetLimits). A
+    /// refused connection gets the handler's
+    /// [`on_refused`](ConnHandler::on_refused) reply and is closed.
+    ///
+    /// ```
+    /// # fn doc(lifecycle: &actix_lifecycle::Lifecycle) -> Result<(), actix_lifecycle::LimitsError> {
+    /// use actix_lifecycle::{ConnHandler, Limits};
+    ///
+    /// let handler = ConnHandler::new(|conn| async move { drop(conn) })
+    ///     .on_refused(|_| b"421 4.7.0 mx.example.org too many connections, try again later\r\n".to_vec());
+    /// lifecycle
+    ///     .listener("mx", "smtp", handler)
+    ///     .limits(Limits::none().max_connections(2000).max_per_address(20).rate_per_address("60/min".parse()?))
+    ///     .start();
+    /// # Ok(()) }
+    /// ```
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
     /// Logs go to `log` (keys `listener`, `protocol`). Default: discarded.
     pub fn logger(mut self, log: Logger) -> Self {
         self.log = log;
@@ -105,6 +131,9 @@ impl ListenerBuilder {
     /// The actor, not started.
     pub fn build(self) -> ListenerActor {
         let kind = self.registry.kind(&self.protocol, &self.name);
+        if let Some(limits) = self.limits {
+            self.registry.set_limits(&kind, Some(limits));
+        }
         let log = self.log.new(o!(
             "actor" => "listener",
             "listener" => self.name.clone(),
@@ -154,6 +183,17 @@ impl ListenerBuilder {
 /// `ENOMEM` back off exponentially from [`ACCEPT_BACKOFF_MIN`] to
 /// [`ACCEPT_BACKOFF_MAX`], logged once per burst with a count; transient
 /// errors (`ECONNABORTED`, ...) are retried at once.
+///
+/// Out of descriptors, clients are answered rather than left in the
+/// backlog: the loop keeps one reserve descriptor (`/dev/null`); at
+/// `EMFILE`/`ENFILE` it closes it, accepts the waiting connection, writes
+/// the handler's busy reply ([`ConnHandler::on_refused`] with
+/// [`RefuseReason::Descriptors`](crate::RefuseReason)), closes it and
+/// re-opens the reserve. It backs off only when that cannot be done.
+///
+/// Each connection is admitted under the listener's [`Limits`]
+/// ([`ListenerBuilder::limits`]) before it is registered; a refused one is
+/// answered the same way and never reaches the handler.
 pub struct ListenerActor {
     name: Arc<str>,
     protocol: Arc<str>,
@@ -201,6 +241,7 @@ impl ListenerActor {
             log: Logger::root(slog::Discard, o!()),
             arbiters: Vec::new(),
             stop_at: Phase::Aborting,
+            limits: None,
         }
     }
 
@@ -237,6 +278,7 @@ impl ListenerActor {
         }
         let accept_loop = AcceptLoop {
             acceptor,
+            reserve: open_reserve(),
             local: server(&self.local_shard),
             remote,
             next_remote: 0,

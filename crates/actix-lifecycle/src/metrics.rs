@@ -10,6 +10,9 @@
 //! * `<prefix>_connections_accepted_total` (counter);
 //! * `<prefix>_connections_aborted_total` (counter);
 //! * `<prefix>_connection_duration_seconds` (histogram);
+//! * `<prefix>_refused_total` (counter, one more label `reason`:
+//!   `listener_full`, `address_full`, `rate`, `descriptors`): connections
+//!   refused by admission control, never registered as live.
 //!
 //! and, from the shutdown coordinator, `<prefix>_phase{phase}` (a state
 //! set: 1 for the current phase, 0 for the others; phases `running`,
@@ -25,7 +28,7 @@ use prometheus::proto::{
 
 use crate::error::LifecycleError;
 use crate::phase::{Phase, ShutdownHandle};
-use crate::registry::Shared;
+use crate::registry::{RefuseReason, Shared};
 
 /// Default metric name prefix.
 pub const DEFAULT_PREFIX: &str = "lifecycle";
@@ -43,6 +46,8 @@ pub(crate) struct KindStats {
     pub(crate) live: u64,
     pub(crate) accepted: u64,
     pub(crate) aborted: u64,
+    /// Refusals by [`RefuseReason::index`](crate::RefuseReason).
+    pub(crate) refused: [u64; 4],
     pub(crate) duration_count: u64,
     pub(crate) duration_sum: f64,
     /// Non-cumulative counts per bucket of [`DURATION_BUCKETS`].
@@ -62,6 +67,9 @@ impl KindStats {
         self.live += other.live;
         self.accepted += other.accepted;
         self.aborted += other.aborted;
+        for (a, b) in self.refused.iter_mut().zip(other.refused.iter()) {
+            *a += b;
+        }
         self.duration_count += other.duration_count;
         self.duration_sum += other.duration_sum;
         for (a, b) in self
@@ -76,7 +84,7 @@ impl KindStats {
 
 pub(crate) struct RegistryCollector {
     shared: Arc<Shared>,
-    names: [String; 4],
+    names: [String; 5],
     descs: Vec<Desc>,
 }
 
@@ -89,18 +97,29 @@ impl RegistryCollector {
             format!("{prefix}_connections_accepted_total"),
             format!("{prefix}_connections_aborted_total"),
             format!("{prefix}_connection_duration_seconds"),
+            format!("{prefix}_refused_total"),
         ];
         let helps = [
             "Live connections by protocol and listener.",
             "Connections accepted and registered.",
             "Connections aborted by shutdown (including ones registered after it).",
             "How long connections lived, from registration to unregistration.",
+            "Connections refused by admission control, by reason (never registered as live).",
         ];
         let labels: Vec<String> = LABELS.iter().map(|s| (*s).to_owned()).collect();
+        let with_reason: Vec<String> = labels
+            .iter()
+            .cloned()
+            .chain(std::iter::once("reason".to_owned()))
+            .collect();
         let descs = names
             .iter()
             .zip(helps)
-            .map(|(n, h)| Desc::new(n.clone(), h.to_owned(), labels.clone(), HashMap::new()))
+            .enumerate()
+            .map(|(i, (n, h))| {
+                let labels = if i == 4 { &with_reason } else { &labels };
+                Desc::new(n.clone(), h.to_owned(), labels.clone(), HashMap::new())
+            })
             .collect::<prometheus::Result<Vec<_>>>()?;
         Ok(RegistryCollector {
             shared,
@@ -120,7 +139,11 @@ fn family(name: &str, help: &str, t: MetricType, metrics: Vec<Metric>) -> Metric
 }
 
 fn labels(protocol: &str, listener: &str) -> Vec<LabelPair> {
-    [("listener", listener), ("protocol", protocol)]
+    label_pairs(&[("listener", listener), ("protocol", protocol)])
+}
+
+fn label_pairs(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
         .iter()
         .map(|(k, v)| {
             let mut p = LabelPair::default();
@@ -142,7 +165,21 @@ impl Collector for RegistryCollector {
         let mut accepted = Vec::new();
         let mut aborted = Vec::new();
         let mut durations = Vec::new();
-        for (kind, s) in totals.iter().filter(|(_, s)| s.accepted > 0) {
+        let mut refused = Vec::new();
+        let seen = |s: &KindStats| s.accepted > 0 || s.refused.iter().any(|n| *n > 0);
+        for (kind, s) in totals.iter().filter(|(_, s)| seen(s)) {
+            for reason in RefuseReason::ALL {
+                let mut m = Metric::default();
+                m.set_label(label_pairs(&[
+                    ("listener", &kind.listener),
+                    ("protocol", &kind.protocol),
+                    ("reason", reason.as_str()),
+                ]));
+                let mut c = Counter::default();
+                c.set_value(s.refused[reason.index()] as f64);
+                m.set_counter(c);
+                refused.push(m);
+            }
             let lp = labels(&kind.protocol, &kind.listener);
             let mut m = Metric::default();
             m.set_label(lp.clone());
@@ -208,6 +245,12 @@ impl Collector for RegistryCollector {
                 self.descs[3].help.as_str(),
                 MetricType::HISTOGRAM,
                 durations,
+            ),
+            family(
+                &self.names[4],
+                self.descs[4].help.as_str(),
+                MetricType::COUNTER,
+                refused,
             ),
         ]
     }

@@ -2,28 +2,35 @@
 //! kept in per-arbiter shards, with persistent abort and prometheus metrics.
 
 mod abort;
+mod admission;
 mod handle;
 mod messages;
 mod shard;
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
 use actix::{Actor, Context, Handler, MessageResult, ResponseFuture};
-use slog::{debug, o, Logger};
+use slog::{debug, info, o, Logger};
 use tokio::sync::Notify;
 
 pub use abort::Tracked;
+pub use admission::{
+    Limits, Rate, RefuseReason, RefusedCounts, MAX_PREFIX_V4, MAX_PREFIX_V6, MAX_TRACKED_NETWORKS,
+    STRIPES,
+};
 pub use handle::RegistryHandle;
 pub use messages::{
-    Abort, ConnectionInfo, Done, KindCount, Register, RegistrySnapshot, Shutdown, Snapshot,
-    Unregister,
+    Abort, ConnectionInfo, Done, KindCount, Register, RegistrySnapshot, SetLimits, Shutdown,
+    Snapshot, Unregister,
 };
 pub use shard::{ConnectionGuard, RegistryShard};
 
 use crate::error::LifecycleError;
 use crate::metrics::{KindStats, RegistryCollector, DEFAULT_PREFIX};
+use admission::{AddressTable, KindAdmission};
 use shard::{ShardInner, ShardState};
 
 /// A (protocol, listener) pair, interned by a registry so registering with
@@ -36,6 +43,15 @@ pub struct ConnKind {
     pub protocol: Arc<str>,
     /// The listener label (the listener's name).
     pub listener: Arc<str>,
+    /// Its admission state, shared by every shard.
+    pub(crate) admission: Arc<KindAdmission>,
+}
+
+/// One interned kind.
+pub(crate) struct KindSlot {
+    protocol: Arc<str>,
+    listener: Arc<str>,
+    admission: Arc<KindAdmission>,
 }
 
 /// What every shard of a registry shares. Read-mostly on the accept path.
@@ -45,7 +61,11 @@ pub(crate) struct Common {
     pub(crate) shut_down: AtomicBool,
     pub(crate) done_waiters: AtomicUsize,
     pub(crate) done: Notify,
-    kinds: RwLock<Vec<(Arc<str>, Arc<str>)>>,
+    kinds: RwLock<Vec<KindSlot>>,
+    /// The limits of every kind without its own.
+    default_limits: Mutex<Limits>,
+    /// Live connections and buckets per client network.
+    pub(crate) addresses: AddressTable,
 }
 
 impl Common {
@@ -61,30 +81,40 @@ impl Common {
         let mut kinds = self.kinds.write().unwrap_or_else(PoisonError::into_inner);
         let found = kinds
             .iter()
-            .position(|(p, l)| &**p == protocol && &**l == listener);
+            .position(|k| &*k.protocol == protocol && &*k.listener == listener);
         let index = match found {
             Some(i) => i,
             None => {
-                kinds.push((Arc::from(protocol), Arc::from(listener)));
+                // Lock order: kinds, then the default (never the reverse).
+                let default = *self
+                    .default_limits
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                kinds.push(KindSlot {
+                    protocol: Arc::from(protocol),
+                    listener: Arc::from(listener),
+                    admission: Arc::new(KindAdmission::new(default)),
+                });
                 kinds.len() - 1
             }
         };
-        let (p, l) = &kinds[index];
+        let k = &kinds[index];
         ConnKind {
             index: u32::try_from(index).unwrap_or(u32::MAX),
             registry: self.id(),
-            protocol: Arc::clone(p),
-            listener: Arc::clone(l),
+            protocol: Arc::clone(&k.protocol),
+            listener: Arc::clone(&k.listener),
+            admission: Arc::clone(&k.admission),
         }
     }
 
-    /// The index of `kind` in this registry (re-interned when the kind was
+    /// `kind` as this registry knows it (re-interned when the kind was
     /// made by another registry).
-    pub(crate) fn kind_index(self: &Arc<Self>, kind: &ConnKind) -> u32 {
+    pub(crate) fn resolve<'a>(self: &Arc<Self>, kind: &'a ConnKind) -> Cow<'a, ConnKind> {
         if kind.registry == self.id() {
-            kind.index
+            Cow::Borrowed(kind)
         } else {
-            self.intern(&kind.protocol, &kind.listener).index
+            Cow::Owned(self.intern(&kind.protocol, &kind.listener))
         }
     }
 
@@ -92,7 +122,43 @@ impl Common {
         self.kinds
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .iter()
+            .map(|k| (Arc::clone(&k.protocol), Arc::clone(&k.listener)))
+            .collect()
+    }
+
+    /// Every kind's limits in force, in kind order.
+    fn kind_limits(&self) -> Vec<Limits> {
+        self.kinds
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|k| k.admission.limits())
+            .collect()
+    }
+
+    pub(crate) fn default_limits(&self) -> Limits {
+        *self
+            .default_limits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new registry-wide default, applied to every kind without its own.
+    pub(crate) fn set_default_limits(&self, limits: Limits) {
+        *self
+            .default_limits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = limits;
+        // A kind interned meanwhile read the new default or is visited here.
+        for k in self
+            .kinds
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            k.admission.default_changed(&self.default_limits());
+        }
     }
 }
 
@@ -163,17 +229,48 @@ pub struct RegistryBuilder {
     log: Logger,
     metrics: Option<prometheus::Registry>,
     prefix: String,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for RegistryBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistryBuilder")
             .field("prefix", &self.prefix)
+            .field("limits", &self.limits)
             .finish()
     }
 }
 
 impl RegistryBuilder {
+    /// Admission limits of every listener that sets none of its own
+    /// ([`ListenerBuilder::limits`](crate::ListenerBuilder::limits)).
+    /// Default: [`Limits::none`]. Change them at run time with
+    /// [`SetLimits`].
+    ///
+    /// ```
+    /// use std::net::{IpAddr, Ipv4Addr};
+    /// use actix_lifecycle::{ConnectionRegistry, Limits, RefuseReason};
+    ///
+    /// let registry = ConnectionRegistry::builder()
+    ///     .limits(Limits::none().max_per_address(2))
+    ///     .build()
+    ///     .unwrap();
+    /// let handle = registry.handle();
+    /// let (shard, kind) = (handle.shard(), handle.kind("smtp", "mx"));
+    /// let client = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+    /// let a = shard.admit(&kind, client).unwrap();
+    /// let b = shard.admit(&kind, client).unwrap();
+    /// assert_eq!(shard.admit(&kind, client).unwrap_err(), RefuseReason::AddressFull);
+    /// drop(a);
+    /// let c = shard.admit(&kind, client).unwrap();
+    /// assert_eq!(handle.snapshot().kind("smtp", "mx").unwrap().refused.address_full, 1);
+    /// # drop((b, c));
+    /// ```
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Logs go to `log` (key `actor=registry`). Default: discarded.
     pub fn logger(mut self, log: Logger) -> Self {
         self.log = log;
@@ -196,6 +293,7 @@ impl RegistryBuilder {
     pub fn build(self) -> Result<ConnectionRegistry, LifecycleError> {
         let log = self.log.new(o!("actor" => "registry"));
         let handle = RegistryHandle::new(log.clone());
+        handle.shared.common.set_default_limits(self.limits);
         if let Some(metrics) = &self.metrics {
             let metrics_err = |source| LifecycleError::Metrics {
                 prefix: self.prefix.clone(),
@@ -237,6 +335,7 @@ impl ConnectionRegistry {
             log: Logger::root(slog::Discard, o!()),
             metrics: None,
             prefix: DEFAULT_PREFIX.to_owned(),
+            limits: Limits::none(),
         }
     }
 
@@ -292,6 +391,27 @@ impl Handler<Done> for ConnectionRegistry {
     fn handle(&mut self, _msg: Done, _ctx: &mut Self::Context) -> Self::Result {
         debug!(self.log, "done requested"; "live" => self.handle.live());
         Box::pin(self.handle.done())
+    }
+}
+
+impl Handler<SetLimits> for ConnectionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetLimits, _ctx: &mut Self::Context) {
+        match &msg.listener {
+            None => {
+                info!(self.log, "default admission limits changed"; "limits" => ?msg.limits);
+                if let Some(limits) = msg.limits {
+                    self.handle.set_default_limits(limits);
+                }
+            }
+            Some((protocol, listener)) => {
+                info!(self.log, "admission limits changed";
+                    "protocol" => protocol, "listener" => listener, "limits" => ?msg.limits);
+                let kind = self.handle.kind(protocol, listener);
+                self.handle.set_limits(&kind, msg.limits);
+            }
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use lifecycle_handoff::{
 };
 use slog::{error, info, o, warn, Logger};
 
+use crate::busy;
 use crate::config::{Config, Protocol, TlsMode};
 use crate::handover::{Handover, HandoverTask};
 use crate::http::{http_server, HttpListener, HttpState, Readiness};
@@ -359,6 +360,8 @@ async fn start_listeners(
                     Some((TlsMode::Starttls, a)) => (smtp(&name, SmtpTls::Starttls(a)), None),
                     Some((TlsMode::Implicit, a)) => (smtp(&name, SmtpTls::Implicit), Some(a)),
                 };
+                let hostname = config.smtp().hostname().to_owned();
+                let plain = implicit.is_none();
                 let handler = ConnHandler::new(move |conn| {
                     let ctx = ctx.clone();
                     let implicit = implicit.clone();
@@ -379,11 +382,21 @@ async fn start_listeners(
                         }
                     }
                 });
-                actors.push((name.clone(), lifecycle.serve(name, "smtp", handler)));
+                let handler = handler.on_refused(move |reason| match plain {
+                    true => busy::smtp(&hostname, reason),
+                    false => Vec::new(),
+                });
+                let limits = config.listener_limits(l);
+                let actor = lifecycle
+                    .listener(name.clone(), "smtp", handler)
+                    .limits(limits)
+                    .start();
+                actors.push((name, actor));
             }
             Protocol::Imap => {
                 let ctx = imap(&name);
                 let implicit = acceptor.map(|(_, a)| a);
+                let plain = implicit.is_none();
                 let handler = ConnHandler::new(move |conn| {
                     let ctx = ctx.clone();
                     let implicit = implicit.clone();
@@ -404,7 +417,16 @@ async fn start_listeners(
                         }
                     }
                 });
-                actors.push((name.clone(), lifecycle.serve(name, "imap", handler)));
+                let handler = handler.on_refused(move |reason| match plain {
+                    true => busy::imap(reason),
+                    false => Vec::new(),
+                });
+                let limits = config.listener_limits(l);
+                let actor = lifecycle
+                    .listener(name.clone(), "imap", handler)
+                    .limits(limits)
+                    .start();
+                actors.push((name, actor));
             }
             Protocol::Http => {
                 let passed = lifecycle

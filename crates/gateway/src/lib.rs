@@ -11,6 +11,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod app;
+pub mod busy;
 mod cli;
 mod config;
 mod handover;
@@ -32,7 +33,8 @@ mod wire;
 pub use app::{open_tls, run, serve, StartError, Upgrade};
 pub use cli::{Cli, EXIT_CONFIG};
 pub use config::{
-    BareNewlines, Config, ConfigError, ImapConfig, ListenerConfig, Located, LogConfig, LogFormat,
+    BareNewlines, Config, ConfigError, ImapConfig, LimitsConfig, ListenerConfig, Located, LogConfig,
+    LogFormat,
     LogLevel, Protocol, ShutdownConfig, SmtpConfig, TlsConfig, TlsMode, DEFAULT_USER,
 };
 pub use handover::Handover;

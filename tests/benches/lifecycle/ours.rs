@@ -34,6 +34,14 @@ struct OursServer {
 
 impl OursServer {
     fn start(handler: fn() -> ConnHandler, workers: usize) -> Res<Self> {
+        Self::start_with(handler, workers, None)
+    }
+
+    fn start_with(
+        handler: fn() -> ConnHandler,
+        workers: usize,
+        limits: Option<actix_lifecycle::Limits>,
+    ) -> Res<Self> {
         let std_listener = loopback_listener()?;
         let addr = std_listener.local_addr()?;
         let inventory = Inventory {
@@ -55,10 +63,13 @@ impl OursServer {
                     .map_err(|e| e.to_string())?;
                 let arbiters: Vec<actix::Arbiter> =
                     (0..workers).map(|_| actix::Arbiter::new()).collect();
-                lifecycle
+                let mut listener = lifecycle
                     .listener(NAME, NAME, handler())
-                    .arbiters(arbiters.iter().map(|a| a.handle()).collect())
-                    .start();
+                    .arbiters(arbiters.iter().map(|a| a.handle()).collect());
+                if let Some(limits) = limits {
+                    listener = listener.limits(limits);
+                }
+                listener.start();
                 Ok::<_, String>((lifecycle, arbiters))
             });
             let ok = started.is_ok();
@@ -106,6 +117,20 @@ fn write_line() -> ConnHandler {
 /// on one arbiter.
 pub(crate) fn start_accept() -> Res<Running> {
     let server = OursServer::start(write_line, 0)?;
+    Ok(Running::new(server.addr, move || server.stop()))
+}
+
+/// Accept path on one arbiter with every admission limit on (issue 14),
+/// generous enough never to be hit: a per-listener cap, a per-address cap
+/// (the load client is one address) and a rate.
+pub(crate) fn start_accept_limited() -> Res<Running> {
+    let rate = actix_lifecycle::Rate::new(1_000_000_000, Duration::from_secs(1))
+        .map_err(|e| e.to_string())?;
+    let limits = actix_lifecycle::Limits::none()
+        .max_connections(1_000_000)
+        .max_per_address(1_000_000)
+        .rate_per_address(rate);
+    let server = OursServer::start_with(write_line, 0, Some(limits))?;
     Ok(Running::new(server.addr, move || server.stop()))
 }
 

@@ -99,6 +99,7 @@ pub(crate) fn registry_rows(sizes: &Sizes) -> Res<Vec<Row>> {
 pub(crate) fn accept_rows(client: &mut LoadClient, sizes: &Sizes) -> Res<Vec<Row>> {
     const OURS_ONE: &str = "ours, 1 arbiter";
     const OURS_WORKER: &str = "ours, accept + 1 worker arbiter";
+    const OURS_LIMITED: &str = "ours, 1 arbiter, limits on";
     let contenders = [
         accept::Contender {
             name: OURS_ONE,
@@ -111,6 +112,10 @@ pub(crate) fn accept_rows(client: &mut LoadClient, sizes: &Sizes) -> Res<Vec<Row
         accept::Contender {
             name: "plain tokio",
             start: accept::start_tokio,
+        },
+        accept::Contender {
+            name: OURS_LIMITED,
+            start: ours::start_accept_limited,
         },
         accept::Contender {
             name: "actix-server",
@@ -130,6 +135,7 @@ pub(crate) fn accept_rows(client: &mut LoadClient, sizes: &Sizes) -> Res<Vec<Row
     let ours_worker = *find(&rates, OURS_WORKER)?;
     let tokio = *find(&rates, "plain tokio")?;
     let actix_server = *find(&rates, "actix-server")?;
+    let ours_limited = *find(&rates, OURS_LIMITED)?;
     let baselines: Vec<(String, Summary)> = rates
         .iter()
         .filter(|(n, _)| n == "plain tokio" || n == "actix-server")
@@ -170,6 +176,22 @@ pub(crate) fn accept_rows(client: &mut LoadClient, sizes: &Sizes) -> Res<Vec<Row
                 &actix_server,
                 1.0,
                 "actix-server",
+            )]),
+        },
+        Row {
+            what: format!(
+                "accept path with admission limits on (max_connections, max_per_address \
+                 and a rate per address, generous: never hit) against limits off, \
+                 both ours on one arbiter, same run ({load})"
+            ),
+            ours: Some(ours_limited),
+            baselines: vec![("ours, limits off".to_owned(), ours_one)],
+            target: "≥ 0.97× limits off (at most 3 % apart)".into(),
+            met: met(vec![check_ratio(
+                &ours_limited,
+                &ours_one,
+                0.97,
+                "limits off",
             )]),
         },
         Row {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::ArbiterHandle;
+use futures_util::FutureExt;
 use lifecycle_handoff::{validate_listener, ListenAddress, Network, PassedListener};
 use slog::{debug, info, warn, Logger};
 use tokio::net::{TcpListener, UnixListener};
@@ -15,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::conn::{Conn, ConnContext, ConnHandler, PeerAddr, Stream};
 use crate::phase::ShutdownHandle;
-use crate::registry::{ConnKind, RegistryShard};
+use crate::registry::{ConnKind, RefuseReason, RegistryShard};
 
 /// First wait after a resource-exhaustion accept error (`EMFILE`, ...).
 pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -150,10 +151,22 @@ impl Server {
         }
     }
 
-    /// Registers the connection on this arbiter's shard and hands it to the
-    /// handler.
+    /// Admits the connection on this arbiter's shard and hands it to the
+    /// handler, or answers it busy and closes it.
+    ///
+    /// Admission uses the accepted peer's address. (A listener that learns
+    /// the client's address from the connection itself, such as the PROXY
+    /// protocol, would read it first and admit here with it.)
     fn serve(&self, stream: Stream, peer: PeerAddr) {
-        let guard = self.shard.register(&self.kind);
+        let guard = match self.shard.admit(&self.kind, peer.ip()) {
+            Ok(guard) => guard,
+            Err(reason) => {
+                let written = self.handler.refuse(stream, reason);
+                debug!(self.log, "connection refused"; "peer" => %peer,
+                    "reason" => reason.as_str(), "reply_bytes" => written);
+                return;
+            }
+        };
         debug!(self.log, "connection accepted"; "conn" => guard.id(), "peer" => %peer);
         let conn = Conn::new(guard.track(stream), peer, Arc::clone(&self.context));
         self.handler.dispatch(conn);
@@ -184,8 +197,16 @@ impl Server {
 /// The way to hand connections to a [`Server`] on another arbiter.
 pub(crate) struct Remote(mpsc::UnboundedSender<(StdStream, PeerAddr)>);
 
+/// The descriptor kept in reserve to answer clients when the process is
+/// out of descriptors: `/dev/null`, opened close-on-exec.
+pub(crate) fn open_reserve() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
 pub(crate) struct AcceptLoop {
     pub(crate) acceptor: Acceptor,
+    /// One descriptor held back for [`AcceptLoop::answer_exhausted`].
+    pub(crate) reserve: Option<std::fs::File>,
     pub(crate) local: Server,
     pub(crate) remote: Vec<Remote>,
     pub(crate) next_remote: usize,
@@ -214,8 +235,14 @@ impl AcceptLoop {
                             let burst = self.counters.burst.get() + 1;
                             self.counters.burst.set(burst);
                             if burst == 1 {
-                                warn!(self.log, "accept failed: out of resources; backing off";
+                                warn!(self.log, "accept failed: out of resources; answering waiting clients busy, backing off";
                                     "error" => %e, "backoff_ms" => delay.as_millis() as u64);
+                            }
+                            if self.answer_exhausted(&e) {
+                                // One waiting client was answered, or none
+                                // waits (the next accept waits for one):
+                                // either way no spin, no need to sleep.
+                                continue;
                             }
                             actix_rt::time::sleep(delay).await;
                             delay = (delay * 2).min(ACCEPT_BACKOFF_MAX);
@@ -229,6 +256,44 @@ impl AcceptLoop {
                 }
             }
         }
+    }
+
+    /// Out of descriptors (`EMFILE`/`ENFILE`): frees the reserve
+    /// descriptor, accepts the waiting connection with it, answers it busy
+    /// ([`RefuseReason::Descriptors`]), closes it and takes the reserve
+    /// again. True when that made progress: a client was answered, or no
+    /// client was waiting (the accept then waits for readiness). False
+    /// when there is no reserve (it could not be re-opened) or the accept
+    /// failed again: the caller backs off.
+    fn answer_exhausted(&mut self, e: &io::Error) -> bool {
+        if !matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+            return false;
+        }
+        let Some(reserve) = self.reserve.take() else {
+            self.reserve = open_reserve();
+            return false;
+        };
+        drop(reserve);
+        let accepted = self.acceptor.accept().now_or_never();
+        let progress = match accepted {
+            Some(Ok((stream, peer))) => {
+                self.counters.accepted.set(self.counters.accepted.get() + 1);
+                let reason = self
+                    .local
+                    .shard
+                    .refuse(&self.local.kind, RefuseReason::Descriptors);
+                let written = self.local.handler.refuse(stream, reason);
+                debug!(self.log, "connection refused"; "peer" => %peer,
+                    "reason" => reason.as_str(), "reply_bytes" => written);
+                true
+            }
+            // Nobody waits: the listener's readiness is now cleared.
+            None => true,
+            Some(Err(_)) => false,
+        };
+        // The answered connection is closed by now: its descriptor is free.
+        self.reserve = open_reserve();
+        progress
     }
 
     fn dispatch(&mut self, stream: Stream, peer: PeerAddr) {

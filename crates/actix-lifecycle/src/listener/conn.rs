@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::phase::ShutdownHandle;
-use crate::registry::{ConnectionGuard, Tracked};
+use crate::registry::{ConnectionGuard, RefuseReason, Tracked};
 
 /// An accepted stream: TCP or Unix-domain.
 #[derive(Debug)]
@@ -72,6 +72,29 @@ pub enum PeerAddr {
     Tcp(SocketAddr),
     /// A Unix-domain peer; usually unnamed (`None`).
     Unix(Option<PathBuf>),
+}
+
+impl PeerAddr {
+    /// The IP address of a TCP peer (what admission limits count).
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            PeerAddr::Tcp(a) => Some(a.ip()),
+            PeerAddr::Unix(_) => None,
+        }
+    }
+}
+
+impl Stream {
+    /// Writes what fits of `bytes` without waiting (a fresh socket's send
+    /// buffer takes one short line whole), for a busy reply. Errors are
+    /// ignored: the connection is closed next either way.
+    pub(crate) fn write_now(&self, bytes: &[u8]) -> usize {
+        let written = match self {
+            Stream::Tcp(s) => s.try_write(bytes),
+            Stream::Unix(s) => s.try_write(bytes),
+        };
+        written.unwrap_or(0)
+    }
 }
 
 impl fmt::Display for PeerAddr {
@@ -265,7 +288,11 @@ type HandlerFn = dyn Fn(Conn) + Send + Sync;
 #[derive(Clone)]
 pub struct ConnHandler {
     inner: HandlerInner,
+    refused: Option<Arc<RefusedFn>>,
 }
+
+/// The busy reply of a protocol for a refusal reason.
+type RefusedFn = dyn Fn(RefuseReason) -> Vec<u8> + Send + Sync;
 
 #[derive(Clone)]
 enum HandlerInner {
@@ -294,6 +321,7 @@ impl ConnHandler {
             inner: HandlerInner::Func(Arc::new(move |conn| {
                 actix::spawn(f(conn));
             })),
+            refused: None,
         }
     }
 
@@ -303,7 +331,51 @@ impl ConnHandler {
     pub fn recipient(recipient: Recipient<Accepted>) -> Self {
         ConnHandler {
             inner: HandlerInner::Recipient(recipient),
+            refused: None,
         }
+    }
+
+    /// The protocol's busy reply to a connection refused by admission
+    /// control ([`Limits`](crate::Limits)) or for want of descriptors:
+    /// `reply(reason)` gives one short line (empty: close without a word).
+    /// The listener writes it with one non-blocking write — never waiting
+    /// on the client — and closes the connection, which is never
+    /// registered and never reaches the handler. Default: close silently.
+    ///
+    /// ```
+    /// use actix_lifecycle::{ConnHandler, RefuseReason};
+    ///
+    /// let smtp = ConnHandler::new(|conn| async move { drop(conn) })
+    ///     .on_refused(|reason| match reason {
+    ///         RefuseReason::Rate => b"421 4.7.0 mx.example.org too many connections, slow down\r\n".to_vec(),
+    ///         _ => b"421 4.7.0 mx.example.org too many connections, try again later\r\n".to_vec(),
+    ///     });
+    /// # drop(smtp);
+    /// ```
+    pub fn on_refused(
+        mut self,
+        reply: impl Fn(RefuseReason) -> Vec<u8> + Send + Sync + 'static,
+    ) -> Self {
+        self.refused = Some(Arc::new(reply));
+        self
+    }
+
+    /// Answers a refused connection with the busy reply (if any), without
+    /// waiting, and closes it. Returns the bytes written.
+    pub(crate) fn refuse(&self, stream: Stream, reason: RefuseReason) -> usize {
+        let written = match &self.refused {
+            Some(reply) => {
+                let line = reply(reason);
+                if line.is_empty() {
+                    0
+                } else {
+                    stream.write_now(&line)
+                }
+            }
+            None => 0,
+        };
+        drop(stream);
+        written
     }
 
     /// Hands `conn` to the handler: spawns the closure's future on the

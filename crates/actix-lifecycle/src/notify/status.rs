@@ -53,6 +53,8 @@ mod tests {
             live,
             accepted: live,
             aborted: 0,
+            refused: Default::default(),
+            limits: Default::default(),
         }
     }
 

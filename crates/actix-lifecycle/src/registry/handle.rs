@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use slog::{debug, info, Logger};
 use tokio::sync::Notify;
 
+use super::admission::{Limits, RefusedCounts};
 use super::messages::{ConnectionInfo, KindCount, RegistrySnapshot};
 use super::shard::{self, RegistryShard, ShardInner, ShardState, SEQ_BITS};
 use super::{Common, ConnKind, Shared};
@@ -38,6 +39,8 @@ impl RegistryHandle {
                     done_waiters: AtomicUsize::new(0),
                     done: Notify::new(),
                     kinds: RwLock::new(Vec::new()),
+                    default_limits: Mutex::new(Limits::none()),
+                    addresses: Default::default(),
                 }),
                 shards: RwLock::new(Vec::new()),
             }),
@@ -47,6 +50,45 @@ impl RegistryHandle {
     /// The interned (protocol, listener) pair, for registering connections.
     pub fn kind(&self, protocol: &str, listener: &str) -> ConnKind {
         self.shared.common.intern(protocol, listener)
+    }
+
+    /// The registry-wide default limits (see
+    /// [`RegistryBuilder::limits`](crate::RegistryBuilder::limits)).
+    pub fn default_limits(&self) -> Limits {
+        self.shared.common.default_limits()
+    }
+
+    /// Changes the registry-wide default limits now; every listener
+    /// without its own limits follows. Connections already live stay.
+    pub fn set_default_limits(&self, limits: Limits) {
+        self.shared.common.set_default_limits(limits);
+    }
+
+    /// Sets the limits of one (protocol, listener) now; `None` makes it
+    /// follow the registry default again. Connections already live stay
+    /// (a listener over a lowered limit refuses until it is under it).
+    ///
+    /// ```
+    /// use actix_lifecycle::{ConnectionRegistry, Limits, RefuseReason};
+    ///
+    /// let handle = ConnectionRegistry::builder().build().unwrap().handle();
+    /// let (shard, kind) = (handle.shard(), handle.kind("imap", "imap"));
+    /// let first = shard.admit(&kind, None).unwrap();
+    /// handle.set_limits(&kind, Some(Limits::none().max_connections(1)));
+    /// assert_eq!(shard.admit(&kind, None).unwrap_err(), RefuseReason::ListenerFull);
+    /// handle.set_limits(&kind, None);
+    /// let second = shard.admit(&kind, None).unwrap();
+    /// # drop((first, second));
+    /// ```
+    pub fn set_limits(&self, kind: &ConnKind, limits: Option<Limits>) {
+        let kind = self.shared.common.resolve(kind);
+        kind.admission
+            .set_own(limits, &self.shared.common.default_limits());
+    }
+
+    /// The limits in force for `kind`.
+    pub fn limits(&self, kind: &ConnKind) -> Limits {
+        self.shared.common.resolve(kind).admission.limits()
     }
 
     /// A new shard. Make one per arbiter that serves connections and use it
@@ -195,16 +237,20 @@ impl RegistryHandle {
             }
         });
         entries.sort_by_key(|(started, info)| (*started, info.id));
+        let limits = common.kind_limits();
         let kinds: Vec<KindCount> = self
             .shared
             .stats_by_kind()
             .into_iter()
-            .map(|(k, s)| KindCount {
+            .enumerate()
+            .map(|(i, (k, s))| KindCount {
                 protocol: k.protocol,
                 listener: k.listener,
                 live: s.live,
                 accepted: s.accepted,
                 aborted: s.aborted,
+                refused: RefusedCounts::from_array(s.refused),
+                limits: limits.get(i).copied().unwrap_or_default(),
             })
             .collect();
         RegistrySnapshot {
@@ -212,6 +258,8 @@ impl RegistryHandle {
             shut_down: self.is_shut_down(),
             kinds,
             entries: entries.into_iter().map(|(_, i)| i).collect(),
+            default_limits: common.default_limits(),
+            tracked_networks: common.addresses.len(),
         }
     }
 }

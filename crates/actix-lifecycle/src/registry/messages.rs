@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use actix::Message;
 
+use super::admission::{Limits, RefuseReason, RefusedCounts};
 use super::shard::ConnectionGuard;
 use super::ConnKind;
 
@@ -42,6 +43,52 @@ pub struct Abort {
     pub id: u64,
 }
 
+/// Change admission limits at run time: the registry-wide default, or one
+/// listener's own. Takes effect for the next registration; connections
+/// already live stay.
+///
+/// ```
+/// use actix_lifecycle::{Limits, SetLimits};
+///
+/// // Every listener without its own limits: at most 50 per client network.
+/// let all = SetLimits::default_limits(Limits::none().max_per_address(50));
+/// // The "mx" SMTP listener: at most 500 connections.
+/// let mx = SetLimits::listener("smtp", "mx", Some(Limits::none().max_connections(500)));
+/// # drop((all, mx));
+/// ```
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+#[non_exhaustive]
+pub struct SetLimits {
+    /// `(protocol, listener)`; `None` for the registry-wide default.
+    pub listener: Option<(String, String)>,
+    /// The new limits; for a listener, `None` follows the default again
+    /// (for the default, `None` changes nothing).
+    pub limits: Option<Limits>,
+}
+
+impl SetLimits {
+    /// New registry-wide default limits.
+    pub fn default_limits(limits: Limits) -> Self {
+        SetLimits {
+            listener: None,
+            limits: Some(limits),
+        }
+    }
+
+    /// New limits for one listener (`None`: follow the default again).
+    pub fn listener(
+        protocol: impl Into<String>,
+        listener: impl Into<String>,
+        limits: Option<Limits>,
+    ) -> Self {
+        SetLimits {
+            listener: Some((protocol.into(), listener.into())),
+            limits,
+        }
+    }
+}
+
 /// Resolves when no connection remains: at once if none is live. Any number
 /// of senders may wait.
 #[derive(Debug, Clone, Copy, Message)]
@@ -66,6 +113,10 @@ pub struct KindCount {
     pub accepted: u64,
     /// Connections aborted so far.
     pub aborted: u64,
+    /// Connections refused so far, by reason.
+    pub refused: RefusedCounts,
+    /// The admission limits in force.
+    pub limits: Limits,
 }
 
 /// One live connection in a [`RegistrySnapshot`].
@@ -94,6 +145,11 @@ pub struct RegistrySnapshot {
     pub kinds: Vec<KindCount>,
     /// Every live connection, oldest first.
     pub entries: Vec<ConnectionInfo>,
+    /// The registry-wide default limits.
+    pub default_limits: Limits,
+    /// Client networks the per-address table holds now (see
+    /// [`MAX_TRACKED_NETWORKS`](crate::MAX_TRACKED_NETWORKS)).
+    pub tracked_networks: usize,
 }
 
 impl RegistrySnapshot {
@@ -112,5 +168,10 @@ impl RegistrySnapshot {
     /// Connections aborted so far, all kinds.
     pub fn aborted(&self) -> u64 {
         self.kinds.iter().map(|k| k.aborted).sum()
+    }
+
+    /// Connections refused so far for `reason`, all kinds.
+    pub fn refused(&self, reason: RefuseReason) -> u64 {
+        self.kinds.iter().map(|k| k.refused.get(reason)).sum()
     }
 }

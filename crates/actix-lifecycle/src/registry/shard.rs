@@ -9,6 +9,7 @@
 use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -17,6 +18,7 @@ use slog::{debug, info};
 use futures_util::task::AtomicWaker;
 
 use super::abort::Tracked;
+use super::admission::{KindAdmission, NetKey, RefuseReason};
 use super::{Common, ConnKind};
 use crate::metrics::KindStats;
 
@@ -31,9 +33,14 @@ pub(crate) struct Entry {
     pub(crate) id: u64,
     /// Nanoseconds since the registry's epoch.
     pub(crate) started: u64,
+    /// The client network it is counted under (see `net_family`).
+    pub(crate) net: u64,
     pub(crate) kind: u32,
     /// Set once, never cleared: the connection is aborted.
     pub(crate) aborted: AtomicBool,
+    /// 4 or 6 when the connection is counted in the per-address table
+    /// under `net`; 0 when not.
+    pub(crate) net_family: u8,
     /// The task waiting to read, woken by an abort.
     pub(crate) read_waker: AtomicWaker,
     /// The task waiting to write or flush, woken by an abort.
@@ -104,6 +111,9 @@ pub(crate) struct ShardState {
     pub(crate) live: HashSet<Live, BuildHasherDefault<IdHasher>>,
     /// Indexed by [`ConnKind`] index.
     pub(crate) kinds: Vec<KindStats>,
+    /// The admission state of each kind registered here, by kind index
+    /// (so that unregistering needs no lookup elsewhere).
+    admissions: Vec<Option<Arc<KindAdmission>>>,
 }
 
 /// Initial room in a shard's map: its table is allocated once at this size
@@ -117,6 +127,7 @@ impl Default for ShardState {
             next_seq: 0,
             live: HashSet::with_capacity_and_hasher(INITIAL_CAPACITY, Default::default()),
             kinds: Vec::new(),
+            admissions: Vec::new(),
         }
     }
 }
@@ -161,7 +172,19 @@ impl ShardInner {
         stats.live = stats.live.saturating_sub(1);
         stats.observe(secs);
         let empty = st.live.is_empty();
+        let admission = st.admissions.get(entry.kind as usize).cloned().flatten();
         drop(st);
+        if let Some(admission) = admission {
+            admission.leave();
+        }
+        if entry.net_family != 0 {
+            let key = NetKey {
+                kind: entry.kind,
+                family: entry.net_family,
+                net: entry.net,
+            };
+            self.shared.addresses.release(key, now);
+        }
         if empty && self.shared.done_waiters.load(Ordering::SeqCst) > 0 {
             self.shared.done.notify_waiters();
         }
@@ -194,9 +217,91 @@ impl RegistryShard {
     /// no round trip. Dropping the guard unregisters it. After the registry
     /// was shut down the connection is registered already aborted (and
     /// counted as aborted).
+    ///
+    /// No limit is checked (the connection is counted towards its
+    /// listener's `max_connections` all the same): use
+    /// [`admit`](Self::admit) for connections from outside.
     pub fn register(&self, kind: &ConnKind) -> ConnectionGuard {
+        let kind = self.inner.shared.resolve(kind);
+        kind.admission.live.fetch_add(1, Ordering::AcqRel);
+        self.insert(&kind, None)
+    }
+
+    /// Admits a connection of `kind` from `peer` under the listener's
+    /// [`Limits`](crate::Limits) and registers it, or refuses it: a
+    /// refused connection is never live, and is counted in the snapshot's
+    /// [`KindCount::refused`](crate::KindCount) and
+    /// `<prefix>_refused_total{reason}`. Without an address (`None`, a
+    /// Unix-domain peer) only `max_connections` applies.
+    ///
+    /// The check is part of the registration, on this shard: no message.
+    /// How each limit stays exact across shards is told in the
+    /// [`Limits`](crate::Limits) documentation.
+    ///
+    /// ```
+    /// use std::net::{IpAddr, Ipv6Addr};
+    /// use actix_lifecycle::{ConnectionRegistry, Limits, RefuseReason};
+    ///
+    /// let handle = ConnectionRegistry::builder().build().unwrap().handle();
+    /// let kind = handle.kind("smtp", "mx");
+    /// handle.set_limits(&kind, Some(Limits::none().max_connections(3).max_per_address(1)));
+    /// let shard = handle.shard();
+    /// let host = |last| Some(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last)));
+    /// let other = |net| Some(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, net, 0, 0, 0, 1)));
+    /// let a = shard.admit(&kind, host(1)).unwrap();
+    /// // Another address of the same /64 is the same client network.
+    /// assert_eq!(shard.admit(&kind, host(2)).unwrap_err(), RefuseReason::AddressFull);
+    /// let b = shard.admit(&kind, other(2)).unwrap();
+    /// let c = shard.admit(&kind, other(3)).unwrap();
+    /// assert_eq!(shard.admit(&kind, other(4)).unwrap_err(), RefuseReason::ListenerFull);
+    /// assert_eq!(handle.live(), 3);
+    /// # drop((a, b, c));
+    /// ```
+    pub fn admit(
+        &self,
+        kind: &ConnKind,
+        peer: Option<IpAddr>,
+    ) -> Result<ConnectionGuard, RefuseReason> {
         let shared = &self.inner.shared;
-        let kind_index = shared.kind_index(kind);
+        let kind = shared.resolve(kind);
+        let limits = kind.admission.effective();
+        if !kind.admission.take_place(limits.max_connections) {
+            return Err(self.count_refused(&kind, RefuseReason::ListenerFull));
+        }
+        let mut net = None;
+        if let (true, Some(ip)) = (limits.per_address(), peer) {
+            let key = limits.net_key(kind.index, ip);
+            if let Err(reason) = shared.addresses.acquire(key, &limits, shared.now_nanos()) {
+                kind.admission.leave();
+                return Err(self.count_refused(&kind, reason));
+            }
+            net = Some(key);
+        }
+        Ok(self.insert(&kind, net))
+    }
+
+    /// Counts a connection of `kind` refused for `reason` outside
+    /// [`admit`](Self::admit) (the accept loop's
+    /// [`RefuseReason::Descriptors`]). Returns `reason`.
+    pub fn refuse(&self, kind: &ConnKind, reason: RefuseReason) -> RefuseReason {
+        let kind = self.inner.shared.resolve(kind);
+        self.count_refused(&kind, reason)
+    }
+
+    fn count_refused(&self, kind: &ConnKind, reason: RefuseReason) -> RefuseReason {
+        let mut st = self.inner.lock();
+        st.kind_mut(kind.index).refused[reason.index()] += 1;
+        drop(st);
+        debug!(self.inner.shared.log, "connection refused";
+            "reason" => reason.as_str(), "protocol" => &*kind.protocol, "listener" => &*kind.listener);
+        reason
+    }
+
+    /// Inserts an entry for a connection whose place on its listener is
+    /// taken (and, with `net`, in its client network).
+    fn insert(&self, kind: &ConnKind, net: Option<NetKey>) -> ConnectionGuard {
+        let shared = &self.inner.shared;
+        let kind_index = kind.index;
         let started = shared.now_nanos();
         let mut st = self.inner.lock();
         // Read under the shard lock: Shutdown sets the flag, then visits
@@ -208,12 +313,21 @@ impl RegistryShard {
         let entry = Arc::new(Entry {
             id,
             started,
+            net: net.map_or(0, |n| n.net),
             kind: kind_index,
             aborted: AtomicBool::new(aborted),
+            net_family: net.map_or(0, |n| n.family),
             read_waker: AtomicWaker::new(),
             write_waker: AtomicWaker::new(),
         });
         st.live.insert(Live(Arc::clone(&entry)));
+        let slot = kind_index as usize;
+        if st.admissions.len() <= slot {
+            st.admissions.resize_with(slot + 1, || None);
+        }
+        if st.admissions[slot].is_none() {
+            st.admissions[slot] = Some(Arc::clone(&kind.admission));
+        }
         let stats = st.kind_mut(kind_index);
         stats.live += 1;
         stats.accepted += 1;
@@ -296,11 +410,12 @@ mod tests {
         // Issue 9 budgets 128 bytes per tracked connection (entry + guard):
         // the entry's allocation (with the Arc counts), its table slot (one
         // pointer and a control byte: the id is not stored twice), and
-        // the guard. Keep these from growing unnoticed.
+        // the guard. Keep these from growing unnoticed. (Issue 14 added
+        // the client network, 8 bytes and a family byte in the padding.)
         let entry_alloc = std::mem::size_of::<Entry>() + 2 * std::mem::size_of::<usize>();
         let map_slot = std::mem::size_of::<Live>() + 1;
         let guard = std::mem::size_of::<ConnectionGuard>();
-        assert!(entry_alloc <= 88, "entry allocation {entry_alloc} bytes");
+        assert!(entry_alloc <= 96, "entry allocation {entry_alloc} bytes");
         assert_eq!(guard, 16);
         assert!(
             entry_alloc + map_slot + guard <= 128,

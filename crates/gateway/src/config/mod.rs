@@ -31,6 +31,7 @@
 
 mod address;
 mod error;
+mod limits;
 mod raw;
 mod types;
 mod validate;
@@ -41,6 +42,7 @@ use std::time::Duration;
 use lifecycle_handoff::{ListenAddress, ListenerSpec};
 
 pub use error::{ConfigError, Located};
+pub use limits::LimitsConfig;
 pub use types::{BareNewlines, LogFormat, LogLevel, Protocol, TlsMode};
 
 /// The whole gateway configuration, validated, every default filled in.
@@ -55,6 +57,7 @@ pub struct Config {
     smtp: SmtpConfig,
     imap: ImapConfig,
     tls: Option<TlsConfig>,
+    limits: LimitsConfig,
     listeners: Vec<ListenerConfig>,
 }
 
@@ -227,9 +230,16 @@ pub struct ListenerConfig {
     address: ListenAddress,
     backlog: Option<u32>,
     tls: Option<TlsMode>,
+    max_connections: Option<u32>,
 }
 
 impl ListenerConfig {
+    /// This listener's own `max_connections`, if it sets one (else
+    /// `[limits]`'s applies; 0: no limit).
+    pub fn max_connections(&self) -> Option<u32> {
+        self.max_connections
+    }
+
     /// The listener's stable name (hand-off key, metrics label).
     pub fn name(&self) -> &str {
         &self.name
@@ -307,6 +317,7 @@ impl Default for Config {
                 max_session: validate::DEFAULT_IMAP_MAX_SESSION,
             },
             tls: None,
+            limits: LimitsConfig::default(),
             listeners: validate::default_listeners(),
         }
     }
@@ -366,6 +377,7 @@ impl Config {
                 cert: t.cert.display().to_string(),
                 key: t.key.display().to_string(),
             }),
+            limits: (&self.limits).into(),
             listener: self
                 .listeners
                 .iter()
@@ -375,6 +387,7 @@ impl Config {
                     address: l.address.to_string(),
                     backlog: l.backlog,
                     tls: l.tls,
+                    max_connections: l.max_connections,
                 })
                 .collect(),
         };
@@ -425,6 +438,17 @@ impl Config {
     /// `[tls]`, if configured.
     pub fn tls(&self) -> Option<&TlsConfig> {
         self.tls.as_ref()
+    }
+
+    /// `[limits]`: connection admission of the SMTP and IMAP listeners.
+    pub fn limits(&self) -> &LimitsConfig {
+        &self.limits
+    }
+
+    /// The admission limits of `listener`: `[limits]`, with the listener's
+    /// own `max_connections` if it sets one.
+    pub fn listener_limits(&self, listener: &ListenerConfig) -> actix_lifecycle::Limits {
+        self.limits.for_listener(listener.max_connections)
     }
 
     /// Every `[[listener]]`, in file order.

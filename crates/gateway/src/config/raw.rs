@@ -40,6 +40,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) imap: RawImap,
     pub(crate) tls: Option<Spanned<RawTls>>,
+    #[serde(default)]
+    pub(crate) limits: super::limits::RawLimits,
     #[serde(rename = "listener")]
     pub(crate) listeners: Option<Spanned<Vec<RawListener>>>,
 }
@@ -95,6 +97,7 @@ pub(crate) struct RawListener {
     pub(crate) address: Spanned<String>,
     pub(crate) backlog: Option<Spanned<i64>>,
     pub(crate) tls: Option<Spanned<TlsMode>>,
+    pub(crate) max_connections: Option<Spanned<i64>>,
 }
 
 // What `--print-config` writes: the effective configuration, every default
@@ -113,6 +116,7 @@ pub(crate) struct OutConfig {
     pub(crate) imap: OutImap,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) tls: Option<OutTls>,
+    pub(crate) limits: super::limits::OutLimits,
     pub(crate) listener: Vec<OutListener>,
 }
 
@@ -164,4 +168,6 @@ pub(crate) struct OutListener {
     pub(crate) backlog: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) tls: Option<TlsMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_connections: Option<u32>,
 }

@@ -52,6 +52,7 @@ pub(super) fn default_listeners() -> Vec<ListenerConfig> {
         address: local(port),
         backlog: None,
         tls: None,
+        max_connections: None,
     })
     .collect()
 }
@@ -223,6 +224,8 @@ pub(super) fn build(raw: RawConfig, origin: &str, text: &str) -> Result<Config, 
         None => None,
     };
 
+    let limits = super::limits::build(raw.limits, |v, m| cx.err(v, m), |v, m| cx.err(v, m))?;
+
     let listeners = match raw.listeners {
         None => defaults.listeners.clone(),
         Some(list) => {
@@ -256,6 +259,7 @@ pub(super) fn build(raw: RawConfig, origin: &str, text: &str) -> Result<Config, 
             max_session: imap_max_session,
         },
         tls,
+        limits,
         listeners,
     })
 }
@@ -357,12 +361,25 @@ fn listeners(
             }
         };
 
+        let max_connections = match &l.max_connections {
+            Some(v) if l.protocol == Protocol::Http => {
+                return Err(cx.err(v, "`max_connections` is not supported on http listeners (HTTP is served by actix-web, not admitted through the registry); remove it"));
+            }
+            Some(v) => Some(super::limits::count(
+                &|v, m| cx.err(v, m),
+                "max_connections",
+                v,
+            )?),
+            None => None,
+        };
+
         out.push(ListenerConfig {
             name: l.name.into_inner(),
             protocol: l.protocol,
             address,
             backlog,
             tls,
+            max_connections,
         });
     }
     Ok(out)

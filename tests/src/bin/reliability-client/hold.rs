@@ -50,6 +50,12 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
                 holder.find_greeted();
                 say(&format!("greeted {}", holder.greeted.len()));
             }
+            "busy" => {
+                let (busy, closed, greeted, silent) = holder.take_busy(Duration::from_millis(arg));
+                say(&format!(
+                    "busy busy={busy} closed={closed} greeted={greeted} silent={silent}"
+                ));
+            }
             "probe" => {
                 let ok = holder.probe(usize::try_from(arg).unwrap_or(0));
                 say(&format!("probe ok={ok}"));
@@ -96,6 +102,43 @@ impl Holder {
                 }
                 let _ = s.set_nonblocking(false);
             }
+        }
+    }
+
+    /// Waits up to `limit` until every connection has its first line;
+    /// takes out the busy ones (`421 `), each read to its end (the server
+    /// must close it). Returns (busy, busy closed by the server, greeted
+    /// with `220 `, still silent).
+    fn take_busy(&mut self, limit: Duration) -> (usize, usize, usize, usize) {
+        let deadline = Instant::now() + limit;
+        let (mut busy, mut closed) = (0, 0);
+        loop {
+            let mut greeted = 0;
+            let mut silent = 0;
+            let mut buf = [0u8; 4];
+            for c in self.conns.iter_mut() {
+                let Some(s) = c else { continue };
+                let _ = s.set_nonblocking(true);
+                let peeked = s.peek(&mut buf);
+                let _ = s.set_nonblocking(false);
+                match peeked {
+                    Ok(4) if &buf == b"421 " => {
+                        busy += 1;
+                        let _ = s.set_read_timeout(Some(READ_TIMEOUT));
+                        let mut rest = Vec::new();
+                        if (&*s).read_to_end(&mut rest).is_ok() {
+                            closed += 1;
+                        }
+                        *c = None;
+                    }
+                    Ok(4) if &buf == b"220 " => greeted += 1,
+                    _ => silent += 1,
+                }
+            }
+            if silent == 0 || Instant::now() >= deadline {
+                return (busy, closed, greeted, silent);
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

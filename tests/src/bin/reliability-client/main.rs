@@ -14,10 +14,19 @@
 //! with `term-ack`): sessions that ended before it must all have gone
 //! normally. The last line is `result key=value ...`.
 //!
+//! `flood ADDR N hold|close [side=IP]` opens N connections one after the
+//! other and classifies each by its first line: greeted (kept open with
+//! `hold`, closed with `close`) or busy (`421 `/`* BYE`, then it must be
+//! closed by the server); halfway through, one client from `side` IP is
+//! greeted or not. It prints `flood greeted=G busy=B busy_closed=C
+//! other=O busy_closed_ms_p50=.. side_greeted=0|1 side_ms=..`, then
+//! `flood-busy-line LINE`, and holds until `exit`.
+//!
 //! `hold` opens N silent connections to each ADDR, prints `held
-//! connected=C failed=F`, then obeys stdin commands: `greeted MS`, `probe
-//! K`, `deliver K`, `release-except K`, `peer-closed MS`, `close-times
-//! MS`, `exit` (see [`Holder`]).
+//! connected=C failed=F`, then obeys stdin commands: `greeted MS`, `busy
+//! MS` (wait for every first line, take out the busy ones), `probe K`,
+//! `deliver K`, `release-except K`, `peer-closed MS`, `close-times MS`,
+//! `exit` (see [`Holder`]).
 //!
 //! `data` holds N sessions in DATA at the same time (see `data.rs`).
 
@@ -29,6 +38,7 @@ pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 mod churn;
 mod data;
+mod flood;
 mod hold;
 
 fn main() {
@@ -38,7 +48,8 @@ fn main() {
         Some("churn") => churn::run(&args[1..]),
         Some("hold") => hold::run(&args[1..]),
         Some("data") => data::run(&args[1..]),
-        _ => Err("usage: reliability-client churn|hold|data ...".to_owned()),
+        Some("flood") => flood::run(&args[1..]),
+        _ => Err("usage: reliability-client churn|hold|data|flood ...".to_owned()),
     };
     if let Err(e) = result {
         eprintln!("reliability-client: {e}");
