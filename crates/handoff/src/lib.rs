@@ -175,6 +175,7 @@ mod env;
 mod environment;
 mod error;
 mod escape;
+mod exec;
 mod handoff;
 mod inventory;
 mod lineage;
