@@ -479,6 +479,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_missing_program_fails_before_the_fork_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("gone");
+        let err = ChildSpawner::new()
+            .unwrap()
+            .program(&missing)
+            .spawn(&Inventory::default())
+            .unwrap_err();
+        assert!(matches!(err, Error::ProgramOpen { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains(&*missing.to_string_lossy()), "{text}");
+        assert!(text.contains("No such file or directory"), "{text}");
+    }
+
+    #[test]
     fn a_replaced_executable_is_found_on_disk() {
         assert_eq!(
             path_on_disk(PathBuf::from("/usr/bin/gw (deleted)")),
