@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -88,14 +88,31 @@ impl Example {
     }
 
     fn start_with(name: &str, setup: impl FnOnce(&mut Command)) -> Example {
-        let mut command = Command::new(build_example(name));
+        Self::start_program(name, &build_example(name), setup)
+    }
+
+    /// Starts `program`, a build (or a copy) of example `name`.
+    fn start_program(name: &str, program: &Path, setup: impl FnOnce(&mut Command)) -> Example {
+        let mut command = Command::new(program);
         command
             .arg("127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         setup(&mut command);
-        let mut child = command.spawn().expect("the example starts");
+        // A copy written a moment ago may still be open for writing in a
+        // process another test thread forked meanwhile (until its exec
+        // closes it): exec fails with ETXTBSY for that moment.
+        let mut tries = 0;
+        let mut child = loop {
+            match command.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                spawned => break spawned.expect("the example starts"),
+            }
+        };
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = Arc::clone(&log);
@@ -231,9 +248,14 @@ fn minimal_idle_stops_on_sigint_with_status_0() {
 fn minimal_reports_its_mode_and_echoes_as_any_user() {
     let root = nix::unistd::geteuid().is_root();
     let mut runs = vec![(root, Example::start("minimal"))];
+    // `nobody` may be unable to search the checkout (under a `0700` home
+    // directory, as /root is): it runs a copy installed where it may, as a
+    // user would install the program.
+    let installed = tempfile::tempdir().expect("a temporary directory");
     if root {
-        let nobody = Example::start_with("minimal", |c| {
-            c.uid(65534).gid(65534);
+        let program = install_for_everyone(&build_example("minimal"), installed.path());
+        let nobody = Example::start_program("minimal", &program, |c| {
+            c.uid(65534).gid(65534).current_dir(installed.path());
         });
         runs.push((false, nobody));
     } else {
@@ -256,6 +278,18 @@ fn minimal_reports_its_mode_and_echoes_as_any_user() {
             echo.log()
         );
     }
+}
+
+/// Copies `program` into `dir` with `dir` and the copy searchable and
+/// executable by everyone; returns the copy.
+fn install_for_everyone(program: &Path, dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let copy = dir.join(program.file_name().expect("a file name"));
+    std::fs::copy(program, &copy).expect("the example copies");
+    for path in [dir, copy.as_path()] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    copy
 }
 
 // ---- actix_web_embed ----

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::upgrading::{count, load, upgrade, write_pair, LoadStats, Setup};
+use common::upgrading::{count, load, open, send, upgrade, write_pair, LoadStats, Outcome, Setup};
 use common::{occurrences, s_client, sample, served_pem, Gateway, SOON};
 use lifecycle_tests::{loud, require_root, require_tool};
 use nix::sys::signal::Signal;
@@ -308,6 +308,73 @@ fn rotation_failed_binary_and_idle_imap_of_the_old_child() {
         Some(3.0),
         "{metrics}"
     );
+
+    gw.signal(Signal::SIGTERM);
+    let status = gw.wait_exit(SOON).expect("still running");
+    assert_eq!(status.code(), Some(0), "{}", gw.log_text());
+}
+
+/// Delivers one message with `token` in its body; panics unless it is
+/// acknowledged with 250.
+fn deliver(gw: &Gateway, token: &str) {
+    let mut session = match open(gw.smtp) {
+        Ok(Ok(session)) => session,
+        Ok(Err(_)) => panic!("greeted with 421:\n{}", gw.log_text()),
+        Err(e) => panic!("cannot connect: {e}\n{}", gw.log_text()),
+    };
+    match send(&mut session, token) {
+        Ok(Outcome::Accepted) => {}
+        Ok(Outcome::Drained) => panic!("{token}: 421\n{}", gw.log_text()),
+        Err(e) => panic!("{token}: {e}\n{}", gw.log_text()),
+    }
+}
+
+/// A checkout under root's home (`0700`) as the service user cannot reach
+/// it: the root parent opens the binary and the `nobody` child executes
+/// that descriptor, at the start and at the upgrade.
+#[test]
+fn a_binary_in_a_private_directory_starts_serves_and_upgrades_as_nobody() {
+    if !require_root("the privileged start as user nobody") {
+        return;
+    }
+    let (mut setup, _) = Setup::new();
+    let private = setup.dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let bin = private.join("lifecycle-gateway");
+    std::fs::rename(&setup.bin, &bin).unwrap();
+    setup.bin = bin;
+    let mut gw = setup.start();
+    deliver(&gw, "private-dir-token-generation-1");
+
+    let outcome = upgrade(&gw, Signal::SIGHUP);
+    assert!(
+        outcome.contains("upgrade succeeded") && outcome.contains(r#""to":2"#),
+        "{outcome}\n{}",
+        gw.log_text()
+    );
+    let metrics = gw.metrics();
+    assert_eq!(
+        sample(&metrics, "lifecycle_generation", &[]),
+        Some(2.0),
+        "{metrics}"
+    );
+    deliver(&gw, "private-dir-token-generation-2");
+    let bodies: Vec<Vec<u8>> = gw
+        .messages()
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    for token in [
+        "private-dir-token-generation-1",
+        "private-dir-token-generation-2",
+    ] {
+        let found = bodies
+            .iter()
+            .filter(|b| occurrences(b, token.as_bytes()) > 0)
+            .count();
+        assert_eq!(found, 1, "{token} in the spool");
+    }
 
     gw.signal(Signal::SIGTERM);
     let status = gw.wait_exit(SOON).expect("still running");

@@ -591,6 +591,48 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The program to start could not be opened (by the parent, before the
+    /// fork).
+    #[error(
+        "cannot open the program {program:?} to start it: {source}; check that the file exists \
+         (a spawner resolves its path at start-up: after `mv new-binary` the path must name the \
+         new file)"
+    )]
+    ProgramOpen {
+        /// The program.
+        program: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The program's own mode does not let the child's user execute it.
+    #[error("the program {program:?} cannot be executed by {user}: {detail}; {fix}")]
+    ProgramNotExecutable {
+        /// The program.
+        program: PathBuf,
+        /// The user the child was to run as.
+        user: String,
+        /// What is wrong with the file.
+        detail: String,
+        /// What to do.
+        fix: String,
+    },
+
+    /// [`Handoff::detect`](crate::Handoff::detect) was to remove hand-off
+    /// variables from the environment while other threads run.
+    #[error(
+        "this process has {threads} threads, but taking the {mode} hand-off removes environment \
+         variables, which is only sound while the process has one thread: call Handoff::detect \
+         first thing in main, before any thread (logger, runtime, thread pool) starts"
+    )]
+    ThreadsRunning {
+        /// The number of threads found (`Threads:` in `/proc/self/status`).
+        threads: usize,
+        /// The mode whose variables were to be removed.
+        mode: Mode,
+    },
+
     /// Waiting for the child or forwarding a signal failed.
     #[error("supervising child {pid}: {operation} failed: {source}")]
     Supervise {

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::bind::{bind_listener, open_file};
 use crate::env::{Manifest, VarNames, FIRST_PASSED_FD};
-use crate::environment::{Environment, ProcessEnvironment};
+use crate::environment::{thread_count, Environment, ProcessEnvironment};
 use crate::error::{Error, Result};
 use crate::inventory::{Inventory, PassedFile, PassedListener};
 use crate::lineage::{Lineage, UpgradeVars};
@@ -97,12 +97,28 @@ impl HandoffBuilder {
     /// descriptors (removing the variables).
     ///
     /// Call it once, at start-up, before other threads exist: it removes
-    /// environment variables, and it adopts descriptors 3.. as owned.
+    /// environment variables, and it adopts descriptors 3.. as owned. In
+    /// inherited and systemd modes (the ones that remove variables) it
+    /// checks that the process has one thread (`Threads:` in
+    /// `/proc/self/status`; not checked where `/proc` is missing) and
+    /// otherwise refuses with [`Error::ThreadsRunning`], leaving the
+    /// environment as it was: call it first thing in `main`, before a
+    /// logger thread, an async runtime or a thread pool starts. Privileged
+    /// and immediate modes touch no variable and run in any process.
     pub fn detect(self) -> Result<Handoff> {
         let mut env = ProcessEnvironment;
         let euid = nix::unistd::geteuid().as_raw();
         let choice = self.choose(&env, euid)?;
         let names = VarNames::new(&self.prefix)?;
+        if matches!(choice.mode, Mode::Inherited | Mode::Systemd) {
+            // Taking these hand-offs removes their variables.
+            if let Some(threads) = thread_count().filter(|&threads| threads > 1) {
+                return Err(Error::ThreadsRunning {
+                    threads,
+                    mode: choice.mode,
+                });
+            }
+        }
         let mut ready = None;
         let mut lineage = None;
         let inventory = match choice.mode {

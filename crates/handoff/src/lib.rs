@@ -60,15 +60,18 @@
 //! can be read with [`Manifest::decode_mox`].
 //!
 //! Detection removes environment variables, which is only sound before other
-//! threads exist: call [`Handoff::detect`] first thing in `main`.
+//! threads exist: call [`Handoff::detect`] first thing in `main` (in a
+//! process with more threads it refuses with [`Error::ThreadsRunning`]).
 //!
 //! # The privileged start
 //!
 //! In privileged mode the parent looks up the service user first
 //! ([`TargetUser::lookup`]: an unknown user fails before anything is bound),
 //! binds and opens, blocks the signals it will forward ([`Supervisor::new`]),
-//! and starts the child with [`ChildSpawner`]: the same executable and
-//! arguments, the hand-off variables ([`ChildHandoff`]), fds placed at 3..
+//! and starts the child with [`ChildSpawner`]: the same executable (opened
+//! by the parent, executed by descriptor, so the service user needs no
+//! access to its directories) and arguments, the hand-off variables
+//! ([`ChildHandoff`]), fds placed at 3..
 //! with a two-step `dup2` that cannot clobber a source ([`pass_fds`]), every
 //! other fd close-on-exec, and before exec an empty signal mask,
 //! `setgroups([])`, `setgid`, `setuid`, `PR_SET_NO_NEW_PRIVS` and
@@ -184,6 +187,7 @@ mod env;
 mod environment;
 mod error;
 mod escape;
+mod exec;
 mod handoff;
 mod inventory;
 mod lineage;

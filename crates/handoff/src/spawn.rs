@@ -5,15 +5,16 @@
 //! allocation, no locks, no logging. Everything the closure needs is
 //! prepared before the fork.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 use crate::env::{ChildHandoff, VarNames, FIRST_PASSED_FD};
 use crate::error::{Error, Result};
+use crate::exec::{child_environment, ExecArgs, Program};
 use crate::inventory::Inventory;
 use crate::lineage::Lineage;
 use crate::privilege::TargetUser;
@@ -27,35 +28,64 @@ const FALLBACK_FD_LIMIT: RawFd = 65_536;
 /// order, with every other descriptor above 2 marked close-on-exec, so
 /// only stdio and the placed descriptors survive `exec`.
 ///
+/// The descriptors are moved into `command` (into its `pre_exec` closure)
+/// and stay open as long as `command` lives, so the child gets exactly
+/// these even if the caller has closed its own copies by the time it calls
+/// `spawn`; they are closed when `command` is dropped. To keep using a
+/// descriptor in the parent, pass a duplicate
+/// ([`try_clone_to_owned`](std::os::fd::BorrowedFd::try_clone_to_owned)).
+///
 /// The mapping is done in two steps so no source is clobbered: first every
 /// source is duplicated above the target range (`F_DUPFD_CLOEXEC`), then
 /// each copy is `dup2`ed into place (which clears close-on-exec on the
-/// target; the copies stay close-on-exec). The descriptors in `fds` must
-/// stay open until `command` is spawned.
+/// target; the copies stay close-on-exec).
 ///
 /// If `exec` fails after the mapping, std's internal error pipe may have been
 /// replaced by a placed descriptor, so the failure shows as the child exiting
 /// with status 1 rather than as a spawn error.
-pub fn pass_fds(command: &mut Command, fds: &[BorrowedFd<'_>]) {
-    let mut plan = FdPlan::new(fds);
+///
+/// ```
+/// use std::os::fd::AsFd;
+/// use std::process::Command;
+///
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// let mut command = Command::new("true");
+/// lifecycle_handoff::pass_fds(&mut command, [listener.as_fd().try_clone_to_owned().unwrap()]);
+/// drop(listener); // the command holds its own copy until it is dropped
+/// assert!(command.status().unwrap().success());
+/// ```
+pub fn pass_fds(command: &mut Command, fds: impl IntoIterator<Item = OwnedFd>) {
+    let fds: Vec<OwnedFd> = fds.into_iter().collect();
+    let mut plan = FdPlan::new(fds.iter().map(AsRawFd::as_raw_fd), None);
     // SAFETY: `place` only calls async-signal-safe functions (fcntl, dup2,
-    // close_range) and writes into vectors allocated before the fork.
+    // close_range) and writes into vectors allocated before the fork; the
+    // descriptors it maps are owned by the closure, so they are open for as
+    // long as the command (which holds the closure) can be spawned.
     unsafe {
-        command.pre_exec(move || plan.place());
+        command.pre_exec(move || {
+            let _owned = &fds;
+            plan.place()
+        });
     }
 }
 
 /// Everything the fd mapping needs, allocated before the fork.
+///
+/// It holds raw numbers: whoever builds it keeps the descriptors open for
+/// as long as the closure that runs [`place`](Self::place) can run.
 struct FdPlan {
     sources: Vec<RawFd>,
     moved: Vec<RawFd>,
+    /// A descriptor the child needs until exec (the program) but that must
+    /// not be passed: moved above the placed ones, still close-on-exec.
+    keep: Option<RawFd>,
     floor: RawFd,
     limit: RawFd,
 }
 
 impl FdPlan {
-    fn new(fds: &[BorrowedFd<'_>]) -> Self {
-        let sources: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    fn new(fds: impl IntoIterator<Item = RawFd>, keep: Option<RawFd>) -> Self {
+        let sources: Vec<RawFd> = fds.into_iter().collect();
         let moved = vec![-1; sources.len()];
         let count = RawFd::try_from(sources.len()).unwrap_or(RawFd::MAX - FIRST_PASSED_FD);
         let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
@@ -65,6 +95,7 @@ impl FdPlan {
         FdPlan {
             sources,
             moved,
+            keep,
             floor: FIRST_PASSED_FD + count,
             limit,
         }
@@ -72,15 +103,28 @@ impl FdPlan {
 
     /// Runs in the child between fork and exec: async-signal-safe only.
     fn place(&mut self) -> io::Result<()> {
-        for (slot, &source) in self.moved.iter_mut().zip(&self.sources) {
-            // SAFETY: fcntl(F_DUPFD_CLOEXEC) is async-signal-safe and creates a
-            // new descriptor; `source` was open when the command was built.
-            let copy = unsafe { libc::fcntl(source, libc::F_DUPFD_CLOEXEC, self.floor) };
+        self.place_keeping().map(drop)
+    }
+
+    /// [`place`](Self::place), returning the `keep` descriptor's new number.
+    fn place_keeping(&mut self) -> io::Result<RawFd> {
+        let dup_above = |source: RawFd, floor: RawFd| {
+            // SAFETY: fcntl(F_DUPFD_CLOEXEC) is async-signal-safe and creates
+            // a new descriptor; `source` is kept open by the plan's owner.
+            let copy = unsafe { libc::fcntl(source, libc::F_DUPFD_CLOEXEC, floor) };
             if copy < 0 {
-                return Err(io::Error::last_os_error());
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(copy)
             }
-            *slot = copy;
+        };
+        for (slot, &source) in self.moved.iter_mut().zip(&self.sources) {
+            *slot = dup_above(source, self.floor)?;
         }
+        let kept = match self.keep {
+            Some(fd) => dup_above(fd, self.floor)?,
+            None => -1,
+        };
         for (target, &copy) in (FIRST_PASSED_FD..).zip(&self.moved) {
             // SAFETY: dup2 is async-signal-safe; `copy` >= floor > target, so
             // this is never the dup2(fd, fd) no-op that would keep
@@ -90,7 +134,7 @@ impl FdPlan {
             }
         }
         close_others_on_exec(self.floor, self.limit);
-        Ok(())
+        Ok(kept)
     }
 }
 
@@ -103,6 +147,25 @@ impl FdPlan {
 ///
 /// `PR_SET_PDEATHSIG` fires when the *thread* that forked exits: spawn from
 /// the main thread (or one that lives as long as the parent).
+///
+/// # The program is executed by descriptor
+///
+/// At every spawn (the first child and each upgrade) this process, still
+/// privileged, opens the program by its path (`O_PATH | O_CLOEXEC`), and the
+/// child, after the privilege drop, executes that descriptor with
+/// `execveat(fd, "", argv, envp, AT_EMPTY_PATH)`. So the directories on the
+/// program's path need not be searchable by the target user (a build under
+/// a `0700` home directory starts as `nobody`); only the file's own mode
+/// matters. That is checked before the fork: a program whose mode bits do
+/// not let the target user execute it (owner, group or other class, as the
+/// kernel picks it; the child has no supplementary groups; ACLs are not
+/// read) is refused with [`Error::ProgramNotExecutable`], naming the file,
+/// the user and the `chmod` that fixes it. `argv[0]` is the program's path,
+/// so `ps` and `/proc/PID/cmdline` show it as before. The descriptor is
+/// moved above the passed ones in the child, so placing those at 3.. cannot
+/// clobber it, and it is close-on-exec: the new program never sees it.
+/// (A `#!` script is run too: its interpreter reads it as `/dev/fd/N`, so
+/// for a script that one descriptor stays open.)
 ///
 /// ```no_run
 /// use lifecycle_handoff::{ChildSpawner, Handoff, ListenerSpec, Mode, Supervisor, TargetUser};
@@ -138,9 +201,9 @@ impl ChildSpawner {
     /// change, variable prefix `LIFECYCLE`, parent-death signal on.
     ///
     /// The executable's path is resolved once, here
-    /// (`std::env::current_exe`), and every spawn execs that *path*: after
-    /// `mv new-binary /usr/local/bin/prog` a later spawn (an upgrade) runs
-    /// the new binary. Create the spawner at start-up, before the binary can
+    /// (`std::env::current_exe`), and every spawn opens that *path* anew and
+    /// executes what it opened: after `mv new-binary /usr/local/bin/prog` a
+    /// later spawn (an upgrade) runs the new binary. Create the spawner at start-up, before the binary can
     /// have been replaced; if Linux already reports the running image as
     /// `... (deleted)`, the suffix is dropped so the path on disk is used.
     pub fn new() -> Result<Self> {
@@ -263,40 +326,60 @@ impl ChildSpawner {
             handoff.vars.extend(lineage.encode(&self.names));
             handoff.fds.push(pair.child_end());
         }
-        let mut command = Command::new(&self.program);
-        command.args(&self.args);
-        for name in &self.removed {
-            command.env_remove(name);
-        }
+        let user = || {
+            self.user
+                .as_ref()
+                .map_or_else(|| "(unchanged)".to_owned(), ToString::to_string)
+        };
+        // Opened now, by this (privileged) process, at every spawn: the
+        // file on disk at this moment is the one that runs, and the child
+        // needs no search permission on its directories.
+        let program = Program::open(&self.program, self.user.as_ref())?;
         // Stale upgrade variables (from a grandparent) never reach the child.
-        for name in self.names.upgrade_vars() {
-            command.env_remove(name);
-        }
-        command
-            .envs(self.envs.iter().cloned())
-            .envs(handoff.vars.iter().cloned());
-        let mut plan = FdPlan::new(&handoff.fds);
+        let upgrade_vars = self.names.upgrade_vars();
+        let removed = (self.removed.iter().map(OsString::as_os_str))
+            .chain(upgrade_vars.iter().map(OsStr::new));
+        let env = child_environment(
+            removed,
+            self.envs
+                .iter()
+                .cloned()
+                .chain(handoff.vars.iter().cloned()),
+        );
+        let exec = ExecArgs::new(self.program.as_os_str(), &self.args, env).map_err(|source| {
+            Error::Spawn {
+                program: self.program.clone(),
+                user: user(),
+                source,
+            }
+        })?;
+        let mut plan = FdPlan::new(
+            handoff.fds.iter().map(AsRawFd::as_raw_fd),
+            Some(program.fd().as_raw_fd()),
+        );
+        // Never run: the closure below always executes the program or fails.
+        let mut command = Command::new(program.path());
         let ids = self.user.as_ref().map(|u| (u.uid(), u.gid()));
         let parent = nix::unistd::getpid().as_raw();
         let death_signal = self.death_signal;
         // SAFETY: the closure only calls async-signal-safe functions (fcntl,
         // dup2, close_range, sigemptyset, pthread_sigmask, setgroups, setgid,
-        // setuid, prctl, getppid) and
-        // uses memory allocated before the fork; it takes no lock and logs
-        // nothing.
+        // setuid, prctl, getppid, execveat) and uses memory allocated before
+        // the fork; it takes no lock and logs nothing. The descriptors it
+        // maps stay open while `command` lives: the inventory's are borrowed
+        // for this whole call, the program's is owned by the closure.
         unsafe {
             command.pre_exec(move || {
-                plan.place()?;
+                let fd = plan.place_keeping()?;
                 unblock_all_signals()?;
-                drop_privileges(ids, parent, death_signal)
+                drop_privileges(ids, parent, death_signal)?;
+                let _owned = &program;
+                Err(exec.exec(fd))
             });
         }
         command.spawn().map_err(|source| Error::Spawn {
             program: self.program.clone(),
-            user: self
-                .user
-                .as_ref()
-                .map_or_else(|| "(unchanged)".to_owned(), ToString::to_string),
+            user: user(),
             source,
         })
     }
@@ -394,6 +477,21 @@ fn path_on_disk(path: PathBuf) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_program_fails_before_the_fork_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("gone");
+        let err = ChildSpawner::new()
+            .unwrap()
+            .program(&missing)
+            .spawn(&Inventory::default())
+            .unwrap_err();
+        assert!(matches!(err, Error::ProgramOpen { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains(&*missing.to_string_lossy()), "{text}");
+        assert!(text.contains("No such file or directory"), "{text}");
+    }
 
     #[test]
     fn a_replaced_executable_is_found_on_disk() {

@@ -9,7 +9,7 @@
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -45,6 +45,8 @@ fn main() -> ExitCode {
             println!("test inherited_child_gets_every_listener_and_file ... ok");
             systemd_child_gets_named_and_unnamed_listeners();
             println!("test systemd_child_gets_named_and_unnamed_listeners ... ok");
+            passed_descriptors_outlive_the_callers_copies();
+            println!("test passed_descriptors_outlive_the_callers_copies ... ok");
             ExitCode::SUCCESS
         }
     }
@@ -264,7 +266,13 @@ fn inherited_child_gets_every_listener_and_file() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    pass_fds(&mut command, &handoff.fds);
+    pass_fds(
+        &mut command,
+        handoff
+            .fds
+            .iter()
+            .map(|fd| fd.try_clone_to_owned().unwrap()),
+    );
     let child = command.spawn().unwrap();
 
     for (spec, kept) in declared.listeners.iter().zip(&kept.listeners) {
@@ -348,9 +356,8 @@ fn systemd_child_gets_named_and_unnamed_listeners() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    pass_fds(&mut command, &[web.as_fd()]);
+    pass_fds(&mut command, [OwnedFd::from(web)]);
     let child = command.spawn().unwrap();
-    drop(web);
 
     // systemd-socket-activate starts the service on the first connection.
     wait_for_path(&socket_path);
@@ -377,6 +384,45 @@ fn systemd_child_gets_named_and_unnamed_listeners() {
     );
     assert!(out.contains("left 0\n"), "{out}");
     assert!(out.contains("names [\"web\", \"unix:"), "{out}");
+}
+
+/// `pass_fds` owns what it passes: the caller gives its listener away and
+/// closes everything else it had; new sockets opened before `spawn` (which
+/// would take freed numbers) do not reach the child, the listener does.
+fn passed_descriptors_outlive_the_callers_copies() {
+    let spec = ListenerSpec::tcp("web", "127.0.0.1:0".parse().unwrap());
+    let mut parent = Handoff::with_mode("LIFECYCLE", Mode::Privileged).unwrap();
+    drop(parent.listen(&spec).unwrap());
+    let kept = parent.into_inventory();
+    let vars = ChildHandoff::new(&kept, &VarNames::default(), std::process::id()).vars;
+    let bound = kept.listeners[0].spec.address().clone();
+    let declared = Manifest {
+        listeners: vec![spec],
+        files: vec![],
+    };
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .env(ROLE, "child")
+        .envs(vars)
+        .envs(declared_env(&declared))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    pass_fds(&mut command, kept.listeners.into_iter().map(|l| l.fd));
+    // Other listeners, opened after the hand-over: had the command kept
+    // only the numbers, these would now sit at the freed ones.
+    let decoys: Vec<TcpListener> = (0..4)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let child = command.spawn().unwrap();
+    drop(command);
+    let greeted = std::panic::catch_unwind(|| connect_and_greet(&declared.listeners[0], &bound));
+    let out = child_output(child);
+    let reply = greeted.unwrap_or_else(|_| panic!("greeting failed; child said:\n{out}"));
+    assert_eq!(reply, "web got hello web");
+    assert!(out.contains("mode inherited"), "{out}");
+    assert!(out.contains("left 0\n"), "{out}");
+    drop(decoys);
 }
 
 fn wait_for_path(path: &Path) {

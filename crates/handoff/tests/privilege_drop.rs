@@ -10,8 +10,8 @@ use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use lifecycle_handoff::{
-    verify_cannot_regain_root, ChildSpawner, Error, Handoff, ListenerSpec, Mode, Supervisor,
-    TargetUser,
+    verify_cannot_regain_root, ChildSpawner, Error, Handoff, Inventory, ListenerSpec, Mode,
+    Supervisor, TargetUser,
 };
 
 const ROLE: &str = "PRIV_TEST_ROLE";
@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     match std::env::var(ROLE).as_deref() {
         Ok("parent") => parent(),
         Ok("child") => child(),
+        Ok("noop") => ExitCode::SUCCESS,
         Ok(other) => {
             eprintln!("unknown {ROLE}={other}");
             ExitCode::FAILURE
@@ -50,6 +51,10 @@ fn main() -> ExitCode {
             println!("test child_killed_means_parent_exits_137 ... ok");
             parent_killed_means_child_dies();
             println!("test parent_killed_means_child_dies ... ok");
+            a_program_in_a_private_directory_runs_unless_its_own_mode_forbids();
+            println!(
+                "test a_program_in_a_private_directory_runs_unless_its_own_mode_forbids ... ok"
+            );
             ExitCode::SUCCESS
         }
     }
@@ -305,4 +310,42 @@ fn parent_killed_means_child_dies() {
         started.child_pid,
         killed.elapsed()
     );
+}
+
+/// The child executes what the root parent opened: a copy of this binary
+/// in a `0700` directory `nobody` cannot search still starts as `nobody`
+/// when the file's own mode lets it; when the mode does not, the spawn is
+/// refused before any fork, naming the file, the user and the fix.
+fn a_program_in_a_private_directory_runs_unless_its_own_mode_forbids() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let program = dir.path().join("private-copy");
+    std::fs::copy(std::env::current_exe().unwrap(), &program).unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nobody = TargetUser::lookup("nobody").unwrap();
+    let spawner = ChildSpawner::new()
+        .unwrap()
+        .program(&program)
+        .args(Vec::<String>::new())
+        .env(ROLE, "noop")
+        .user(nobody.clone());
+    let status = spawner
+        .spawn(&Inventory::default())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .wait()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let err = spawner.spawn(&Inventory::default()).unwrap_err();
+    assert!(matches!(err, Error::ProgramNotExecutable { .. }), "{err:?}");
+    let text = err.to_string();
+    for part in [
+        program.display().to_string(),
+        nobody.to_string(),
+        format!("chmod o+x {}", program.display()),
+    ] {
+        assert!(text.contains(&part), "{part:?} missing from: {text}");
+    }
 }
