@@ -33,9 +33,9 @@ mod wire;
 pub use app::{open_tls, run, serve, StartError, Upgrade};
 pub use cli::{Cli, EXIT_CONFIG};
 pub use config::{
-    BareNewlines, Config, ConfigError, ImapConfig, LimitsConfig, ListenerConfig, Located, LogConfig,
-    LogFormat,
-    LogLevel, Protocol, ShutdownConfig, SmtpConfig, TlsConfig, TlsMode, DEFAULT_USER,
+    BareNewlines, Config, ConfigError, ImapConfig, LimitsConfig, ListenerConfig, Located,
+    LogConfig, LogFormat, LogLevel, Protocol, ShutdownConfig, SmtpConfig, TlsConfig, TlsMode,
+    DEFAULT_USER,
 };
 pub use handover::Handover;
 pub use http::{http_server, HttpListener, HttpState, Readiness};
