@@ -42,6 +42,10 @@ pub struct GatewayBuilder {
     nofile: Option<u64>,
     smtp_extra: String,
     limits: Option<String>,
+    lame_duck: String,
+    smtp_address: String,
+    smtp_listener_extra: String,
+    http_address: String,
 }
 
 impl GatewayBuilder {
@@ -77,6 +81,28 @@ impl GatewayBuilder {
         self
     }
 
+    /// Lame duck as the config writes it (default `"0s"`).
+    pub fn lame_duck(mut self, lame_duck: &str) -> Self {
+        self.lame_duck = lame_duck.to_owned();
+        self
+    }
+
+    /// The SMTP listener's address (default `127.0.0.1:0`; a fixed port
+    /// lets a restarted instance come back where a load balancer expects
+    /// it) and extra lines for its `[[listener]]` table, e.g.
+    /// `proxy_protocol = "v2"`.
+    pub fn smtp_listener(mut self, address: &str, extra: &str) -> Self {
+        self.smtp_address = address.to_owned();
+        self.smtp_listener_extra = extra.to_owned();
+        self
+    }
+
+    /// The HTTP listener's address (default `127.0.0.1:0`).
+    pub fn http_address(mut self, address: &str) -> Self {
+        self.http_address = address.to_owned();
+        self
+    }
+
     /// Lines for the `[limits]` table, e.g. `max_per_address = 100`.
     /// Default: no limit at all (`max_connections = 0`, `max_per_address =
     /// 0`), so that load tests from one address measure what they are
@@ -98,6 +124,7 @@ impl GatewayBuilder {
         let config = format!(
             r#"spool_dir = "{spool}"
 [shutdown]
+lame_duck = "{lame_duck}"
 drain_grace = "{drain}"
 abort_grace = "{abort}"
 [log]
@@ -111,7 +138,8 @@ hostname = "gw.test"
 [[listener]]
 name = "smtp"
 protocol = "smtp"
-address = "127.0.0.1:0"
+address = "{smtp_address}"
+{smtp_listener_extra}
 [[listener]]
 name = "imap"
 protocol = "imap"
@@ -119,8 +147,12 @@ address = "127.0.0.1:0"
 [[listener]]
 name = "http"
 protocol = "http"
-address = "127.0.0.1:0"
+address = "{http_address}"
 "#,
+            lame_duck = self.lame_duck,
+            smtp_address = self.smtp_address,
+            smtp_listener_extra = self.smtp_listener_extra,
+            http_address = self.http_address,
             spool = spool.display(),
             drain = self.drain_grace,
             abort = self.abort_grace,
@@ -298,6 +330,10 @@ impl GatewayProcess {
         GatewayBuilder {
             bin: bin.into(),
             drain_grace: "2s".to_owned(),
+            lame_duck: "0s".to_owned(),
+            smtp_address: "127.0.0.1:0".to_owned(),
+            smtp_listener_extra: String::new(),
+            http_address: "127.0.0.1:0".to_owned(),
             abort_grace: "1s".to_owned(),
             spool_dir: None,
             nofile: None,

@@ -28,6 +28,8 @@ mod deadlines;
 mod exhaustion;
 #[path = "reliability/full_disk.rs"]
 mod full_disk;
+#[path = "reliability/haproxy.rs"]
+mod haproxy;
 #[path = "reliability/hordes.rs"]
 mod hordes;
 #[path = "reliability/memory.rs"]

@@ -182,3 +182,35 @@ pub enum LimitsError {
         max: u8,
     },
 }
+
+/// A PROXY protocol setting that cannot be used
+/// ([`ProxyProtocol`](crate::ProxyProtocol),
+/// [`TrustedNetwork`](crate::TrustedNetwork),
+/// [`ProxyVersion`](crate::ProxyVersion)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyConfigError {
+    /// Not a PROXY protocol version.
+    #[error("PROXY protocol version {text:?} is unknown: write \"v1\", \"v2\" or \"any\"")]
+    Version {
+        /// The text given.
+        text: String,
+    },
+    /// Not an address with an optional prefix length.
+    #[error(
+        "trusted proxy network {text:?} is not ADDRESS[/PREFIX]: write it such as \
+         \"127.0.0.1/32\", \"10.0.0.0/8\" or \"fd00::/8\" (IP addresses, not host names)"
+    )]
+    Network {
+        /// The text given.
+        text: String,
+    },
+    /// A prefix longer than the address family allows.
+    #[error("trusted proxy network {text:?}: the prefix length must be 0 to {max} for this address family")]
+    Prefix {
+        /// The text given.
+        text: String,
+        /// The longest allowed (32 or 128).
+        max: u8,
+    },
+}

@@ -143,12 +143,13 @@ pub use broker::{
     CloseUnclaimed, FdBroker, FileState, GetInventory, InventoryReport, ListenerState, TakeFile,
     TakeListener,
 };
-pub use error::{BrokerError, LifecycleError, LimitsError, ListenerError};
+pub use error::{BrokerError, LifecycleError, LimitsError, ListenerError, ProxyConfigError};
 pub use harness::{Harness, HarnessBuilder, HarnessInfo, Start};
 pub use lifecycle::{Lifecycle, LifecycleBuilder};
 pub use listener::{
     Accepted, Conn, ConnHandler, ConnParts, GetListenerInfo, ListenerActor, ListenerBuilder,
-    ListenerInfo, PeerAddr, StopAccepting, Stream, ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN,
+    ListenerInfo, PeerAddr, ProxyProtocol, ProxyVersion, StopAccepting, Stream, TrustedNetwork,
+    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, DEFAULT_PROXY_DEADLINE, DEFAULT_PROXY_MAX_HEADER,
 };
 pub use metrics::{DEFAULT_PREFIX, DURATION_BUCKETS};
 pub use notify::{

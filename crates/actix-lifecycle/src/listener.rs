@@ -3,6 +3,7 @@
 
 mod accept;
 mod conn;
+mod proxy;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -15,6 +16,9 @@ use lifecycle_handoff::{ListenAddress, PassedListener};
 use slog::{debug, error, info, o, warn, Logger};
 
 pub use conn::{Accepted, Conn, ConnHandler, ConnParts, PeerAddr, Stream};
+pub use proxy::{
+    ProxyProtocol, ProxyVersion, TrustedNetwork, DEFAULT_PROXY_DEADLINE, DEFAULT_PROXY_MAX_HEADER,
+};
 
 use crate::broker::{FdBroker, TakeListener};
 use crate::error::{BrokerError, ListenerError};
@@ -65,6 +69,7 @@ pub struct ListenerBuilder {
     arbiters: Vec<ArbiterHandle>,
     stop_at: Phase,
     limits: Option<Limits>,
+    proxy: Option<ProxyProtocol>,
 }
 
 impl std::fmt::Debug for ListenerBuilder {
@@ -75,6 +80,7 @@ impl std::fmt::Debug for ListenerBuilder {
             .field("arbiters", &self.arbiters.len())
             .field("stop_at", &self.stop_at)
             .field("limits", &self.limits)
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
@@ -101,6 +107,37 @@ impl ListenerBuilder {
     /// ```
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = Some(limits);
+        self
+    }
+
+    /// Every connection starts with a PROXY protocol header (v1, v2 or
+    /// either) naming the real client, sent by a trusted load balancer.
+    /// Default: off, the socket's peer is the client.
+    ///
+    /// After the accept, in the connection's own task (a slow header never
+    /// holds up the accept loop), the listener closes a connection from
+    /// outside the trusted networks, then reads the header within its
+    /// deadline and size bound, consuming exactly its bytes, and only then
+    /// admits the connection under [`limits`](Self::limits) with the
+    /// client's address. That address is the [`Conn::peer`] the handler
+    /// sees and the `peer` of the logs. A connection refused here is closed
+    /// without a word and counted (`proxy_*` reasons of [`RefuseReason`](crate::RefuseReason)).
+    ///
+    /// ```
+    /// # fn doc(lifecycle: &actix_lifecycle::Lifecycle) -> Result<(), actix_lifecycle::ProxyConfigError> {
+    /// use actix_lifecycle::{ConnHandler, ProxyProtocol, ProxyVersion};
+    ///
+    /// let handler = ConnHandler::new(|conn| async move {
+    ///     println!("client {}", conn.peer()); // the address HAProxy saw
+    /// });
+    /// lifecycle
+    ///     .listener("mx", "smtp", handler)
+    ///     .proxy_protocol(ProxyProtocol::new(ProxyVersion::V2).trust("127.0.0.1/32".parse()?))
+    ///     .start();
+    /// # Ok(()) }
+    /// ```
+    pub fn proxy_protocol(mut self, proxy: ProxyProtocol) -> Self {
+        self.proxy = Some(proxy);
         self
     }
 
@@ -158,6 +195,7 @@ impl ListenerBuilder {
             counters: Rc::new(Counters::default()),
             accept_loop: None,
             address: None,
+            proxy: self.proxy.map(Arc::new),
         }
     }
 
@@ -193,7 +231,9 @@ impl ListenerBuilder {
 ///
 /// Each connection is admitted under the listener's [`Limits`]
 /// ([`ListenerBuilder::limits`]) before it is registered; a refused one is
-/// answered the same way and never reaches the handler.
+/// answered the same way and never reaches the handler. With the PROXY
+/// protocol ([`ListenerBuilder::proxy_protocol`]) the header is read first,
+/// in the connection's task, and admission counts the client it names.
 pub struct ListenerActor {
     name: Arc<str>,
     protocol: Arc<str>,
@@ -208,6 +248,7 @@ pub struct ListenerActor {
     counters: Rc<Counters>,
     accept_loop: Option<SpawnHandle>,
     address: Option<ListenAddress>,
+    proxy: Option<Arc<ProxyProtocol>>,
 }
 
 impl std::fmt::Debug for ListenerActor {
@@ -242,6 +283,7 @@ impl ListenerActor {
             arbiters: Vec::new(),
             stop_at: Phase::Aborting,
             limits: None,
+            proxy: None,
         }
     }
 
@@ -264,6 +306,7 @@ impl ListenerActor {
                 self.handler.clone(),
                 self.shutdown.clone(),
                 self.log.clone(),
+                self.proxy.clone(),
             )
         };
         let mut remote = Vec::new();

@@ -47,7 +47,7 @@ pub(crate) struct KindStats {
     pub(crate) accepted: u64,
     pub(crate) aborted: u64,
     /// Refusals by [`RefuseReason::index`](crate::RefuseReason).
-    pub(crate) refused: [u64; 4],
+    pub(crate) refused: [u64; crate::registry::REASONS],
     pub(crate) duration_count: u64,
     pub(crate) duration_sum: f64,
     /// Non-cumulative counts per bucket of [`DURATION_BUCKETS`].

@@ -30,6 +30,7 @@ pub use shard::{ConnectionGuard, RegistryShard};
 
 use crate::error::LifecycleError;
 use crate::metrics::{KindStats, RegistryCollector, DEFAULT_PREFIX};
+pub(crate) use admission::REASONS;
 use admission::{AddressTable, KindAdmission};
 use shard::{ShardInner, ShardState};
 

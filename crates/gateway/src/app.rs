@@ -387,10 +387,13 @@ async fn start_listeners(
                     false => Vec::new(),
                 });
                 let limits = config.listener_limits(l);
-                let actor = lifecycle
+                let mut builder = lifecycle
                     .listener(name.clone(), "smtp", handler)
-                    .limits(limits)
-                    .start();
+                    .limits(limits);
+                if let Some(proxy) = l.proxy_protocol() {
+                    builder = builder.proxy_protocol(proxy);
+                }
+                let actor = builder.start();
                 actors.push((name, actor));
             }
             Protocol::Imap => {
@@ -422,10 +425,13 @@ async fn start_listeners(
                     false => Vec::new(),
                 });
                 let limits = config.listener_limits(l);
-                let actor = lifecycle
+                let mut builder = lifecycle
                     .listener(name.clone(), "imap", handler)
-                    .limits(limits)
-                    .start();
+                    .limits(limits);
+                if let Some(proxy) = l.proxy_protocol() {
+                    builder = builder.proxy_protocol(proxy);
+                }
+                let actor = builder.start();
                 actors.push((name, actor));
             }
             Protocol::Http => {

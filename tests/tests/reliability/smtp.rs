@@ -102,7 +102,29 @@ impl Smtp {
     }
 }
 
-/// What the spool file of a message with `body` holds.
+/// A spooled message without its `Received:` trace line (it carries the
+/// time of arrival; [`spooled`] leaves it out so that files compare).
+pub(crate) fn without_trace(stored: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(stored.len());
+    let mut in_trace = false;
+    let mut rest = stored;
+    while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+        let line = &rest[..=i];
+        if line == b"\r\n" {
+            break;
+        }
+        in_trace = line.starts_with(b"Received: ") || (in_trace && line.starts_with(b"\t"));
+        if !in_trace {
+            out.extend_from_slice(line);
+        }
+        rest = &rest[i + 1..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// What the spool file of a message with `body` holds (without its
+/// `Received:` line, see [`without_trace`]).
 pub(crate) fn spooled(body: &[u8]) -> Vec<u8> {
     let mut out = format!("Return-Path: <{FROM}>\r\nDelivered-To: {TO}\r\n").into_bytes();
     out.extend_from_slice(body);

@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
 
 use super::conn::{Conn, ConnContext, ConnHandler, PeerAddr, Stream};
+use super::proxy::ProxyProtocol;
 use crate::phase::ShutdownHandle;
 use crate::registry::{ConnKind, RefuseReason, RegistryShard};
 
@@ -127,6 +128,7 @@ pub(crate) struct Server {
     pub(crate) handler: ConnHandler,
     pub(crate) context: Arc<ConnContext>,
     pub(crate) log: Logger,
+    pub(crate) proxy: Option<Arc<ProxyProtocol>>,
 }
 
 impl Server {
@@ -136,6 +138,7 @@ impl Server {
         handler: ConnHandler,
         shutdown: ShutdownHandle,
         log: Logger,
+        proxy: Option<Arc<ProxyProtocol>>,
     ) -> Self {
         let context = Arc::new(ConnContext {
             shutdown,
@@ -148,16 +151,88 @@ impl Server {
             handler,
             context,
             log,
+            proxy,
         }
     }
 
     /// Admits the connection on this arbiter's shard and hands it to the
     /// handler, or answers it busy and closes it.
     ///
-    /// Admission uses the accepted peer's address. (A listener that learns
-    /// the client's address from the connection itself, such as the PROXY
-    /// protocol, would read it first and admit here with it.)
+    /// Admission uses the accepted peer's address, or with the PROXY
+    /// protocol the client's address from the header, read first in a task
+    /// of its own (see [`Server::serve_proxied`]).
     fn serve(&self, stream: Stream, peer: PeerAddr) {
+        if let Some(proxy) = &self.proxy {
+            if !proxy.is_trusted(&peer) {
+                let reason = self.shard.refuse(&self.kind, RefuseReason::ProxyUntrusted);
+                debug!(self.log, "connection refused"; "peer" => %peer, "reason" => reason.as_str());
+                return;
+            }
+            actix::spawn(Self::serve_proxied(
+                Arc::clone(proxy),
+                self.admitter(),
+                stream,
+                peer,
+            ));
+            return;
+        }
+        self.admitter().admit(stream, peer, None);
+    }
+
+    /// What admitting and dispatching one connection needs, cloned for a
+    /// connection that waits for its PROXY header.
+    fn admitter(&self) -> Admitter {
+        Admitter {
+            shard: self.shard.clone(),
+            kind: self.kind.clone(),
+            handler: self.handler.clone(),
+            context: Arc::clone(&self.context),
+            log: self.log.clone(),
+        }
+    }
+
+    /// Reads the PROXY header within its deadline (or until the service
+    /// aborts), then admits the connection as the client it names.
+    async fn serve_proxied(
+        proxy: Arc<ProxyProtocol>,
+        admitter: Admitter,
+        mut stream: Stream,
+        via: PeerAddr,
+    ) {
+        let read = tokio::time::timeout(proxy.header_deadline(), proxy.read_header(&mut stream));
+        let outcome = tokio::select! {
+            r = read => r.unwrap_or(Err(RefuseReason::ProxyTimeout)),
+            () = admitter.context.shutdown.aborting() => {
+                debug!(admitter.log, "connection closed before its PROXY header: the service is aborting"; "peer" => %via);
+                return;
+            }
+        };
+        match outcome {
+            Ok(client) => {
+                let peer = client.map_or_else(|| via.clone(), PeerAddr::Tcp);
+                admitter.admit(stream, peer, Some(via));
+            }
+            Err(reason) => {
+                admitter.shard.refuse(&admitter.kind, reason);
+                debug!(admitter.log, "connection refused"; "peer" => %via, "reason" => reason.as_str());
+            }
+        }
+    }
+}
+
+/// Admits one connection and hands it to the handler.
+struct Admitter {
+    shard: RegistryShard,
+    kind: ConnKind,
+    handler: ConnHandler,
+    context: Arc<ConnContext>,
+    log: Logger,
+}
+
+impl Admitter {
+    /// Admits `stream` from `peer` (which came `via` a proxy, if any) and
+    /// dispatches it, or answers it busy and closes it.
+    fn admit(self, stream: Stream, peer: PeerAddr, via: Option<PeerAddr>) {
         let guard = match self.shard.admit(&self.kind, peer.ip()) {
             Ok(guard) => guard,
             Err(reason) => {
@@ -167,11 +242,18 @@ impl Server {
                 return;
             }
         };
-        debug!(self.log, "connection accepted"; "conn" => guard.id(), "peer" => %peer);
-        let conn = Conn::new(guard.track(stream), peer, Arc::clone(&self.context));
+        match &via {
+            Some(via) => {
+                debug!(self.log, "connection accepted"; "conn" => guard.id(), "peer" => %peer, "via" => %via)
+            }
+            None => debug!(self.log, "connection accepted"; "conn" => guard.id(), "peer" => %peer),
+        }
+        let conn = Conn::new(guard.track(stream), peer, self.context);
         self.handler.dispatch(conn);
     }
+}
 
+impl Server {
     /// Starts a task on `arbiter` that serves the connections sent to it.
     /// Returns `None` when the arbiter is gone.
     pub(crate) fn spawn_on(self, arbiter: &ArbiterHandle) -> Option<Remote> {

@@ -39,6 +39,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use actix_lifecycle::{ProxyProtocol, ProxyVersion, TrustedNetwork};
 use lifecycle_handoff::{ListenAddress, ListenerSpec};
 
 pub use error::{ConfigError, Located};
@@ -231,9 +232,22 @@ pub struct ListenerConfig {
     backlog: Option<u32>,
     tls: Option<TlsMode>,
     max_connections: Option<u32>,
+    proxy_protocol: Option<ProxyVersion>,
+    trusted_proxies: Vec<TrustedNetwork>,
 }
 
 impl ListenerConfig {
+    /// The PROXY protocol this listener expects from its trusted proxies
+    /// (`proxy_protocol` and `trusted_proxies`), if any.
+    pub fn proxy_protocol(&self) -> Option<ProxyProtocol> {
+        let version = self.proxy_protocol?;
+        Some(
+            self.trusted_proxies
+                .iter()
+                .fold(ProxyProtocol::new(version), |p, n| p.trust(*n)),
+        )
+    }
+
     /// This listener's own `max_connections`, if it sets one (else
     /// `[limits]`'s applies; 0: no limit).
     pub fn max_connections(&self) -> Option<u32> {
@@ -388,6 +402,8 @@ impl Config {
                     backlog: l.backlog,
                     tls: l.tls,
                     max_connections: l.max_connections,
+                    proxy_protocol: l.proxy_protocol.map(|v| v.to_string()),
+                    trusted_proxies: l.trusted_proxies.iter().map(|n| n.to_string()).collect(),
                 })
                 .collect(),
         };

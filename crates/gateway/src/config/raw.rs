@@ -98,6 +98,8 @@ pub(crate) struct RawListener {
     pub(crate) backlog: Option<Spanned<i64>>,
     pub(crate) tls: Option<Spanned<TlsMode>>,
     pub(crate) max_connections: Option<Spanned<i64>>,
+    pub(crate) proxy_protocol: Option<Spanned<String>>,
+    pub(crate) trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 // What `--print-config` writes: the effective configuration, every default
@@ -170,4 +172,8 @@ pub(crate) struct OutListener {
     pub(crate) tls: Option<TlsMode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) max_connections: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) proxy_protocol: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) trusted_proxies: Vec<String>,
 }

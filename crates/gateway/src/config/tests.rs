@@ -165,6 +165,13 @@ const BAD: &[(&str, usize, &[&str])] = &[
     ("[[listener]]\nname = \"a\"\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\ntls = \"implicit\"\n", 5, &["not supported on http"]),
     ("[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:25\"\nbacklog = 0\n", 5, &["backlog", "positive"]),
     ("listener = []\n", 1, &["no listeners"]),
+    ("[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:25\"\nproxy_protocol = \"v3\"\ntrusted_proxies = [\"127.0.0.1\"]\n", 5, &["\"v3\"", "\"v1\", \"v2\" or \"any\""]),
+    ("[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:25\"\nproxy_protocol = \"v2\"\n", 5, &["needs `trusted_proxies`", "10.0.0.0/8"]),
+    ("[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:25\"\ntrusted_proxies = [\"127.0.0.1\"]\n", 5, &["without `proxy_protocol`"]),
+    ("[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:25\"\nproxy_protocol = \"v2\"\ntrusted_proxies = []\n", 5, &["`trusted_proxies` is empty"]),
+    ("[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:25\"\nproxy_protocol = \"v2\"\ntrusted_proxies = [\n  \"lb.example\",\n]\n", 7, &["\"lb.example\"", "not ADDRESS[/PREFIX]"]),
+    ("[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:25\"\nproxy_protocol = \"v2\"\ntrusted_proxies = [\"10.0.0.0/33\"]\n", 6, &["\"10.0.0.0/33\"", "0 to 32"]),
+    ("[[listener]]\nname = \"a\"\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\nproxy_protocol = \"v2\"\ntrusted_proxies = [\"127.0.0.1\"]\n", 5, &["`proxy_protocol` is not supported on http"]),
     ("metrics_prefix = \"9x\"\n", 1, &["metrics_prefix", "not a valid Prometheus"]),
     ("[smtp]\nmax_message_size = 0\n", 2, &["max_message_size", "from 1"]),
     ("[smtp]\nidle_timeout = \"0s\"\n", 2, &["idle_timeout", "longer than zero"]),
@@ -209,4 +216,24 @@ fn missing_file_names_the_path() {
     let err = Config::from_file(&path).unwrap_err();
     assert!(err.to_string().contains("nope.toml"), "{err}");
     assert!(matches!(err, ConfigError::Read { .. }));
+}
+
+#[test]
+fn proxy_protocol_is_read_and_printed_back() {
+    let text = "[[listener]]\nname = \"mx\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\nproxy_protocol = \"v2\"\ntrusted_proxies = [\"127.0.0.1/32\", \"fd00::/8\"]\n";
+    let c = Config::from_toml(text, "x").unwrap();
+    let proxy = c.listeners()[0].proxy_protocol().unwrap();
+    assert_eq!(proxy.version(), actix_lifecycle::ProxyVersion::V2);
+    let via = |a: &str| actix_lifecycle::PeerAddr::Tcp(a.parse().unwrap());
+    assert!(proxy.is_trusted(&via("127.0.0.1:1")));
+    assert!(proxy.is_trusted(&via("[fd12::1]:1")));
+    assert!(!proxy.is_trusted(&via("127.0.0.2:1")));
+    let printed = c.to_toml();
+    assert!(printed.contains("proxy_protocol = \"v2\""), "{printed}");
+    assert_eq!(Config::from_toml(&printed, "printed").unwrap(), c);
+    let plain = Config::from_toml("", "x").unwrap();
+    assert!(plain
+        .listeners()
+        .iter()
+        .all(|l| l.proxy_protocol().is_none()));
 }

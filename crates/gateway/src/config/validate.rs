@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use actix_lifecycle::{ProxyVersion, TrustedNetwork};
 use lifecycle_handoff::ListenAddress;
 use toml::Spanned;
 
@@ -53,6 +54,8 @@ pub(super) fn default_listeners() -> Vec<ListenerConfig> {
         backlog: None,
         tls: None,
         max_connections: None,
+        proxy_protocol: None,
+        trusted_proxies: Vec::new(),
     })
     .collect()
 }
@@ -373,6 +376,38 @@ fn listeners(
             None => None,
         };
 
+        let proxy_protocol = match &l.proxy_protocol {
+            Some(v) if l.protocol == Protocol::Http => {
+                return Err(cx.err(v, "`proxy_protocol` is not supported on http listeners (HTTP is served by actix-web); remove it and reach /metrics and /readyz directly"));
+            }
+            Some(v) => match v.get_ref().parse::<ProxyVersion>() {
+                Ok(version) => Some(version),
+                Err(e) => return Err(cx.err(v, format!("`proxy_protocol`: {e}"))),
+            },
+            None => None,
+        };
+        let mut trusted_proxies = Vec::new();
+        match (&l.trusted_proxies, &l.proxy_protocol) {
+            (Some(list), None) => {
+                return Err(cx.err(list, "`trusted_proxies` without `proxy_protocol`: add `proxy_protocol = \"v2\"` (or \"v1\", \"any\"), or remove `trusted_proxies`"));
+            }
+            (None, Some(v)) => {
+                return Err(cx.err(v, "`proxy_protocol` needs `trusted_proxies`: list the load balancers' addresses, such as `trusted_proxies = [\"10.0.0.0/8\"]`; a connection from any other address is closed"));
+            }
+            (Some(list), Some(v)) => {
+                if list.get_ref().is_empty() {
+                    return Err(cx.err(v, "`trusted_proxies` is empty: list the load balancers' addresses, such as `trusted_proxies = [\"10.0.0.0/8\"]`"));
+                }
+                for n in list.get_ref() {
+                    match n.get_ref().parse::<TrustedNetwork>() {
+                        Ok(net) => trusted_proxies.push(net),
+                        Err(e) => return Err(cx.err(n, format!("`trusted_proxies`: {e}"))),
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+
         out.push(ListenerConfig {
             name: l.name.into_inner(),
             protocol: l.protocol,
@@ -380,6 +415,8 @@ fn listeners(
             backlog,
             tls,
             max_connections,
+            proxy_protocol,
+            trusted_proxies,
         });
     }
     Ok(out)

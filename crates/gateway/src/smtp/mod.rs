@@ -214,7 +214,9 @@ impl SmtpContext {
 
 /// Serves one SMTP session on `stream` until the client quits, the
 /// connection fails, or the shutdown phase ends it. `peer` names the client
-/// in logs. Logs one line when the session opens and one when it closes.
+/// in logs; when it is an `IP:port` (the connection's peer, the real client
+/// behind a PROXY protocol load balancer), each stored message's
+/// `Received:` line names that address. Logs one line when the session opens and one when it closes.
 pub async fn serve_smtp<S>(
     stream: S,
     peer: String,
@@ -224,10 +226,12 @@ pub async fn serve_smtp<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let client = peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
     let log = ctx.logger.new(o!("protocol" => "smtp", "peer" => peer));
     info!(log, "connection open");
     let mut session =
         session::Session::new(crate::tls::Upgradable::Plain(stream), shutdown, ctx, log);
+    session.set_client(client);
     let reason = session.run().await;
     if let Some(label) = reason.cut_label() {
         info!(session.log, "session cut"; "reason" => label);

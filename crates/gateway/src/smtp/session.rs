@@ -1,6 +1,7 @@
 //! The SMTP session: reads commands, answers them, and holds the state of
 //! the mail transaction.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,8 @@ pub(super) struct Session<S> {
     /// In an upgrade drain: the message count at which the next `MAIL` is
     /// refused (set when the session first sees the drain).
     drain_limit: Option<u32>,
+    /// The client's address, for the `Received:` line.
+    client: Option<IpAddr>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -64,8 +67,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             messages: 0,
             tls_active: matches!(ctx.tls, SmtpTls::Implicit),
             drain_limit: None,
+            client: None,
             ctx,
         }
+    }
+
+    /// The client's address, named in each message's `Received:` line.
+    pub(super) fn set_client(&mut self, client: Option<IpAddr>) {
+        self.client = client;
     }
 
     pub(super) fn ctx(&self) -> &SmtpContext {
@@ -386,11 +395,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// The envelope lines written before the message.
+    /// The envelope lines written before the message, then the trace line
+    /// of RFC 5321 §4.4: `Received: from HELO ([client address]) by HOST
+    /// with ESMTP[S]; DATE`.
     fn envelope_header(&self) -> Vec<String> {
         let from = self.from.as_deref().unwrap_or("");
+        let helo = self.helo.as_deref().unwrap_or("unknown");
+        let tcp_info = match self.client {
+            Some(IpAddr::V4(ip)) => format!(" ([{ip}])"),
+            Some(IpAddr::V6(ip)) => format!(" ([IPv6:{ip}])"),
+            None => String::new(),
+        };
+        let with = if self.tls_active { "ESMTPS" } else { "ESMTP" };
+        let received = format!(
+            "Received: from {helo}{tcp_info}\r\n\tby {} with {with}; {}\r\n",
+            self.ctx.hostname,
+            rfc5322_date(std::time::SystemTime::now())
+        );
         std::iter::once(format!("Return-Path: <{from}>\r\n"))
             .chain(self.rcpts.iter().map(|r| format!("Delivered-To: {r}\r\n")))
+            .chain(std::iter::once(received))
             .collect()
     }
 
@@ -425,5 +449,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let sep = if i == last { ' ' } else { '-' };
             self.wire.reply(&format!("{code}{sep}{line}"));
         }
+    }
+}
+
+/// `time` as an RFC 5322 date in UTC: `Fri, 04 Dec 2026 17:32:37 +0000`.
+fn rfc5322_date(time: std::time::SystemTime) -> String {
+    let secs = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} +0000",
+        WEEKDAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod date_tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn dates_are_rfc5322() {
+        let at = |s| super::rfc5322_date(UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(at(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+        assert_eq!(at(1_796_405_557), "Fri, 04 Dec 2026 17:32:37 +0000");
     }
 }

@@ -29,6 +29,9 @@
 //! `exit` (see [`Holder`]).
 //!
 //! `data` holds N sessions in DATA at the same time (see `data.rs`).
+//!
+//! `lb ADDR SOURCES CONCURRENCY ACKED_FILE` sends one message per
+//! connection from several source addresses until `stop` (see `lb.rs`).
 
 use std::io::{self, Write};
 use std::time::Duration;
@@ -40,6 +43,7 @@ mod churn;
 mod data;
 mod flood;
 mod hold;
+mod lb;
 
 fn main() {
     raise_nofile();
@@ -49,7 +53,8 @@ fn main() {
         Some("hold") => hold::run(&args[1..]),
         Some("data") => data::run(&args[1..]),
         Some("flood") => flood::run(&args[1..]),
-        _ => Err("usage: reliability-client churn|hold|data|flood ...".to_owned()),
+        Some("lb") => lb::run(&args[1..]),
+        _ => Err("usage: reliability-client churn|hold|data|flood|lb ...".to_owned()),
     };
     if let Err(e) = result {
         eprintln!("reliability-client: {e}");
