@@ -192,9 +192,9 @@ pub fn request(
     stream
         .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
         .map_err(io("set a timeout on"))?;
-    stream
-        .write_all(command.to_line().as_bytes())
-        .map_err(io("send the request to"))?;
+    // A refused peer gets its reply and a close before it writes: the
+    // write may fail with EPIPE while the reply waits to be read.
+    let sent = stream.write_all(command.to_line().as_bytes());
     let mut reader = BufReader::new(stream.try_clone().map_err(io("read from"))?)
         .take(u64::try_from(MAX_REQUEST_LINE * 16).unwrap_or(u64::MAX));
     let mut line = String::new();
