@@ -198,9 +198,11 @@ pub fn request(
     let mut reader = BufReader::new(stream.try_clone().map_err(io("read from"))?)
         .take(u64::try_from(MAX_REQUEST_LINE * 16).unwrap_or(u64::MAX));
     let mut line = String::new();
-    reader
-        .read_line(&mut line)
-        .map_err(io("read the reply from"))?;
+    let read = reader.read_line(&mut line);
+    if line.is_empty() {
+        sent.map_err(io("send the request to"))?;
+    }
+    read.map_err(io("read the reply from"))?;
     if line.is_empty() {
         return Err(CtlError::BadReply {
             path: path.to_path_buf(),

@@ -246,3 +246,65 @@ fn bad_clients_never_stall_the_parent_and_sigterm_still_stops_it() {
     assert!(!socket.exists(), "the socket is removed at exit");
     drop((sleepers, half, unread));
 }
+
+/// Reads notify datagrams until one contains `needle`; all seen so far.
+fn datagram_with(socket: &std::os::unix::net::UnixDatagram, needle: &str) -> String {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no datagram with {needle:?}: {e}"));
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.contains(needle) {
+            return text;
+        }
+    }
+}
+
+#[test]
+fn a_control_upgrade_sends_the_notify_reload_datagrams() {
+    if !require_root("the privileged start with a control socket") {
+        return;
+    }
+    let (setup, _) = Setup::new();
+    let (bin, dir) = (setup.bin.clone(), setup.dir.path().to_owned());
+    let notify_path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(SOON)).unwrap();
+    let socket = dir.join("run/control.sock");
+    let head = format!(
+        "user = \"nobody\"\ncontrol_socket = \"{}\"",
+        socket.display()
+    );
+    let gw = setup.launch(
+        &head,
+        |cmd| {
+            cmd.env("NOTIFY_SOCKET", &notify_path);
+        },
+        "service ready",
+    );
+    datagram_with(&notify, "READY=1");
+
+    let out = ctl(&socket, &["upgrade", "--wait"]);
+    assert!(out.status.success(), "{out:?}\n{}", gw.log_text());
+    let reloading = datagram_with(&notify, "RELOADING=1");
+    assert!(
+        reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reloading:?}"
+    );
+    let ready = datagram_with(&notify, "READY=1");
+    assert!(ready.contains("STATUS=serving generation 2"), "{ready:?}");
+
+    let broken = dir.join("broken");
+    std::fs::write(&broken, "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&broken, &bin).unwrap();
+    let out = ctl(&socket, &["upgrade", "--wait"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    datagram_with(&notify, "RELOADING=1");
+    let ready = datagram_with(&notify, "READY=1");
+    assert!(ready.contains("STATUS=upgrade failed"), "{ready:?}");
+    loud(&format!(
+        "notify-reload datagrams: {reloading:?} then {ready:?}"
+    ));
+}
