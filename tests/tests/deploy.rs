@@ -274,7 +274,16 @@ fn services_keep_the_lifecycle_contract() {
         // its predecessor exited, before it is the main process.
         let access = if name == ACTIVATED { "all" } else { "main" };
         assert_eq!(s("NotifyAccess"), Some(access), "{name}");
-        assert_eq!(s("ExecReload"), Some("/bin/kill -HUP $MAINPID"), "{name}");
+        // The privileged parent serves the control socket: `systemctl
+        // reload` gets the upgrade's result from `ctl upgrade --wait`.
+        let reload = if name == PRIVILEGED {
+            format!(
+                "{INSTALLED_BINARY} ctl --config {INSTALLED_CONFIG} upgrade --wait --timeout 80s"
+            )
+        } else {
+            "/bin/kill -HUP $MAINPID".to_owned()
+        };
+        assert_eq!(s("ExecReload"), Some(reload.as_str()), "{name}");
         assert_eq!(s("Restart"), Some("on-failure"), "{name}");
         let exec = s("ExecStart").expect("ExecStart=");
         assert_eq!(

@@ -93,9 +93,16 @@ fn rig(setup: Setup) -> Option<Rig> {
     let root = cached_root().unwrap_or_else(|e| panic!("{e}"));
     let bin = gateway_bin().unwrap();
     let stage = lifecycle_tests::temp_dir("stage").unwrap();
-    // A binary that fails before it is ready, as a broken upgrade would.
+    // A binary that fails before it is ready, as a broken upgrade would;
+    // as `ctl` (the privileged unit's ExecReload=) it is the good build, so
+    // that the reload reaches the parent and reports the failed upgrade.
     let failing = stage.path().join("failing-gateway");
-    std::fs::write(&failing, "#!/bin/sh\necho 'broken build' >&2\nexit 3\n").unwrap();
+    std::fs::write(
+        &failing,
+        "#!/bin/sh\n[ \"$1\" = ctl ] && exec /src/target/release/lifecycle-gateway \"$@\"\n\
+         echo 'broken build' >&2\nexit 3\n",
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&failing, std::fs::Permissions::from_mode(0o755)).unwrap();
     let deploy = workspace_root().join("deploy");
@@ -408,14 +415,21 @@ fn reload_failing(r: &Rig) {
     let before = r.generation().expect("lifecycle_generation on /metrics");
     let pid = r.prop("MainPID");
     let (reload_ok, out) = r.reload_with("/stage/failing-gateway");
-    // Pending on the operator-control work (`ctl upgrade --wait` as
-    // ExecReload=): then `systemctl reload` must exit non-zero here. Today
-    // ExecReload= only sends SIGHUP, so its status says nothing yet.
+    // The privileged unit's ExecReload= is `ctl upgrade --wait`: the failed
+    // upgrade fails `systemctl reload`. The activated unit still reloads
+    // with SIGHUP (its status says nothing yet).
     loud(&format!(
         "{}: reload with a failing binary: systemctl reload succeeded={reload_ok} {}",
         r.unit,
         out.trim()
     ));
+    if r.unit == PRIVILEGED {
+        assert!(!reload_ok, "systemctl reload must fail: {out}");
+        r.wait_for("ctl's reason in the journal", |r| {
+            r.journal()
+                .contains("exited with code 3 before it was ready; generation")
+        });
+    }
     r.wait_for("the failed upgrade in the journal", |r| {
         r.journal().contains("upgrade failed")
     });

@@ -52,6 +52,21 @@ pub struct Cli {
     /// key at fault when it is not.
     #[arg(long)]
     pub check_config: bool,
+
+    /// A command instead of serving (`ctl`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// A command other than serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Talk to a running service over its control socket: status, upgrade
+    /// [--wait], stop, connections. Exit status: 0 ok, 1 the service refused
+    /// or the upgrade failed (the reason is printed), 2 bad arguments or
+    /// configuration, 3 the service could not be reached or did not answer
+    /// in time.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 impl Cli {

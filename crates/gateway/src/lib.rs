@@ -14,6 +14,7 @@ mod app;
 pub mod busy;
 mod cli;
 mod config;
+mod ctl;
 mod handover;
 mod http;
 mod imap;
@@ -31,11 +32,15 @@ mod upgrade;
 mod wire;
 
 pub use app::{open_tls, run, serve, StartError, Upgrade};
-pub use cli::{Cli, EXIT_CONFIG};
+pub use cli::{Cli, Command, EXIT_CONFIG};
 pub use config::{
     BareNewlines, Config, ConfigError, ImapConfig, LimitsConfig, ListenerConfig, Located,
     LogConfig, LogFormat, LogLevel, Protocol, ShutdownConfig, SmtpConfig, TlsConfig, TlsMode,
     DEFAULT_USER,
+};
+pub use ctl::{
+    request, status_table, CtlAction, CtlArgs, CtlError, DEFAULT_CONTROL_SOCKET, EXIT_CTL_FAILED,
+    EXIT_CTL_UNREACHABLE,
 };
 pub use handover::Handover;
 pub use http::{http_server, HttpListener, HttpState, Readiness};

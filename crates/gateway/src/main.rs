@@ -3,7 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use lifecycle_gateway::{drop_in_place, serve, stderr_logger, supervise, Cli, Config, EXIT_CONFIG};
+use lifecycle_gateway::{
+    drop_in_place, serve, stderr_logger, supervise, Cli, Command, Config, CtlError, EXIT_CONFIG,
+    EXIT_CTL_FAILED,
+};
 use lifecycle_handoff::{Handoff, HeldSignals, Mode, UpgradeSupervisor};
 use slog::{error, info, o};
 
@@ -23,6 +26,23 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse();
+    if let Some(Command::Ctl(ctl)) = &cli.command {
+        drop(held);
+        return match ctl.run(cli.config.as_deref()) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(CtlError::Refused(text)) if ctl.json => {
+                println!("{text}");
+                ExitCode::from(EXIT_CTL_FAILED)
+            }
+            Err(e) => {
+                eprintln!("lifecycle-gateway ctl: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        };
+    }
     let config = match cli.load_config() {
         Ok(config) => config,
         Err(e) => {

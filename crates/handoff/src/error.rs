@@ -19,6 +19,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The control socket could not be set up.
+    #[error("control socket {path:?}: cannot {action}: {source}")]
+    Control {
+        /// The socket's path.
+        path: PathBuf,
+        /// What failed.
+        action: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+
     /// A required variable is not set.
     #[error("environment variable {var} is not set: {fix}")]
     MissingVariable {

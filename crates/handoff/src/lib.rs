@@ -183,6 +183,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod bind;
+mod control;
 mod env;
 mod environment;
 mod error;
@@ -209,6 +210,10 @@ mod validate;
 mod bad_inputs;
 
 pub use bind::{bind_listener, open_file};
+pub use control::{
+    error_reply, ControlAccess, ControlCommand, ControlError, ControlRequest, ControlSocket,
+    CONTROL_IDLE_TIMEOUT, CONTROL_PROTOCOL_VERSION, MAX_CONTROL_CLIENTS, MAX_REQUEST_LINE,
+};
 pub use env::{
     ChildHandoff, Manifest, VarNames, DEFAULT_PREFIX, FIRST_PASSED_FD, MOX_FILES, MOX_SOCKETS,
 };

@@ -4,6 +4,7 @@
 //! is ready, then tells the old one to drain.
 
 mod child;
+mod control;
 mod event;
 mod run;
 
@@ -15,6 +16,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 pub use event::{SupervisorEvent, UpgradeFailure, UpgradeStats};
 
+use crate::control::{ControlServer, ControlSocket};
 use crate::error::{Error, Result};
 use crate::inventory::Inventory;
 use crate::notify::{Notifier, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
@@ -103,6 +105,7 @@ pub struct UpgradeSupervisor {
     ready_timeout: Duration,
     child_grace: Duration,
     notifier: Option<Notifier>,
+    control: Option<ControlSocket>,
 }
 
 impl UpgradeSupervisor {
@@ -148,6 +151,7 @@ impl UpgradeSupervisor {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             child_grace: DEFAULT_CHILD_GRACE,
             notifier,
+            control: None,
         })
     }
 
@@ -191,13 +195,23 @@ impl UpgradeSupervisor {
         self
     }
 
+    /// Serves the operator's control socket from the loop (default: none):
+    /// `status`, `upgrade` (with `wait`, answered with the upgrade's
+    /// result; concurrent callers share one upgrade and its answer) and
+    /// `stop` (as SIGTERM). See [`ControlSocket`]. The socket is removed
+    /// when `run` returns.
+    pub fn control_socket(mut self, socket: Option<ControlSocket>) -> Self {
+        self.control = socket;
+        self
+    }
+
     /// Starts generation 1 from `spawner` with everything in `inventory`
     /// and supervises until the serving child exits; returns its exit code
     /// (128 + signal for a signal death). `on_event` hears everything that
     /// happens. Call from the main thread (the children's parent-death
     /// signal follows the spawning thread).
     pub fn run(
-        self,
+        mut self,
         spawner: ChildSpawner,
         inventory: Inventory,
         on_event: impl FnMut(&SupervisorEvent),
@@ -206,6 +220,7 @@ impl UpgradeSupervisor {
             .env_remove(NOTIFY_SOCKET)
             .env_remove(WATCHDOG_USEC)
             .env_remove(WATCHDOG_PID);
+        let control = self.control.take().map(ControlServer::new);
         let mut state = Loop {
             supervisor: &self,
             spawner,
@@ -220,6 +235,10 @@ impl UpgradeSupervisor {
             stopping: false,
             next_generation: 1,
             stats: UpgradeStats::default(),
+            control,
+            waiters: Vec::new(),
+            last_upgrade: None,
+            draining_since: Vec::new(),
         };
         state.start_first()?;
         state.run()

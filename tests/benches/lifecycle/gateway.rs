@@ -54,6 +54,17 @@ impl Gateway {
     /// port, `spool`) into `dir` and starts `bin` with it; returns once the
     /// SMTP greeting arrived, with the time from exec to greeting.
     pub(crate) fn start(bin: &Path, dir: &Path, spool: &Path, mode: Mode) -> Res<(Self, Duration)> {
+        Self::start_with(bin, dir, spool, mode, "")
+    }
+
+    /// [`start`](Self::start) with `extra` top-level configuration lines.
+    pub(crate) fn start_with(
+        bin: &Path,
+        dir: &Path,
+        spool: &Path,
+        mode: Mode,
+        extra: &str,
+    ) -> Res<(Self, Duration)> {
         let port = lifecycle_tests::free_port()?;
         let smtp = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let config = dir.join("gateway.toml");
@@ -70,6 +81,7 @@ impl Gateway {
             format!(
                 "spool_dir = {spool:?}\n\
                  {who}\
+                 {extra}\
                  \n\
                  [[listener]]\n\
                  name = \"smtp\"\n\

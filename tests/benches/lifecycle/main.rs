@@ -21,6 +21,7 @@
 mod abort;
 mod accept;
 mod client;
+mod control;
 mod gateway;
 mod listen;
 mod memory;
@@ -252,6 +253,9 @@ fn run() -> Res<()> {
             "smtp",
             scenarios::smtp_row(&mut client, sizes, gateway).map(|r| vec![r]),
         );
+    }
+    if options.wants("control") {
+        add("control", control::control_rows(sizes, gateway));
     }
     drop(client);
 

@@ -53,6 +53,8 @@ pub struct Config {
     allow_root: bool,
     spool_dir: PathBuf,
     metrics_prefix: String,
+    control_socket: Option<PathBuf>,
+    control_group: Option<String>,
     shutdown: ShutdownConfig,
     log: LogConfig,
     smtp: SmtpConfig,
@@ -306,6 +308,8 @@ impl Default for Config {
             allow_root: false,
             spool_dir: PathBuf::from(validate::DEFAULT_SPOOL),
             metrics_prefix: validate::DEFAULT_PREFIX.to_owned(),
+            control_socket: None,
+            control_group: None,
             shutdown: ShutdownConfig {
                 lame_duck: validate::DEFAULT_LAME_DUCK,
                 drain_grace: validate::DEFAULT_DRAIN,
@@ -362,6 +366,11 @@ impl Config {
             allow_root: self.allow_root,
             spool_dir: self.spool_dir.display().to_string(),
             metrics_prefix: self.metrics_prefix.clone(),
+            control_socket: self
+                .control_socket
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            control_group: self.control_group.clone(),
             shutdown: raw::OutShutdown {
                 lame_duck: humantime::format_duration(self.shutdown.lame_duck).to_string(),
                 drain_grace: humantime::format_duration(self.shutdown.drain_grace).to_string(),
@@ -418,6 +427,19 @@ impl Config {
     /// Whether the service may run as root (default false).
     pub fn allow_root(&self) -> bool {
         self.allow_root
+    }
+
+    /// The operator's control socket (`lifecycle-gateway ctl`): none by
+    /// default; the packaged configuration sets
+    /// `/run/lifecycle-gateway/control.sock`.
+    pub fn control_socket(&self) -> Option<&Path> {
+        self.control_socket.as_deref()
+    }
+
+    /// The group whose members may use the control socket besides root
+    /// (socket mode 0660 then; 0600 without it).
+    pub fn control_group(&self) -> Option<&str> {
+        self.control_group.as_deref()
     }
 
     /// Where accepted messages are stored (default `./spool`, relative to the

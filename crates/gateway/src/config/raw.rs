@@ -31,6 +31,8 @@ pub(crate) struct RawConfig {
     pub(crate) allow_root: bool,
     pub(crate) spool_dir: Option<Spanned<String>>,
     pub(crate) metrics_prefix: Option<Spanned<String>>,
+    pub(crate) control_socket: Option<Spanned<String>>,
+    pub(crate) control_group: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) shutdown: RawShutdown,
     #[serde(default)]
@@ -112,6 +114,10 @@ pub(crate) struct OutConfig {
     pub(crate) allow_root: bool,
     pub(crate) spool_dir: String,
     pub(crate) metrics_prefix: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) control_socket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) control_group: Option<String>,
     pub(crate) shutdown: OutShutdown,
     pub(crate) log: OutLog,
     pub(crate) smtp: OutSmtp,

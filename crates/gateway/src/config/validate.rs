@@ -115,6 +115,33 @@ pub(super) fn build(raw: RawConfig, origin: &str, text: &str) -> Result<Config, 
         None => defaults.spool_dir.clone(),
     };
 
+    let control_socket = match raw.control_socket {
+        Some(p) if !p.get_ref().starts_with('/') => {
+            return Err(cx.err(
+                &p,
+                "`control_socket` must be an absolute path, such as \"/run/lifecycle-gateway/control.sock\"",
+            ));
+        }
+        Some(p) => Some(PathBuf::from(p.into_inner())),
+        None => None,
+    };
+    let control_group = match raw.control_group {
+        Some(g) if g.get_ref().is_empty() => {
+            return Err(cx.err(
+                &g,
+                "`control_group` is empty; name a group, or remove the key",
+            ));
+        }
+        Some(g) if control_socket.is_none() => {
+            return Err(cx.err(
+                &g,
+                "`control_group` without `control_socket`; set control_socket too, or remove control_group",
+            ));
+        }
+        Some(g) => Some(g.into_inner()),
+        None => None,
+    };
+
     let metrics_prefix = match raw.metrics_prefix {
         Some(p) if !valid_metric_prefix(p.get_ref()) => {
             return Err(cx.err(
@@ -244,6 +271,8 @@ pub(super) fn build(raw: RawConfig, origin: &str, text: &str) -> Result<Config, 
         allow_root: raw.allow_root,
         spool_dir,
         metrics_prefix,
+        control_socket,
+        control_group,
         shutdown,
         log,
         smtp: SmtpConfig {

@@ -121,6 +121,11 @@ pub enum SupervisorEvent {
         /// Why (one already waits, or the service is stopping).
         reason: &'static str,
     },
+    /// A request arrived on the control socket (from an allowed peer).
+    ControlRequest {
+        /// The command (`status`, `upgrade --wait`, ...).
+        command: &'static str,
+    },
     /// The new child is ready and serving; the old one was told to drain.
     UpgradeSucceeded {
         /// The old generation (now draining).
@@ -212,6 +217,9 @@ impl fmt::Display for SupervisorEvent {
             ),
             SupervisorEvent::UpgradeIgnored { signal, reason } => {
                 write!(f, "{signal}: upgrade not started: {reason}")
+            }
+            SupervisorEvent::ControlRequest { command } => {
+                write!(f, "control socket: {command}")
             }
             SupervisorEvent::UpgradeSucceeded {
                 from,

@@ -14,6 +14,7 @@ use super::{
     SupervisorEvent, UpgradeFailure, UpgradeStats, UpgradeSupervisor, CLOSED_CHANNEL_GRACE,
 };
 use crate::bind::open_file;
+use crate::control::{ClientId, ControlServer};
 use crate::error::{Error, Result};
 use crate::inventory::{Inventory, PassedFile};
 use crate::lineage::Lineage;
@@ -42,10 +43,18 @@ pub(super) struct Loop<'a, F> {
     pub(super) stopping: bool,
     pub(super) next_generation: u64,
     pub(super) stats: UpgradeStats,
+    /// The control socket, when configured.
+    pub(super) control: Option<ControlServer>,
+    /// Control clients waiting for the running upgrade's result.
+    pub(super) waiters: Vec<ClientId>,
+    /// The last upgrade's outcome, for `status`.
+    pub(super) last_upgrade: Option<serde_json::Value>,
+    /// When each draining generation began to drain (unix seconds).
+    pub(super) draining_since: Vec<(u64, u64)>,
 }
 
 impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
-    fn emit(&mut self, event: SupervisorEvent) {
+    pub(super) fn emit(&mut self, event: SupervisorEvent) {
         (self.on_event)(&event);
     }
 
@@ -116,20 +125,32 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         loop {
             let next = (self.candidate.iter().map(|c| c.deadline))
                 .chain(self.retiring.iter().map(|r| r.kill_at))
+                .chain(self.control.as_ref().and_then(ControlServer::next_deadline))
                 .min();
             let timeout = next.map(|at| at.saturating_duration_since(Instant::now()));
-            let readable = {
+            // Indexes: 0 the signalfd, 1 the candidate's channel (when
+            // polled), then the control socket's descriptors.
+            let (readable, control_base) = {
                 let mut fds = vec![self.supervisor.signals.as_fd()];
                 if let Some(candidate) = self.candidate.as_ref().filter(|c| !c.settled) {
                     fds.push(candidate.receiver.as_fd());
+                } else {
+                    // A placeholder that is never readable keeps the indexes.
+                    fds.push(self.supervisor.signals.as_fd());
                 }
-                poll_readable(&fds, timeout).map_err(|source| Error::Supervise {
+                let base = fds.len();
+                if let Some(control) = &self.control {
+                    fds.extend(control.fds());
+                }
+                let readable = poll_readable(&fds, timeout).map_err(|source| Error::Supervise {
                     pid: 0,
                     operation: "poll",
                     source,
-                })?
+                })?;
+                (readable, base)
             };
-            if readable.contains(&1) {
+            let candidate_polled = self.candidate.as_ref().is_some_and(|c| !c.settled);
+            if readable.contains(&1) && candidate_polled {
                 if let Some(code) = self.check_candidate()? {
                     return Ok(code);
                 }
@@ -139,6 +160,10 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
                     return Ok(code);
                 }
             }
+            let control: Vec<usize> = (readable.iter())
+                .filter_map(|&i| i.checked_sub(control_base))
+                .collect();
+            self.serve_control(&control)?;
             if let Some(code) = self.check_deadline()? {
                 return Ok(code);
             }
@@ -181,7 +206,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         }
     }
 
-    fn stop(&mut self, signal: Signal) {
+    pub(super) fn stop(&mut self, signal: Signal) {
         if !self.stopping {
             self.stopping = true;
             self.pending = None;
@@ -228,7 +253,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         self.start_upgrade(signal)
     }
 
-    fn start_upgrade(&mut self, signal: &'static str) -> Result<()> {
+    pub(super) fn start_upgrade(&mut self, signal: &'static str) -> Result<()> {
         let from = self.serving.as_ref().map_or(0, |g| g.number);
         let to = self.next_generation;
         self.next_generation += 1;
@@ -301,6 +326,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
     fn upgrade_failed(&mut self, from: u64, to: u64, failure: UpgradeFailure) {
         self.stats.failed += 1;
         self.send_update();
+        self.upgrade_settled(from, to, None, Some(&failure));
         let status = one_line(&format!(
             "upgrade failed: {failure}; serving generation {from}"
         ));
@@ -429,10 +455,12 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
                 old.channel = None;
                 old.signal(Signal::SIGTERM);
                 let from = old.number;
+                self.draining_since.push((from, super::control::unix_now()));
                 self.draining.push(old);
                 self.stats.serving = number;
                 self.stats.succeeded += 1;
                 self.send_update();
+                self.upgrade_settled(from, number, Some(pid), None);
                 self.emit(SupervisorEvent::UpgradeSucceeded {
                     from,
                     to: number,
@@ -564,6 +592,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
             let pid = old.pid();
             if let Some(status) = old.child.try_wait().map_err(wait_err(pid))? {
                 let old = self.draining.remove(index);
+                self.draining_since.retain(|(n, _)| *n != old.number);
                 self.emit(SupervisorEvent::OldChildExited {
                     generation: old.number,
                     pid,

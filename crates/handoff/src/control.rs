@@ -1,0 +1,577 @@
+//! The operator's control socket: a Unix stream socket on which a client
+//! (`lifecycle-gateway ctl`) sends **one JSON request on one line** and gets
+//! **one JSON reply on one line**; the server then closes the connection
+//! (except after a `stop`, where the connection stays open until the process
+//! exits, so that the end of file says "stopped").
+//!
+//! Requests: `{"version":1,"command":"status"}`, `"upgrade"` (with
+//! `"wait":true` the reply comes once the upgrade is settled), `"stop"`,
+//! `"connections"`. Every reply has `"version"` and `"ok"`; a failed one has
+//! `"error"` with a message naming the culprit.
+//!
+//! The server side here is built for a synchronous loop that must never
+//! stall ([`UpgradeSupervisor`](crate::UpgradeSupervisor)'s): every socket is
+//! non-blocking, a request line is at most [`MAX_REQUEST_LINE`] bytes, a
+//! client that sends nothing for [`CONTROL_IDLE_TIMEOUT`] is dropped, at most
+//! [`MAX_CONTROL_CLIENTS`] are served at once, and a reply that does not fit
+//! in the socket buffer at once closes the connection. Access is checked
+//! with `SO_PEERCRED` ([`ControlAccess`]).
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{getsockopt, send, sockopt::PeerCredentials, MsgFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The protocol version this crate speaks (the `version` of every request
+/// and reply).
+pub const CONTROL_PROTOCOL_VERSION: u32 = 1;
+
+/// The longest request line accepted, newline included; a longer one gets
+/// an error reply and the connection is closed.
+pub const MAX_REQUEST_LINE: usize = 64 * 1024;
+
+/// How long a client may take to send its request line.
+pub const CONTROL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many clients are served at once; one more is answered "busy" and
+/// closed.
+pub const MAX_CONTROL_CLIENTS: usize = 32;
+
+/// One request line as sent on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlRequest {
+    /// The protocol version ([`CONTROL_PROTOCOL_VERSION`]).
+    pub version: u32,
+    /// `status`, `upgrade`, `stop` or `connections`.
+    pub command: String,
+    /// For `upgrade`: reply once the upgrade is settled (default false:
+    /// reply once it started).
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// A valid request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlCommand {
+    /// The service's state.
+    Status,
+    /// Start an upgrade; with `wait`, answer with its result.
+    Upgrade {
+        /// Answer once the upgrade is settled.
+        wait: bool,
+    },
+    /// Stop gracefully (as SIGTERM).
+    Stop,
+    /// The open connections.
+    Connections,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The line is not a JSON request object.
+    #[error(
+        "bad request ({detail}); send one JSON object per line, such as \
+         {{\"version\":1,\"command\":\"status\"}}"
+    )]
+    BadRequest {
+        /// What the JSON parser said.
+        detail: String,
+    },
+    /// Another protocol version.
+    #[error(
+        "unsupported protocol version {got}; this service speaks version {CONTROL_PROTOCOL_VERSION} \
+         (use the lifecycle-gateway ctl of the same release)"
+    )]
+    Version {
+        /// The version asked for.
+        got: u32,
+    },
+    /// A command nobody knows.
+    #[error("unknown command {name:?}; known commands: status, upgrade, stop, connections")]
+    UnknownCommand {
+        /// The command sent.
+        name: String,
+    },
+    /// The line is longer than [`MAX_REQUEST_LINE`].
+    #[error(
+        "request line longer than {MAX_REQUEST_LINE} bytes; send one short JSON object per line"
+    )]
+    TooLong,
+    /// The peer may not use the socket.
+    #[error(
+        "permission denied: uid {uid} is neither root nor a member of the control group; \
+         run as root or add the user to `control_group`"
+    )]
+    Denied {
+        /// The peer's uid.
+        uid: u32,
+    },
+    /// Too many clients at once.
+    #[error("busy: {MAX_CONTROL_CLIENTS} control clients are connected; try again")]
+    Busy,
+    /// No request within [`CONTROL_IDLE_TIMEOUT`].
+    #[error("no request within {CONTROL_IDLE_TIMEOUT:?}; connection closed")]
+    Timeout,
+}
+
+impl ControlCommand {
+    /// Parses one request line (without or with its newline).
+    ///
+    /// ```
+    /// use lifecycle_handoff::{ControlCommand, ControlError};
+    ///
+    /// let cmd = ControlCommand::parse_line(br#"{"version":1,"command":"upgrade","wait":true}"#);
+    /// assert_eq!(cmd, Ok(ControlCommand::Upgrade { wait: true }));
+    /// assert!(matches!(ControlCommand::parse_line(b"hello"), Err(ControlError::BadRequest { .. })));
+    /// ```
+    pub fn parse_line(line: &[u8]) -> std::result::Result<ControlCommand, ControlError> {
+        let request: ControlRequest =
+            serde_json::from_slice(line.trim_ascii()).map_err(|e| ControlError::BadRequest {
+                detail: e.to_string(),
+            })?;
+        if request.version != CONTROL_PROTOCOL_VERSION {
+            return Err(ControlError::Version {
+                got: request.version,
+            });
+        }
+        match request.command.as_str() {
+            "status" => Ok(ControlCommand::Status),
+            "upgrade" => Ok(ControlCommand::Upgrade { wait: request.wait }),
+            "stop" => Ok(ControlCommand::Stop),
+            "connections" => Ok(ControlCommand::Connections),
+            _ => Err(ControlError::UnknownCommand {
+                name: request.command,
+            }),
+        }
+    }
+
+    /// The request line for this command, newline included.
+    pub fn to_line(self) -> String {
+        let (command, wait) = match self {
+            ControlCommand::Status => ("status", false),
+            ControlCommand::Upgrade { wait } => ("upgrade", wait),
+            ControlCommand::Stop => ("stop", false),
+            ControlCommand::Connections => ("connections", false),
+        };
+        let request = ControlRequest {
+            version: CONTROL_PROTOCOL_VERSION,
+            command: command.to_owned(),
+            wait,
+        };
+        let mut line = serde_json::to_string(&request).unwrap_or_default();
+        line.push('\n');
+        line
+    }
+}
+
+/// The reply for a refused request: `{"version":1,"ok":false,"error":...}`.
+pub fn error_reply(message: &str) -> serde_json::Value {
+    serde_json::json!({"version": CONTROL_PROTOCOL_VERSION, "ok": false, "error": message})
+}
+
+/// Who may use the control socket: root, the uid of this process, and
+/// optionally the members of one group (primary group `gid`, or listed in
+/// `members`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControlAccess {
+    gid: Option<u32>,
+    members: Vec<u32>,
+}
+
+impl ControlAccess {
+    /// Root and this process's own uid only (socket mode 0600).
+    pub fn owner_only() -> Self {
+        ControlAccess::default()
+    }
+
+    /// Also the users whose primary group is `gid` and the uids `members`
+    /// (the group's listed members, resolved by the caller; socket mode
+    /// 0660, group `gid`).
+    pub fn group(gid: u32, members: Vec<u32>) -> Self {
+        ControlAccess {
+            gid: Some(gid),
+            members,
+        }
+    }
+
+    /// The group allowed besides root, if any.
+    pub fn gid(&self) -> Option<u32> {
+        self.gid
+    }
+
+    /// Whether a peer with `uid` and primary `gid` may send requests.
+    ///
+    /// ```
+    /// use lifecycle_handoff::ControlAccess;
+    ///
+    /// assert!(ControlAccess::owner_only().allows(0, 0));
+    /// assert!(!ControlAccess::owner_only().allows(65534, 65534));
+    /// let ops = ControlAccess::group(990, vec![1001]);
+    /// assert!(ops.allows(1000, 990) && ops.allows(1001, 100));
+    /// assert!(!ops.allows(1002, 100));
+    /// ```
+    pub fn allows(&self, uid: u32, gid: u32) -> bool {
+        uid == 0
+            || uid == nix::unistd::geteuid().as_raw()
+            || self.gid == Some(gid)
+            || (self.gid.is_some() && self.members.contains(&uid))
+    }
+
+    /// Checks the peer of `stream` with `SO_PEERCRED`.
+    pub fn check(&self, stream: &UnixStream) -> std::result::Result<(), ControlError> {
+        let creds = getsockopt(stream, PeerCredentials)
+            .map_err(|_| ControlError::Denied { uid: u32::MAX })?;
+        if self.allows(creds.uid(), creds.gid()) {
+            Ok(())
+        } else {
+            Err(ControlError::Denied { uid: creds.uid() })
+        }
+    }
+}
+
+/// The listening control socket: bound at a path, mode 0600 (0660 with a
+/// group), non-blocking. Dropping it removes the path, unless
+/// [`keep_path`](Self::keep_path) was called (a successor serves it on).
+#[derive(Debug)]
+pub struct ControlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    access: ControlAccess,
+    unlink: bool,
+}
+
+fn control_err<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Control {
+        path: path.to_path_buf(),
+        action,
+        source,
+    }
+}
+
+impl ControlSocket {
+    /// Binds `path` (creating a missing parent directory, mode 0755),
+    /// replacing a stale socket that nobody serves; refuses a path that is
+    /// not a socket, or a socket another process serves. Sets mode 0600, or
+    /// 0660 and group `access.gid()` with a group.
+    pub fn bind(path: &Path, access: ControlAccess) -> Result<ControlSocket> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                fs::create_dir_all(dir).map_err(control_err(path, "create the directory of"))?;
+                let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
+            }
+        }
+        match fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                if UnixStream::connect(path).is_ok() {
+                    return Err(Error::Control {
+                        path: path.to_path_buf(),
+                        action: "bind (another process serves it; stop it or choose another control_socket)",
+                        source: io::Error::from(io::ErrorKind::AddrInUse),
+                    });
+                }
+                fs::remove_file(path).map_err(control_err(path, "remove the stale socket"))?;
+            }
+            Ok(_) => {
+                return Err(Error::Control {
+                    path: path.to_path_buf(),
+                    action: "bind (the path exists and is not a socket; remove it or choose another control_socket)",
+                    source: io::Error::from(io::ErrorKind::AlreadyExists),
+                })
+            }
+            Err(_) => {}
+        }
+        let listener = UnixListener::bind(path).map_err(control_err(path, "bind"))?;
+        let socket = ControlSocket {
+            listener,
+            path: path.to_path_buf(),
+            access,
+            unlink: true,
+        };
+        let mode = if socket.access.gid.is_some() {
+            0o660
+        } else {
+            0o600
+        };
+        if let Some(gid) = socket.access.gid {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(control_err(path, "chown"))?;
+        }
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(control_err(path, "chmod"))?;
+        socket
+            .listener
+            .set_nonblocking(true)
+            .map_err(control_err(path, "make non-blocking"))?;
+        Ok(socket)
+    }
+
+    /// Adopts a listening socket already bound at `path` (passed on by a
+    /// predecessor); made non-blocking.
+    pub fn from_listener(
+        listener: UnixListener,
+        path: &Path,
+        access: ControlAccess,
+    ) -> Result<ControlSocket> {
+        listener
+            .set_nonblocking(true)
+            .map_err(control_err(path, "make non-blocking"))?;
+        Ok(ControlSocket {
+            listener,
+            path: path.to_path_buf(),
+            access,
+            unlink: true,
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Who may use it.
+    pub fn access(&self) -> &ControlAccess {
+        &self.access
+    }
+
+    /// The listening socket.
+    pub fn listener(&self) -> &UnixListener {
+        &self.listener
+    }
+
+    /// Leaves the path in place when dropped (a successor serves it).
+    pub fn keep_path(&mut self) {
+        self.unlink = false;
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        if self.unlink {
+            // Best effort: a missing path is fine.
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A connected client's state.
+#[derive(Debug)]
+enum ClientState {
+    /// Reading its request line until the deadline.
+    Reading { buf: Vec<u8>, deadline: Instant },
+    /// Its request is being carried out (an upgrade with `wait`, a stop):
+    /// it gets a reply later, or end of file when the process exits.
+    Waiting,
+}
+
+#[derive(Debug)]
+struct Client {
+    id: u64,
+    stream: UnixStream,
+    state: ClientState,
+}
+
+/// A client, to reply to.
+pub(crate) type ClientId = u64;
+
+/// The server side of the control socket for a synchronous `poll` loop.
+#[derive(Debug)]
+pub(crate) struct ControlServer {
+    socket: ControlSocket,
+    clients: Vec<Client>,
+    next_id: u64,
+}
+
+impl ControlServer {
+    pub(crate) fn new(socket: ControlSocket) -> Self {
+        ControlServer {
+            socket,
+            clients: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    /// The descriptors to poll for reading: the listener, then every
+    /// client still sending its request.
+    pub(crate) fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut fds = vec![self.socket.listener.as_fd()];
+        fds.extend(
+            (self.clients.iter())
+                .filter(|c| matches!(c.state, ClientState::Reading { .. }))
+                .map(|c| c.stream.as_fd()),
+        );
+        fds
+    }
+
+    /// The earliest request deadline.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        (self.clients.iter())
+            .filter_map(|c| match c.state {
+                ClientState::Reading { deadline, .. } => Some(deadline),
+                ClientState::Waiting => None,
+            })
+            .min()
+    }
+
+    /// Handles the readable descriptors (indexes into [`fds`](Self::fds))
+    /// and the expired deadlines; returns the complete requests. A client
+    /// with a request waits for [`reply`](Self::reply) or
+    /// [`hold`](Self::hold).
+    pub(crate) fn service(&mut self, readable: &[usize]) -> Vec<(ClientId, ControlCommand)> {
+        let reading: Vec<u64> = (self.clients.iter())
+            .filter(|c| matches!(c.state, ClientState::Reading { .. }))
+            .map(|c| c.id)
+            .collect();
+        let mut requests = Vec::new();
+        for &index in readable {
+            if index == 0 {
+                continue;
+            }
+            if let Some(&id) = reading.get(index - 1) {
+                if let Some(command) = self.read(id) {
+                    requests.push((id, command));
+                }
+            }
+        }
+        if readable.contains(&0) {
+            self.accept();
+        }
+        let now = Instant::now();
+        let expired: Vec<u64> = (self.clients.iter())
+            .filter(|c| matches!(c.state, ClientState::Reading { deadline, .. } if deadline <= now))
+            .map(|c| c.id)
+            .collect();
+        for id in expired {
+            self.fail(id, &ControlError::Timeout);
+        }
+        requests
+    }
+
+    fn accept(&mut self) {
+        // A bounded number per round, so that a flood cannot keep the loop.
+        for _ in 0..MAX_CONTROL_CLIENTS {
+            let stream = match self.socket.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(_) => return,
+            };
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let refusal = if let Err(denied) = self.socket.access.check(&stream) {
+                Some(denied)
+            } else if self.clients.len() >= MAX_CONTROL_CLIENTS {
+                Some(ControlError::Busy)
+            } else {
+                None
+            };
+            if let Some(refusal) = refusal {
+                let _ = write_line(&stream, &error_reply(&refusal.to_string()));
+                continue;
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            self.clients.push(Client {
+                id,
+                stream,
+                state: ClientState::Reading {
+                    buf: Vec::new(),
+                    deadline: Instant::now() + CONTROL_IDLE_TIMEOUT,
+                },
+            });
+        }
+    }
+
+    /// Reads what `id` sent; its command once a line is complete.
+    fn read(&mut self, id: ClientId) -> Option<ControlCommand> {
+        let index = self.clients.iter().position(|c| c.id == id)?;
+        let client = &mut self.clients[index];
+        let ClientState::Reading { buf, .. } = &mut client.state else {
+            return None;
+        };
+        let mut chunk = [0u8; 4096];
+        let outcome = loop {
+            match client.stream.read(&mut chunk) {
+                Ok(0) => break Err(None),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                        break Ok(ControlCommand::parse_line(&buf[..end]));
+                    }
+                    if buf.len() >= MAX_REQUEST_LINE {
+                        break Err(Some(ControlError::TooLong));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break Err(None),
+            }
+        };
+        match outcome {
+            Ok(Ok(command)) => {
+                client.state = ClientState::Waiting;
+                Some(command)
+            }
+            Ok(Err(refused)) | Err(Some(refused)) => {
+                self.fail(id, &refused);
+                None
+            }
+            Err(None) => {
+                self.clients.remove(index);
+                None
+            }
+        }
+    }
+
+    fn fail(&mut self, id: ClientId, error: &ControlError) {
+        self.reply(id, &error_reply(&error.to_string()));
+    }
+
+    /// Sends `reply` to `id` and closes the connection.
+    pub(crate) fn reply(&mut self, id: ClientId, reply: &serde_json::Value) {
+        if let Some(index) = self.clients.iter().position(|c| c.id == id) {
+            let client = self.clients.remove(index);
+            let _ = write_line(&client.stream, reply);
+        }
+    }
+
+    /// Sends `reply` to `id` and keeps the connection open until the
+    /// process exits (after `stop`).
+    pub(crate) fn hold(&mut self, id: ClientId, reply: &serde_json::Value) {
+        if let Some(client) = self.clients.iter().find(|c| c.id == id) {
+            if write_line(&client.stream, reply).is_err() {
+                self.clients.retain(|c| c.id != id);
+            }
+        }
+    }
+
+    /// The socket's path.
+    pub(crate) fn path(&self) -> &Path {
+        self.socket.path()
+    }
+}
+
+/// Writes `value` and a newline without blocking and without SIGPIPE; a
+/// reply that does not fit at once is an error (the client does not read).
+fn write_line(stream: &UnixStream, value: &serde_json::Value) -> io::Result<()> {
+    let mut line = value.to_string();
+    line.push('\n');
+    let bytes = line.as_bytes();
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match send(stream.as_raw_fd(), &bytes[sent..], MsgFlags::MSG_NOSIGNAL) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => sent += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(errno) => return Err(io::Error::from(errno)),
+        }
+    }
+    Ok(())
+}

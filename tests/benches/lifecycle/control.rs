@@ -1,0 +1,201 @@
+//! The operator's control socket (privileged start, as root): how long
+//! `ctl upgrade --wait` takes to answer (the new generation ready), what a
+//! client sees on connect-to-greeting during back-to-back upgrades against
+//! the same client in steady state (same run), and `ctl status` latency.
+//! Requests are sent in-process on the socket, as `ctl` sends them, so
+//! the figures leave out `ctl`'s own exec.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::gateway::{Gateway, Mode};
+use crate::report::{check_ratio, met, Met, Row};
+use crate::stats::{Samples, Unit};
+use crate::Res;
+
+/// `ctl status` requests per repetition.
+const STATUS_REQUESTS: usize = 200;
+/// Back-to-back upgrades per repetition.
+const UPGRADES: usize = 5;
+/// Connections of the steady-state client per repetition.
+const STEADY_CONNECTIONS: usize = 500;
+
+fn ask(socket: &Path, line: &str) -> Res<String> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    stream.write_all(line.as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    Ok(reply)
+}
+
+/// Outcome counts of the load client.
+#[derive(Default)]
+struct Counts {
+    refused: AtomicU64,
+    reset: AtomicU64,
+}
+
+/// One connect-to-greeting, in milliseconds; `None` counted as a failure.
+fn greeting(addr: SocketAddr, counts: &Counts) -> Option<f64> {
+    let started = Instant::now();
+    let stream = match TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(e) => {
+            if e.kind() == ErrorKind::ConnectionRefused {
+                counts.refused.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counts.reset.fetch_add(1, Ordering::Relaxed);
+            }
+            return None;
+        }
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = [0u8; 3];
+    if (&stream).read_exact(&mut buf).is_err() {
+        counts.reset.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    let took = started.elapsed().as_secs_f64() * 1e3;
+    // A 220 or a drain's 421: either way the client was answered.
+    let _ = (&stream).write_all(b"QUIT\r\n");
+    Some(took)
+}
+
+fn percentile(values: &mut [f64], p: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let index = ((values.len() as f64 - 1.0) * p).round() as usize;
+    values.get(index).copied()
+}
+
+pub(crate) fn control_rows(sizes: &crate::Sizes, gateway_bin: Option<&Path>) -> Res<Vec<Row>> {
+    let titles = [
+        "ctl upgrade --wait: request to reply (new generation ready), privileged",
+        "ctl status: request to reply, privileged, idle",
+        "connect-to-greeting p50 during back-to-back upgrades",
+        "connect-to-greeting p99 during back-to-back upgrades",
+    ];
+    let why = match gateway_bin {
+        None => Some("no lifecycle-gateway binary (build it, or pass --gateway PATH)"),
+        Some(_) if !nix::unistd::geteuid().is_root() => Some("needs root (the privileged start)"),
+        Some(_) => None,
+    };
+    let (Some(bin), None) = (gateway_bin, why) else {
+        let why = why.unwrap_or_default();
+        return Ok(titles
+            .iter()
+            .map(|t| Row::without_ours(*t, vec![], "", why))
+            .collect());
+    };
+    let mut upgrade = Samples::new(Unit::Millis);
+    let mut status = Samples::new(Unit::Millis);
+    let (mut p50_up, mut p99_up) = (Samples::new(Unit::Millis), Samples::new(Unit::Millis));
+    let (mut p50_steady, mut p99_steady) = (Samples::new(Unit::Millis), Samples::new(Unit::Millis));
+    let counts = Arc::new(Counts::default());
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    for rep in 0..sizes.reps {
+        let run = dir.path().join(format!("control-{rep}"));
+        std::fs::create_dir(&run)?;
+        let socket = run.join("control.sock");
+        let extra = format!("control_socket = {:?}\n", socket.display().to_string());
+        let (gw, _) = Gateway::start_with(bin, &run, &run.join("spool"), Mode::Privileged, &extra)?;
+        for _ in 0..STATUS_REQUESTS {
+            let started = Instant::now();
+            let reply = ask(&socket, "{\"version\":1,\"command\":\"status\"}\n")?;
+            status.push_duration(started.elapsed());
+            if !reply.contains("\"ok\":true") {
+                return Err(format!("ctl status failed: {reply}").into());
+            }
+        }
+        // Steady state: the same client, no upgrade.
+        let mut steady: Vec<f64> = (0..STEADY_CONNECTIONS)
+            .filter_map(|_| greeting(gw.smtp, &counts))
+            .collect();
+        p50_steady.push(percentile(&mut steady, 0.50).unwrap_or(f64::NAN));
+        p99_steady.push(percentile(&mut steady, 0.99).unwrap_or(f64::NAN));
+        // Back-to-back upgrades with the client running.
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = {
+            let (stop, counts, addr) = (stop.clone(), counts.clone(), gw.smtp);
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(ms) = greeting(addr, &counts) {
+                        seen.push(ms);
+                    }
+                }
+                seen
+            })
+        };
+        for _ in 0..UPGRADES {
+            let started = Instant::now();
+            let reply = ask(
+                &socket,
+                "{\"version\":1,\"command\":\"upgrade\",\"wait\":true}\n",
+            )?;
+            upgrade.push_duration(started.elapsed());
+            if !reply.contains("\"ok\":true") {
+                return Err(format!("ctl upgrade --wait failed: {reply}").into());
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let mut during = client.join().map_err(|_| "the load client panicked")?;
+        p50_up.push(percentile(&mut during, 0.50).unwrap_or(f64::NAN));
+        p99_up.push(percentile(&mut during, 0.99).unwrap_or(f64::NAN));
+        gw.stop()?;
+    }
+    let (refused, reset) = (
+        counts.refused.load(Ordering::Relaxed),
+        counts.reset.load(Ordering::Relaxed),
+    );
+    let summary = |s: &Samples| s.summary().ok_or("no figures");
+    let (upgrade, status) = (summary(&upgrade)?, summary(&status)?);
+    let (p50_up, p99_up) = (summary(&p50_up)?, summary(&p99_up)?);
+    let (p50_steady, p99_steady) = (summary(&p50_steady)?, summary(&p99_steady)?);
+    let failures = if refused == 0 && reset == 0 {
+        Ok(())
+    } else {
+        Err(format!("{refused} refused, {reset} reset"))
+    };
+    Ok(vec![
+        Row {
+            what: titles[0].into(),
+            ours: Some(upgrade),
+            baselines: vec![],
+            target: String::new(),
+            met: Met::Report,
+        },
+        Row {
+            what: titles[1].into(),
+            ours: Some(status),
+            baselines: vec![],
+            target: String::new(),
+            met: Met::Report,
+        },
+        Row {
+            what: titles[2].into(),
+            ours: Some(p50_up),
+            baselines: vec![("steady state p50, same client".into(), p50_steady)],
+            target: "0 refused, 0 reset".into(),
+            met: met(vec![failures.clone()]),
+        },
+        Row {
+            what: titles[3].into(),
+            ours: Some(p99_up),
+            baselines: vec![("steady state p99, same client".into(), p99_steady)],
+            target: "≤ 2× steady state, 0 refused, 0 reset".into(),
+            met: met(vec![
+                check_ratio(&p99_up, &p99_steady, 2.0, "steady state p99"),
+                failures,
+            ]),
+        },
+    ])
+}
