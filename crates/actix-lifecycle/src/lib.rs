@@ -136,19 +136,22 @@ mod listener;
 mod metrics;
 mod notify;
 mod phase;
+mod ready;
 mod registry;
 mod shutdown;
+mod stderr_log;
 
 pub use broker::{
-    CloseUnclaimed, FdBroker, FileState, GetInventory, InventoryReport, ListenerState, TakeFile,
-    TakeListener,
+    ClaimListener, CloseUnclaimed, FdBroker, FileState, GetInventory, InventoryReport,
+    ListenerState, TakeFile, TakeListener,
 };
 pub use error::{BrokerError, LifecycleError, LimitsError, ListenerError};
 pub use harness::{Harness, HarnessBuilder, HarnessInfo, Start};
 pub use lifecycle::{Lifecycle, LifecycleBuilder};
 pub use listener::{
     Accepted, Conn, ConnHandler, ConnParts, GetListenerInfo, ListenerActor, ListenerBuilder,
-    ListenerInfo, PeerAddr, StopAccepting, Stream, ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN,
+    ListenerInfo, OnFailure, PeerAddr, StopAccepting, Stream, ACCEPT_BACKOFF_MAX,
+    ACCEPT_BACKOFF_MIN,
 };
 pub use metrics::{DEFAULT_PREFIX, DURATION_BUCKETS};
 pub use notify::{
@@ -156,6 +159,7 @@ pub use notify::{
     NotifySender, SendMainPid, SystemdNotifier, WaitReady,
 };
 pub use phase::{Phase, PhaseController, ShutdownHandle};
+pub use ready::{Ready, ServedListener};
 pub use registry::{
     Abort, ConnKind, ConnectionGuard, ConnectionInfo, ConnectionRegistry, Done, KindCount, Limits,
     Rate, RefuseReason, RefusedCounts, Register, RegistryBuilder, RegistryHandle, RegistryShard,
@@ -163,8 +167,9 @@ pub use registry::{
     MAX_PREFIX_V6, MAX_TRACKED_NETWORKS, STRIPES,
 };
 pub use shutdown::{
-    BeginShutdown, EndLameDuck, GetPhase, ShutdownBuilder, ShutdownCoordinator, SignalReceived,
-    StopOutcome, WaitStopped, DEFAULT_ABORT_GRACE, DEFAULT_DRAIN_GRACE, DEFAULT_LAME_DUCK,
+    BeginShutdown, EndLameDuck, Fatal, GetPhase, ShutdownBuilder, ShutdownCoordinator,
+    SignalReceived, StopOutcome, WaitStopped, DEFAULT_ABORT_GRACE, DEFAULT_DRAIN_GRACE,
+    DEFAULT_LAME_DUCK,
 };
 
 #[doc(no_inline)]
