@@ -96,7 +96,7 @@ fn main() -> io::Result<()> {
             .start()
             .map_err(io::Error::other)?;
         let connections = lifecycle.connections();
-        let on_connect = track(connections.shard(), connections.kind("http", "http"));
+        let on_connect = track(connections.new_shard(), connections.kind("http", "http"));
         let (shutdown, registry) = (lifecycle.shutdown_handle(), lifecycle.metrics().clone());
 
         let app_shutdown = shutdown.clone();

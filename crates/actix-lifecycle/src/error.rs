@@ -172,6 +172,17 @@ pub enum LifecycleError {
         #[source]
         source: ListenerError,
     },
+    /// A [`Mode::Privileged`](lifecycle_handoff::Mode) inventory (bound by
+    /// root for an unprivileged service) would be served by a process that
+    /// is still root.
+    #[error(
+        "refusing to serve a privileged-mode inventory as root: drop privileges first \
+         (lifecycle_handoff::drop_privileges_in_place with TargetUser::lookup(\"<user>\"), \
+         before any thread starts), or let the root parent start an unprivileged child \
+         (lifecycle_handoff::ChildSpawner); LifecycleBuilder::allow_root(true) serves as \
+         root anyway (not recommended)"
+    )]
+    ServingAsRoot,
     /// The broker stopped before the lifecycle was ready (the System is
     /// stopping).
     #[error("the FdBroker stopped before the lifecycle was ready; keep the actix System running until Lifecycle::ready resolves")]

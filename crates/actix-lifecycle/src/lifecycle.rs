@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use actix::{Actor, Addr};
-use lifecycle_handoff::Inventory;
+use lifecycle_handoff::{Handoff, Inventory, Mode};
 use slog::Logger;
 
 use crate::broker::{CloseUnclaimed, FdBroker, GetInventory, TakeListener};
@@ -29,6 +29,8 @@ pub struct LifecycleBuilder {
     signals: bool,
     stop_system: bool,
     force_exit: Option<Box<dyn Fn(i32) + Send + Sync>>,
+    mode: Option<Mode>,
+    allow_root: bool,
 }
 
 impl std::fmt::Debug for LifecycleBuilder {
@@ -105,6 +107,13 @@ impl LifecycleBuilder {
         self
     }
 
+    /// Serve a [`Mode::Privileged`] inventory while running as root; default
+    /// false (see [`Lifecycle::from_handoff`]).
+    pub fn allow_root(mut self, allow: bool) -> Self {
+        self.allow_root = allow;
+        self
+    }
+
     /// Starts the broker, the registry and the coordinator on the current
     /// arbiter, with the SIGTERM/SIGINT handlers installed (unless turned
     /// off) before it returns. Must be called inside a running actix
@@ -112,6 +121,9 @@ impl LifecycleBuilder {
     pub fn start(self) -> Result<Lifecycle, LifecycleError> {
         if actix_rt::System::try_current().is_none() || actix_rt::Arbiter::try_current().is_none() {
             return Err(LifecycleError::NoSystem);
+        }
+        if self.mode == Some(Mode::Privileged) && !self.allow_root && running_as_root() {
+            return Err(LifecycleError::ServingAsRoot);
         }
         let mut names = std::collections::HashSet::new();
         if let Some(l) = (self.inventory.listeners.iter()).find(|l| !names.insert(l.spec.name())) {
@@ -153,6 +165,9 @@ impl LifecycleBuilder {
             log: self.log,
             metrics: self.metrics,
             served: Served::default(),
+            drain_grace: self
+                .drain_grace
+                .unwrap_or(crate::shutdown::DEFAULT_DRAIN_GRACE),
         })
     }
 }
@@ -177,6 +192,7 @@ pub struct Lifecycle {
     log: Logger,
     metrics: prometheus::Registry,
     served: Served,
+    drain_grace: Duration,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -206,7 +222,23 @@ impl Lifecycle {
             signals: true,
             stop_system: true,
             force_exit: None,
+            mode: None,
+            allow_root: false,
         }
+    }
+
+    /// A builder for a lifecycle owning what `handoff` bound or was passed
+    /// (see [`Handoff::into_inventory`]). In [`Mode::Privileged`] the
+    /// process started as root to bind privileged ports for a service that
+    /// must not keep root: [`start`](LifecycleBuilder::start) then refuses
+    /// to serve while the process is still root
+    /// ([`LifecycleError::ServingAsRoot`], which says how to drop), unless
+    /// [`allow_root`](LifecycleBuilder::allow_root) says otherwise.
+    pub fn from_handoff(handoff: Handoff) -> LifecycleBuilder {
+        let mode = handoff.mode();
+        let mut builder = Lifecycle::builder(handoff.into_inventory());
+        builder.mode = Some(mode);
+        builder
     }
 
     /// A listener builder for `name` (as in the inventory) serving
@@ -239,7 +271,8 @@ impl Lifecycle {
     /// application's own (actix-web, hyper, ...), counted by
     /// [`ready`](Self::ready) as served under `protocol`. Fails with
     /// [`LifecycleError::ListenerStart`] naming the listener and the cause
-    /// (unknown name, already taken, closed as unclaimed).
+    /// (unknown name, already taken, closed as unclaimed, not a listening
+    /// socket of the declared network).
     pub async fn take_listener(
         &self,
         name: impl Into<String>,
@@ -256,10 +289,25 @@ impl Lifecycle {
         let passed = (self.broker.send(TakeListener::new(name.clone())).await)
             .map_err(|_| failed(crate::BrokerError::Gone))?
             .map_err(failed)?;
+        // The socket must be what the spec says; its address is the real one
+        // (a declared port 0 is the bound port).
+        let entry = format!("inventory listener {name:?}");
+        let address = lifecycle_handoff::validate_listener(
+            std::os::fd::AsFd::as_fd(&passed.fd),
+            &passed.spec,
+            &entry,
+        )
+        .map_err(|e| LifecycleError::ListenerStart {
+            name: name.clone(),
+            source: crate::ListenerError::Adopt {
+                name: name.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            },
+        })?;
         self.served.taken(ServedListener {
             name,
             protocol,
-            address: passed.spec.address().clone(),
+            address,
         });
         Ok(passed)
     }
@@ -347,8 +395,18 @@ impl Lifecycle {
         String::from_utf8_lossy(&buf).into_owned()
     }
 
+    /// The drain grace in force (see [`LifecycleBuilder::drain_grace`]).
+    pub fn drain_grace(&self) -> Duration {
+        self.drain_grace
+    }
+
     /// The prometheus registry the metrics are on.
     pub fn metrics(&self) -> &prometheus::Registry {
         &self.metrics
     }
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions, touches no memory and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }

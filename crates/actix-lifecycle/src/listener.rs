@@ -189,13 +189,13 @@ impl ListenerBuilder {
         let remote = self
             .arbiters
             .into_iter()
-            .map(|a| (a, self.registry.shard()))
+            .map(|a| (a, self.registry.new_shard()))
             .collect();
         ListenerActor {
             name: Arc::from(self.name),
             protocol: Arc::from(self.protocol),
             broker: self.broker,
-            local_shard: self.registry.shard(),
+            local_shard: self.registry.new_shard(),
             kind,
             shutdown: self.shutdown,
             handler: self.handler,

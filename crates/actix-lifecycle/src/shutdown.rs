@@ -565,7 +565,7 @@ mod tests {
         let (c, registry) = coordinator(Duration::from_secs(60));
         let handle = c.handle();
         let addr = c.start();
-        let guard = registry.shard().register(&registry.kind("p", "l"));
+        let guard = registry.new_shard().register(&registry.kind("p", "l"));
         let early: Vec<_> = (0..5).map(|_| addr.send(WaitStopped)).collect();
         addr.send(BeginShutdown).await.unwrap();
         assert_eq!(addr.send(GetPhase).await.unwrap(), Phase::Draining);
@@ -643,7 +643,7 @@ mod tests {
         let handle = c.handle();
         let addr = c.start();
         // A connection that never closes, so every grace runs in full.
-        let _guard = registry.shard().register(&registry.kind("p", "l"));
+        let _guard = registry.new_shard().register(&registry.kind("p", "l"));
         let began = tokio::time::Instant::now();
         addr.send(BeginShutdown).await.unwrap();
         assert_eq!(handle.phase(), Phase::LameDuck);
@@ -674,7 +674,7 @@ mod tests {
         let (c, registry) = with_lame_duck(Duration::from_secs(60), Arc::clone(&forced));
         let handle = c.handle();
         let addr = c.start();
-        let _guard = registry.shard().register(&registry.kind("p", "l"));
+        let _guard = registry.new_shard().register(&registry.kind("p", "l"));
         let term = SignalReceived {
             signal: libc::SIGTERM,
         };
