@@ -379,10 +379,13 @@ fn actix_web_embed_turns_unready_then_stops_gracefully_with_0() {
     assert_eq!(get(&held, "/", true).0, 200);
 
     web.signal(Signal::SIGTERM);
-    web.wait_log("phase: draining");
-    // Within the example's readiness delay (1 s) the open connection is
-    // still served, and /readyz says 503.
-    assert_eq!(get(&held, "/readyz", true), (503, "draining\n".to_owned()));
+    web.wait_log("phase: lame_duck");
+    // Within the example's lame duck (1 s) the open connection is still
+    // served, and /readyz says 503.
+    assert_eq!(
+        get(&held, "/readyz", true),
+        (503, "shutting down\n".to_owned())
+    );
 
     // Then actix-web stops and closes the idle keep-alive connection.
     let mut rest = Vec::new();

@@ -63,7 +63,7 @@ fn registry_pairs(c: &mut Criterion) {
         let handle = registry.handle();
         let kind: ConnKind = handle.kind("smtp", "mx");
         let shards: Arc<Vec<RegistryShard>> =
-            Arc::new((0..threads).map(|_| handle.shard()).collect());
+            Arc::new((0..threads).map(|_| handle.new_shard()).collect());
         group.bench_with_input(
             BenchmarkId::new("guard", threads),
             &threads,

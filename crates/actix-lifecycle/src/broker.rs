@@ -39,28 +39,56 @@ impl TakeFile {
     }
 }
 
+/// Mark the listener `name` as claimed: a listener actor (or the
+/// application) will take it. [`CloseUnclaimed`] never closes a claimed
+/// listener, so it is safe to send at any time after the claims.
+/// [`ListenerBuilder::start`](crate::ListenerBuilder::start) claims its
+/// listener before the actor starts. Idempotent; an unknown name fails
+/// with [`BrokerError::UnknownListener`].
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), BrokerError>")]
+pub struct ClaimListener {
+    /// The listener's stable name (see [`ListenerSpec::name`]).
+    pub name: String,
+}
+
+impl ClaimListener {
+    /// Claims the listener `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        ClaimListener { name: name.into() }
+    }
+}
+
 /// Report what the broker holds and what was taken.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "InventoryReport")]
 pub struct GetInventory;
 
-/// Close every descriptor nobody took, logging a warning naming each.
-/// Replies with how many were closed.
+/// Close every descriptor nobody took or claimed (see [`ClaimListener`]),
+/// logging a warning naming each. Replies with how many were closed. A
+/// later [`TakeListener`] of a closed listener fails with
+/// [`BrokerError::ClosedUnclaimed`].
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "usize")]
 pub struct CloseUnclaimed;
 
 /// One listener in an [`InventoryReport`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ListenerState {
     /// What the listener is.
     pub spec: ListenerSpec,
     /// True once a [`TakeListener`] got it (or it was closed as unclaimed).
     pub taken: bool,
+    /// True once it was closed by [`CloseUnclaimed`] (nobody took or claimed it).
+    pub closed: bool,
+    /// True once claimed (see [`ClaimListener`]) or taken.
+    pub claimed: bool,
 }
 
 /// One file in an [`InventoryReport`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FileState {
     /// The path the file was opened from.
     pub path: PathBuf,
@@ -70,6 +98,7 @@ pub struct FileState {
 
 /// The reply to [`GetInventory`], in inventory order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct InventoryReport {
     /// Every listener the broker was given.
     pub listeners: Vec<ListenerState>,
@@ -89,6 +118,8 @@ impl InventoryReport {
 struct ListenerSlot {
     spec: ListenerSpec,
     fd: Option<std::os::fd::OwnedFd>,
+    claimed: bool,
+    closed: bool,
 }
 
 #[derive(Debug)]
@@ -137,6 +168,8 @@ impl FdBroker {
                 .map(|l| ListenerSlot {
                     spec: l.spec,
                     fd: Some(l.fd),
+                    claimed: false,
+                    closed: false,
                 })
                 .collect(),
             files: files
@@ -150,6 +183,19 @@ impl FdBroker {
         }
     }
 
+    fn unknown_listener(&self, name: String) -> BrokerError {
+        let known: Vec<&str> = self.listeners.iter().map(|s| s.spec.name()).collect();
+        warn!(self.log, "unknown listener asked for"; "listener" => &name);
+        BrokerError::UnknownListener {
+            name,
+            known: if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            },
+        }
+    }
+
     fn report(&self) -> InventoryReport {
         InventoryReport {
             listeners: self
@@ -158,6 +204,8 @@ impl FdBroker {
                 .map(|s| ListenerState {
                     spec: s.spec.clone(),
                     taken: s.fd.is_none(),
+                    closed: s.closed,
+                    claimed: s.claimed,
                 })
                 .collect(),
             files: self
@@ -193,6 +241,7 @@ impl Handler<TakeListener> for FdBroker {
 
     fn handle(&mut self, msg: TakeListener, _ctx: &mut Self::Context) -> Self::Result {
         debug!(self.log, "take listener"; "listener" => &msg.name);
+        let mut closed = false;
         let mut seen = false;
         for slot in self
             .listeners
@@ -200,6 +249,7 @@ impl Handler<TakeListener> for FdBroker {
             .filter(|s| s.spec.name() == msg.name)
         {
             seen = true;
+            slot.claimed = true;
             if let Some(fd) = slot.fd.take() {
                 info!(self.log, "listener handed out";
                     "listener" => &msg.name, "address" => %slot.spec.address());
@@ -208,21 +258,34 @@ impl Handler<TakeListener> for FdBroker {
                     fd,
                 });
             }
+            closed |= slot.closed;
         }
-        if seen {
+        if closed {
+            warn!(self.log, "listener asked for after it was closed as unclaimed"; "listener" => &msg.name);
+            Err(BrokerError::ClosedUnclaimed { name: msg.name })
+        } else if seen {
             warn!(self.log, "listener asked for twice"; "listener" => &msg.name);
             Err(BrokerError::ListenerTaken { name: msg.name })
         } else {
-            let known: Vec<&str> = self.listeners.iter().map(|s| s.spec.name()).collect();
-            warn!(self.log, "unknown listener asked for"; "listener" => &msg.name);
-            Err(BrokerError::UnknownListener {
-                name: msg.name,
-                known: if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                },
-            })
+            Err(self.unknown_listener(msg.name))
+        }
+    }
+}
+
+impl Handler<ClaimListener> for FdBroker {
+    type Result = Result<(), BrokerError>;
+
+    fn handle(&mut self, msg: ClaimListener, _ctx: &mut Self::Context) -> Self::Result {
+        debug!(self.log, "claim listener"; "listener" => &msg.name);
+        let mut seen = false;
+        for slot in (self.listeners.iter_mut()).filter(|s| s.spec.name() == msg.name) {
+            seen = true;
+            slot.claimed = true;
+        }
+        if seen {
+            Ok(())
+        } else {
+            Err(self.unknown_listener(msg.name))
         }
     }
 }
@@ -269,8 +332,9 @@ impl Handler<CloseUnclaimed> for FdBroker {
     fn handle(&mut self, _msg: CloseUnclaimed, _ctx: &mut Self::Context) -> usize {
         debug!(self.log, "close unclaimed");
         let mut closed = 0;
-        for slot in &mut self.listeners {
+        for slot in self.listeners.iter_mut().filter(|s| !s.claimed) {
             if let Some(fd) = slot.fd.take() {
+                slot.closed = true;
                 warn!(self.log, "closing listener nobody took";
                     "listener" => slot.spec.name(), "address" => %slot.spec.address());
                 drop(fd);
@@ -397,5 +461,29 @@ mod tests {
         );
         // The unix listener was closed: connecting to it fails.
         assert!(std::os::unix::net::UnixStream::connect(dir.path().join("b.sock")).is_err());
+        // Asking for it now says it was closed, not taken by another actor.
+        let late = broker.send(TakeListener::new("b")).await.unwrap();
+        assert!(
+            matches!(late, Err(BrokerError::ClosedUnclaimed { .. })),
+            "{late:?}"
+        );
+    }
+
+    #[actix::test]
+    async fn a_claimed_listener_survives_close_unclaimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = FdBroker::new(inventory(dir.path()), discard()).start();
+        broker.send(ClaimListener::new("b")).await.unwrap().unwrap();
+        let unknown = broker.send(ClaimListener::new("zzz")).await.unwrap();
+        assert!(
+            matches!(unknown, Err(BrokerError::UnknownListener { .. })),
+            "{unknown:?}"
+        );
+        assert_eq!(broker.send(CloseUnclaimed).await.unwrap(), 3);
+        let report = broker.send(GetInventory).await.unwrap();
+        assert!(report.listeners[0].closed && !report.listeners[1].closed);
+        assert!(report.listeners[1].claimed && !report.listeners[1].taken);
+        let b = broker.send(TakeListener::new("b")).await.unwrap();
+        assert!(b.is_ok(), "{b:?}");
     }
 }

@@ -28,6 +28,18 @@ pub enum BrokerError {
         /// The name asked for.
         name: String,
     },
+    /// The listener was in the inventory, but nobody had taken or claimed
+    /// it when [`CloseUnclaimed`](crate::CloseUnclaimed) was sent, so the
+    /// broker closed it.
+    #[error(
+        "listener {name:?} was closed as unclaimed before it was asked for; \
+         start its ListenerActor (or claim it with ClaimListener) before \
+         Lifecycle::ready or CloseUnclaimed"
+    )]
+    ClosedUnclaimed {
+        /// The name asked for.
+        name: String,
+    },
     /// No file with this path was ever in the inventory.
     #[error(
         "no file {path:?} in the inventory; declare it so the privileged \
@@ -77,6 +89,27 @@ pub enum ListenerError {
         /// The operating system's error.
         #[source]
         source: io::Error,
+    },
+    /// The accept loop failed with an error it cannot back off from.
+    #[error(
+        "listener {name:?}: accepting failed: {source}; the listening socket is \
+         unusable, restart the service (its successor gets a fresh socket)"
+    )]
+    Accept {
+        /// The listener name.
+        name: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The actor stopped before it served its socket (its log says why).
+    #[error(
+        "listener {name:?} stopped before it served its socket; start it inside \
+         the running System and keep the System running until Lifecycle::ready"
+    )]
+    Stopped {
+        /// The listener name.
+        name: String,
     },
 }
 
@@ -129,6 +162,31 @@ pub enum LifecycleError {
         /// The repeated name.
         name: String,
     },
+    /// A listener served by the lifecycle could not start (see
+    /// [`Lifecycle::ready`](crate::Lifecycle::ready)).
+    #[error("{source}")]
+    ListenerStart {
+        /// The listener name.
+        name: String,
+        /// Why it could not start (names the listener and the fix).
+        #[source]
+        source: ListenerError,
+    },
+    /// A [`Mode::Privileged`](lifecycle_handoff::Mode) inventory (bound by
+    /// root for an unprivileged service) would be served by a process that
+    /// is still root.
+    #[error(
+        "refusing to serve a privileged-mode inventory as root: drop privileges first \
+         (lifecycle_handoff::drop_privileges_in_place with TargetUser::lookup(\"<user>\"), \
+         before any thread starts), or let the root parent start an unprivileged child \
+         (lifecycle_handoff::ChildSpawner); LifecycleBuilder::allow_root(true) serves as \
+         root anyway (not recommended)"
+    )]
+    ServingAsRoot,
+    /// The broker stopped before the lifecycle was ready (the System is
+    /// stopping).
+    #[error("the FdBroker stopped before the lifecycle was ready; keep the actix System running until Lifecycle::ready resolves")]
+    BrokerGone,
     /// A listener of a test harness stopped instead of accepting (its log
     /// says why).
     #[error("listener {name:?} of the harness did not start accepting; see its log for the cause")]

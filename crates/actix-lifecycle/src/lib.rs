@@ -8,71 +8,90 @@
 //! [`ShutdownHandle`]. [`Lifecycle`] starts them together; [`Harness`]
 //! runs the whole thing in a test, driven by messages.
 //!
-//! A complete echo server. In production the [`Inventory`] comes from
-//! `lifecycle_handoff` (a privileged parent, systemd, or a direct bind) and
-//! the service stops on SIGTERM; here it binds itself and a client sends
-//! [`BeginShutdown`] so the example ends.
+//! A complete line server, from the hand-off to exit status 0. In
+//! production the process gets its sockets from a privileged parent or
+//! systemd ([`Handoff::detect`] finds out which) and stops on SIGTERM; here
+//! it binds a free port itself, and a client asks for the shutdown.
 //!
 //! ```
 //! use std::time::Duration;
 //!
-//! use actix_lifecycle::{BeginShutdown, ConnHandler, Lifecycle};
-//! use lifecycle_handoff::{Inventory, ListenerSpec, PassedListener};
+//! use actix_lifecycle::{BeginShutdown, ConnHandler, Handoff, Lifecycle, ListenerSpec, Mode};
 //! use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 //!
-//! fn main() -> std::io::Result<()> {
-//!     let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-//!     let addr = tcp.local_addr()?;
-//!     let inventory = Inventory {
-//!         listeners: vec![PassedListener { spec: ListenerSpec::tcp("echo", addr), fd: tcp.into() }],
-//!         files: vec![],
-//!     };
-//!     let log = slog::Logger::root(slog::Discard, slog::o!());
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // First thing in main, while the process has one thread.
+//!     let mut handoff = Handoff::detect("PINGD")?;
+//!     handoff.prepare(&[ListenerSpec::tcp("ping", "127.0.0.1:0".parse()?)], &[])?;
+//!     if handoff.mode() == Mode::Privileged {
+//!         // Started as root: the port is bound, now stop being root.
+//!         let user = lifecycle_handoff::TargetUser::lookup("nobody")?;
+//!         lifecycle_handoff::drop_privileges_in_place(&user)?;
+//!     }
 //!
 //!     let system = actix::System::new();
-//!     system.block_on(async move {
-//!         let lifecycle = Lifecycle::builder(inventory)
-//!             .logger(log)
+//!     let addr = system.block_on(async move {
+//!         let lifecycle = Lifecycle::from_handoff(handoff)
 //!             .drain_grace(Duration::from_secs(3))
-//!             .start()
-//!             .expect("metrics register on a fresh registry");
-//!
-//!         lifecycle.serve("echo", "echo", ConnHandler::new(|conn| async move {
+//!             .start()?;
+//!         lifecycle.serve("ping", "ping", ConnHandler::new(|conn| async move {
 //!             let shutdown = conn.shutdown().clone();
-//!             // The Conn is the stream; it stays registered until dropped.
 //!             let (reader, mut writer) = tokio::io::split(conn);
 //!             let mut lines = BufReader::new(reader).lines();
-//!             while let Ok(Some(line)) = lines.next_line().await {
-//!                 if shutdown.is_draining() {
-//!                     let _ = writer.write_all(b"bye: shutting down\n").await;
-//!                     break;
-//!                 }
-//!                 if writer.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+//!             loop {
+//!                 // Wait for a line *or* the drain, whichever comes first:
+//!                 // an idle client is told at once, not at its next line.
+//!                 let line = tokio::select! {
+//!                     line = lines.next_line() => line,
+//!                     () = shutdown.draining() => {
+//!                         let _ = writer.write_all(b"BYE shutting down\n").await;
+//!                         break;
+//!                     }
+//!                 };
+//!                 let reply: &[u8] = match line {
+//!                     Ok(Some(l)) if l == "PING" => b"PONG\n",
+//!                     Ok(Some(_)) => b"ERR say PING\n",
+//!                     _ => break,
+//!                 };
+//!                 if writer.write_all(reply).await.is_err() {
 //!                     break;
 //!                 }
 //!             }
-//!             // The halves drop here: the socket closes and the connection is unregistered.
+//!             // The halves drop here: the socket closes and is unregistered.
 //!         }));
+//!         // Every listener serves; sockets nobody serves are closed.
+//!         let ready = lifecycle.ready().await?;
+//!         let addr = ready.listeners[0].address.to_string();
 //!
 //!         // A client, then a shutdown message in place of SIGTERM.
 //!         let coordinator = lifecycle.coordinator().clone();
+//!         let client_addr = addr.clone();
 //!         actix::spawn(async move {
-//!             let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+//!             let client = tokio::net::TcpStream::connect(client_addr).await.unwrap();
 //!             let (reader, mut writer) = client.into_split();
-//!             writer.write_all(b"hello\n").await.unwrap();
 //!             let mut lines = BufReader::new(reader).lines();
-//!             assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("hello"));
-//!             drop((lines, writer));
+//!             writer.write_all(b"PING\n").await.unwrap();
+//!             assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("PONG"));
+//!             // Idle now: the drain reaches this connection at once.
 //!             coordinator.do_send(BeginShutdown);
+//!             assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("BYE shutting down"));
 //!         });
-//!     });
+//!         Ok::<_, Box<dyn std::error::Error>>(addr)
+//!     })?;
+//!     println!("served on {addr}");
 //!     // The coordinator stops the System with status 0 once everything closed.
-//!     let code = system.run_with_code()?;
-//!     assert_eq!(code, 0);
+//!     assert_eq!(system.run_with_code()?, 0);
 //!     Ok(())
 //! }
 //! ```
-
+//!
+//! Without a [`logger`](LifecycleBuilder::logger), errors (a listener that
+//! cannot start, a fatal failure, a forced exit) still reach standard
+//! error. [`Lifecycle::metrics_text`] renders every metric for a
+//! `/metrics` endpoint. With the `actix-web` feature,
+//! `Lifecycle::serve_actix_web` serves an actix-web `HttpServer` on a
+//! listener of the inventory, its connections counted and its stop tied
+//! to the phases (see `examples/actix_web_embed.rs`).
 //!
 //! # How connections are tracked
 //!
@@ -136,20 +155,25 @@ mod listener;
 mod metrics;
 mod notify;
 mod phase;
+mod ready;
 mod registry;
 mod shutdown;
+mod stderr_log;
+#[cfg(feature = "actix-web")]
+mod web;
 
 pub use broker::{
-    CloseUnclaimed, FdBroker, FileState, GetInventory, InventoryReport, ListenerState, TakeFile,
-    TakeListener,
+    ClaimListener, CloseUnclaimed, FdBroker, FileState, GetInventory, InventoryReport,
+    ListenerState, TakeFile, TakeListener,
 };
 pub use error::{BrokerError, LifecycleError, LimitsError, ListenerError, ProxyConfigError};
 pub use harness::{Harness, HarnessBuilder, HarnessInfo, Start};
 pub use lifecycle::{Lifecycle, LifecycleBuilder};
 pub use listener::{
     Accepted, Conn, ConnHandler, ConnParts, GetListenerInfo, ListenerActor, ListenerBuilder,
-    ListenerInfo, PeerAddr, ProxyProtocol, ProxyVersion, StopAccepting, Stream, TrustedNetwork,
-    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, DEFAULT_PROXY_DEADLINE, DEFAULT_PROXY_MAX_HEADER,
+    ListenerInfo, OnFailure, PeerAddr, ProxyProtocol, ProxyVersion, StopAccepting, Stream,
+    TrustedNetwork, ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, DEFAULT_PROXY_DEADLINE,
+    DEFAULT_PROXY_MAX_HEADER,
 };
 pub use metrics::{DEFAULT_PREFIX, DURATION_BUCKETS};
 pub use notify::{
@@ -157,6 +181,7 @@ pub use notify::{
     NotifySender, SendMainPid, SystemdNotifier, WaitReady,
 };
 pub use phase::{Phase, PhaseController, ShutdownHandle};
+pub use ready::{Ready, ServedListener};
 pub use registry::{
     Abort, ConnKind, ConnectionGuard, ConnectionInfo, ConnectionRegistry, Done, KindCount, Limits,
     Rate, RefuseReason, RefusedCounts, Register, RegistryBuilder, RegistryHandle, RegistryShard,
@@ -164,11 +189,14 @@ pub use registry::{
     MAX_PREFIX_V6, MAX_TRACKED_NETWORKS, STRIPES,
 };
 pub use shutdown::{
-    BeginShutdown, EndLameDuck, GetPhase, ShutdownBuilder, ShutdownCoordinator, SignalReceived,
-    StopOutcome, WaitStopped, DEFAULT_ABORT_GRACE, DEFAULT_DRAIN_GRACE, DEFAULT_LAME_DUCK,
+    BeginShutdown, EndLameDuck, Fatal, GetPhase, ShutdownBuilder, ShutdownCoordinator,
+    SignalReceived, StopOutcome, WaitStopped, DEFAULT_ABORT_GRACE, DEFAULT_DRAIN_GRACE,
+    DEFAULT_LAME_DUCK,
 };
 
 #[doc(no_inline)]
-pub use lifecycle_handoff::Inventory;
-#[doc(no_inline)]
 pub use lifecycle_handoff::NotifyState;
+#[doc(no_inline)]
+pub use lifecycle_handoff::{
+    Handoff, HeldSignals, Inventory, ListenAddress, ListenerSpec, Mode, Network, PassedListener,
+};

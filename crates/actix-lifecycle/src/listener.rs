@@ -20,10 +20,11 @@ pub use proxy::{
     ProxyProtocol, ProxyVersion, TrustedNetwork, DEFAULT_PROXY_DEADLINE, DEFAULT_PROXY_MAX_HEADER,
 };
 
-use crate::broker::{FdBroker, TakeListener};
+use crate::broker::{ClaimListener, FdBroker, TakeListener};
 use crate::error::{BrokerError, ListenerError};
 use crate::phase::{Phase, ShutdownHandle};
 use crate::registry::{ConnKind, Limits, RegistryHandle, RegistryShard};
+use crate::shutdown::{Fatal, ShutdownCoordinator};
 use accept::{open_reserve, AcceptLoop, Acceptor, Counters, Server};
 
 pub use accept::{ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN};
@@ -56,6 +57,22 @@ pub struct ListenerInfo {
     pub accept_errors: u64,
 }
 
+/// How a listener started: the address it serves, or why it could not.
+pub(crate) type StartReport = tokio::sync::oneshot::Sender<Result<ListenAddress, ListenerError>>;
+
+/// What a listener's failure does to the service (see
+/// [`ListenerBuilder::on_failure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnFailure {
+    /// Stop the whole lifecycle with exit status 1 (a [`Fatal`] to the
+    /// coordinator): a service missing a listener does not run silently.
+    #[default]
+    StopLifecycle,
+    /// Log the error and let the service run without this listener.
+    LogOnly,
+}
+
 /// Builds a [`ListenerActor`].
 #[must_use]
 pub struct ListenerBuilder {
@@ -70,6 +87,9 @@ pub struct ListenerBuilder {
     stop_at: Phase,
     limits: Option<Limits>,
     proxy: Option<ProxyProtocol>,
+    coordinator: Option<Addr<ShutdownCoordinator>>,
+    on_failure: OnFailure,
+    report: Option<StartReport>,
 }
 
 impl std::fmt::Debug for ListenerBuilder {
@@ -141,6 +161,25 @@ impl ListenerBuilder {
         self
     }
 
+    /// What happens when this listener cannot take or adopt its socket,
+    /// or its accept loop fails. Default [`OnFailure::StopLifecycle`]
+    /// for a listener made by [`Lifecycle::listener`](crate::Lifecycle::listener)
+    /// (a [`ListenerActor::builder`] without a coordinator only logs).
+    pub fn on_failure(mut self, on_failure: OnFailure) -> Self {
+        self.on_failure = on_failure;
+        self
+    }
+
+    pub(crate) fn coordinator(mut self, coordinator: Addr<ShutdownCoordinator>) -> Self {
+        self.coordinator = Some(coordinator);
+        self
+    }
+
+    pub(crate) fn report(mut self, report: StartReport) -> Self {
+        self.report = Some(report);
+        self
+    }
+
     /// Logs go to `log` (keys `listener`, `protocol`). Default: discarded.
     pub fn logger(mut self, log: Logger) -> Self {
         self.log = log;
@@ -165,8 +204,16 @@ impl ListenerBuilder {
         self
     }
 
-    /// The actor, not started.
+    /// The actor, not started. Claims its listener at the broker (see
+    /// [`ClaimListener`]) so that a
+    /// [`CloseUnclaimed`](crate::CloseUnclaimed) sent from now on leaves it
+    /// for this actor.
     pub fn build(self) -> ListenerActor {
+        self.broker.do_send(ClaimListener::new(self.name.clone()));
+        let fatal = match self.on_failure {
+            OnFailure::StopLifecycle => self.coordinator,
+            OnFailure::LogOnly => None,
+        };
         let kind = self.registry.kind(&self.protocol, &self.name);
         if let Some(limits) = self.limits {
             self.registry.set_limits(&kind, Some(limits));
@@ -179,13 +226,13 @@ impl ListenerBuilder {
         let remote = self
             .arbiters
             .into_iter()
-            .map(|a| (a, self.registry.shard()))
+            .map(|a| (a, self.registry.new_shard()))
             .collect();
         ListenerActor {
             name: Arc::from(self.name),
             protocol: Arc::from(self.protocol),
             broker: self.broker,
-            local_shard: self.registry.shard(),
+            local_shard: self.registry.new_shard(),
             kind,
             shutdown: self.shutdown,
             handler: self.handler,
@@ -196,6 +243,8 @@ impl ListenerBuilder {
             accept_loop: None,
             address: None,
             proxy: self.proxy.map(Arc::new),
+            report: self.report,
+            fatal,
         }
     }
 
@@ -207,6 +256,8 @@ impl ListenerBuilder {
     /// Builds and starts the actor on `arbiter` (its accept loop and, unless
     /// [`arbiters`](Self::arbiters) says otherwise, its connections run there).
     pub fn start_in(self, arbiter: &ArbiterHandle) -> Addr<ListenerActor> {
+        // Claimed here, in order with what this thread sends the broker next.
+        self.broker.do_send(ClaimListener::new(self.name.clone()));
         ListenerActor::start_in_arbiter(arbiter, move |_| self.build())
     }
 }
@@ -249,6 +300,8 @@ pub struct ListenerActor {
     accept_loop: Option<SpawnHandle>,
     address: Option<ListenAddress>,
     proxy: Option<Arc<ProxyProtocol>>,
+    report: Option<StartReport>,
+    fatal: Option<Addr<ShutdownCoordinator>>,
 }
 
 impl std::fmt::Debug for ListenerActor {
@@ -284,7 +337,25 @@ impl ListenerActor {
             stop_at: Phase::Aborting,
             limits: None,
             proxy: None,
+            coordinator: None,
+            on_failure: OnFailure::StopLifecycle,
+            report: None,
         }
+    }
+
+    /// Logs `e`, tells whoever waits for the start, stops the lifecycle
+    /// (unless told otherwise) and stops this actor.
+    fn fail(&mut self, e: ListenerError, ctx: &mut Context<Self>) {
+        error!(self.log, "listener failed; it stops"; "error" => %e);
+        if let Some(fatal) = &self.fatal {
+            fatal.do_send(Fatal {
+                reason: e.to_string(),
+            });
+        }
+        if let Some(report) = self.report.take() {
+            let _ = report.send(Err(e));
+        }
+        ctx.stop();
     }
 
     fn serve(
@@ -298,6 +369,9 @@ impl ListenerActor {
                 source,
             })?;
         info!(self.log, "listening"; "address" => %address);
+        if let Some(report) = self.report.take() {
+            let _ = report.send(Ok(address.clone()));
+        }
         self.address = Some(address);
         let server = |shard: &RegistryShard| {
             Server::new(
@@ -330,9 +404,12 @@ impl ListenerActor {
         };
         let handle = ctx.spawn(accept_loop.run().into_actor(self).map(|res, act, ctx| {
             act.accept_loop = None;
-            if let Err(e) = res {
-                error!(act.log, "accept loop failed; listener stops"; "error" => %e);
-                ctx.stop();
+            if let Err(source) = res {
+                let e = ListenerError::Accept {
+                    name: act.name.to_string(),
+                    source,
+                };
+                act.fail(e, ctx);
             }
         }));
         self.accept_loop = Some(handle);
@@ -359,31 +436,19 @@ impl Actor for ListenerActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         let request = self.broker.send(TakeListener::new(&*self.name));
         ctx.wait(request.into_actor(self).map(|res, act, ctx| {
-            let passed = match res {
-                Ok(Ok(passed)) => passed,
-                Ok(Err(source)) => {
-                    let e = ListenerError::Broker {
-                        name: act.name.to_string(),
-                        source,
-                    };
-                    error!(act.log, "cannot take the listener's socket; listener stops"; "error" => %e);
-                    ctx.stop();
-                    return;
-                }
-                Err(_) => {
-                    let e = ListenerError::Broker {
-                        name: act.name.to_string(),
-                        source: BrokerError::Gone,
-                    };
-                    error!(act.log, "cannot take the listener's socket; listener stops"; "error" => %e);
-                    ctx.stop();
-                    return;
-                }
+            let source = match res {
+                Ok(Ok(passed)) => match act.serve(passed, ctx) {
+                    Ok(()) => return,
+                    Err(e) => return act.fail(e, ctx),
+                },
+                Ok(Err(source)) => source,
+                Err(_) => BrokerError::Gone,
             };
-            if let Err(e) = act.serve(passed, ctx) {
-                error!(act.log, "cannot serve the listener's socket; listener stops"; "error" => %e);
-                ctx.stop();
-            }
+            let e = ListenerError::Broker {
+                name: act.name.to_string(),
+                source,
+            };
+            act.fail(e, ctx);
         }));
     }
 

@@ -217,7 +217,7 @@ impl Shared {
 ///     .build()
 ///     .unwrap();
 /// let handle = registry.handle();
-/// let shard = handle.shard();
+/// let shard = handle.new_shard();
 /// let guard = shard.register(&handle.kind("smtp", "submission"));
 /// assert_eq!(handle.live(), 1);
 /// let text = format!("{:?}", metrics.gather());
@@ -257,7 +257,7 @@ impl RegistryBuilder {
     ///     .build()
     ///     .unwrap();
     /// let handle = registry.handle();
-    /// let (shard, kind) = (handle.shard(), handle.kind("smtp", "mx"));
+    /// let (shard, kind) = (handle.new_shard(), handle.kind("smtp", "mx"));
     /// let client = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
     /// let a = shard.admit(&kind, client).unwrap();
     /// let b = shard.admit(&kind, client).unwrap();
@@ -304,7 +304,7 @@ impl RegistryBuilder {
                 .map_err(metrics_err)?;
             metrics.register(Box::new(collector)).map_err(metrics_err)?;
         }
-        let shard = handle.shard();
+        let shard = handle.new_shard();
         Ok(ConnectionRegistry { handle, shard, log })
     }
 }

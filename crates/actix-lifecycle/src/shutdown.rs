@@ -51,6 +51,17 @@ pub struct SignalReceived {
     pub signal: i32,
 }
 
+/// Something the service cannot run without failed (for instance a
+/// listener's accept loop): logs `reason` at error level, begins the
+/// shutdown as [`BeginShutdown`] does, and makes the stop ask for exit
+/// status 1 instead of 0.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Fatal {
+    /// What failed, for the log (name the culprit).
+    pub reason: String,
+}
+
 /// Resolves when the phase is `Stopped`, with how it ended.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "StopOutcome")]
@@ -167,7 +178,8 @@ impl ShutdownBuilder {
     }
 
     /// What a second signal does, given the exit status (`128 + signal`).
-    /// Default: log and `std::process::exit(status)`. Tests inject a
+    /// Default: log, write the reason to standard error (a logger that
+    /// buffers would lose its line) and `std::process::exit(status)`. Tests inject a
     /// closure that records the call instead.
     pub fn on_force_exit(mut self, f: impl Fn(i32) + Send + Sync + 'static) -> Self {
         self.force_exit = Arc::new(f);
@@ -202,6 +214,7 @@ impl ShutdownBuilder {
             stop_system: self.stop_system,
             force_exit: self.force_exit,
             began: None,
+            exit_code: 0,
             outcome: None,
             waiters: Vec::new(),
         }
@@ -221,7 +234,7 @@ impl ShutdownBuilder {
 /// 3. `Stopped` after the abort grace, or as soon as no connection is
 ///    open: every connection still open is logged, [`WaitStopped`]
 ///    waiters get the [`StopOutcome`], and the actix `System` stops with
-///    exit code 0 (unless turned off).
+///    exit code 0, or 1 after a [`Fatal`] (unless turned off).
 ///
 /// An idle service goes through the phases after the lame duck at once.
 /// The whole stop takes at most lame duck + drain grace + abort grace. A
@@ -240,6 +253,7 @@ pub struct ShutdownCoordinator {
     stop_system: bool,
     force_exit: ForceExit,
     began: Option<Instant>,
+    exit_code: i32,
     outcome: Option<StopOutcome>,
     waiters: Vec<oneshot::Sender<StopOutcome>>,
 }
@@ -258,7 +272,16 @@ impl std::fmt::Debug for ShutdownCoordinator {
 impl ShutdownCoordinator {
     /// A builder for a coordinator that shuts down `registry`.
     pub fn builder(registry: RegistryHandle) -> ShutdownBuilder {
-        let force_exit: ForceExit = Arc::new(|code| std::process::exit(code));
+        let force_exit: ForceExit = Arc::new(|code| {
+            // The logger may buffer (slog-async) and the exit would lose its
+            // line: say it on standard error first, in one write.
+            use std::io::Write as _;
+            let line = format!(
+                "actix-lifecycle: second signal during shutdown: exiting now with status {code}\n"
+            );
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            std::process::exit(code)
+        });
         ShutdownBuilder {
             registry,
             log: Logger::root(slog::Discard, o!()),
@@ -368,7 +391,7 @@ impl ShutdownCoordinator {
         info!(self.log, "phase"; "phase" => "stopped", "reason" => why,
             "left_open" => left_open.len(), "elapsed_ms" => elapsed.as_millis() as u64);
         let outcome = StopOutcome {
-            exit_code: 0,
+            exit_code: self.exit_code,
             left_open,
             elapsed,
         };
@@ -377,7 +400,7 @@ impl ShutdownCoordinator {
         }
         self.outcome = Some(outcome);
         if self.stop_system {
-            System::current().stop_with_code(0);
+            System::current().stop_with_code(self.exit_code);
         }
     }
 
@@ -439,6 +462,16 @@ impl Handler<EndLameDuck> for ShutdownCoordinator {
         if self.phase() == Phase::LameDuck {
             self.enter_draining(ctx, "lame duck ended");
         }
+    }
+}
+
+impl Handler<Fatal> for ShutdownCoordinator {
+    type Result = ();
+
+    fn handle(&mut self, msg: Fatal, ctx: &mut Self::Context) {
+        error!(self.log, "fatal error: the service stops"; "reason" => &msg.reason);
+        self.exit_code = 1;
+        self.begin(ctx, "fatal error");
     }
 }
 
@@ -532,7 +565,7 @@ mod tests {
         let (c, registry) = coordinator(Duration::from_secs(60));
         let handle = c.handle();
         let addr = c.start();
-        let guard = registry.shard().register(&registry.kind("p", "l"));
+        let guard = registry.new_shard().register(&registry.kind("p", "l"));
         let early: Vec<_> = (0..5).map(|_| addr.send(WaitStopped)).collect();
         addr.send(BeginShutdown).await.unwrap();
         assert_eq!(addr.send(GetPhase).await.unwrap(), Phase::Draining);
@@ -610,7 +643,7 @@ mod tests {
         let handle = c.handle();
         let addr = c.start();
         // A connection that never closes, so every grace runs in full.
-        let _guard = registry.shard().register(&registry.kind("p", "l"));
+        let _guard = registry.new_shard().register(&registry.kind("p", "l"));
         let began = tokio::time::Instant::now();
         addr.send(BeginShutdown).await.unwrap();
         assert_eq!(handle.phase(), Phase::LameDuck);
@@ -641,7 +674,7 @@ mod tests {
         let (c, registry) = with_lame_duck(Duration::from_secs(60), Arc::clone(&forced));
         let handle = c.handle();
         let addr = c.start();
-        let _guard = registry.shard().register(&registry.kind("p", "l"));
+        let _guard = registry.new_shard().register(&registry.kind("p", "l"));
         let term = SignalReceived {
             signal: libc::SIGTERM,
         };

@@ -193,7 +193,7 @@ async fn registration_after_shutdown_is_aborted_at_once_and_counted() {
 
     // The same through a shard directly.
     let handle = info.lifecycle.connections();
-    let guard = handle.shard().register(&handle.kind("test", "t"));
+    let guard = handle.new_shard().register(&handle.kind("test", "t"));
     assert!(guard.is_aborted());
     assert_eq!(handle.snapshot().aborted(), 2);
 }

@@ -39,7 +39,7 @@ fn race(
             let (handle, kind, start, ip) =
                 (handle.clone(), kind.clone(), start.clone(), ip.clone());
             std::thread::spawn(move || {
-                let shard = handle.shard();
+                let shard = handle.new_shard();
                 start.wait();
                 (0..TRIES)
                     .filter_map(|i| shard.admit(&kind, Some(ip(t, i))).ok())
@@ -118,7 +118,7 @@ fn places_come_back_when_connections_end_and_networks_are_forgotten() {
         .build()
         .unwrap()
         .handle();
-    let (kind, shard) = (handle.kind("p", "l"), handle.shard());
+    let (kind, shard) = (handle.kind("p", "l"), handle.new_shard());
     let a_ip = Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)));
     let b_ip = Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2)));
     let c_ip = Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 3)));
@@ -165,7 +165,7 @@ async fn set_limits_changes_them_at_run_time_and_the_snapshot_shows_them() {
     let registry = ConnectionRegistry::builder().build().unwrap();
     let handle = registry.handle();
     let addr = registry.start();
-    let (kind, shard) = (handle.kind("smtp", "mx"), handle.shard());
+    let (kind, shard) = (handle.kind("smtp", "mx"), handle.new_shard());
     let other = handle.kind("imap", "imap");
     let ip = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let first = shard.admit(&kind, ip).unwrap();

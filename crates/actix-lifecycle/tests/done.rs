@@ -25,7 +25,7 @@ async fn done_resolves_at_once_when_empty() {
         .unwrap();
     tokio::time::timeout(LIMIT, handle.done()).await.unwrap();
     // Also after connections came and went.
-    let shard = handle.shard();
+    let shard = handle.new_shard();
     drop(shard.register(&handle.kind("p", "l")));
     tokio::time::timeout(LIMIT, addr.send(Done))
         .await
@@ -43,7 +43,7 @@ async fn many_waiters_resolve_when_the_last_connection_closes() {
     let addr = registry.start();
     let kind = handle.kind("p", "l");
     // Two shards, as two arbiters would have.
-    let (s1, s2) = (handle.shard(), handle.shard());
+    let (s1, s2) = (handle.new_shard(), handle.new_shard());
     let mut guards = vec![s1.register(&kind), s2.register(&kind), s2.register(&kind)];
 
     let mut waiters = Vec::new();

@@ -58,8 +58,8 @@ async fn aborting_a_closed_connection_never_hits_the_connection_that_reused_its_
     let (one_handle, other_handle) = (one.handle(), other.handle());
     let one_addr = one.start();
     let kind = one_handle.kind("test", "t");
-    let shard = one_handle.shard();
-    let other_shard = other_handle.shard();
+    let shard = one_handle.new_shard();
+    let other_shard = other_handle.new_shard();
 
     for (round, same_registry) in [(0, true), (1, false)] {
         // Connection A, registered and wrapped.

@@ -28,7 +28,7 @@ fn label_sets_appear_on_first_use_with_the_documented_names() {
     let _unused = h.kind("imap", "imap");
     assert_eq!(text(&metrics), "", "nothing before first use");
 
-    let shard = h.shard();
+    let shard = h.new_shard();
     let a = shard.register(&smtp);
     let b = shard.register(&smtp);
     drop(a);
@@ -67,7 +67,7 @@ fn promtool_accepts_the_metrics() {
         .build()
         .unwrap();
     let h = registry.handle();
-    let shard = h.shard();
+    let shard = h.new_shard();
     let _live = shard.register(&h.kind("smtp", "smtp"));
     drop(shard.register(&h.kind("imap", "imap")));
     let mut child = Command::new("promtool")

@@ -141,7 +141,7 @@ async fn double_and_unknown_unregister_are_harmless() {
     let handle = registry.handle();
     let addr = registry.start();
     let kind = handle.kind("smtp", "mx");
-    let shard = handle.shard();
+    let shard = handle.new_shard();
     let a = shard.register(&kind);
     let b = shard.register(&kind);
     assert_eq!(handle.live(), 2);

@@ -28,7 +28,7 @@ async fn shutdown_racing_registrations_aborts_every_later_one() {
                 stop_registering.clone(),
             );
             std::thread::spawn(move || {
-                let shard = handle.shard();
+                let shard = handle.new_shard();
                 let mut held = Vec::new();
                 start.wait();
                 let mut registered = 0u64;

@@ -5,13 +5,9 @@
 
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::Addr;
-use actix_lifecycle::{
-    CloseUnclaimed, ConnHandler, GetListenerInfo, Lifecycle, LifecycleError, ListenerActor,
-    TakeListener,
-};
+use actix_lifecycle::{ConnHandler, Lifecycle, LifecycleError, ListenerActor};
 use lifecycle_handoff::{
     Handoff, HeldSignals, Inventory, Lineage, Mode, Network, PassedListener, ReadyChannel,
     TargetUser,
@@ -32,9 +28,6 @@ use crate::upgrade::{
     report_ready, skip_lame_duck_on_upgrade, stop_accepting_on_upgrade, UpgradeDrain,
     UpgradeMetrics,
 };
-
-/// How long the listeners may take to start accepting.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -435,12 +428,7 @@ async fn start_listeners(
                 actors.push((name, actor));
             }
             Protocol::Http => {
-                let passed = lifecycle
-                    .broker()
-                    .send(TakeListener::new(name.clone()))
-                    .await
-                    .map_err(|e| listener_error(&name, e))?
-                    .map_err(|e| listener_error(&name, e))?;
+                let passed = lifecycle.take_listener(name.clone(), "http").await?;
                 http.push(http_listener(passed));
             }
         }
@@ -461,14 +449,9 @@ async fn start_listeners(
             }
         });
     }
-    for (name, actor) in &actors {
-        wait_accepting(name, actor).await?;
-    }
-    let closed = lifecycle
-        .broker()
-        .send(CloseUnclaimed)
-        .await
-        .map_err(|e| listener_error("(broker)", e))?;
+    // Every listener serves (or the first that cannot is named), and what
+    // nobody claimed is closed.
+    let closed = lifecycle.ready().await?.closed_unclaimed;
     readiness.set_ready(true);
     // systemd (Type=notify) when this process is the main one; a child of
     // the privileged parent stays silent (see `Notifications`).
@@ -549,23 +532,6 @@ async fn handshake(
             info!(log, "tls handshake failed"; "peer" => peer, "error" => "timed out");
             None
         }
-    }
-}
-
-async fn wait_accepting(name: &str, actor: &Addr<ListenerActor>) -> Result<(), StartError> {
-    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-    loop {
-        let info = actor
-            .send(GetListenerInfo)
-            .await
-            .map_err(|_| listener_error(name, "it stopped before accepting (see the log)"))?;
-        if info.accepting {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(listener_error(name, "not accepting after 10 s"));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

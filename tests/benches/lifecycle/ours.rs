@@ -202,7 +202,7 @@ pub(crate) fn registry_pairs(threads: usize, pairs: u64) -> Res<Duration> {
     let kind = handle.kind("smtp", NAME);
     let producers = (0..threads)
         .map(|_| {
-            let shard = handle.shard();
+            let shard = handle.new_shard();
             let kind = kind.clone();
             move || -> Res<()> {
                 for _ in 0..pairs {
@@ -241,7 +241,7 @@ pub(crate) fn memory_per_guard(counting: &Counting, n: usize) -> Res<GuardMemory
         .map_err(|e| e.to_string())?;
     let handle = registry.handle();
     let kind = handle.kind("smtp", NAME);
-    let shard = handle.shard();
+    let shard = handle.new_shard();
     // Warm up: the first registration creates per-kind state once.
     drop(shard.register(&kind));
     let fds_before = open_fds()?;

@@ -63,7 +63,7 @@ fn fd_reuse_race_1000_times() {
                 .handle();
             let same = round % 2 == 0;
             let kind = one.kind("test", "t");
-            let (shard, other_shard) = (one.shard(), other.shard());
+            let (shard, other_shard) = (one.new_shard(), other.new_shard());
 
             let (server_a, mut client_a) = pair(&listener).await;
             let fd_a = server_a.as_raw_fd();
@@ -133,7 +133,7 @@ fn register_racing_shutdown_1000_times() {
         let start = Arc::new(Barrier::new(THREADS + 1));
         let threads: Vec<_> = (0..THREADS)
             .map(|_| {
-                let (shard, kind, start) = (registry.shard(), kind.clone(), Arc::clone(&start));
+                let (shard, kind, start) = (registry.new_shard(), kind.clone(), Arc::clone(&start));
                 std::thread::spawn(move || {
                     start.wait();
                     (0..PER_THREAD)

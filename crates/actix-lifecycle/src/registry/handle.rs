@@ -72,7 +72,7 @@ impl RegistryHandle {
     /// use actix_lifecycle::{ConnectionRegistry, Limits, RefuseReason};
     ///
     /// let handle = ConnectionRegistry::builder().build().unwrap().handle();
-    /// let (shard, kind) = (handle.shard(), handle.kind("imap", "imap"));
+    /// let (shard, kind) = (handle.new_shard(), handle.kind("imap", "imap"));
     /// let first = shard.admit(&kind, None).unwrap();
     /// handle.set_limits(&kind, Some(Limits::none().max_connections(1)));
     /// assert_eq!(shard.admit(&kind, None).unwrap_err(), RefuseReason::ListenerFull);
@@ -91,9 +91,14 @@ impl RegistryHandle {
         self.shared.common.resolve(kind).admission.limits()
     }
 
-    /// A new shard. Make one per arbiter that serves connections and use it
-    /// only there (see [`RegistryShard`]).
-    pub fn shard(&self) -> RegistryShard {
+    /// Creates a new shard and adds it to the registry for good: shards
+    /// are never removed (the registry visits each for the counts), so
+    /// create one per arbiter that serves connections, once, and use it
+    /// only there (see [`RegistryShard`]). Code that registers from
+    /// whatever thread it runs on (an actix-web `on_connect`, a worker
+    /// pool) wants [`current_thread_shard`](Self::current_thread_shard)
+    /// instead, which cannot grow the registry without bound.
+    pub fn new_shard(&self) -> RegistryShard {
         let mut shards = self
             .shared
             .shards
@@ -106,6 +111,53 @@ impl RegistryHandle {
         });
         shards.push(Arc::clone(&inner));
         RegistryShard { inner }
+    }
+
+    /// This registry's shard for the calling thread, created on the first
+    /// call from each thread and reused after: at most one shard per
+    /// (thread, registry), however often it is called.
+    ///
+    /// ```
+    /// use actix_lifecycle::ConnectionRegistry;
+    ///
+    /// let handle = ConnectionRegistry::builder().build().unwrap().handle();
+    /// let kind = handle.kind("http", "web");
+    /// let before = handle.shard_count();
+    /// let guards: Vec<_> = (0..100).map(|_| handle.register_on_current_thread(&kind)).collect();
+    /// assert_eq!((handle.live(), handle.shard_count()), (100, before + 1));
+    /// # drop(guards);
+    /// ```
+    pub fn current_thread_shard(&self) -> RegistryShard {
+        thread_local! {
+            static SHARDS: std::cell::RefCell<Vec<(std::sync::Weak<super::Shared>, RegistryShard)>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SHARDS.with(|shards| {
+            let mut shards = shards.borrow_mut();
+            let me = Arc::downgrade(&self.shared);
+            if let Some((_, shard)) = shards.iter().find(|(r, _)| r.ptr_eq(&me)) {
+                return shard.clone();
+            }
+            // Registries gone since: their shards go with them.
+            shards.retain(|(r, _)| r.strong_count() > 0);
+            let shard = self.new_shard();
+            shards.push((me, shard.clone()));
+            shard
+        })
+    }
+
+    /// Registers a connection of `kind` on
+    /// [`current_thread_shard`](Self::current_thread_shard) (see
+    /// [`RegistryShard::register`]: no limit is checked).
+    pub fn register_on_current_thread(&self, kind: &ConnKind) -> super::ConnectionGuard {
+        self.current_thread_shard().register(kind)
+    }
+
+    /// How many shards the registry has.
+    pub fn shard_count(&self) -> usize {
+        (self.shared.shards.read())
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Live connections in all shards.

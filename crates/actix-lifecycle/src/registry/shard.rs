@@ -198,7 +198,9 @@ impl ShardInner {
 /// Cheap to clone; `Send` and `Sync`, so it can be made on one thread and
 /// moved to the arbiter that uses it. Using one shard from several threads
 /// is correct, only slower. Get one per arbiter from
-/// [`RegistryHandle::shard`](crate::RegistryHandle::shard).
+/// [`RegistryHandle::new_shard`](crate::RegistryHandle::new_shard), or the
+/// calling thread's from
+/// [`RegistryHandle::current_thread_shard`](crate::RegistryHandle::current_thread_shard).
 #[derive(Clone)]
 pub struct RegistryShard {
     pub(crate) inner: Arc<ShardInner>,
@@ -245,7 +247,7 @@ impl RegistryShard {
     /// let handle = ConnectionRegistry::builder().build().unwrap().handle();
     /// let kind = handle.kind("smtp", "mx");
     /// handle.set_limits(&kind, Some(Limits::none().max_connections(3).max_per_address(1)));
-    /// let shard = handle.shard();
+    /// let shard = handle.new_shard();
     /// let host = |last| Some(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last)));
     /// let other = |net| Some(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, net, 0, 0, 0, 1)));
     /// let a = shard.admit(&kind, host(1)).unwrap();
@@ -427,7 +429,7 @@ mod tests {
     fn ids_are_unique_and_name_their_shard() {
         let h = handle();
         let kind = h.kind("p", "l");
-        let (s0, s1) = (h.shard(), h.shard());
+        let (s0, s1) = (h.new_shard(), h.new_shard());
         let a = s0.register(&kind);
         let b = s0.register(&kind);
         let c = s1.register(&kind);
@@ -443,7 +445,7 @@ mod tests {
     fn unregister_is_counted_once() {
         let h = handle();
         let kind = h.kind("p", "l");
-        let g = h.shard().register(&kind);
+        let g = h.new_shard().register(&kind);
         assert!(h.unregister(g.id()));
         assert!(!h.unregister(g.id()));
         drop(g);
@@ -460,7 +462,7 @@ mod tests {
         assert_eq!(a.index, b.index);
         let _other = h2.kind("imap", "imap");
         // A kind made by h1 used on h2 lands on h2's own ("smtp", "mx").
-        let g = h2.shard().register(&a);
+        let g = h2.new_shard().register(&a);
         let snap = h2.snapshot();
         assert_eq!(snap.kind("smtp", "mx").map(|k| k.live), Some(1));
         assert_eq!(snap.kind("imap", "imap").map(|k| k.live), Some(0));
@@ -471,7 +473,7 @@ mod tests {
     fn shutdown_and_abort_count_each_connection_once() {
         let h = handle();
         let kind = h.kind("p", "l");
-        let shard = h.shard();
+        let shard = h.new_shard();
         let a = shard.register(&kind);
         let b = shard.register(&kind);
         assert!(h.abort(a.id()));
