@@ -54,6 +54,18 @@ impl Gateway {
     /// port, `spool`) into `dir` and starts `bin` with it; returns once the
     /// SMTP greeting arrived, with the time from exec to greeting.
     pub(crate) fn start(bin: &Path, dir: &Path, spool: &Path, mode: Mode) -> Res<(Self, Duration)> {
+        Self::start_with(bin, dir, spool, mode, "")
+    }
+
+    /// [`start`](Self::start) with `extra` appended to the config (tables
+    /// such as `[limits]`).
+    pub(crate) fn start_with(
+        bin: &Path,
+        dir: &Path,
+        spool: &Path,
+        mode: Mode,
+        extra: &str,
+    ) -> Res<(Self, Duration)> {
         let port = lifecycle_tests::free_port()?;
         let smtp = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let config = dir.join("gateway.toml");
@@ -75,7 +87,8 @@ impl Gateway {
                  name = \"smtp\"\n\
                  protocol = \"smtp\"\n\
                  address = \"{smtp}\"\n\
-                 backlog = {backlog}\n",
+                 backlog = {backlog}\n\
+                 {extra}",
                 spool = spool.display().to_string(),
                 backlog = crate::listen::BACKLOG,
             ),
@@ -127,6 +140,11 @@ impl Gateway {
              unprivileged child) is not supported by this gateway build"
         )
         .into())
+    }
+
+    /// The process id (in immediate mode, the serving process).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Connects until the SMTP greeting arrives, then says QUIT.
