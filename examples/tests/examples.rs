@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -251,11 +250,16 @@ fn minimal_reports_its_mode_and_echoes_as_any_user() {
     // `nobody` may be unable to search the checkout (under a `0700` home
     // directory, as /root is): it runs a copy installed where it may, as a
     // user would install the program.
-    let installed = tempfile::tempdir().expect("a temporary directory");
+    let mut installed = None;
     if root {
-        let program = install_for_everyone(&build_example("minimal"), installed.path());
-        let nobody = Example::start_program("minimal", &program, |c| {
-            c.uid(65534).gid(65534).current_dir(installed.path());
+        let user = lifecycle_tests::ServiceUser::nobody().expect("user nobody");
+        let copy = installed.insert(
+            user.install(&build_example("minimal"))
+                .expect("the example installs"),
+        );
+        let nobody = Example::start_program("minimal", copy.path(), |c| {
+            user.drop_privileges(c);
+            c.current_dir(copy.dir());
         });
         runs.push((false, nobody));
     } else {
@@ -278,18 +282,6 @@ fn minimal_reports_its_mode_and_echoes_as_any_user() {
             echo.log()
         );
     }
-}
-
-/// Copies `program` into `dir` with `dir` and the copy searchable and
-/// executable by everyone; returns the copy.
-fn install_for_everyone(program: &Path, dir: &Path) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let copy = dir.join(program.file_name().expect("a file name"));
-    std::fs::copy(program, &copy).expect("the example copies");
-    for path in [dir, copy.as_path()] {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    }
-    copy
 }
 
 // ---- actix_web_embed ----

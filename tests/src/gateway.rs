@@ -14,6 +14,7 @@ use nix::sys::signal::Signal;
 
 use crate::process::ChildGuard;
 use crate::procfs::ProcStats;
+use crate::service_user::{Installed, ServiceUser};
 
 /// How long the gateway may take to log `ready`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -168,16 +169,20 @@ address = "{http_address}"
         // from a child, so `pid()` and `/proc` would show the wrong process:
         // run it as `nobody` instead (the unprivileged, immediate mode), with
         // its directories handed over to that user.
-        let service = match nix::unistd::geteuid().is_root() {
-            true => Some(unprivileged_user()?),
-            false => None,
+        let service = ServiceUser::when_root()?;
+        // The service user runs a copy of the binary: it may be unable to
+        // reach the target directory (a checkout under a 0700 home).
+        let installed = match service {
+            Some(user) => {
+                std::fs::create_dir_all(&spool)?;
+                grant(&spool, user.uid(), user.gid())?;
+                grant(dir.path(), user.uid(), user.gid())?;
+                Some(user.install(&self.bin)?)
+            }
+            None => None,
         };
-        if let Some((uid, gid)) = service {
-            std::fs::create_dir_all(&spool)?;
-            grant(&spool, uid, gid)?;
-            grant(dir.path(), uid, gid)?;
-        }
-        let mut command = Command::new(&self.bin);
+        let program = installed.as_ref().map_or(self.bin.as_path(), |i| i.path());
+        let mut command = Command::new(program);
         command
             .arg("--config")
             .arg(&config_path)
@@ -185,24 +190,20 @@ address = "{http_address}"
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let nofile = self.nofile;
-        // SAFETY: the closure runs between fork and exec and makes only
-        // async-signal-safe system calls (setrlimit, setgroups, setgid,
-        // setuid) on values computed before the fork; it allocates nothing
-        // and takes no lock.
-        unsafe {
-            command.pre_exec(move || {
-                use nix::sys::resource::{setrlimit, Resource};
-                if let Some(limit) = nofile {
-                    setrlimit(Resource::RLIMIT_NOFILE, limit, limit).map_err(io::Error::from)?;
-                }
-                if let Some((uid, gid)) = service {
-                    nix::unistd::setgroups(&[gid]).map_err(io::Error::from)?;
-                    nix::unistd::setgid(gid).map_err(io::Error::from)?;
-                    nix::unistd::setuid(uid).map_err(io::Error::from)?;
-                }
-                Ok(())
-            });
+        if let Some(limit) = self.nofile {
+            // SAFETY: the closure runs between fork and exec and makes one
+            // async-signal-safe system call (setrlimit) on a value computed
+            // before the fork; it allocates nothing and takes no lock. It
+            // runs before the drop below: only root may raise a hard limit.
+            unsafe {
+                command.pre_exec(move || {
+                    use nix::sys::resource::{setrlimit, Resource};
+                    setrlimit(Resource::RLIMIT_NOFILE, limit, limit).map_err(io::Error::from)
+                });
+            }
+        }
+        if let Some(user) = service {
+            user.drop_privileges(&mut command);
         }
         let mut child = ChildGuard::spawn(&mut command)?;
         let stderr = child
@@ -226,6 +227,7 @@ address = "{http_address}"
         let mut gw = GatewayProcess {
             child,
             dir,
+            _installed: installed,
             spool,
             log,
             smtp: unset,
@@ -263,14 +265,6 @@ address = "{http_address}"
         }
         Ok(gw)
     }
-}
-
-/// `nobody`'s user and group ids.
-fn unprivileged_user() -> io::Result<(nix::unistd::Uid, nix::unistd::Gid)> {
-    let user = nix::unistd::User::from_name("nobody")
-        .map_err(io::Error::from)?
-        .ok_or_else(|| io::Error::other("no user `nobody` to run the gateway as"))?;
-    Ok((user.uid, user.gid))
 }
 
 /// Hands `dir` (recursively) to `uid:gid` and lets everyone traverse the
@@ -314,6 +308,8 @@ fn chown_tree(path: &Path, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> io::
 pub struct GatewayProcess {
     child: ChildGuard,
     dir: tempfile::TempDir,
+    /// The service user's copy of the binary (as root), kept while it runs.
+    _installed: Option<Installed>,
     spool: PathBuf,
     log: Arc<LogLines>,
     /// The SMTP listener's address.

@@ -16,7 +16,10 @@
 //! - [`gateway_bin`] and [`GatewayProcess`]: the real `lifecycle-gateway`
 //!   binary, built in release mode and run on port 0 with a JSON log;
 //! - [`ProcStats`]: open descriptors, CPU time and memory of a process from
-//!   `/proc`.
+//!   `/proc`;
+//! - [`ServiceUser`]: run one of our binaries as `nobody` from a test that
+//!   runs as root, from a copy that user can execute wherever the checkout
+//!   lies (even under a `0700` home directory).
 //!
 //! The binary `reliability-client` holds the load clients of the
 //! reliability tests (run as a child process, so that its sockets count
@@ -45,6 +48,7 @@ mod paths;
 mod port;
 mod process;
 mod procfs;
+mod service_user;
 mod tool;
 mod unit_file;
 
@@ -58,5 +62,6 @@ pub use paths::{temp_dir, workspace_root};
 pub use port::free_port;
 pub use process::ChildGuard;
 pub use procfs::ProcStats;
+pub use service_user::{install_program, Installed, ServiceUser, ServiceUserError};
 pub use tool::{loud, require_root, require_tool, skip, NO_SKIP_ENV};
 pub use unit_file::{UnitFile, UnitFileError};

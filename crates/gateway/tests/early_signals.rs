@@ -10,9 +10,7 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
-
-use common::upgrading::{count, gone, Reaper, Setup, NOBODY};
+use common::upgrading::{as_nobody, count, gone, Reaper, Setup, NOBODY};
 use common::{number, Client, Gateway, SOON};
 use lifecycle_tests::{loud, require_root};
 use nix::sys::signal::{kill, Signal};
@@ -66,7 +64,7 @@ fn a_sighup_while_a_gateway_or_its_successor_starts_is_handled_not_fatal() {
     }
     // No privileged parent: the serving process upgrades itself on SIGHUP.
     let mut gw = setup.spawn("", |cmd| {
-        cmd.uid(NOBODY).gid(NOBODY);
+        as_nobody(cmd);
     });
     let mut reaper = Reaper(Vec::new());
     let first = started(&gw, |_| true);

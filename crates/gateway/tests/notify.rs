@@ -226,15 +226,19 @@ fn an_unprivileged_service_is_its_own_main_process() {
     if !require_root("starting the gateway as user nobody") {
         return;
     }
-    use std::os::unix::process::CommandExt;
     let (dir, path, rx, socket_path) = setup("");
-    let mut cmd = Command::new(common::BIN);
+    // nobody's copy of the binary, in the 0755 test directory: the target
+    // directory may be out of its reach (a checkout under a 0700 home).
+    let bin = dir.path().join("lifecycle-gateway");
+    lifecycle_tests::install_program(common::BIN.as_ref(), &bin).unwrap();
+    let mut cmd = Command::new(&bin);
+    lifecycle_tests::ServiceUser::nobody()
+        .unwrap()
+        .drop_privileges(&mut cmd);
     cmd.arg("--config")
         .arg(&path)
         .env("NOTIFY_SOCKET", &socket_path)
         .current_dir(dir.path())
-        .uid(65534)
-        .gid(65534)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

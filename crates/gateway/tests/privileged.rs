@@ -7,7 +7,6 @@
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -242,12 +241,11 @@ fn a_nobody_child_serves_plain_and_tls_with_a_root_only_key() {
     );
 
     // The key is the root's: the service user cannot open it by path.
-    let out = Command::new("cat")
-        .arg(&key)
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .output()
-        .unwrap();
+    let mut cat = Command::new("cat");
+    lifecycle_tests::ServiceUser::nobody()
+        .unwrap()
+        .drop_privileges(&mut cat);
+    let out = cat.arg(&key).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Permission denied"), "{err}");

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::upgrading::{count, gone, load, upgrade_pid, LoadStats, Reaper, Setup, NOBODY};
+use common::upgrading::{
+    as_nobody, count, gone, load, upgrade_pid, LoadStats, Reaper, Setup, NOBODY,
+};
 use common::{occurrences, s_client, sample, served_pem, SOON};
 use lifecycle_tests::{loud, require_root, require_tool};
 use nix::sys::signal::Signal;
@@ -73,7 +75,6 @@ fn without_a_privileged_parent_sighup_hands_over_to_a_successor() {
     if !require_root("starting the gateway as user nobody") || !require_tool("openssl") {
         return;
     }
-    use std::os::unix::process::CommandExt;
     let (setup, pem) = Setup::new();
     for path in [&setup.cert, &setup.key] {
         nix::unistd::chown(path, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
@@ -85,9 +86,8 @@ fn without_a_privileged_parent_sighup_hands_over_to_a_successor() {
     let mut gw = setup.launch(
         "",
         |cmd| {
-            cmd.uid(NOBODY)
-                .gid(NOBODY)
-                .env("NOTIFY_SOCKET", &notify_path);
+            as_nobody(cmd);
+            cmd.env("NOTIFY_SOCKET", &notify_path);
         },
         "ready",
     );
@@ -220,7 +220,6 @@ fn a_socket_activated_gateway_hands_over_on_sighup() {
     }
     use std::io::{BufRead, BufReader};
     use std::net::TcpStream;
-    use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -248,17 +247,20 @@ fn a_socket_activated_gateway_hands_over_on_sighup() {
     notify.set_read_timeout(Some(SOON)).unwrap();
     pass_credentials(&notify);
     std::fs::set_permissions(&notify_path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // nobody's copy of the binary, in the 0755 test directory: the target
+    // directory may be out of its reach (a checkout under a 0700 home).
+    let bin = dir.path().join("lifecycle-gateway");
+    lifecycle_tests::install_program(common::BIN.as_ref(), &bin).unwrap();
     let mut cmd = Command::new("systemd-socket-activate");
     cmd.args(["-l", &format!("127.0.0.1:{port}"), "--fdname=smtp", "-E"])
         .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
         .arg("--")
-        .arg(common::BIN)
+        .arg(&bin)
         .arg("--config")
         .arg(&config)
-        .current_dir(dir.path())
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .stdin(Stdio::null())
+        .current_dir(dir.path());
+    as_nobody(&mut cmd);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut gw = common::Gateway::spawn_command(dir, &mut cmd);
@@ -339,7 +341,6 @@ fn sigterm_during_a_hand_over_cancels_it() {
     if !require_root("starting the gateway as user nobody") {
         return;
     }
-    use std::os::unix::process::CommandExt;
     let (setup, _pem) = Setup::new();
     for path in [&setup.cert, &setup.key] {
         nix::unistd::chown(path, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
@@ -353,7 +354,7 @@ fn sigterm_during_a_hand_over_cancels_it() {
     let mut gw = setup.launch(
         "",
         |cmd| {
-            cmd.uid(NOBODY).gid(NOBODY);
+            as_nobody(cmd);
         },
         "ready",
     );

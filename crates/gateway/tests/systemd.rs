@@ -21,7 +21,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +28,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{field, Client, BIN, SOON};
-use lifecycle_tests::{free_port, loud, require_root, require_tool, ChildGuard};
+use lifecycle_tests::{
+    free_port, loud, require_root, require_tool, ChildGuard, Installed, ServiceUser,
+};
 use nix::sys::signal::Signal;
 use nix::sys::socket::{
     recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixAddr, UnixCredentials,
@@ -184,43 +185,38 @@ fn lines(d: &Datagram) -> Vec<&str> {
 // ---------------------------------------------------------------------------
 // The gateway, unprivileged.
 
-/// `nobody`'s ids when the tests run as root (the gateway must not be root
+/// `nobody` when the tests run as root (the gateway must not be root
 /// here: as root it would start its privileged parent); `None` otherwise.
-fn service_user() -> Option<(nix::unistd::Uid, nix::unistd::Gid)> {
-    if !nix::unistd::geteuid().is_root() {
-        return None;
-    }
-    let user = nix::unistd::User::from_name("nobody")
-        .unwrap()
-        .expect("user `nobody` to run the gateway as");
-    Some((user.uid, user.gid))
+fn service_user() -> Option<ServiceUser> {
+    ServiceUser::when_root().unwrap()
 }
 
 /// A temporary directory the service user may use.
 fn service_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    if let Some((uid, gid)) = service_user() {
-        std::os::unix::fs::chown(dir.path(), Some(uid.as_raw()), Some(gid.as_raw())).unwrap();
+    if let Some(user) = service_user() {
+        user.chown(dir.path()).unwrap();
     }
     dir
 }
 
-/// Runs `command` as the service user (setgroups([]), setgid, setuid
-/// before exec) when the tests run as root.
+/// The gateway binary as the service user may run it (a copy when the
+/// tests run as root: the target directory may be out of its reach), and
+/// the copy to keep.
+fn service_bin() -> (PathBuf, Option<Installed>) {
+    match service_user() {
+        Some(user) => {
+            let installed = user.install(BIN.as_ref()).unwrap();
+            (installed.path().to_owned(), Some(installed))
+        }
+        None => (PathBuf::from(BIN), None),
+    }
+}
+
+/// Runs `command` as the service user when the tests run as root.
 fn as_service_user(command: &mut Command) {
-    let Some((uid, gid)) = service_user() else {
-        return;
-    };
-    // SAFETY: between fork and exec the closure makes only async-signal-safe
-    // system calls (setgroups, setgid, setuid) on values computed before the
-    // fork; it allocates nothing and takes no lock.
-    unsafe {
-        command.pre_exec(move || {
-            nix::unistd::setgroups(&[]).map_err(std::io::Error::from)?;
-            nix::unistd::setgid(gid).map_err(std::io::Error::from)?;
-            nix::unistd::setuid(uid).map_err(std::io::Error::from)?;
-            Ok(())
-        });
+    if let Some(user) = service_user() {
+        user.drop_privileges(command);
     }
 }
 
@@ -256,6 +252,8 @@ struct LogLines {
 struct Running {
     child: ChildGuard,
     log: Arc<LogLines>,
+    /// The service user's copy of the binary, kept while it runs.
+    _installed: Option<Installed>,
 }
 
 impl Running {
@@ -281,15 +279,23 @@ impl Running {
                 sink.grew.notify_all();
             }
         });
-        Running { child, log }
+        Running {
+            child,
+            log,
+            _installed: None,
+        }
     }
 
     /// The gateway binary with `--config config`, in `dir`, unprivileged.
     fn gateway(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Running {
-        let mut command = Command::new(BIN);
+        let (bin, installed) = service_bin();
+        let mut command = Command::new(bin);
         command.arg("--config").arg(config).current_dir(dir);
         as_service_user(&mut command);
-        Running::spawn(&mut command, env)
+        Running {
+            _installed: installed,
+            ..Running::spawn(&mut command, env)
+        }
     }
 
     fn pid(&self) -> u32 {
@@ -595,14 +601,18 @@ fn activated(dir: &Path, config: &Path, args: &[String], notify: Option<&Path>) 
             .arg("-E")
             .arg(format!("NOTIFY_SOCKET={}", path.display()));
     }
+    let (bin, installed) = service_bin();
     command
         .arg("--")
-        .arg(BIN)
+        .arg(bin)
         .arg("--config")
         .arg(config)
         .current_dir(dir);
     as_service_user(&mut command);
-    Running::spawn(&mut command, &[])
+    Running {
+        _installed: installed,
+        ..Running::spawn(&mut command, &[])
+    }
 }
 
 /// Delivers one message with swaks through `port`; panics with swaks's

@@ -57,7 +57,8 @@ impl Gateway {
         Self::start_with(bin, dir, spool, mode, "")
     }
 
-    /// [`start`](Self::start) with `extra` top-level configuration lines.
+    /// [`start`](Self::start) with `extra` configuration lines before the
+    /// listener: top-level keys, then tables such as `[limits]`.
     pub(crate) fn start_with(
         bin: &Path,
         dir: &Path,
@@ -139,6 +140,11 @@ impl Gateway {
              unprivileged child) is not supported by this gateway build"
         )
         .into())
+    }
+
+    /// The process id (in immediate mode, the serving process).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Connects until the SMTP greeting arrives, then says QUIT.

@@ -13,15 +13,17 @@
 //! (the order rotates every repetition) and reported as median, min, max.
 //!
 //! Options (after `--` with cargo bench):
-//! `--reps N`, `--only registry,accept,abort,memory,start,smtp`,
+//! `--reps N`, `--only registry,accept,abort,memory,start,smtp,data`,
 //! `--report FILE` (write the Markdown table there),
 //! `--gateway PATH` (the lifecycle-gateway binary; default: next to the
-//! bench's own target directory), `--no-gateway` (leave its rows out).
+//! bench's own target directory), `--no-gateway` (leave its rows out),
+//! `--data-sessions N` (sessions held in DATA at once, default 200).
 
 mod abort;
 mod accept;
 mod client;
 mod control;
+mod data_memory;
 mod gateway;
 mod listen;
 mod memory;
@@ -80,6 +82,12 @@ struct Sizes {
     smtp_clients: usize,
     smtp_messages_per_client: usize,
     smtp_message_size: usize,
+    /// Sessions held in DATA at once (memory of a session in DATA).
+    data_sessions: usize,
+    /// Bytes each of them sends before the figure is taken.
+    data_size: usize,
+    /// Repetitions of that scenario (each writes sessions × size bytes).
+    data_reps: usize,
 }
 
 impl Sizes {
@@ -94,6 +102,9 @@ impl Sizes {
             smtp_clients: 8,
             smtp_messages_per_client: 40,
             smtp_message_size: 10 * 1024,
+            data_sessions: 200,
+            data_size: 8 << 20,
+            data_reps: 3,
         }
     }
 
@@ -108,6 +119,9 @@ impl Sizes {
             smtp_clients: 8,
             smtp_messages_per_client: 2,
             smtp_message_size: 10 * 1024,
+            data_sessions: 20,
+            data_size: 256 << 10,
+            data_reps: 1,
         }
     }
 }
@@ -145,6 +159,13 @@ impl Options {
                     options.sizes.reps = v
                         .parse()
                         .map_err(|_| format!("--reps {v:?}: expected a count such as 5"))?;
+                    options.sizes.data_reps = options.sizes.reps;
+                }
+                "--data-sessions" => {
+                    let v = value("--data-sessions")?;
+                    options.sizes.data_sessions = v.parse().map_err(|_| {
+                        format!("--data-sessions {v:?}: expected a count such as 200")
+                    })?;
                 }
                 "--only" => {
                     options.only = Some(value("--only")?.split(',').map(str::to_owned).collect())
@@ -155,7 +176,7 @@ impl Options {
                 other => {
                     return Err(format!(
                         "unknown argument {other:?}; known: --reps N, --only LIST, \
-                         --report FILE, --gateway PATH, --no-gateway"
+                         --report FILE, --gateway PATH, --no-gateway, --data-sessions N"
                     )
                     .into())
                 }
@@ -256,6 +277,12 @@ fn run() -> Res<()> {
     }
     if options.wants("control") {
         add("control", control::control_rows(sizes, gateway));
+    }
+    if options.wants("data") {
+        add(
+            "data",
+            scenarios::data_memory_row(sizes, gateway).map(|r| vec![r]),
+        );
     }
     drop(client);
 

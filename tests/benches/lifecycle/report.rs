@@ -50,7 +50,11 @@ impl Row {
         let parts: Vec<String> = self
             .baselines
             .iter()
-            .map(|(name, b)| format!("{:.2}× {name}", ours.ratio_to(b)))
+            .map(|(name, b)| match ours.ratio_to(b) {
+                // A baseline of 0 (e.g. no measurable growth) has no ratio.
+                r if r.is_finite() => format!("{r:.2}× {name}"),
+                _ => format!("— ({name} is 0)"),
+            })
             .collect();
         if parts.is_empty() {
             "—".into()

@@ -4,7 +4,9 @@
 use crate::client::LoadClient;
 use crate::report::{check_abs, check_ratio, met, Met, Row};
 use crate::stats::{Samples, Summary, Unit};
-use crate::{abort, accept, gateway, memory, ours, registry, smtp_sink, start, Res, Sizes};
+use crate::{
+    abort, accept, data_memory, gateway, memory, ours, registry, smtp_sink, start, Res, Sizes,
+};
 use gateway::Mode;
 use std::path::Path;
 use std::time::Duration;
@@ -467,6 +469,45 @@ pub(crate) fn smtp_row(
             met: Met::Report,
         }),
     }
+}
+
+/// Memory of a session in DATA (issue 14): resident bytes of the gateway
+/// per session while N sessions are each mid-transfer, against the same N
+/// sessions idle (greeted), each on a fresh gateway.
+pub(crate) fn data_memory_row(sizes: &Sizes, gateway_bin: Option<&Path>) -> Res<Row> {
+    let (n, size) = (sizes.data_sessions, sizes.data_size);
+    let what = format!(
+        "memory of a session in DATA: serving process VmRSS growth per session, \
+         {n} sessions each {} KiB into DATA at once (no final dot yet)",
+        size >> 10
+    );
+    // Issue 14: 200 sessions mid-DATA within idle RSS + 64 MiB.
+    let bound = (64 << 20) as f64 / 200.0;
+    let target = "≤ 64 MiB / 200 (327.7 KiB)";
+    let Some(bin) = gateway_bin else {
+        return Ok(Row::without_ours(what, vec![], target, NO_GATEWAY));
+    };
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let mut in_data = Samples::new(Unit::Bytes);
+    let mut idle = Samples::new(Unit::Bytes);
+    for rep in 0..sizes.data_reps {
+        let run = dir.path().join(format!("data-{rep}"));
+        std::fs::create_dir(&run)?;
+        let m = data_memory::per_session(bin, &run, n, size)
+            .map_err(|e| one_line(&format!("gateway: {e}")))?;
+        in_data.push(m.in_data);
+        idle.push(m.idle);
+        // Each repetition leaves n × size bytes of spool behind.
+        std::fs::remove_dir_all(&run)?;
+    }
+    let ours = in_data.summary().ok_or("no DATA memory figures")?;
+    Ok(Row {
+        what,
+        ours: Some(ours),
+        baselines: summaries(&[&format!("the same {n} sessions idle (greeted)")], &[idle]),
+        target: target.into(),
+        met: met(vec![check_abs(&ours, bound, "bytes per session in DATA")]),
+    })
 }
 
 /// The spool must hold exactly one `.eml` file per message sent.

@@ -12,12 +12,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lifecycle_tests::loud;
+use lifecycle_tests::{install_program, loud, ServiceUser};
 use nix::sys::signal::Signal;
 
 use super::{served_pem, Gateway, BIN, SOON};
 
 pub const NOBODY: u32 = 65534;
+
+/// Makes `cmd` run as `nobody` (the helper every test uses: `setgroups([])`,
+/// `setgid`, `setuid`).
+pub fn as_nobody(cmd: &mut Command) {
+    ServiceUser::nobody().unwrap().drop_privileges(cmd);
+}
 
 pub struct Setup {
     pub dir: tempfile::TempDir,
@@ -49,8 +55,7 @@ impl Setup {
         std::fs::create_dir(&spool).unwrap();
         nix::unistd::chown(&spool, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
         let bin = dir.path().join("lifecycle-gateway");
-        std::fs::copy(BIN, &bin).unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        install_program(BIN.as_ref(), &bin).unwrap();
         let cert = dir.path().join("cert.pem");
         let key = dir.path().join("key.pem");
         let pem = write_pair(dir.path(), &cert, &key);
