@@ -129,6 +129,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod broker;
+mod buffer;
 mod error;
 mod harness;
 mod lifecycle;
@@ -143,6 +144,7 @@ pub use broker::{
     CloseUnclaimed, FdBroker, FileState, GetInventory, InventoryReport, ListenerState, TakeFile,
     TakeListener,
 };
+pub use buffer::{poll_read_pooled, read_pooled, PooledBuf, READ_BUFFER};
 pub use error::{BrokerError, LifecycleError, LimitsError, ListenerError};
 pub use harness::{Harness, HarnessBuilder, HarnessInfo, Start};
 pub use lifecycle::{Lifecycle, LifecycleBuilder};
