@@ -14,6 +14,8 @@ mod app;
 pub mod busy;
 mod cli;
 mod config;
+#[cfg(test)]
+mod footprint;
 mod handover;
 mod http;
 mod imap;
