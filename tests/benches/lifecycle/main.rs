@@ -13,7 +13,7 @@
 //! (the order rotates every repetition) and reported as median, min, max.
 //!
 //! Options (after `--` with cargo bench):
-//! `--reps N`, `--only registry,accept,abort,memory,start,smtp`,
+//! `--reps N`, `--only registry,accept,abort,memory,start,smtp,idle`,
 //! `--report FILE` (write the Markdown table there),
 //! `--gateway PATH` (the lifecycle-gateway binary; default: next to the
 //! bench's own target directory), `--no-gateway` (leave its rows out).
@@ -22,6 +22,7 @@ mod abort;
 mod accept;
 mod client;
 mod gateway;
+mod idle;
 mod listen;
 mod memory;
 mod ours;
@@ -79,6 +80,8 @@ struct Sizes {
     smtp_clients: usize,
     smtp_messages_per_client: usize,
     smtp_message_size: usize,
+    idle_connections: usize,
+    idle_tls_connections: usize,
 }
 
 impl Sizes {
@@ -93,6 +96,8 @@ impl Sizes {
             smtp_clients: 8,
             smtp_messages_per_client: 40,
             smtp_message_size: 10 * 1024,
+            idle_connections: 10_000,
+            idle_tls_connections: 5_000,
         }
     }
 
@@ -107,6 +112,8 @@ impl Sizes {
             smtp_clients: 8,
             smtp_messages_per_client: 2,
             smtp_message_size: 10 * 1024,
+            idle_connections: 200,
+            idle_tls_connections: 50,
         }
     }
 }
@@ -189,6 +196,13 @@ fn main() {
         }
         return;
     }
+    if std::env::var(client::ROLE_VAR).as_deref() == Ok(idle::ROLE_BASELINE) {
+        if let Err(e) = idle::run_baseline_role() {
+            eprintln!("idle baseline: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Err(e) = run() {
         eprintln!("lifecycle bench failed: {e}");
         std::process::exit(1);
@@ -254,6 +268,17 @@ fn run() -> Res<()> {
         );
     }
     drop(client);
+    if options.wants("idle") {
+        add(
+            "idle",
+            idle::idle_rows(
+                sizes.reps,
+                sizes.idle_connections,
+                sizes.idle_tls_connections,
+                gateway,
+            ),
+        );
+    }
 
     let table = report::markdown(&rows);
     let text = format!("{}\n{}", table, report::legend(sizes.reps));
