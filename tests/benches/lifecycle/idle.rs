@@ -294,7 +294,7 @@ pub(crate) fn idle_rows(
              plain tokio task per connection waiting in read ({n} idle)"
         );
         let target = "≤ 4 KiB (4,096 B) per idle connection";
-        let baselines = vec![("plain tokio idle read".to_string(), base.clone())];
+        let baselines = vec![("plain tokio idle read".to_string(), base)];
         rows.push(match samples.summary() {
             Some(s) => Row {
                 what,
