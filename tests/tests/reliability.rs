@@ -3,7 +3,8 @@
 //! safety, a full disk, and the actors' races in a loop; the paced closing
 //! of idle IMAP sessions (issue 15); and (issue 14) admission control (a
 //! flood from one address, listener and rate caps), bounded memory of
-//! sessions in DATA and the DATA deadlines.
+//! sessions in DATA and the DATA deadlines; (issue 19) the memory of idle
+//! connections.
 //!
 //! Every test runs the real binary (built in release mode through
 //! [`lifecycle_tests::gateway_bin`]) with real sockets and signals, prints
@@ -32,6 +33,8 @@ mod full_disk;
 mod haproxy;
 #[path = "reliability/hordes.rs"]
 mod hordes;
+#[path = "reliability/idle_memory.rs"]
+mod idle_memory;
 #[path = "reliability/memory.rs"]
 mod memory;
 #[path = "reliability/paced.rs"]

@@ -148,6 +148,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod broker;
+mod buffer;
 mod error;
 mod harness;
 mod lifecycle;
@@ -166,6 +167,7 @@ pub use broker::{
     ClaimListener, CloseUnclaimed, FdBroker, FileState, GetInventory, InventoryReport,
     ListenerState, TakeFile, TakeListener,
 };
+pub use buffer::{poll_read_pooled, read_pooled, PooledBuf, READ_BUFFER};
 pub use error::{BrokerError, LifecycleError, LimitsError, ListenerError, ProxyConfigError};
 pub use harness::{Harness, HarnessBuilder, HarnessInfo, Start};
 pub use lifecycle::{Lifecycle, LifecycleBuilder};

@@ -366,11 +366,18 @@ async fn start_listeners(
                             None => {
                                 serve_smtp(conn, peer, shutdown, ctx).await;
                             }
+                            // Boxed: the TLS state (the handshake, the
+                            // rustls connection) would otherwise size every
+                            // session future of the listener, plain ones too.
                             Some(acceptor) => {
-                                if let Some(tls) = handshake(&acceptor, conn, &peer, &tls_log).await
-                                {
-                                    serve_smtp(tls, peer, shutdown, ctx).await;
-                                }
+                                Box::pin(async move {
+                                    if let Some(tls) =
+                                        handshake(&acceptor, conn, &peer, &tls_log).await
+                                    {
+                                        serve_smtp(tls, peer, shutdown, ctx).await;
+                                    }
+                                })
+                                .await
                             }
                         }
                     }
@@ -404,11 +411,18 @@ async fn start_listeners(
                             None => {
                                 serve_imap(conn, peer, shutdown, ctx).await;
                             }
+                            // Boxed: the TLS state (the handshake, the
+                            // rustls connection) would otherwise size every
+                            // session future of the listener, plain ones too.
                             Some(acceptor) => {
-                                if let Some(tls) = handshake(&acceptor, conn, &peer, &tls_log).await
-                                {
-                                    serve_imap(tls, peer, shutdown, ctx).await;
-                                }
+                                Box::pin(async move {
+                                    if let Some(tls) =
+                                        handshake(&acceptor, conn, &peer, &tls_log).await
+                                    {
+                                        serve_imap(tls, peer, shutdown, ctx).await;
+                                    }
+                                })
+                                .await
                             }
                         }
                     }

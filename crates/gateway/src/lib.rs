@@ -15,6 +15,8 @@ pub mod busy;
 mod cli;
 mod config;
 mod ctl;
+#[cfg(test)]
+mod footprint;
 mod handover;
 mod http;
 mod imap;

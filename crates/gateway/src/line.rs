@@ -1,12 +1,16 @@
 //! A line reader with a fixed buffer: whatever a client sends, a session
-//! holds at most [`BUFFER`] bytes of unread input.
+//! holds at most [`BUFFER`] bytes of unread input, and a session waiting
+//! for its client with nothing unread holds no buffer at all (it borrows
+//! one from the thread's pool for each read that returns bytes, see
+//! [`actix_lifecycle::read_pooled`]).
 
 use std::io;
 
+use actix_lifecycle::{read_pooled, PooledBuf, READ_BUFFER};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Size of the input buffer of a session.
-pub(crate) const BUFFER: usize = 8 * 1024;
+pub(crate) const BUFFER: usize = READ_BUFFER;
 
 /// One piece of input returned by [`LineReader::segment`].
 #[cfg(test)]
@@ -63,7 +67,8 @@ pub(crate) enum FoundLine {
 /// no input and no state (what was read stays in the buffer), so a caller
 /// may wait for it with a deadline and call it again.
 pub(crate) struct LineReader {
-    buf: Box<[u8]>,
+    /// Unread input (`start..end`); `None` while nothing is kept.
+    buf: Option<PooledBuf>,
     start: usize,
     end: usize,
     /// Inside a line longer than the limit of [`next_line`](Self::next_line).
@@ -75,7 +80,7 @@ pub(crate) struct LineReader {
 impl LineReader {
     pub(crate) fn new() -> Self {
         LineReader {
-            buf: vec![0; BUFFER].into_boxed_slice(),
+            buf: None,
             start: 0,
             end: 0,
             discarding: false,
@@ -88,6 +93,13 @@ impl LineReader {
         self.end - self.start
     }
 
+    /// Whether a buffer is held (for tests: none while waiting with
+    /// nothing unread).
+    #[cfg(test)]
+    pub(crate) fn holds_buffer(&self) -> bool {
+        self.buf.is_some()
+    }
+
     /// How many bytes were received from the stream in all.
     pub(crate) fn received(&self) -> u64 {
         self.received
@@ -96,15 +108,26 @@ impl LineReader {
     /// True when [`segment`](Self::segment) with this `max` can return
     /// without reading: use it to flush replies before blocking (pipelining).
     pub(crate) fn has_segment(&self, max: usize) -> bool {
-        let avail = &self.buf[self.start..self.end];
+        let avail = self.avail();
         let lim = avail.len().min(max);
         avail.len() >= max || avail[..lim].contains(&b'\n')
+    }
+
+    /// The unread input.
+    fn avail(&self) -> &[u8] {
+        match &self.buf {
+            Some(buf) => &buf[self.start..self.end],
+            None => &[],
+        }
     }
 
     /// The bytes of a range returned by [`next_segment`](Self::next_segment)
     /// or [`next_line`](Self::next_line) (valid until the next call).
     pub(crate) fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
-        &self.buf[range]
+        match &self.buf {
+            Some(buf) => &buf[range],
+            None => &[],
+        }
     }
 
     /// The next line (with its line feed), or the next `max` bytes of a
@@ -116,8 +139,8 @@ impl LineReader {
         max: usize,
     ) -> io::Result<Segment<'_>> {
         Ok(match self.next_segment(io, max).await? {
-            Found::Line(r) => Segment::Line(&self.buf[r]),
-            Found::Part(r) => Segment::Part(&self.buf[r]),
+            Found::Line(r) => Segment::Line(self.bytes(r)),
+            Found::Part(r) => Segment::Part(self.bytes(r)),
             Found::Eof => Segment::Eof,
         })
     }
@@ -131,7 +154,7 @@ impl LineReader {
         let max = max.clamp(1, BUFFER);
         let mut eof = false;
         loop {
-            let avail = &self.buf[self.start..self.end];
+            let avail = self.avail();
             let lim = avail.len().min(max);
             if let Some(i) = avail[..lim].iter().position(|&b| b == b'\n') {
                 let s = self.start;
@@ -146,16 +169,33 @@ impl LineReader {
             if eof {
                 return Ok(Found::Eof);
             }
-            // Need more input: make room at the end first.
-            if self.start == self.end {
-                self.start = 0;
-                self.end = 0;
-            } else if self.end == self.buf.len() {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            let n = io.read(&mut self.buf[self.end..]).await?;
+            // Need more input. With nothing unread, give the buffer back
+            // and wait holding none: the read borrows one only when bytes
+            // arrive. Otherwise keep the partial line, moved to the front
+            // when the end is reached.
+            let n = match &mut self.buf {
+                Some(_) if self.start == self.end => {
+                    self.buf = None;
+                    self.start = 0;
+                    self.end = 0;
+                    continue;
+                }
+                None => {
+                    let (buf, n) = read_pooled(io).await?;
+                    self.buf = Some(buf);
+                    self.start = 0;
+                    self.end = 0;
+                    n
+                }
+                Some(buf) => {
+                    if self.end == buf.len() {
+                        buf.copy_within(self.start..self.end, 0);
+                        self.end -= self.start;
+                        self.start = 0;
+                    }
+                    io.read(&mut buf[self.end..]).await?
+                }
+            };
             if n == 0 {
                 eof = true;
             }
@@ -173,7 +213,7 @@ impl LineReader {
         max: usize,
     ) -> io::Result<Line<'_>> {
         Ok(match self.next_line(io, max).await? {
-            FoundLine::Text(r) => Line::Text(&self.buf[r]),
+            FoundLine::Text(r) => Line::Text(self.bytes(r)),
             FoundLine::TooLong => Line::TooLong,
             FoundLine::Eof => Line::Eof,
         })
@@ -204,7 +244,7 @@ impl LineReader {
             }
             let begin = range.start;
             let end = range.end - 1;
-            let end = if end > begin && self.buf[end - 1] == b'\r' {
+            let end = if end > begin && self.bytes(end - 1..end) == b"\r" {
                 end - 1
             } else {
                 end
@@ -247,6 +287,26 @@ mod tests {
             Segment::Part(b"ij")
         );
         assert_eq!(r.segment(&mut server, 3).await.unwrap(), Segment::Eof);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_reader_holds_no_buffer_but_keeps_half_a_line() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let mut r = LineReader::new();
+        assert!(!r.holds_buffer(), "none before the first byte");
+        client.write_all(b"NOOP\r\nHE").await.unwrap();
+        assert_eq!(r.line(&mut server, 100).await.unwrap(), Line::Text(b"NOOP"));
+        // Half a line is kept while the reader waits for the rest.
+        assert!(futures_util::FutureExt::now_or_never(r.line(&mut server, 100)).is_none());
+        assert!(r.holds_buffer(), "the partial line is kept");
+        assert_eq!(r.buffered(), 2);
+        client.write_all(b"LO\r\n").await.unwrap();
+        assert_eq!(r.line(&mut server, 100).await.unwrap(), Line::Text(b"HELO"));
+        // Everything consumed: waiting again gives the buffer back.
+        assert!(futures_util::FutureExt::now_or_never(r.line(&mut server, 100)).is_none());
+        assert!(!r.holds_buffer(), "an idle reader holds no buffer");
+        client.write_all(b"QUIT\r\n").await.unwrap();
+        assert_eq!(r.line(&mut server, 100).await.unwrap(), Line::Text(b"QUIT"));
     }
 
     #[tokio::test]

@@ -89,7 +89,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         Wire {
             io,
             reader: LineReader::new(),
-            out: Vec::with_capacity(512),
+            // Allocated by the first reply, freed by each flush: a session
+            // waiting for its client holds no output buffer.
+            out: Vec::new(),
             abort,
             idle,
             session_end: None,
@@ -263,7 +265,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 io.flush().await
             }) => r,
         };
-        out.clear();
+        // Freed, not cleared: the session is about to wait for its client.
+        *out = Vec::new();
         match result {
             Err(_) => Err(EndReason::IdleTimeout),
             Ok(Err(e)) => Err(attribute(EndReason::Io(e.kind()), abort)),

@@ -13,7 +13,7 @@
 //! (the order rotates every repetition) and reported as median, min, max.
 //!
 //! Options (after `--` with cargo bench):
-//! `--reps N`, `--only registry,accept,abort,memory,start,smtp,data`,
+//! `--reps N`, `--only registry,accept,abort,memory,start,smtp,control,data,idle`,
 //! `--report FILE` (write the Markdown table there),
 //! `--gateway PATH` (the lifecycle-gateway binary; default: next to the
 //! bench's own target directory), `--no-gateway` (leave its rows out),
@@ -25,6 +25,7 @@ mod client;
 mod control;
 mod data_memory;
 mod gateway;
+mod idle;
 mod listen;
 mod memory;
 mod ours;
@@ -88,6 +89,8 @@ struct Sizes {
     data_size: usize,
     /// Repetitions of that scenario (each writes sessions × size bytes).
     data_reps: usize,
+    idle_connections: usize,
+    idle_tls_connections: usize,
 }
 
 impl Sizes {
@@ -105,6 +108,8 @@ impl Sizes {
             data_sessions: 200,
             data_size: 8 << 20,
             data_reps: 3,
+            idle_connections: 10_000,
+            idle_tls_connections: 5_000,
         }
     }
 
@@ -122,6 +127,8 @@ impl Sizes {
             data_sessions: 20,
             data_size: 256 << 10,
             data_reps: 1,
+            idle_connections: 200,
+            idle_tls_connections: 50,
         }
     }
 }
@@ -211,6 +218,13 @@ fn main() {
         }
         return;
     }
+    if std::env::var(client::ROLE_VAR).as_deref() == Ok(idle::ROLE_BASELINE) {
+        if let Err(e) = idle::run_baseline_role() {
+            eprintln!("idle baseline: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Err(e) = run() {
         eprintln!("lifecycle bench failed: {e}");
         std::process::exit(1);
@@ -285,6 +299,17 @@ fn run() -> Res<()> {
         );
     }
     drop(client);
+    if options.wants("idle") {
+        add(
+            "idle",
+            idle::idle_rows(
+                sizes.reps,
+                sizes.idle_connections,
+                sizes.idle_tls_connections,
+                gateway,
+            ),
+        );
+    }
 
     let table = report::markdown(&rows);
     let text = format!("{}\n{}", table, report::legend(sizes.reps));

@@ -231,7 +231,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 if self.rcpts.is_empty() {
                     return self.error(503, "5.5.1 no valid recipients; send RCPT TO first");
                 }
-                return self.data().await;
+                // Boxed, like STARTTLS: the transfer's state (the sink, the
+                // spool file) exists only while it runs, not in the future
+                // every idle session holds.
+                return Box::pin(self.data()).await;
             }
             Command::Rset => {
                 self.reset();
@@ -246,7 +249,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 214,
                 "2.0.0 commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
             ),
-            Command::Starttls => return self.starttls().await,
+            Command::Starttls => return Box::pin(self.starttls()).await,
             Command::Quit => {
                 // Answered before dispatch; kept for completeness.
                 self.reply(221, "2.0.0 bye");

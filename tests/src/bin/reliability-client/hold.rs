@@ -56,6 +56,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
                     "busy busy={busy} closed={closed} greeted={greeted} silent={silent}"
                 ));
             }
+            "speak" => {
+                let (answered, failed) = holder.speak();
+                say(&format!("speak answered={answered} failed={failed}"));
+            }
             "probe" => {
                 let ok = holder.probe(usize::try_from(arg).unwrap_or(0));
                 say(&format!("probe ok={ok}"));
@@ -140,6 +144,39 @@ impl Holder {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// On every held connection: read its greeting and send one NOOP in
+    /// its protocol (`220 ` → SMTP `NOOP`, `* OK` → IMAP `h NOOP`), then
+    /// read the reply (`250 ` / `h OK`). Returns (answered, failed).
+    fn speak(&mut self) -> (usize, usize) {
+        let (mut answered, mut failed) = (0, 0);
+        for s in self.conns.iter().flatten() {
+            let ok = (|| -> io::Result<bool> {
+                s.set_nonblocking(false)?;
+                s.set_read_timeout(Some(READ_TIMEOUT))?;
+                let mut r = BufReader::new(s.try_clone()?);
+                let mut greeting = String::new();
+                r.read_line(&mut greeting)?;
+                let (command, expected): (&[u8], &str) = if greeting.starts_with("220 ") {
+                    (b"NOOP\r\n", "250 ")
+                } else if greeting.starts_with("* OK") {
+                    (b"h NOOP\r\n", "h OK")
+                } else {
+                    return Ok(false);
+                };
+                (&*s).write_all(command)?;
+                let mut reply = String::new();
+                r.read_line(&mut reply)?;
+                Ok(reply.starts_with(expected))
+            })();
+            if ok.unwrap_or(false) {
+                answered += 1;
+            } else {
+                failed += 1;
+            }
+        }
+        (answered, failed)
     }
 
     /// On the first `k` greeted (SMTP) connections: read the greeting,

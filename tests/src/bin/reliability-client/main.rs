@@ -24,7 +24,8 @@
 //!
 //! `hold` opens N silent connections to each ADDR, prints `held
 //! connected=C failed=F`, then obeys stdin commands: `greeted MS`, `busy
-//! MS` (wait for every first line, take out the busy ones), `probe K`,
+//! MS` (wait for every first line, take out the busy ones), `speak`
+//! (greeting and one NOOP on every connection), `probe K`,
 //! `deliver K`, `release-except K`, `peer-closed MS`, `close-times MS`,
 //! `exit` (see [`Holder`]).
 //!

@@ -1,0 +1,96 @@
+//! Memory of idle connections (issue 19): 15,000 greeted connections that
+//! stay silent (half SMTP, half IMAP, from a child process) cost the
+//! serving process at most 4 KiB each over its idle size; every one of
+//! them still answers when it speaks, and SIGTERM stops the service within
+//! its grace, exit 0.
+
+use std::time::{Duration, Instant};
+
+use lifecycle_tests::{metric_samples, GatewayProcess};
+use nix::sys::signal::Signal;
+
+use super::{assert_no_panic, figure, gateway, kv, scaled, turn, LoadClient};
+
+const IDLE: usize = 15_000;
+/// What one idle connection may cost the serving process.
+const PER_CONNECTION_KIB: u64 = 4;
+const DRAIN: Duration = Duration::from_secs(2);
+const ABORT: Duration = Duration::from_secs(1);
+
+#[test]
+fn idle_connections_cost_at_most_4_kib_each_and_still_answer() {
+    let _turn = turn();
+    let per_protocol = scaled(IDLE) / 2;
+    let n = per_protocol * 2;
+    let mut gw = GatewayProcess::builder(gateway())
+        .drain_grace("2s")
+        .abort_grace("1s")
+        .start()
+        .expect("start the gateway");
+    let stats = gw.stats();
+    let idle = stats.status_kib("VmRSS").expect("VmRSS");
+
+    let mut client = LoadClient::spawn(&[
+        "hold".into(),
+        format!("{}={per_protocol}", gw.smtp),
+        format!("{}={per_protocol}", gw.imap),
+    ]);
+    let held = client.expect("held", Duration::from_secs(300));
+    assert_eq!(kv(&held, "connected"), n as u64, "{held}");
+
+    // Every connection is registered and greeted: its session waits for
+    // the client.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let metrics = gw.metrics().expect("metrics");
+        let live: f64 = metric_samples(&metrics, "lifecycle_connections")
+            .iter()
+            .map(|(_, v)| v)
+            .sum();
+        let greeted = client.ask("greeted 0", "greeted", Duration::from_secs(60));
+        let greeted: usize = greeted
+            .trim_start_matches("greeted ")
+            .parse()
+            .expect("greeted N");
+        if (live as usize == n && greeted == n) || Instant::now() > deadline {
+            assert_eq!(live as usize, n, "connections registered");
+            assert_eq!(greeted, n, "connections greeted");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rss = stats.status_kib("VmRSS").expect("VmRSS");
+    let per_conn = rss.saturating_sub(idle) as f64 / n as f64;
+    let bound = idle + n as u64 * PER_CONNECTION_KIB;
+
+    let spoke = client.ask("speak", "speak", Duration::from_secs(300));
+    let signalled = Instant::now();
+    gw.signal(Signal::SIGTERM).expect("SIGTERM");
+    let status = gw
+        .wait_exit(DRAIN + ABORT + Duration::from_secs(30))
+        .expect("wait")
+        .unwrap_or_else(|| panic!("no exit after SIGTERM; log:\n{}", gw.log_tail(30)));
+    let exit_after = signalled.elapsed();
+    client.finish();
+    figure(
+        "idle_memory",
+        &format!(
+            "{n} idle connections: VmRSS {idle} KiB idle -> {rss} KiB held \
+             ({per_conn:.2} KiB per connection, bound {PER_CONNECTION_KIB} KiB); \
+             {spoke}; exit={status} after {exit_after:?}"
+        ),
+    );
+    assert!(
+        rss <= bound,
+        "VmRSS {rss} KiB with {n} idle connections, over idle {idle} KiB + \
+         {n} x {PER_CONNECTION_KIB} KiB = {bound} KiB ({per_conn:.2} KiB each)"
+    );
+    assert_eq!(kv(&spoke, "answered"), n as u64, "{spoke}");
+    assert_eq!(status.code(), Some(0), "exit status");
+    assert!(
+        exit_after <= DRAIN + ABORT + Duration::from_secs(1),
+        "exit {exit_after:?} after SIGTERM; bound {:?} + 1 s",
+        DRAIN + ABORT
+    );
+    assert_no_panic(&gw);
+}
