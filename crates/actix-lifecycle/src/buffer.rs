@@ -100,7 +100,7 @@ impl DerefMut for PooledBuf {
 }
 
 /// Reads from `io` into a buffer borrowed only for a read that returns
-/// bytes (see the [module documentation](self)): the buffer and how many
+/// bytes (see [`PooledBuf`]): the buffer and how many
 /// bytes were read, 0 at end of input.
 ///
 /// Cancel safe: a future dropped while waiting holds no buffer and lost
