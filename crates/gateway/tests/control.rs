@@ -10,12 +10,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::upgrading::{Setup, NOBODY};
+use common::upgrading::Setup;
 use common::{Gateway, BIN, SOON};
 use lifecycle_tests::{loud, require_root};
 use nix::sys::signal::Signal;
@@ -192,17 +191,15 @@ fn bad_clients_never_stall_the_parent_and_sigterm_still_stops_it() {
 
     // A caller with the wrong uid, run as nobody: 0600 keeps it out at
     // connect(); with the mode opened up, SO_PEERCRED still refuses it.
-    let as_nobody = || {
-        Command::new(BIN)
-            .arg("ctl")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("status")
-            .uid(NOBODY)
-            .gid(NOBODY)
-            .output()
-            .unwrap()
-    };
+    // A copy nobody may execute, wherever the checkout is (a 0700 home).
+    let nobody = lifecycle_tests::ServiceUser::nobody().unwrap();
+    let (mut as_nobody_cmd, _installed) = nobody.command(Path::new(BIN)).unwrap();
+    as_nobody_cmd
+        .arg("ctl")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("status");
+    let mut as_nobody = || as_nobody_cmd.output().unwrap();
     let out = as_nobody();
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
