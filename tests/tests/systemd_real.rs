@@ -35,8 +35,13 @@ const SOCKETS: [&str; 3] = [
 ];
 /// Bounds a wait for a state; never a measurement.
 const PATIENCE: Duration = Duration::from_secs(30);
-/// Stops after a reload, per unit and order.
+/// Stops after a reload, per unit and order (`LIFECYCLE_STOP_ROUNDS`
+/// overrides it, to chase a rare failure).
 const STOP_ROUNDS: usize = 20;
+/// How long a stop (of an idle gateway: it exits at once) may take before
+/// the test records the unit's processes for the failure message; well
+/// below `TimeoutStopSec=` (6 s). Not an assertion.
+const LOOK_AT_A_STOP: Duration = Duration::from_secs(2);
 
 /// The `sh` block that follows `heading` in deploy/README.md, without the
 /// lines that build with cargo (the test installs the binary it was given).
@@ -209,6 +214,19 @@ impl Rig {
         // The stop-after-reload rounds start the units more often than
         // systemd's default start limit (5 in 10 s) allows: reset it.
         let units = units.join(" ");
+        // After a hand-over the kernel may report the stopped unit's
+        // control group populated for a while after its last process
+        // exited; a start meanwhile fails with 219/CGROUP (systemd 252
+        // prunes the group under it). Start once it is released
+        // (deploy/README.md).
+        self.wait_for("the stopped unit's control group removed", |r| {
+            r.c.sh_status(&format!(
+                "! test -e /sys/fs/cgroup/unified/system.slice/{u} && \
+                 ! test -e /sys/fs/cgroup/system.slice/{u}",
+                u = r.unit
+            ))
+            .0
+        });
         let (ok, out) = self.c.sh_status(&format!(
             "systemctl reset-failed {units}; systemctl start {units}"
         ));
@@ -442,7 +460,11 @@ fn stop_after_reload(r: &Rig) {
         vec![vec![PRIVILEGED]]
     };
     for order in &orders {
-        for round in 0..STOP_ROUNDS {
+        let rounds: usize = std::env::var("LIFECYCLE_STOP_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(STOP_ROUNDS);
+        for round in 0..rounds {
             let before = r.generation().expect("lifecycle_generation");
             let old = r.prop("MainPID");
             let (ok, out) = r.c.sh_status(&format!("systemctl reload {}", r.unit));
@@ -459,14 +481,28 @@ fn stop_after_reload(r: &Rig) {
                 });
             }
             let (ok, out) =
-                r.c.sh_status(&format!("systemctl stop {}", order.join(" ")));
+                r.c.sh_status(&format!("systemctl stop --no-block {}", order.join(" ")));
             assert!(ok, "{out}");
+            // A stop that hangs is looked at while it hangs (who is still
+            // in the unit's cgroup, and in which state), not after systemd
+            // gave up on it.
+            let begun = Instant::now();
+            let mut hanging = None;
+            r.wait_for("the stop to end", |r| {
+                let state = r.prop("ActiveState");
+                if state == "deactivating" && hanging.is_none() && begun.elapsed() > LOOK_AT_A_STOP
+                {
+                    hanging = Some(r.c.diagnose(r.unit));
+                }
+                state == "inactive" || state == "failed"
+            });
             let s = r.show();
             assert_eq!(
                 (s["Result"].as_str(), s["ExecMainStatus"].as_str()),
                 ("success", "0"),
-                "round {round}, stop {order:?}: {s:?}\n{}",
-                r.journal()
+                "round {round}, stop {order:?}: {s:?}\n{}\n== while the stop hung:\n{}",
+                r.journal(),
+                hanging.as_deref().unwrap_or("(it did not hang)")
             );
             assert_eq!(s["ActiveState"], "inactive", "{s:?}");
             r.start();

@@ -407,3 +407,61 @@ fn sigterm_during_a_hand_over_cancels_it() {
         "SIGTERM during a hand-over: exit 0 after {took:?}, successor {successor} killed"
     ));
 }
+
+/// With `$PIDFILE` set (a unit with `PIDFile=`), the old process names its
+/// successor there when it exits, so that systemd makes the successor the
+/// main process the moment the old one exits (and the units can keep
+/// `ExitType=main`; deploy/README.md). Nothing is written before the
+/// hand-over.
+#[test]
+fn the_old_process_names_its_successor_in_the_pid_file() {
+    if !require_root("starting the gateway as user nobody") || !require_tool("openssl") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let (setup, _pem) = Setup::new();
+    for path in [&setup.cert, &setup.key] {
+        nix::unistd::chown(path, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
+    }
+    // What RuntimeDirectory= gives the service: a directory it may write.
+    let run = setup.dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    nix::unistd::chown(&run, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
+    let pid_file = run.join("gateway.pid");
+    let mut gw = setup.launch(
+        "",
+        |cmd| {
+            cmd.uid(NOBODY).gid(NOBODY).env("PIDFILE", &pid_file);
+        },
+        "ready",
+    );
+    let first = i32::try_from(gw.pid()).unwrap();
+    assert!(!pid_file.exists(), "a PID file before any hand-over");
+    let mut reaper = Reaper(Vec::new());
+    let line = upgrade_pid(&gw, first, Signal::SIGHUP);
+    assert!(
+        line.contains("upgrade succeeded"),
+        "{line}\n{}",
+        gw.log_text()
+    );
+    let next = i32::try_from(common::number(&line, "child").unwrap()).unwrap();
+    reaper.0.push(next);
+    let status = gw.wait_exit(SOON).expect("generation 1 still running");
+    assert_eq!(status.code(), Some(0), "{}", gw.log_text());
+    let named = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", pid_file.display(), gw.log_text()));
+    assert_eq!(named, format!("{next}\n"), "{}", gw.log_text());
+    // Only the PID file is left in the directory (no temporary file).
+    let left: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("gateway.pid")]);
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(next), Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + SOON;
+    while !gone(next) {
+        assert!(Instant::now() < deadline, "generation 2 still running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
