@@ -288,9 +288,6 @@ pub fn run(
     })?;
     let code = system.run_with_code()?;
     info!(log, "exiting"; "status" => code);
-    // The runtime is gone (`run_with_code` consumed it): the PID file
-    // names the successor only in this process's last moments.
-    crate::handover::name_successor_in_pid_file(log);
     Ok(code)
 }
 

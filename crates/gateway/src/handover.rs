@@ -229,7 +229,6 @@ impl HandoverTask {
                 // Dropping the handle neither kills nor waits: the successor
                 // outlives this process.
                 drop(successor.into_child());
-                let _ = SUCCESSOR.set(pid);
                 self.drain.mark();
                 // The hand-over told systemd READY=1 already, and the
                 // successor names itself the main process once this one
@@ -257,57 +256,6 @@ impl HandoverTask {
     }
 }
 
-/// The successor this process handed over to, for
-/// [`name_successor_in_pid_file`] at exit.
-static SUCCESSOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-
-/// At the very end of a process that handed over, when systemd passed
-/// `$PIDFILE` (the unit has `PIDFile=`): writes the successor's pid there
-/// (atomically: a temporary file in the same directory, then a rename).
-///
-/// systemd reads the PID file when its main process exits and, if it names
-/// a live process of the unit, makes that the main process in the same
-/// step: no moment without a main process, and the successor is already
-/// re-parented to systemd then (the kernel re-parents before it tells the
-/// parent), so systemd supervises it as its own child and waits for it on
-/// a stop. This is what lets the units keep `ExitType=main`: with
-/// `ExitType=cgroup` a stop waited for the kernel's "control group empty"
-/// notification, which can come late or not at all (see deploy/README.md).
-/// Written as late as possible: only once it names the successor does
-/// systemd accept it, and it must not while this process lives.
-pub(crate) fn name_successor_in_pid_file(log: &Logger) {
-    let (Some(pid), Some(path)) = (SUCCESSOR.get(), std::env::var_os("PIDFILE")) else {
-        return;
-    };
-    let path = PathBuf::from(path);
-    match write_pid_file(&path, *pid) {
-        Ok(()) => {
-            info!(log, "successor named in the PID file"; "pid_file" => %path.display(), "successor" => pid)
-        }
-        Err(e) => {
-            warn!(log, "cannot name the successor in the PID file; systemd may stop the unit when this process exits (check RuntimeDirectory= and PIDFile= of the unit)";
-            "pid_file" => %path.display(), "successor" => pid, "error" => %e)
-        }
-    }
-}
-
-/// Writes `pid` to `path` through a temporary file in the same directory.
-fn write_pid_file(path: &std::path::Path, pid: u32) -> std::io::Result<()> {
-    let name = path.file_name().ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "the PID file path has no file name",
-        )
-    })?;
-    let mut temporary = name.to_owned();
-    temporary.push(format!(".{}.tmp", std::process::id()));
-    let temporary = path.with_file_name(temporary);
-    std::fs::write(&temporary, format!("{pid}\n"))?;
-    std::fs::rename(&temporary, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&temporary);
-    })
-}
-
 /// How often a successor looks whether its predecessor exited.
 const PARENT_CHECK: std::time::Duration = std::time::Duration::from_millis(10);
 
@@ -318,10 +266,9 @@ const PARENT_CHECK: std::time::Duration = std::time::Duration::from_millis(10);
 /// Sent earlier, while `parent` lives, systemd would supervise this
 /// process as "not our child" for the rest of its life and, on a stop, not
 /// wait for it before SIGKILL (see `lifecycle_handoff`'s successor module
-/// and deploy/README.md). Until then the predecessor is the main process;
-/// under the shipped units the PID file ([`name_successor_in_pid_file`])
-/// already made this process the main one when the predecessor exited,
-/// and this message is a no-op (`NotifyAccess=all` lets it in).
+/// and deploy/README.md). Until then the predecessor is the main process
+/// (`ExitType=cgroup` keeps the unit up between its exit and this
+/// message; `NotifyAccess=all` lets this message in).
 pub(crate) fn announce_main_pid_after_parent(
     parent: nix::unistd::Pid,
     notifier: Addr<SystemdNotifier>,

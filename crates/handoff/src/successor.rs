@@ -29,11 +29,9 @@
 //! the successor is still finishing its drain. Once this process has
 //! exited, the successor *is* systemd's child; a `MAINPID=` sent then is
 //! supervised like the original main process. The unit needs
-//! `NotifyAccess=all` (the successor is not the main process when it sends
-//! `MAINPID=`) and something that bridges the predecessor's exit: the
-//! gateway writes the successor's pid to the unit's `PIDFile=` as the
-//! predecessor exits (`ExitType=cgroup` did it before, but makes a stop
-//! wait for the kernel's "control group empty" event; deploy/README.md).
+//! `ExitType=cgroup` (the service lives on while the predecessor's exit
+//! leaves the successor in the control group) and `NotifyAccess=all` (the
+//! successor is not the main process when it sends `MAINPID=`).
 //!
 //! If the successor fails (exits, closes its channel, times out) it is
 //! killed and reaped, `READY=1` and `STATUS=upgrade failed: ...` go to
