@@ -425,6 +425,46 @@ impl Container {
             .unwrap_or_default()
     }
 
+    /// What a failed assertion on `unit` should print besides its journal,
+    /// to tell a process that did not exit from a systemd that missed its
+    /// exit: `systemctl status`, the unit's main/control pids and cgroup,
+    /// the cgroup's `cgroup.events` (`populated`), every process and
+    /// thread still in it with state, wait channel and kernel stack, and
+    /// the container's whole process table. Never fails: a step that
+    /// cannot run says so in the text.
+    pub fn diagnose(&self, unit: &str) -> String {
+        let script = format!(
+            r#"
+u='{unit}'
+echo "== systemctl status $u"; systemctl status --no-pager -l "$u" 2>&1 | head -40
+echo "== properties"; systemctl show -p MainPID,ControlPID,ExecMainPID,ExecMainCode,ExecMainStatus,ActiveState,SubState,Result,ExitType,NotifyAccess,ControlGroup,InvocationID "$u"
+cg=$(systemctl show -P ControlGroup "$u")
+for base in /sys/fs/cgroup/unified /sys/fs/cgroup; do
+  d="$base$cg"
+  [ -n "$cg" ] && [ -f "$d/cgroup.events" ] || continue
+  echo "== $d/cgroup.events"; cat "$d/cgroup.events"
+  for f in $(find "$d" -name cgroup.threads 2>/dev/null); do
+    echo "== threads in $f"
+    for t in $(cat "$f"); do
+      echo "-- tid $t: $(tr -d '\n' < /proc/$t/comm 2>/dev/null) state=$(grep '^State:' /proc/$t/status 2>/dev/null | cut -f2) ppid=$(grep '^PPid:' /proc/$t/status 2>/dev/null | cut -f2) tgid=$(grep '^Tgid:' /proc/$t/status 2>/dev/null | cut -f2) wchan=$(cat /proc/$t/wchan 2>/dev/null)"
+      cat /proc/$t/stack 2>/dev/null | head -12
+    done
+  done
+  break
+done
+echo "== ps"; ps -eLo pid,tid,ppid,stat,wchan:28,etimes,comm,args 2>&1 | head -80
+"#
+        );
+        match self.command("sh", &["-c", &script]).output() {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => format!("cannot diagnose {unit}: {e}"),
+        }
+    }
+
     /// Powers the container off (SIGTERM to systemd-nspawn, which asks its
     /// init to halt) and waits for it; kills it if it hangs.
     pub fn poweroff(&mut self) {

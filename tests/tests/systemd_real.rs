@@ -35,8 +35,13 @@ const SOCKETS: [&str; 3] = [
 ];
 /// Bounds a wait for a state; never a measurement.
 const PATIENCE: Duration = Duration::from_secs(30);
-/// Stops after a reload, per unit and order.
+/// Stops after a reload, per unit and order (`LIFECYCLE_STOP_ROUNDS`
+/// overrides it, to chase a rare failure).
 const STOP_ROUNDS: usize = 20;
+/// How long a stop (of an idle gateway: it exits at once) may take before
+/// the test records the unit's processes for the failure message; well
+/// below `TimeoutStopSec=` (6 s). Not an assertion.
+const LOOK_AT_A_STOP: Duration = Duration::from_secs(2);
 
 /// The `sh` block that follows `heading` in deploy/README.md, without the
 /// lines that build with cargo (the test installs the binary it was given).
@@ -455,8 +460,16 @@ fn stop_after_reload(r: &Rig) {
     } else {
         vec![vec![PRIVILEGED]]
     };
+    // systemd's debug lines for the unit ("Main process exited", "Control
+    // group is empty", state changes) go to its journal, which a failure
+    // prints.
+    r.c.sh("systemd-analyze set-log-level debug").unwrap();
     for order in &orders {
-        for round in 0..STOP_ROUNDS {
+        let rounds: usize = std::env::var("LIFECYCLE_STOP_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(STOP_ROUNDS);
+        for round in 0..rounds {
             let before = r.generation().expect("lifecycle_generation");
             let old = r.prop("MainPID");
             let (ok, out) = r.c.sh_status(&format!("systemctl reload {}", r.unit));
@@ -472,20 +485,39 @@ fn stop_after_reload(r: &Rig) {
                     !r.c.sh_status(&format!("kill -0 {old}")).0
                 });
             }
-            let (ok, out) =
-                r.c.sh_status(&format!("systemctl stop {}", order.join(" ")));
+            // A stop that hangs is looked at while it hangs (who is still
+            // in the unit's cgroup, and in which state), not after systemd
+            // gave up on it. (A blocking `systemctl stop`, as an operator
+            // types it: polling the state of a --no-block stop and starting
+            // at once made starts fail with 219/CGROUP here.)
+            let mut hanging = None;
+            let (ok, out) = std::thread::scope(|scope| {
+                let stop = scope.spawn(|| {
+                    r.c.sh_status(&format!("systemctl stop {}", order.join(" ")))
+                });
+                let begun = Instant::now();
+                while !stop.is_finished() {
+                    if hanging.is_none() && begun.elapsed() > LOOK_AT_A_STOP {
+                        hanging = Some(r.c.diagnose(r.unit));
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                stop.join().expect("the stop thread panicked")
+            });
             assert!(ok, "{out}");
             let s = r.show();
             assert_eq!(
                 (s["Result"].as_str(), s["ExecMainStatus"].as_str()),
                 ("success", "0"),
-                "round {round}, stop {order:?}: {s:?}\n{}",
-                r.journal()
+                "round {round}, stop {order:?}: {s:?}\n{}\n== while the stop hung:\n{}",
+                r.journal(),
+                hanging.as_deref().unwrap_or("(it did not hang)")
             );
             assert_eq!(s["ActiveState"], "inactive", "{s:?}");
             r.start();
         }
     }
+    r.c.sh("systemd-analyze set-log-level info").unwrap();
     assert!(
         !r.journal().contains("signal SIGKILL"),
         "something was killed:\n{}",
