@@ -743,7 +743,19 @@ fn watchdog_under_load(r: &Rig) {
 /// One case, run on a booted rig.
 type Case = fn(&Rig);
 
+/// One booted container at a time. With three at once, the kernel here
+/// (hybrid cgroups, lazy RCU) sometimes keeps a stopped gateway's exited
+/// threads in the unit's cgroup for longer than `TimeoutStopSec=`, and
+/// systemd, which with `ExitType=cgroup` waits for "control group empty",
+/// ends the stop with `Result=timeout` though no process is left (see the
+/// known failure described in deploy/README.md). One at a time, 300
+/// stop-after-reload rounds passed twice in a row.
+static ONE_CONTAINER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run_cases(setup: Setup) {
+    let _one = ONE_CONTAINER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(r) = rig(setup) else {
         return;
     };
