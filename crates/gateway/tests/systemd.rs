@@ -246,6 +246,8 @@ fn config(dir: &Path, extra: &str, listeners: &[(&str, &str, &str)]) -> PathBuf 
 struct LogLines {
     lines: Mutex<Vec<String>>,
     grew: Condvar,
+    /// Set when stderr reached its end (every writer exited).
+    ended: AtomicBool,
 }
 
 /// A running process whose stderr (the gateway's JSON log) is collected.
@@ -278,6 +280,9 @@ impl Running {
                 sink.lines.lock().unwrap().push(line);
                 sink.grew.notify_all();
             }
+            let _guard = sink.lines.lock().unwrap();
+            sink.ended.store(true, Ordering::SeqCst);
+            sink.grew.notify_all();
         });
         Running {
             child,
@@ -347,11 +352,25 @@ impl Running {
         self.child.signal(sig).unwrap();
     }
 
+    /// Waits for the process to exit and for its log to end (the reader
+    /// thread may still hold the last lines when the exit is seen).
     fn wait_exit(&mut self) -> ExitStatus {
-        self.child
+        let status = self
+            .child
             .wait_timeout(SOON)
             .unwrap()
-            .unwrap_or_else(|| panic!("still running; log:\n{}", self.log_text()))
+            .unwrap_or_else(|| panic!("still running; log:\n{}", self.log_text()));
+        let deadline = Instant::now() + SOON;
+        let mut lines = self.log.lines.lock().unwrap();
+        while !self.log.ended.load(Ordering::SeqCst) && Instant::now() < deadline {
+            lines = self
+                .log
+                .grew
+                .wait_timeout(lines, deadline - Instant::now())
+                .unwrap()
+                .0;
+        }
+        status
     }
 }
 
