@@ -100,7 +100,7 @@ pub(crate) fn control_rows(sizes: &crate::Sizes, gateway_bin: Option<&Path>) -> 
     let (mut p50_up, mut p99_up) = (Samples::new(Unit::Millis), Samples::new(Unit::Millis));
     let (mut p50_steady, mut p99_steady) = (Samples::new(Unit::Millis), Samples::new(Unit::Millis));
     let counts = Arc::new(Counts::default());
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let dir = lifecycle_tests::temp_dir("bench")?;
     for rep in 0..sizes.reps {
         let run = dir.path().join(format!("control-{rep}"));
         std::fs::create_dir(&run)?;

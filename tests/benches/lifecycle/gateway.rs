@@ -225,9 +225,12 @@ fn prepare_for_unprivileged(dir: &Path, spool: &Path) -> Res<()> {
     use std::os::unix::fs::PermissionsExt;
     let user = nix::unistd::User::from_name(UNPRIVILEGED)?
         .ok_or(format!("no user {UNPRIVILEGED} on this machine"))?;
-    // The temporary directories between the target's tmp dir and `dir`
-    // are private to root; nothing outside it is touched.
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    // The temporary directories between the system's temporary directory
+    // and `dir` are private to root; nothing outside it is touched. (Not
+    // under the target directory: a checkout in a 0700 home would keep the
+    // service user out.)
+    let root = std::env::temp_dir();
+    let root = root.as_path();
     for p in dir
         .ancestors()
         .take_while(|p| p.starts_with(root) && *p != root)

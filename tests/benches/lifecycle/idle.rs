@@ -253,7 +253,7 @@ pub(crate) fn idle_rows(
     n_tls: usize,
     gateway_bin: Option<&Path>,
 ) -> Res<Vec<Row>> {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let dir = lifecycle_tests::temp_dir("bench")?;
     let mut base = Samples::new(Unit::Bytes);
     let mut ours = [
         Samples::new(Unit::Bytes),

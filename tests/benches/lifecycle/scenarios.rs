@@ -319,7 +319,7 @@ pub(crate) fn start_stop_rows(sizes: &Sizes, gateway_bin: Option<&Path>) -> Res<
     let mut starts = vec![Samples::new(Unit::Millis); modes.len()];
     let mut stops = vec![Samples::new(Unit::Millis); modes.len()];
     let mut failures: Vec<Option<String>> = vec![None; modes.len()];
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let dir = lifecycle_tests::temp_dir("bench")?;
     for rep in 0..sizes.reps {
         exec.push_duration(start::exec_to_exit(trivial)?);
         let Some(bin) = gateway_bin else { continue };
@@ -400,7 +400,7 @@ pub(crate) fn smtp_row(
     sizes: &Sizes,
     gateway_bin: Option<&Path>,
 ) -> Res<Row> {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let dir = lifecycle_tests::temp_dir("bench")?;
     let mut sink = Samples::new(Unit::PerSecond);
     let mut ours = Samples::new(Unit::PerSecond);
     let mut failure = None;
@@ -487,7 +487,7 @@ pub(crate) fn data_memory_row(sizes: &Sizes, gateway_bin: Option<&Path>) -> Res<
     let Some(bin) = gateway_bin else {
         return Ok(Row::without_ours(what, vec![], target, NO_GATEWAY));
     };
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let dir = lifecycle_tests::temp_dir("bench")?;
     let mut in_data = Samples::new(Unit::Bytes);
     let mut idle = Samples::new(Unit::Bytes);
     for rep in 0..sizes.data_reps {
