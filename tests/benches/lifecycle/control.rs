@@ -171,6 +171,7 @@ pub(crate) fn control_rows(sizes: &crate::Sizes, gateway_bin: Option<&Path>) -> 
             ours: Some(upgrade),
             baselines: vec![],
             target: String::new(),
+            paired: Vec::new(),
             met: Met::Report,
         },
         Row {
@@ -178,6 +179,7 @@ pub(crate) fn control_rows(sizes: &crate::Sizes, gateway_bin: Option<&Path>) -> 
             ours: Some(status),
             baselines: vec![],
             target: String::new(),
+            paired: Vec::new(),
             met: Met::Report,
         },
         Row {
@@ -185,6 +187,7 @@ pub(crate) fn control_rows(sizes: &crate::Sizes, gateway_bin: Option<&Path>) -> 
             ours: Some(p50_up),
             baselines: vec![("steady state p50, same client".into(), p50_steady)],
             target: "0 refused, 0 reset".into(),
+            paired: Vec::new(),
             met: met(vec![failures.clone()]),
         },
         Row {
@@ -192,6 +195,7 @@ pub(crate) fn control_rows(sizes: &crate::Sizes, gateway_bin: Option<&Path>) -> 
             ours: Some(p99_up),
             baselines: vec![("steady state p99, same client".into(), p99_steady)],
             target: "≤ 2× steady state, 0 refused, 0 reset".into(),
+            paired: Vec::new(),
             met: met(vec![
                 check_ratio(&p99_up, &p99_steady, 2.0, "steady state p99"),
                 failures,

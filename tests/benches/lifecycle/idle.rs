@@ -298,6 +298,7 @@ pub(crate) fn idle_rows(
         rows.push(match samples.summary() {
             Some(s) => Row {
                 what,
+                paired: Vec::new(),
                 met: if s.median <= TARGET {
                     Met::Yes
                 } else {

@@ -75,6 +75,9 @@ pub(crate) fn rotate(n: usize, rep: usize) -> impl Iterator<Item = usize> {
 #[derive(Debug, Clone)]
 struct Sizes {
     reps: usize,
+    /// Repetitions of the accept path: a run is short (10,000 connections,
+    /// about 0.3 s), and its rows compare ratios a few percent apart.
+    accept_reps: usize,
     accept_connections: usize,
     accept_concurrency: usize,
     abort_connections: usize,
@@ -97,6 +100,7 @@ impl Sizes {
     fn full() -> Self {
         Self {
             reps: 5,
+            accept_reps: 15,
             accept_connections: 10_000,
             accept_concurrency: 32,
             abort_connections: 10_000,
@@ -116,6 +120,7 @@ impl Sizes {
     fn smoke() -> Self {
         Self {
             reps: 1,
+            accept_reps: 1,
             accept_connections: 200,
             accept_concurrency: 8,
             abort_connections: 200,
@@ -167,6 +172,7 @@ impl Options {
                         .parse()
                         .map_err(|_| format!("--reps {v:?}: expected a count such as 5"))?;
                     options.sizes.data_reps = options.sizes.reps;
+                    options.sizes.accept_reps = 3 * options.sizes.reps;
                 }
                 "--data-sessions" => {
                     let v = value("--data-sessions")?;
@@ -263,6 +269,7 @@ fn run() -> Res<()> {
                 ours: None,
                 baselines: vec![],
                 target: String::new(),
+                paired: Vec::new(),
                 met: Met::Failed(e.to_string().replace(['\n', '|'], " ")),
             });
         }

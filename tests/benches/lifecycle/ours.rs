@@ -124,14 +124,19 @@ pub(crate) fn start_accept() -> Res<Running> {
 /// generous enough never to be hit: a per-listener cap, a per-address cap
 /// (the load client is one address) and a rate.
 pub(crate) fn start_accept_limited() -> Res<Running> {
+    let server = OursServer::start_with(write_line, 0, Some(generous_limits()?))?;
+    Ok(Running::new(server.addr, move || server.stop()))
+}
+
+/// Every admission limit on, generous enough never to be hit: a
+/// per-listener cap, a per-address cap and a rate.
+fn generous_limits() -> Res<actix_lifecycle::Limits> {
     let rate = actix_lifecycle::Rate::new(1_000_000_000, Duration::from_secs(1))
         .map_err(|e| e.to_string())?;
-    let limits = actix_lifecycle::Limits::none()
+    Ok(actix_lifecycle::Limits::none()
         .max_connections(1_000_000)
         .max_per_address(1_000_000)
-        .rate_per_address(rate);
-    let server = OursServer::start_with(write_line, 0, Some(limits))?;
-    Ok(Running::new(server.addr, move || server.stop()))
+        .rate_per_address(rate))
 }
 
 /// Accept path as actix-server is built: accepting on one thread, serving
@@ -261,4 +266,34 @@ pub(crate) fn memory_per_guard(counting: &Counting, n: usize) -> Res<GuardMemory
         per_connection_alloc: (times as usize >= n).then_some(size),
         guard: std::mem::size_of::<actix_lifecycle::ConnectionGuard>(),
     })
+}
+
+/// The admission check alone: `pairs` admit-and-drop pairs of connections
+/// from one address (as the accept bench's load client is) on one shard,
+/// with the accept bench's generous limits on (`limited`) or with none,
+/// which is what every accepted connection goes through either way.
+pub(crate) fn admission_pairs(limited: bool, pairs: u64) -> Res<Duration> {
+    let registry = ConnectionRegistry::builder()
+        .metrics(&prometheus::Registry::new())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let handle = registry.handle();
+    let kind = handle.kind("smtp", NAME);
+    if limited {
+        handle.set_limits(&kind, Some(generous_limits()?));
+    }
+    let shard = handle.new_shard();
+    let peer = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+    let start = Instant::now();
+    for _ in 0..pairs {
+        let guard = shard
+            .admit(&kind, std::hint::black_box(peer))
+            .map_err(|reason| format!("admission refused: {}", reason.as_str()))?;
+        drop(std::hint::black_box(guard));
+    }
+    let took = start.elapsed();
+    if handle.live() != 0 {
+        return Err(format!("{} connections still live after the pairs", handle.live()).into());
+    }
+    Ok(took)
 }

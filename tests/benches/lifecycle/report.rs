@@ -23,6 +23,10 @@ pub(crate) struct Row {
     pub(crate) ours: Option<Summary>,
     pub(crate) baselines: Vec<(String, Summary)>,
     pub(crate) target: String,
+    /// Per-repetition ratios of ours to a baseline, by the baseline's name
+    /// ([`crate::stats::paired_ratio`]); where one is given, the ratio
+    /// column shows it instead of the ratio of the medians.
+    pub(crate) paired: Vec<(String, Summary)>,
     pub(crate) met: Met,
 }
 
@@ -39,6 +43,7 @@ impl Row {
             ours: None,
             baselines,
             target: target.into(),
+            paired: Vec::new(),
             met: Met::NotMeasured(why.into()),
         }
     }
@@ -50,10 +55,18 @@ impl Row {
         let parts: Vec<String> = self
             .baselines
             .iter()
-            .map(|(name, b)| match ours.ratio_to(b) {
-                // A baseline of 0 (e.g. no measurable growth) has no ratio.
-                r if r.is_finite() => format!("{r:.2}× {name}"),
-                _ => format!("— ({name} is 0)"),
+            .map(|(name, b)| {
+                if let Some((_, p)) = self.paired.iter().find(|(n, _)| n == name) {
+                    return format!(
+                        "{:.2}× {name} (median of per-repetition ratios, {:.2}–{:.2})",
+                        p.median, p.min, p.max
+                    );
+                }
+                match ours.ratio_to(b) {
+                    // A baseline of 0 (e.g. no measurable growth) has no ratio.
+                    r if r.is_finite() => format!("{r:.2}× {name}"),
+                    _ => format!("— ({name} is 0)"),
+                }
             })
             .collect();
         if parts.is_empty() {
@@ -110,9 +123,13 @@ pub(crate) fn markdown(rows: &[Row]) -> String {
 /// Figures as "median (min–max)" over n repetitions: how to read the table.
 pub(crate) fn legend(reps: usize) -> String {
     format!(
-        "Figures are the median (min–max) of {reps} interleaved repetitions; \
-         rates are per second, times in milliseconds. Ratios divide our median \
-         by the baseline's median (for rates higher is better, for times lower is better).\n"
+        "Figures are the median (min–max) of {reps} interleaved repetitions \
+         (a row that names another count: that many); rates are per second, \
+         times in milliseconds. Ratios divide our median by the baseline's median \
+         (for rates higher is better, for times lower is better), except where a \
+         ratio says it is the median of per-repetition ratios: there each repetition \
+         runs ours and the baseline moments apart, and the ratio of each pair is taken \
+         first, which a machine whose load drifts disturbs less.\n"
     )
 }
 
@@ -138,6 +155,19 @@ pub(crate) fn check_ratio(
             "≤"
         };
         Err(format!("{r:.2}× {name}, target {rel} {factor}×"))
+    }
+}
+
+/// Checks a per-repetition ratio ([`crate::stats::paired_ratio`]) of
+/// rates: its median ≥ `factor`.
+pub(crate) fn check_paired_rate(ratio: &Summary, factor: f64, name: &str) -> Result<(), String> {
+    if ratio.median >= factor {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:.2}× {name} (median of per-repetition ratios), target ≥ {factor}×",
+            ratio.median
+        ))
     }
 }
 

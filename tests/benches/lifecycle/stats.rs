@@ -13,10 +13,15 @@ pub(crate) enum Unit {
     Millis,
     /// Microseconds (lower is better), e.g. CPU time per connection.
     Micros,
+    /// Nanoseconds (lower is better), e.g. one registration.
+    Nanos,
     /// Bytes (lower is better).
     Bytes,
     /// A count (lower is better), e.g. extra file descriptors.
     Count,
+    /// A ratio of two figures ("1.01×"); which way is better depends on
+    /// the figures divided (see [`paired_ratio`]).
+    Ratio,
 }
 
 /// One figure per repetition.
@@ -72,6 +77,22 @@ impl Samples {
     }
 }
 
+/// Per repetition, `ours` divided by `baseline` (the two measured in the
+/// same repetition, moments apart), summarised: on a machine whose load
+/// drifts between repetitions this compares like with like, where the
+/// ratio of two medians can pair a quiet repetition with a busy one.
+/// `None` without samples or when the counts differ.
+pub(crate) fn paired_ratio(ours: &Samples, baseline: &Samples) -> Option<Summary> {
+    if ours.values.is_empty() || ours.values.len() != baseline.values.len() {
+        return None;
+    }
+    let mut ratios = Samples::new(Unit::Ratio);
+    for (o, b) in ours.values.iter().zip(&baseline.values) {
+        ratios.push(o / b);
+    }
+    ratios.summary()
+}
+
 /// Median, min and max of a set of repetitions.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Summary {
@@ -113,8 +134,10 @@ pub(crate) fn format_value(unit: Unit, v: f64) -> String {
             }
         }
         Unit::Micros => format!("{v:.1} µs"),
+        Unit::Nanos => format!("{v:.0} ns"),
         Unit::Bytes => format!("{v:.0} B"),
         Unit::Count => format!("{v:.0}"),
+        Unit::Ratio => format!("{v:.2}×"),
     }
 }
 
