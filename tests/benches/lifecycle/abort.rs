@@ -5,8 +5,8 @@
 use crate::accept::process_cpu;
 use crate::client::LoadClient;
 use crate::listen::loopback_listener;
-use crate::stats::{Samples, Unit};
-use crate::{join, rotate, Res};
+use crate::stats::{Measured, Unit};
+use crate::{join, Res};
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -133,39 +133,23 @@ pub(crate) struct Contender {
     pub(crate) start: fn(usize) -> Res<IdleServer>,
 }
 
-/// Per contender: the abort's wall time and the server process's CPU time
-/// over it.
-pub(crate) struct Measured {
-    pub(crate) wall: Vec<Samples>,
-    pub(crate) cpu: Vec<Samples>,
-}
-
-/// Runs every contender `reps` times, interleaved, with `n` connections.
+/// Runs every contender `reps` times, interleaved, with `n` connections:
+/// the abort's wall time and the server process's CPU time over it (ms).
 pub(crate) fn measure(
     client: &mut LoadClient,
     contenders: &[Contender],
     reps: usize,
     n: usize,
 ) -> Res<Measured> {
-    let mut wall = vec![Samples::new(Unit::Millis); contenders.len()];
-    let mut cpu = vec![Samples::new(Unit::Millis); contenders.len()];
-    for rep in 0..reps {
-        for i in rotate(contenders.len(), rep) {
-            let c = &contenders[i];
-            let mut server = (c.start)(n)?;
-            client
-                .hold(server.addr, n)
-                .map_err(|e| format!("abort, {}: {e}", c.name))?;
-            let (took, cpu_used) = server
-                .abort_and_time()
-                .map_err(|e| format!("abort, {}: {e}", c.name))?;
-            client
-                .wait_closed()
-                .map_err(|e| format!("abort, {}: {e}", c.name))?;
-            server.finish()?;
-            wall[i].push_duration(took);
-            cpu[i].push_duration(cpu_used);
-        }
-    }
-    Ok(Measured { wall, cpu })
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    Measured::interleaved(contenders.len(), reps, (Unit::Millis, Unit::Millis), |i| {
+        let c = &contenders[i];
+        let fail = |e: Box<dyn std::error::Error + Send + Sync>| format!("abort, {}: {e}", c.name);
+        let mut server = (c.start)(n)?;
+        client.hold(server.addr, n).map_err(fail)?;
+        let (took, cpu_used) = server.abort_and_time().map_err(fail)?;
+        client.wait_closed().map_err(fail)?;
+        server.finish()?;
+        Ok((ms(took), ms(cpu_used)))
+    })
 }

@@ -4,8 +4,8 @@
 
 use crate::client::LoadClient;
 use crate::listen::loopback_listener;
-use crate::stats::{Samples, Unit};
-use crate::{join, rotate, Res};
+use crate::stats::{Measured, Unit};
+use crate::{join, Res};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -35,10 +35,23 @@ impl Running {
 /// A plain tokio accept loop on a current-thread runtime: one task per
 /// connection that writes the line and drops the stream.
 pub(crate) fn start_tokio() -> Res<Running> {
+    serve_tokio("tokio", |mut stream| async move {
+        let _ = stream.write_all(LINE).await;
+    })
+}
+
+/// Serves a loopback listener on a current-thread tokio runtime on a
+/// thread of its own (named `name`), one task per connection running
+/// `handler`, until stopped.
+pub(crate) fn serve_tokio<F, Fut>(name: &str, handler: F) -> Res<Running>
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let std_listener = loopback_listener()?;
     let addr = std_listener.local_addr()?;
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let thread = crate::spawn_named("tokio", move || -> Res<()> {
+    let thread = crate::spawn_named(name, move || -> Res<()> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -48,10 +61,8 @@ pub(crate) fn start_tokio() -> Res<Running> {
                 tokio::select! {
                     _ = &mut stop_rx => break,
                     accepted = listener.accept() => {
-                        let Ok((mut stream, _peer)) = accepted else { continue };
-                        tokio::spawn(async move {
-                            let _ = stream.write_all(LINE).await;
-                        });
+                        let Ok((stream, _peer)) = accepted else { continue };
+                        tokio::spawn(handler(stream));
                     }
                 }
             }
@@ -101,14 +112,9 @@ pub(crate) struct Contender {
     pub(crate) start: fn() -> Res<Running>,
 }
 
-/// Per contender: connections per second (the client's wall time) and
-/// the server process's CPU time per connection.
-pub(crate) struct Measured {
-    pub(crate) rate: Vec<Samples>,
-    pub(crate) cpu: Vec<Samples>,
-}
-
-/// Runs every contender `reps` times, interleaved, `n` connections each.
+/// Runs every contender `reps` times, interleaved, `n` connections each:
+/// connections per second (the client's wall time) and the server
+/// process's CPU time per connection (µs).
 ///
 /// While the load client works, this process runs nothing but the server
 /// under test (its main thread waits on the client's pipe), so the
@@ -121,23 +127,19 @@ pub(crate) fn measure(
     n: usize,
     concurrency: usize,
 ) -> Res<Measured> {
-    let mut rate = vec![Samples::new(Unit::PerSecond); contenders.len()];
-    let mut cpu = vec![Samples::new(Unit::Micros); contenders.len()];
-    for rep in 0..reps {
-        for i in rotate(contenders.len(), rep) {
-            let c = &contenders[i];
-            let server = (c.start)()?;
-            let cpu_before = process_cpu()?;
-            let took = client
-                .accept(server.addr, n, concurrency)
-                .map_err(|e| format!("accept path, {}: {e}", c.name));
-            let cpu_used = process_cpu()? - cpu_before;
-            server.stop()?;
-            rate[i].push_rate(n as u64, took?);
-            cpu[i].push(cpu_used.as_secs_f64() * 1e6 / n as f64);
-        }
-    }
-    Ok(Measured { rate, cpu })
+    let units = (Unit::PerSecond, Unit::Micros);
+    Measured::interleaved(contenders.len(), reps, units, |i| {
+        let c = &contenders[i];
+        let server = (c.start)()?;
+        let cpu_before = process_cpu()?;
+        let took = client
+            .accept(server.addr, n, concurrency)
+            .map_err(|e| format!("accept path, {}: {e}", c.name));
+        let cpu_used = process_cpu()? - cpu_before;
+        server.stop()?;
+        let rate = n as f64 / took?.as_secs_f64().max(1e-9);
+        Ok((rate, cpu_used.as_secs_f64() * 1e6 / n as f64))
+    })
 }
 
 /// User + system CPU time of this process so far.

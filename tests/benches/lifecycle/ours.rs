@@ -6,7 +6,9 @@ use crate::accept::{Running, LINE};
 use crate::listen::loopback_listener;
 use crate::memory::{open_fds, Counting};
 use crate::{join, Res};
-use actix_lifecycle::{ConnHandler, ConnectionRegistry, Done, Lifecycle, Shutdown};
+use actix_lifecycle::{
+    ConnHandler, ConnKind, ConnectionRegistry, Done, Lifecycle, RegistryHandle, Shutdown,
+};
 use lifecycle_handoff::{Inventory, ListenerSpec, PassedListener};
 use std::net::SocketAddr;
 use std::sync::mpsc;
@@ -196,15 +198,22 @@ pub(crate) fn start_abort(n: usize) -> Res<IdleServer> {
     ))
 }
 
-/// Registry pairs: `threads` producers, each with its own shard (as each
-/// arbiter has), registering and dropping `pairs` guards.
-pub(crate) fn registry_pairs(threads: usize, pairs: u64) -> Res<Duration> {
+/// A registry with its prometheus metrics (as the accept path has them),
+/// outside any actor system, and the kind every scenario registers.
+fn registry_with_metrics() -> Res<(RegistryHandle, ConnKind)> {
     let registry = ConnectionRegistry::builder()
         .metrics(&prometheus::Registry::new())
         .build()
         .map_err(|e| e.to_string())?;
     let handle = registry.handle();
     let kind = handle.kind("smtp", NAME);
+    Ok((handle, kind))
+}
+
+/// Registry pairs: `threads` producers, each with its own shard (as each
+/// arbiter has), registering and dropping `pairs` guards.
+pub(crate) fn registry_pairs(threads: usize, pairs: u64) -> Res<Duration> {
+    let (handle, kind) = registry_with_metrics()?;
     let producers = (0..threads)
         .map(|_| {
             let shard = handle.new_shard();
@@ -240,12 +249,7 @@ pub(crate) struct GuardMemory {
 /// Memory: live heap bytes per guard with `n` guards registered (the
 /// guards themselves held in a Vec, counted), and the fds opened meanwhile.
 pub(crate) fn memory_per_guard(counting: &Counting, n: usize) -> Res<GuardMemory> {
-    let registry = ConnectionRegistry::builder()
-        .metrics(&prometheus::Registry::new())
-        .build()
-        .map_err(|e| e.to_string())?;
-    let handle = registry.handle();
-    let kind = handle.kind("smtp", NAME);
+    let (handle, kind) = registry_with_metrics()?;
     let shard = handle.new_shard();
     // Warm up: the first registration creates per-kind state once.
     drop(shard.register(&kind));
@@ -273,12 +277,7 @@ pub(crate) fn memory_per_guard(counting: &Counting, n: usize) -> Res<GuardMemory
 /// with the accept bench's generous limits on (`limited`) or with none,
 /// which is what every accepted connection goes through either way.
 pub(crate) fn admission_pairs(limited: bool, pairs: u64) -> Res<Duration> {
-    let registry = ConnectionRegistry::builder()
-        .metrics(&prometheus::Registry::new())
-        .build()
-        .map_err(|e| e.to_string())?;
-    let handle = registry.handle();
-    let kind = handle.kind("smtp", NAME);
+    let (handle, kind) = registry_with_metrics()?;
     if limited {
         handle.set_limits(&kind, Some(generous_limits()?));
     }

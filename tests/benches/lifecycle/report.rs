@@ -142,19 +142,20 @@ pub(crate) fn check_ratio(
     name: &str,
 ) -> Result<(), String> {
     let r = ours.ratio_to(baseline);
-    let ok = match ours.unit {
-        Unit::PerSecond => r >= factor,
-        _ => r <= factor,
-    };
-    if ok {
-        Ok(())
-    } else {
-        let rel = if ours.unit == Unit::PerSecond {
-            "≥"
-        } else {
-            "≤"
-        };
-        Err(format!("{r:.2}× {name}, target {rel} {factor}×"))
+    match bound(ours.unit, r, factor) {
+        Ok(()) => Ok(()),
+        Err(rel) => Err(format!("{r:.2}× {name}, target {rel} {factor}×")),
+    }
+}
+
+/// Whether `value` is on the good side of `bound` for `unit` (rates: at
+/// least; everything else: at most); if not, the relation it missed.
+fn bound(unit: Unit, value: f64, bound: f64) -> Result<(), &'static str> {
+    match unit {
+        Unit::PerSecond if value >= bound => Ok(()),
+        Unit::PerSecond => Err("≥"),
+        _ if value <= bound => Ok(()),
+        _ => Err("≤"),
     }
 }
 
@@ -172,25 +173,14 @@ pub(crate) fn check_paired_rate(ratio: &Summary, factor: f64, name: &str) -> Res
 }
 
 /// Checks an absolute bound in the summary's unit.
-pub(crate) fn check_abs(ours: &Summary, bound: f64, what: &str) -> Result<(), String> {
-    let ok = match ours.unit {
-        Unit::PerSecond => ours.median >= bound,
-        _ => ours.median <= bound,
-    };
-    if ok {
-        Ok(())
-    } else {
-        let rel = if ours.unit == Unit::PerSecond {
-            "≥"
-        } else {
-            "≤"
-        };
-        Err(format!(
+pub(crate) fn check_abs(ours: &Summary, limit: f64, what: &str) -> Result<(), String> {
+    bound(ours.unit, ours.median, limit).map_err(|rel| {
+        format!(
             "{what} median {}, target {rel} {}",
             crate::stats::format_value(ours.unit, ours.median),
-            crate::stats::format_value(ours.unit, bound)
-        ))
-    }
+            crate::stats::format_value(ours.unit, limit)
+        )
+    })
 }
 
 /// Combines checks into a [`Met`].

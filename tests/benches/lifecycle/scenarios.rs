@@ -149,14 +149,14 @@ pub(crate) fn accept_rows(client: &mut LoadClient, sizes: &Sizes) -> Res<Vec<Row
         stats::paired_ratio(&samples[index(ours)?], &samples[index(baseline)?])
             .ok_or_else(|| format!("no paired figures for {ours} / {baseline}").into())
     };
-    let rates = summaries(&names, &measured.rate);
+    let rates = summaries(&names, &measured.figure);
     let ours_one = *find(&rates, OURS_ONE)?;
     let ours_worker = *find(&rates, OURS_WORKER)?;
     let ours_limited = *find(&rates, OURS_LIMITED)?;
-    let one_tokio = paired(&measured.rate, OURS_ONE, TOKIO)?;
-    let one_actix = paired(&measured.rate, OURS_ONE, ACTIX_SERVER)?;
-    let worker_actix = paired(&measured.rate, OURS_WORKER, ACTIX_SERVER)?;
-    let limited_one = paired(&measured.rate, OURS_LIMITED, OURS_ONE)?;
+    let one_tokio = paired(&measured.figure, OURS_ONE, TOKIO)?;
+    let one_actix = paired(&measured.figure, OURS_ONE, ACTIX_SERVER)?;
+    let worker_actix = paired(&measured.figure, OURS_WORKER, ACTIX_SERVER)?;
+    let limited_one = paired(&measured.figure, OURS_LIMITED, OURS_ONE)?;
     let limited_one_cpu = paired(&measured.cpu, OURS_LIMITED, OURS_ONE)?;
     let baselines: Vec<(String, Summary)> = rates
         .iter()
@@ -289,7 +289,7 @@ pub(crate) fn abort_rows(client: &mut LoadClient, sizes: &Sizes) -> Res<Vec<Row>
     ];
     let measured = abort::measure(client, &contenders, sizes.reps, sizes.abort_connections)?;
     let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
-    let mut wall = summaries(&names, &measured.wall);
+    let mut wall = summaries(&names, &measured.figure);
     let ours = wall.remove(0).1;
     let baseline = *find(&wall, "shutdown(2) loop")?;
     let mut cpu = summaries(&names, &measured.cpu);

@@ -2,9 +2,8 @@
 //! gateway does (one file per message, written under a temporary name,
 //! then renamed) but never calls fsync.
 
-use crate::accept::Running;
-use crate::listen::loopback_listener;
-use crate::{join, Res};
+use crate::accept::{serve_tokio, Running};
+use crate::Res;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,39 +12,16 @@ use tokio::net::TcpStream;
 
 /// Starts the sink on a current-thread runtime, spooling into `spool`.
 pub(crate) fn start(spool: PathBuf) -> Res<Running> {
-    let std_listener = loopback_listener()?;
-    let addr = std_listener.local_addr()?;
-    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let thread = crate::spawn_named("smtp-sink", move || -> Res<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let next_id = Arc::new(AtomicU64::new(0));
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(std_listener)?;
-            loop {
-                tokio::select! {
-                    _ = &mut stop_rx => break,
-                    accepted = listener.accept() => {
-                        let Ok((stream, _peer)) = accepted else { continue };
-                        let spool = spool.clone();
-                        let next_id = Arc::clone(&next_id);
-                        tokio::spawn(async move {
-                            if let Err(e) = session(stream, &spool, &next_id).await {
-                                eprintln!("smtp sink: session failed: {e}");
-                            }
-                        });
-                    }
-                }
+    let next_id = Arc::new(AtomicU64::new(0));
+    serve_tokio("smtp-sink", move |stream| {
+        let spool = spool.clone();
+        let next_id = Arc::clone(&next_id);
+        async move {
+            if let Err(e) = session(stream, &spool, &next_id).await {
+                eprintln!("smtp sink: session failed: {e}");
             }
-            Ok::<_, std::io::Error>(())
-        })?;
-        Ok(())
-    })?;
-    Ok(Running::new(addr, move || {
-        let _ = stop_tx.send(());
-        join(thread)
-    }))
+        }
+    })
 }
 
 async fn session(stream: TcpStream, spool: &std::path::Path, next_id: &AtomicU64) -> Res<()> {

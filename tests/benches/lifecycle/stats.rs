@@ -156,3 +156,35 @@ impl fmt::Display for Summary {
         }
     }
 }
+
+/// Per contender: the row's figure and the server process's CPU time over
+/// the same span, one sample per repetition.
+pub(crate) struct Measured {
+    pub(crate) figure: Vec<Samples>,
+    pub(crate) cpu: Vec<Samples>,
+}
+
+impl Measured {
+    /// Runs `one(i)` for each of `count` contenders, `reps` times,
+    /// interleaved (the order rotates every repetition); `one` returns the
+    /// figure (in `figure_unit`) and the CPU time (in `cpu_unit`).
+    pub(crate) fn interleaved(
+        count: usize,
+        reps: usize,
+        (figure_unit, cpu_unit): (Unit, Unit),
+        mut one: impl FnMut(usize) -> crate::Res<(f64, f64)>,
+    ) -> crate::Res<Self> {
+        let mut measured = Measured {
+            figure: vec![Samples::new(figure_unit); count],
+            cpu: vec![Samples::new(cpu_unit); count],
+        };
+        for rep in 0..reps {
+            for i in crate::rotate(count, rep) {
+                let (figure, cpu) = one(i)?;
+                measured.figure[i].push(figure);
+                measured.cpu[i].push(cpu);
+            }
+        }
+        Ok(measured)
+    }
+}
