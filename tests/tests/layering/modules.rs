@@ -243,7 +243,10 @@ impl SourceFile {
                     let public = i > 0 && is_visibility_end(tokens, i);
                     let mut leaves = Vec::new();
                     i = use_tree(tokens, i + 1, Vec::new(), &mut leaves);
-                    for (path, alias, line) in leaves {
+                    for (mut path, alias, line) in leaves {
+                        if path.len() > 1 && path.last().is_some_and(|l| l == "self") {
+                            path.pop(); // `use a::b::{self}` names `a::b`
+                        }
                         if let Some(path) = self.absolute(krate, &here, &path) {
                             let reexport = public.then_some(alias);
                             found.push(Reference {
