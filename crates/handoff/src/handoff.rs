@@ -1,178 +1,25 @@
-//! How this process gets its descriptors: the four modes, the rule that
-//! picks one, and the `listen` / `open_privileged` calls that behave the same
-//! in every mode.
+//! How this process gets its descriptors: the [`Handoff`] that holds
+//! them, and the `listen` / `open_privileged` calls that behave the same in
+//! every mode. The builder and the rule that picks a mode are in
+//! `builder.rs`; how passed listeners are claimed by specs in `claim.rs`.
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use crate::bind::{bind_listener, open_file};
-use crate::env::{Manifest, VarNames, FIRST_PASSED_FD};
-use crate::environment::{thread_count, Environment, ProcessEnvironment};
+use crate::env::VarNames;
 use crate::error::{Error, Result};
 use crate::inventory::{Inventory, PassedFile, PassedListener};
-use crate::lineage::{Lineage, UpgradeVars};
-use crate::mode::{choose_mode, Mode, ModeChoice};
+use crate::lineage::Lineage;
+use crate::mode::Mode;
 use crate::ready::ReadyChannel;
 use crate::spec::{FileSpec, ListenerSpec};
-use crate::systemd::SystemdManifest;
 
-/// Configures and runs mode detection (a consuming builder).
-///
-/// ```
-/// use lifecycle_handoff::{Handoff, Mode};
-///
-/// let handoff = Handoff::builder().prefix("GATEWAY").mode(Mode::Immediate).detect().unwrap();
-/// assert_eq!(handoff.mode(), Mode::Immediate);
-/// assert_eq!(handoff.reason(), "immediate mode chosen explicitly");
-/// ```
-#[derive(Debug, Clone)]
-pub struct HandoffBuilder {
-    prefix: String,
-    mode: Option<Mode>,
-    mox: bool,
-}
+mod builder;
+mod claim;
 
-impl Default for HandoffBuilder {
-    fn default() -> Self {
-        HandoffBuilder {
-            prefix: crate::env::DEFAULT_PREFIX.to_owned(),
-            mode: None,
-            mox: false,
-        }
-    }
-}
-
-impl HandoffBuilder {
-    /// The hand-off variable prefix (default `LIFECYCLE`): variables are
-    /// `<PREFIX>_SOCKETS`, `_FILES`, `_FDS`, `_PARENT_PID`.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// Uses `mode` instead of detecting one (default: detect).
-    pub fn mode(mut self, mode: Mode) -> Self {
-        self.mode = Some(mode);
-        self
-    }
-
-    /// Also accepts mox's `MOX_SOCKETS`/`MOX_FILES` hand-off (default
-    /// off), for programs migrating from mox's privileged parent.
-    pub fn mox_compat(mut self, accept: bool) -> Self {
-        self.mox = accept;
-        self
-    }
-
-    /// Applies the detection rule to `env` for a process with effective
-    /// user id `euid`, without touching any descriptor. The rule, first
-    /// match wins:
-    ///
-    /// 1. a mode set with [`mode`](Self::mode) is used (privileged refuses
-    ///    when hand-off variables are present, like mox);
-    /// 2. any `<PREFIX>_*` hand-off variable is set → [`Mode::Inherited`];
-    /// 3. with [`mox_compat`](Self::mox_compat), `MOX_SOCKETS` is set →
-    ///    [`Mode::Inherited`] in mox format;
-    /// 4. `LISTEN_FDS` or `LISTEN_PID` is set → [`Mode::Systemd`];
-    /// 5. `euid` is 0 → [`Mode::Privileged`];
-    /// 6. otherwise → [`Mode::Immediate`].
-    ///
-    /// ```
-    /// use std::collections::BTreeMap;
-    /// use lifecycle_handoff::{Handoff, Mode};
-    ///
-    /// let mut env = BTreeMap::new();
-    /// assert_eq!(Handoff::builder().choose(&env, 0).unwrap().mode, Mode::Privileged);
-    /// assert_eq!(Handoff::builder().choose(&env, 1000).unwrap().mode, Mode::Immediate);
-    /// env.insert("LISTEN_FDS".into(), "1".into());
-    /// assert_eq!(Handoff::builder().choose(&env, 0).unwrap().mode, Mode::Systemd);
-    /// ```
-    pub fn choose(&self, env: &impl Environment, euid: u32) -> Result<ModeChoice> {
-        let names = VarNames::new(&self.prefix)?;
-        choose_mode(&names, env, euid, self.mode, self.mox)
-    }
-
-    /// Detects the mode from this process's environment and effective user
-    /// and, in inherited and systemd modes, takes and validates the passed
-    /// descriptors (removing the variables).
-    ///
-    /// Call it once, at start-up, before other threads exist: it removes
-    /// environment variables, and it adopts descriptors 3.. as owned. In
-    /// inherited and systemd modes (the ones that remove variables) it
-    /// checks that the process has one thread (`Threads:` in
-    /// `/proc/self/status`; not checked where `/proc` is missing) and
-    /// otherwise refuses with [`Error::ThreadsRunning`], leaving the
-    /// environment as it was: call it first thing in `main`, before a
-    /// logger thread, an async runtime or a thread pool starts. Privileged
-    /// and immediate modes touch no variable and run in any process.
-    pub fn detect(self) -> Result<Handoff> {
-        let mut env = ProcessEnvironment;
-        let euid = nix::unistd::geteuid().as_raw();
-        let choice = self.choose(&env, euid)?;
-        let names = VarNames::new(&self.prefix)?;
-        if matches!(choice.mode, Mode::Inherited | Mode::Systemd) {
-            // Taking these hand-offs removes their variables.
-            if let Some(threads) = thread_count().filter(|&threads| threads > 1) {
-                return Err(Error::ThreadsRunning {
-                    threads,
-                    mode: choice.mode,
-                });
-            }
-        }
-        let mut ready = None;
-        let mut lineage = None;
-        let inventory = match choice.mode {
-            Mode::Privileged | Mode::Immediate => Inventory::default(),
-            Mode::Inherited if choice.mox_format => {
-                let manifest = Manifest::decode_mox(&mut env)?;
-                // SAFETY: the variables were opted into (mox format) and are
-                // now removed, so no later call adopts these numbers again; at
-                // start-up nothing else in the process owns descriptors 3..,
-                // which the parent placed there for us.
-                unsafe { crate::validate::adopt_manifest(&manifest, &names, FIRST_PASSED_FD) }?
-            }
-            Mode::Inherited => {
-                // Read (and remove) the upgrade variables first, so they are
-                // gone even when the hand-off is refused.
-                let upgrade = UpgradeVars::take(&mut env, &names);
-                let ppid = nix::unistd::getppid().as_raw();
-                let manifest =
-                    Manifest::decode(&mut env, &names, u32::try_from(ppid).unwrap_or(0))?;
-                let ready_fd = upgrade.ready_fd(&names, manifest.fd_count())?;
-                lineage = upgrade.lineage(&names)?;
-                // SAFETY: the variables were addressed to this process (parent
-                // pid checked) and are now removed, so no later call adopts
-                // these numbers again; at start-up nothing else in the process
-                // owns descriptors 3.., which the parent placed there for us.
-                let inventory =
-                    unsafe { crate::validate::adopt_manifest(&manifest, &names, FIRST_PASSED_FD) }?;
-                if let Some(fd) = ready_fd {
-                    // SAFETY: as above; the ready descriptor is the one right
-                    // after the manifest's (checked by `ready_fd`), so it is
-                    // not among those just adopted.
-                    ready = Some(unsafe { ReadyChannel::adopt(fd, names.ready_fd()) }?);
-                }
-                inventory
-            }
-            Mode::Systemd => {
-                let pid = std::process::id();
-                let manifest = SystemdManifest::decode(&mut env, pid)?;
-                // SAFETY: LISTEN_PID names this process and the variables are
-                // now removed, so no later call adopts these numbers again;
-                // systemd placed them at 3.. for us and nothing else in the
-                // process owns them at start-up.
-                unsafe { manifest.adopt(crate::systemd::SD_LISTEN_FDS_START) }?
-            }
-        };
-        Ok(Handoff {
-            choice,
-            names,
-            inventory,
-            ready,
-            lineage,
-        })
-    }
-}
+pub use builder::{HandoffBuilder, ModeChoice};
 
 /// The descriptors of this process's lifecycle and the mode they come from.
 ///
@@ -338,64 +185,6 @@ impl Handoff {
         }
     }
 
-    fn take_listener(&mut self, spec: &ListenerSpec) -> Result<PassedListener> {
-        match self
-            .find_by_name(spec)
-            .or_else(|| self.find_by_address(spec))
-        {
-            Some(index) => Ok(claimed(self.inventory.listeners.remove(index), spec)),
-            None => Err(self.missing_listener(spec)),
-        }
-    }
-
-    /// The passed listener named like `spec` whose address `spec` accepts.
-    fn find_by_name(&self, spec: &ListenerSpec) -> Option<usize> {
-        self.inventory
-            .listeners
-            .iter()
-            .position(|l| l.spec.name() == spec.name() && spec.address().accepts(l.spec.address()))
-    }
-
-    /// A passed listener whose address `spec` accepts, unnamed ones first
-    /// (see [`is_unnamed`]).
-    fn find_by_address(&self, spec: &ListenerSpec) -> Option<usize> {
-        let listeners = &self.inventory.listeners;
-        let at_address = |l: &&PassedListener| spec.address().accepts(l.spec.address());
-        listeners
-            .iter()
-            .position(|l| at_address(&l) && is_unnamed(l))
-            .or_else(|| listeners.iter().position(|l| at_address(&l)))
-    }
-
-    /// Why nothing passed matches `spec`, with the fix for this mode.
-    fn missing_listener(&self, spec: &ListenerSpec) -> Error {
-        let listeners = &self.inventory.listeners;
-        let available = || list(listeners.iter().map(|l| l.spec.to_string()));
-        let same_name = listeners.iter().find(|l| l.spec.name() == spec.name());
-        match (self.mode(), same_name) {
-            (Mode::Systemd, Some(other)) => Error::ActivatedSocketMismatch {
-                name: spec.name().to_owned(),
-                passed: other.spec.address().to_string(),
-                requested: spec.address().to_string(),
-            },
-            (Mode::Systemd, None) => Error::NoActivatedSocket {
-                name: spec.name().to_owned(),
-                address: spec.address().to_string(),
-                available: available(),
-            },
-            (_, Some(other)) => Error::SpecMismatch {
-                name: spec.name().to_owned(),
-                passed: other.spec.to_string(),
-                requested: spec.to_string(),
-            },
-            (mode, None) => Error::NoSuchListener {
-                spec: spec.to_string(),
-                mode,
-                available: available(),
-            },
-        }
-    }
-
     /// An open, read-only, close-on-exec file for `path`, the same call in
     /// every mode:
     ///
@@ -543,44 +332,6 @@ impl Handoff {
         Ok(())
     }
 
-    /// Takes one passed listener per spec, in the order of `specs`, each
-    /// renamed to its spec's name: first every match by name, then, for the
-    /// specs still without one, a match by address (so an unnamed socket
-    /// never goes to a spec whose named socket is also passed). On an error
-    /// nothing is taken.
-    fn claim_all(&mut self, specs: &[ListenerSpec]) -> Result<Vec<PassedListener>> {
-        let mut slots: Vec<Option<PassedListener>> = specs.iter().map(|_| None).collect();
-        for (slot, spec) in slots.iter_mut().zip(specs) {
-            if let Some(index) = self.find_by_name(spec) {
-                *slot = Some(self.inventory.listeners.remove(index));
-            }
-        }
-        let mut failed = None;
-        for (slot, spec) in slots.iter_mut().zip(specs) {
-            if slot.is_some() {
-                continue;
-            }
-            match self.find_by_address(spec) {
-                Some(index) => *slot = Some(self.inventory.listeners.remove(index)),
-                None => {
-                    failed = Some(self.missing_listener(spec));
-                    break;
-                }
-            }
-        }
-        if let Some(err) = failed {
-            // Put back what was taken, as it was, so nothing is lost.
-            let taken: Vec<PassedListener> = slots.into_iter().flatten().collect();
-            self.inventory.listeners.splice(0..0, taken);
-            return Err(err);
-        }
-        Ok(slots
-            .into_iter()
-            .zip(specs)
-            .filter_map(|(slot, spec)| slot.map(|l| claimed(l, spec)))
-            .collect())
-    }
-
     /// Closes every descriptor still held (passed and not taken) and
     /// returns a description of each, for a warning.
     pub fn close_unclaimed(&mut self) -> Vec<String> {
@@ -604,26 +355,6 @@ impl Handoff {
     /// closed twice or leaked.
     pub fn into_inventory(self) -> Inventory {
         self.inventory
-    }
-}
-
-/// True for a passed listener named by its address: an unnamed systemd
-/// socket (`LISTEN_FDNAMES` absent, or the name empty or `unknown`) or a mox
-/// entry. Every address's text holds a `:` and systemd refuses a `:` in
-/// `FileDescriptorName=`, so a name given by a socket unit is never of this
-/// form.
-fn is_unnamed(listener: &PassedListener) -> bool {
-    listener.spec.name() == listener.spec.address().to_string()
-}
-
-/// `listener`, claimed by `spec`: it takes the spec's name (the name the
-/// program, and an `FdBroker`, look it up by) and keeps the address it is
-/// bound to.
-fn claimed(listener: PassedListener, spec: &ListenerSpec) -> PassedListener {
-    PassedListener {
-        spec: ListenerSpec::new(spec.name(), listener.spec.address().clone())
-            .with_backlog(listener.spec.backlog()),
-        fd: listener.fd,
     }
 }
 

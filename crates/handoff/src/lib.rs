@@ -207,7 +207,7 @@ mod upgrade;
 mod validate;
 
 #[cfg(test)]
-mod bad_inputs;
+mod tests;
 
 pub use bind::{bind_listener, open_file};
 pub use control::{
@@ -220,10 +220,10 @@ pub use env::{
 pub use environment::{Environment, ProcessEnvironment};
 pub use error::{Error, Result};
 pub use escape::{escape, unescape};
-pub use handoff::{Handoff, HandoffBuilder};
+pub use handoff::{Handoff, HandoffBuilder, ModeChoice};
 pub use inventory::{Inventory, PassedFile, PassedListener};
 pub use lineage::Lineage;
-pub use mode::{Mode, ModeChoice};
+pub use mode::Mode;
 pub use notify::{
     Notifier, NotifyEnv, NotifyError, NotifyState, DEFAULT_SEND_TIMEOUT, NOTIFY_SOCKET,
     WATCHDOG_PID, WATCHDOG_USEC,

@@ -31,6 +31,7 @@ use socket2::{Domain, SockRef, Type};
 
 use crate::error::{Error, Result};
 use crate::lineage::Lineage;
+use crate::validate::file_kind;
 
 /// What the child writes on the channel when it is ready: `READY=1\n`
 /// (the same words as `sd_notify`).
@@ -302,15 +303,14 @@ impl ReadyChannel {
                 source,
             }
         };
-        let stat = nix::sys::stat::fstat(&owned)
-            .map_err(|errno| check("fstat")(io::Error::from(errno)))?;
         let not_channel = |found: String| Error::NotAReadyChannel {
             fd,
             var: var.to_owned(),
             found,
         };
-        if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            return Err(not_channel(file_kind_name(stat.st_mode).to_owned()));
+        let found = file_kind(owned.as_fd(), &entry)?;
+        if found != "socket" {
+            return Err(not_channel(found.to_owned()));
         }
         let socket = SockRef::from(&owned);
         let domain = socket.domain().map_err(check("getsockopt(SO_DOMAIN)"))?;
@@ -434,18 +434,6 @@ fn parse_update(line: &[u8]) -> Result<Lineage> {
         return Err(bad_update(line));
     }
     Ok(update)
-}
-
-fn file_kind_name(mode: libc::mode_t) -> &'static str {
-    match mode & libc::S_IFMT {
-        libc::S_IFSOCK => "socket",
-        libc::S_IFREG => "regular file",
-        libc::S_IFDIR => "directory",
-        libc::S_IFCHR => "character device",
-        libc::S_IFBLK => "block device",
-        libc::S_IFIFO => "pipe",
-        _ => "file of another type",
-    }
 }
 
 /// Whether the parent closed its end of a child's readiness channel

@@ -199,6 +199,3 @@ pub(crate) fn file_kind(meta: &Metadata) -> &'static str {
         "special file"
     }
 }
-
-#[cfg(test)]
-mod tests;

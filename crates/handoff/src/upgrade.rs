@@ -9,7 +9,7 @@ mod event;
 mod run;
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -22,6 +22,14 @@ use crate::inventory::Inventory;
 use crate::notify::{Notifier, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
 use crate::spawn::ChildSpawner;
 use run::Loop;
+
+/// Seconds since the epoch, for control replies and drain start times
+/// (here, where both the loop and its control side reach it).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// How long the parent waits for a new child's ready message by default.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -158,7 +166,7 @@ impl UpgradeSupervisor {
     /// How long a new child may take to report ready (default 30 s).
     ///
     /// ```no_run
-    /// # use std::time::Duration;
+    /// # use std::time::{Duration, SystemTime, UNIX_EPOCH};
     /// # use lifecycle_handoff::UpgradeSupervisor;
     /// let supervisor = UpgradeSupervisor::new()?.ready_timeout(Duration::from_secs(10));
     /// # Ok::<(), lifecycle_handoff::Error>(())
@@ -177,7 +185,7 @@ impl UpgradeSupervisor {
     /// plus a margin to exit.
     ///
     /// ```no_run
-    /// # use std::time::Duration;
+    /// # use std::time::{Duration, SystemTime, UNIX_EPOCH};
     /// # use lifecycle_handoff::UpgradeSupervisor;
     /// // The child drains for 3 s, aborts for 1 s, and needs 1 s to exit.
     /// let supervisor = UpgradeSupervisor::new()?.child_grace(Duration::from_secs(5));

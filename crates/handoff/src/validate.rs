@@ -49,8 +49,9 @@ pub(crate) unsafe fn adopt(fd: RawFd, entry: &str) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// What kind of file `fd` is, from `fstat`.
-fn file_kind(fd: BorrowedFd<'_>, entry: &str) -> Result<&'static str> {
+/// What kind of file `fd` is, from `fstat` (`socket`, `regular file`,
+/// `pipe`...), for checks and messages.
+pub(crate) fn file_kind(fd: BorrowedFd<'_>, entry: &str) -> Result<&'static str> {
     let stat = nix::sys::stat::fstat(fd).map_err(|errno| Error::FdCheck {
         fd: fd.as_raw_fd(),
         entry: entry.to_owned(),

@@ -1,22 +1,13 @@
 //! The supervisor's side of the control socket: `status`, `upgrade`
 //! (joined by concurrent callers) and `stop`, answered from the loop.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 use super::run::Loop;
-use super::{SupervisorEvent, UpgradeFailure};
+use super::{unix_now, SupervisorEvent, UpgradeFailure};
 use crate::control::{error_reply, ClientId, ControlCommand, CONTROL_PROTOCOL_VERSION};
 use crate::error::Result;
-
-/// Seconds since the epoch, for replies.
-pub(super) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
     /// Serves the control socket's readable descriptors (indexes into its

@@ -455,7 +455,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
                 old.channel = None;
                 old.signal(Signal::SIGTERM);
                 let from = old.number;
-                self.draining_since.push((from, super::control::unix_now()));
+                self.draining_since.push((from, super::unix_now()));
                 self.draining.push(old);
                 self.stats.serving = number;
                 self.stats.succeeded += 1;
