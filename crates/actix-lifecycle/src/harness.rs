@@ -65,6 +65,7 @@ pub struct Start;
 
 /// The reply to [`Start`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct HarnessInfo {
     /// Every listener's name and bound address, in declaration order.
     pub addresses: Vec<(String, ListenAddress)>,

@@ -42,6 +42,7 @@ pub struct GetListenerInfo;
 
 /// The reply to [`GetListenerInfo`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ListenerInfo {
     /// The listener's name.
     pub name: String,

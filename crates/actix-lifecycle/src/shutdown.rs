@@ -74,6 +74,7 @@ pub struct GetPhase;
 
 /// How a shutdown ended (the reply to [`WaitStopped`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StopOutcome {
     /// The process exit status this stop asks for: 0 for a clean stop.
     pub exit_code: i32,

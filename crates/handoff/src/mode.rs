@@ -44,6 +44,7 @@ impl fmt::Display for Mode {
 
 /// The chosen mode and why, for the start-up log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ModeChoice {
     /// The mode.
     pub mode: Mode,
