@@ -50,7 +50,7 @@ use actix::{
 use lifecycle_handoff::{Inventory, ListenAddress, ListenerSpec, PassedListener};
 use slog::{debug, o, Logger};
 
-use crate::error::LifecycleError;
+use crate::error::{LifecycleError, ListenerError};
 use crate::lifecycle::Lifecycle;
 use crate::listener::{ConnHandler, GetListenerInfo, ListenerActor};
 use crate::phase::Phase;
@@ -264,10 +264,18 @@ impl Harness {
 /// Binds `spec` as this process would in immediate mode
 /// ([`lifecycle_handoff::bind_listener`]: close-on-exec, non-blocking, with
 /// the spec's backlog); a TCP port 0 is replaced by the port bound.
-fn bind(spec: &ListenerSpec) -> std::io::Result<PassedListener> {
+fn bind(spec: &ListenerSpec) -> Result<PassedListener, LifecycleError> {
+    let name = spec.name().to_owned();
     let (fd, bound) = lifecycle_handoff::bind_listener(spec).map_err(|e| match e {
-        lifecycle_handoff::Error::Bind { source, .. } => source,
-        other => std::io::Error::other(other.to_string()),
+        lifecycle_handoff::Error::Bind { source, .. } => LifecycleError::Bind {
+            name,
+            address: spec.address().to_string(),
+            source,
+        },
+        source => LifecycleError::ListenerStart {
+            name: name.clone(),
+            source: ListenerError::Invalid { name, source },
+        },
     })?;
     Ok(PassedListener {
         spec: ListenerSpec::new(spec.name(), bound).with_backlog(spec.backlog()),
@@ -295,13 +303,7 @@ impl Handler<Start> for Harness {
                     addresses.push((p.spec.name().to_owned(), passed.spec.address().clone()));
                     inventory.listeners.push(passed);
                 }
-                Err(source) => {
-                    return Box::pin(actix::fut::ready(Err(LifecycleError::Bind {
-                        name: p.spec.name().to_owned(),
-                        address: p.spec.address().to_string(),
-                        source,
-                    })))
-                }
+                Err(e) => return Box::pin(actix::fut::ready(Err(e))),
             }
         }
         let mut builder = Lifecycle::builder(inventory)

@@ -9,7 +9,7 @@ use slog::Logger;
 
 use crate::broker::{CloseUnclaimed, FdBroker, GetInventory, TakeListener};
 use crate::error::LifecycleError;
-use crate::listener::{ConnHandler, ListenerActor, ListenerBuilder};
+use crate::listener::{check_listener, ConnHandler, ListenerActor, ListenerBuilder};
 use crate::metrics::{PhaseCollector, DEFAULT_PREFIX};
 use crate::phase::ShutdownHandle;
 use crate::ready::{Ready, Served, ServedListener};
@@ -291,18 +291,11 @@ impl Lifecycle {
             .map_err(failed)?;
         // The socket must be what the spec says; its address is the real one
         // (a declared port 0 is the bound port).
-        let entry = format!("inventory listener {name:?}");
-        let address = lifecycle_handoff::validate_listener(
-            std::os::fd::AsFd::as_fd(&passed.fd),
-            &passed.spec,
-            &entry,
-        )
-        .map_err(|e| LifecycleError::ListenerStart {
-            name: name.clone(),
-            source: crate::ListenerError::Adopt {
+        let address = check_listener(&passed.fd, &passed.spec).map_err(|source| {
+            LifecycleError::ListenerStart {
                 name: name.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-            },
+                source,
+            }
         })?;
         self.served.taken(ServedListener {
             name,

@@ -25,6 +25,7 @@ use crate::error::{BrokerError, ListenerError};
 use crate::phase::{Phase, ShutdownHandle};
 use crate::registry::{ConnKind, Limits, RegistryHandle, RegistryShard};
 use crate::shutdown::{Fatal, ShutdownCoordinator};
+pub(crate) use accept::check_listener;
 use accept::{open_reserve, AcceptLoop, Acceptor, Counters, Server};
 
 pub use accept::{ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN};
@@ -364,11 +365,7 @@ impl ListenerActor {
         passed: PassedListener,
         ctx: &mut Context<Self>,
     ) -> Result<(), ListenerError> {
-        let (acceptor, address) =
-            Acceptor::adopt(passed).map_err(|source| ListenerError::Adopt {
-                name: self.name.to_string(),
-                source,
-            })?;
+        let (acceptor, address) = Acceptor::adopt(passed)?;
         info!(self.log, "listening"; "address" => %address);
         if let Some(report) = self.report.take() {
             let _ = report.send(Ok(address.clone()));
