@@ -254,17 +254,14 @@ impl Lifecycle {
     ) -> ListenerBuilder {
         let (name, protocol) = (name.into(), protocol.into());
         let report = self.served.expect(&name, &protocol);
-        ListenerActor::builder(
-            name,
-            protocol,
-            self.broker.clone(),
-            self.connections.clone(),
-            self.shutdown_handle.clone(),
-            handler,
-        )
-        .logger(self.log.clone())
-        .coordinator(self.coordinator.clone())
-        .report(report)
+        ListenerActor::builder(name, self.broker.clone())
+            .protocol(protocol)
+            .registry(self.connections.clone())
+            .shutdown(self.shutdown_handle.clone())
+            .handler(handler)
+            .logger(self.log.clone())
+            .coordinator(self.coordinator.clone())
+            .report(report)
     }
 
     /// Takes the listener `name` from the broker for a server of the

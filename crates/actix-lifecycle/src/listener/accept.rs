@@ -36,17 +36,17 @@ impl Acceptor {
     /// socket of the declared network, bound where declared), which also
     /// sets O_NONBLOCK — tokio needs it, and a hand-built inventory may be
     /// blocking — and registers it with the current arbiter's reactor.
-    pub(crate) fn adopt(passed: PassedListener) -> Result<(Acceptor, ListenAddress), ListenerError> {
+    pub(crate) fn adopt(
+        passed: PassedListener,
+    ) -> Result<(Acceptor, ListenAddress), ListenerError> {
         let PassedListener { spec, fd } = passed;
         let found = check_listener(&fd, &spec)?;
         let adopted = match spec.network() {
             Network::Tcp => {
                 TcpListener::from_std(std::net::TcpListener::from(fd)).map(Acceptor::Tcp)
             }
-            Network::Unix => {
-                UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
-                    .map(Acceptor::Unix)
-            }
+            Network::Unix => UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
+                .map(Acceptor::Unix),
         };
         let acceptor = adopted.map_err(|source| ListenerError::Adopt {
             name: spec.name().to_owned(),
