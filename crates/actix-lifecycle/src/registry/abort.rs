@@ -7,33 +7,11 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::shard::{ConnectionGuard, Entry};
-
-/// The abort half of a registry entry: the flag and the tasks to wake
-/// when it is set. Kept as fields of [`Entry`] (not a nested struct) so the
-/// flag shares padding with the entry's other small fields.
-impl Entry {
-    pub(crate) fn is_aborted(&self) -> bool {
-        self.aborted.load(Ordering::Acquire)
-    }
-
-    /// Sets the flag; returns true the first time. Call [`wake`](Self::wake)
-    /// next, outside the shard lock.
-    pub(crate) fn mark_aborted(&self) -> bool {
-        !self.aborted.swap(true, Ordering::AcqRel)
-    }
-
-    /// Wakes the tasks waiting to read or write, so they see the flag.
-    pub(crate) fn wake(&self) {
-        self.read_waker.wake();
-        self.write_waker.wake();
-    }
-}
+use super::shard::ConnectionGuard;
 
 fn aborted_error() -> io::Error {
     io::Error::new(
