@@ -55,7 +55,7 @@ use crate::lifecycle::Lifecycle;
 use crate::listener::{ConnHandler, GetListenerInfo, ListenerActor};
 use crate::phase::Phase;
 use crate::registry::{Done, Snapshot};
-use crate::shutdown::{BeginShutdown, GetPhase, StopOutcome, WaitStopped};
+use crate::shutdown::{BeginShutdown, GetPhase, Graces, StopOutcome, WaitStopped};
 
 /// Bind every listener, start the lifecycle and wait until every listener
 /// accepts. Replies with the bound addresses.
@@ -112,9 +112,7 @@ pub struct HarnessBuilder {
     log: Logger,
     metrics: Option<prometheus::Registry>,
     prefix: Option<String>,
-    lame_duck: Duration,
-    drain_grace: Duration,
-    abort_grace: Duration,
+    graces: Graces,
     stop_accepting_at: Phase,
 }
 
@@ -122,9 +120,7 @@ impl std::fmt::Debug for HarnessBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HarnessBuilder")
             .field("listeners", &self.listeners.len())
-            .field("lame_duck", &self.lame_duck)
-            .field("drain_grace", &self.drain_grace)
-            .field("abort_grace", &self.abort_grace)
+            .field("graces", &self.graces)
             .finish()
     }
 }
@@ -190,19 +186,19 @@ impl HarnessBuilder {
     /// [`ShutdownBuilder::lame_duck`](crate::ShutdownBuilder::lame_duck)).
     /// Default none.
     pub fn lame_duck(mut self, lame_duck: Duration) -> Self {
-        self.lame_duck = lame_duck;
+        self.graces.lame_duck = lame_duck;
         self
     }
 
     /// Drain grace. Default 3 s.
     pub fn drain_grace(mut self, grace: Duration) -> Self {
-        self.drain_grace = grace;
+        self.graces.drain = grace;
         self
     }
 
     /// Abort grace. Default 1 s.
     pub fn abort_grace(mut self, grace: Duration) -> Self {
-        self.abort_grace = grace;
+        self.graces.abort = grace;
         self
     }
 
@@ -249,9 +245,7 @@ impl Harness {
             log: Logger::root(slog::Discard, o!()),
             metrics: None,
             prefix: None,
-            lame_duck: crate::shutdown::DEFAULT_LAME_DUCK,
-            drain_grace: crate::shutdown::DEFAULT_DRAIN_GRACE,
-            abort_grace: crate::shutdown::DEFAULT_ABORT_GRACE,
+            graces: Graces::default(),
             stop_accepting_at: Phase::Aborting,
         }
     }
@@ -308,9 +302,7 @@ impl Handler<Start> for Harness {
         }
         let mut builder = Lifecycle::builder(inventory)
             .logger(plan.log.clone())
-            .lame_duck(plan.lame_duck)
-            .drain_grace(plan.drain_grace)
-            .abort_grace(plan.abort_grace)
+            .graces(plan.graces)
             .handle_signals(false)
             .stop_system(false);
         if let Some(m) = &plan.metrics {
@@ -413,20 +405,10 @@ impl Handler<WaitStopped> for Harness {
                 debug!(r.lifecycle.logger(), "harness wait stopped");
                 let coordinator = r.lifecycle.coordinator().clone();
                 Box::pin(async move {
-                    coordinator.send(msg).await.unwrap_or(StopOutcome {
-                        exit_code: 1,
-                        left_open: Vec::new(),
-                        elapsed: Duration::ZERO,
-                    })
+                    (coordinator.send(msg).await).unwrap_or(StopOutcome::without_stop(1))
                 })
             }
-            None => Box::pin(async {
-                StopOutcome {
-                    exit_code: 0,
-                    left_open: Vec::new(),
-                    elapsed: Duration::ZERO,
-                }
-            }),
+            None => Box::pin(async { StopOutcome::without_stop(0) }),
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::metrics::{PhaseCollector, DEFAULT_PREFIX};
 use crate::phase::ShutdownHandle;
 use crate::ready::{Ready, Served, ServedListener};
 use crate::registry::{ConnectionRegistry, RegistryHandle};
-use crate::shutdown::ShutdownCoordinator;
+use crate::shutdown::{Graces, ShutdownCoordinator};
 
 /// Builds and starts a [`Lifecycle`].
 #[must_use]
@@ -23,9 +23,7 @@ pub struct LifecycleBuilder {
     log: Logger,
     metrics: prometheus::Registry,
     prefix: String,
-    lame_duck: Option<Duration>,
-    drain_grace: Option<Duration>,
-    abort_grace: Option<Duration>,
+    graces: Graces,
     signals: bool,
     stop_system: bool,
     force_exit: Option<Box<dyn Fn(i32) + Send + Sync>>,
@@ -68,19 +66,25 @@ impl LifecycleBuilder {
 
     /// Lame duck; default none (see [`crate::ShutdownBuilder::lame_duck`]).
     pub fn lame_duck(mut self, lame_duck: Duration) -> Self {
-        self.lame_duck = Some(lame_duck);
+        self.graces.lame_duck = lame_duck;
         self
     }
 
     /// Drain grace; default 3 s (see [`crate::ShutdownBuilder::drain_grace`]).
     pub fn drain_grace(mut self, grace: Duration) -> Self {
-        self.drain_grace = Some(grace);
+        self.graces.drain = grace;
         self
     }
 
     /// Abort grace; default 1 s (see [`crate::ShutdownBuilder::abort_grace`]).
     pub fn abort_grace(mut self, grace: Duration) -> Self {
-        self.abort_grace = Some(grace);
+        self.graces.abort = grace;
+        self
+    }
+
+    /// All three shutdown bounds at once (the harness's).
+    pub(crate) fn graces(mut self, graces: Graces) -> Self {
+        self.graces = graces;
         self
     }
 
@@ -139,17 +143,9 @@ impl LifecycleBuilder {
         let connections = registry.handle();
         let mut shutdown = ShutdownCoordinator::builder(connections.clone())
             .logger(self.log.clone())
+            .graces(self.graces)
             .handle_signals(self.signals)
             .stop_system(self.stop_system);
-        if let Some(lame_duck) = self.lame_duck {
-            shutdown = shutdown.lame_duck(lame_duck);
-        }
-        if let Some(grace) = self.drain_grace {
-            shutdown = shutdown.drain_grace(grace);
-        }
-        if let Some(grace) = self.abort_grace {
-            shutdown = shutdown.abort_grace(grace);
-        }
         if let Some(f) = self.force_exit {
             shutdown = shutdown.on_force_exit(f);
         }
@@ -165,9 +161,7 @@ impl LifecycleBuilder {
             log: self.log,
             metrics: self.metrics,
             served: Served::default(),
-            drain_grace: self
-                .drain_grace
-                .unwrap_or(crate::shutdown::DEFAULT_DRAIN_GRACE),
+            drain_grace: self.graces.drain,
         })
     }
 }
@@ -216,9 +210,7 @@ impl Lifecycle {
             log: crate::stderr_log::StderrErrors::logger(),
             metrics: prometheus::Registry::new(),
             prefix: DEFAULT_PREFIX.to_owned(),
-            lame_duck: None,
-            drain_grace: None,
-            abort_grace: None,
+            graces: Graces::default(),
             signals: true,
             stop_system: true,
             force_exit: None,
