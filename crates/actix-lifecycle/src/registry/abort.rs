@@ -9,15 +9,45 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::entry::Entry;
 use super::shard::ConnectionGuard;
 
-fn aborted_error() -> io::Error {
-    io::Error::new(
+/// What a write or flush of an aborted connection answers.
+fn aborted_error<T>() -> io::Result<T> {
+    Err(io::Error::new(
         io::ErrorKind::ConnectionAborted,
         "connection aborted by lifecycle shutdown",
-    )
+    ))
+}
+
+/// Polls the stream with `poll` unless the connection is aborted, which
+/// answers `aborted` instead. A pending poll registers the task on `waker`
+/// (the entry's read or write waker, woken by the abort) and checks the
+/// flag once more, so an abort that raced the poll is not missed.
+fn unless_aborted<T>(
+    entry: &Entry,
+    waker: &AtomicWaker,
+    cx: &mut Context<'_>,
+    aborted: fn() -> io::Result<T>,
+    poll: impl FnOnce(&mut Context<'_>) -> Poll<io::Result<T>>,
+) -> Poll<io::Result<T>> {
+    if entry.is_aborted() {
+        return Poll::Ready(aborted());
+    }
+    match poll(cx) {
+        Poll::Pending => {
+            waker.register(cx.waker());
+            if entry.is_aborted() {
+                Poll::Ready(aborted())
+            } else {
+                Poll::Pending
+            }
+        }
+        ready => ready,
+    }
 }
 
 /// A connection stream tracked by the [`ConnectionRegistry`](crate::ConnectionRegistry).
@@ -82,22 +112,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let abort = this.guard.entry();
-        if abort.is_aborted() {
-            return Poll::Ready(Ok(()));
-        }
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Pending => {
-                abort.read_waker.register(cx.waker());
-                if abort.is_aborted() {
-                    Poll::Ready(Ok(()))
-                } else {
-                    Poll::Pending
-                }
-            }
-            ready => ready,
-        }
+        let Tracked { inner, guard } = self.get_mut();
+        let entry = guard.entry();
+        unless_aborted(
+            entry,
+            &entry.read_waker,
+            cx,
+            || Ok(()),
+            |cx| Pin::new(inner).poll_read(cx, buf),
+        )
     }
 }
 
@@ -107,41 +130,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let abort = this.guard.entry();
-        if abort.is_aborted() {
-            return Poll::Ready(Err(aborted_error()));
-        }
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Pending => {
-                abort.write_waker.register(cx.waker());
-                if abort.is_aborted() {
-                    Poll::Ready(Err(aborted_error()))
-                } else {
-                    Poll::Pending
-                }
-            }
-            ready => ready,
-        }
+        let Tracked { inner, guard } = self.get_mut();
+        let entry = guard.entry();
+        unless_aborted(entry, &entry.write_waker, cx, aborted_error, |cx| {
+            Pin::new(inner).poll_write(cx, buf)
+        })
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let abort = this.guard.entry();
-        if abort.is_aborted() {
-            return Poll::Ready(Err(aborted_error()));
-        }
-        match Pin::new(&mut this.inner).poll_flush(cx) {
-            Poll::Pending => {
-                abort.write_waker.register(cx.waker());
-                if abort.is_aborted() {
-                    Poll::Ready(Err(aborted_error()))
-                } else {
-                    Poll::Pending
-                }
-            }
-            ready => ready,
-        }
+        let Tracked { inner, guard } = self.get_mut();
+        let entry = guard.entry();
+        unless_aborted(entry, &entry.write_waker, cx, aborted_error, |cx| {
+            Pin::new(inner).poll_flush(cx)
+        })
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
