@@ -67,11 +67,20 @@ pub struct Tracked<S> {
     guard: ConnectionGuard,
 }
 
-impl<S> Tracked<S> {
-    pub(crate) fn new(inner: S, guard: ConnectionGuard) -> Self {
-        Tracked { inner, guard }
+/// Beside [`Tracked`], which it makes (the guard's other methods are in
+/// the shard module): the shard needs to know nothing of streams.
+impl ConnectionGuard {
+    /// Wraps the connection's stream so that an abort ends its I/O
+    /// persistently; the stream then holds this guard (see [`Tracked`]).
+    pub fn track<S>(self, stream: S) -> Tracked<S> {
+        Tracked {
+            inner: stream,
+            guard: self,
+        }
     }
+}
 
+impl<S> Tracked<S> {
     /// The connection id.
     pub fn id(&self) -> u64 {
         self.guard.id()

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use slog::{debug, info};
 
-use super::abort::Tracked;
 use super::admission::{KindAdmission, NetKey, RefuseReason};
 use super::entry::{Entry, IdHasher, Live};
 use super::stats::{KindStats, KindTable};
@@ -311,12 +310,6 @@ impl ConnectionGuard {
     /// True once the connection was aborted.
     pub fn is_aborted(&self) -> bool {
         self.entry.is_aborted()
-    }
-
-    /// Wraps the connection's stream so that an abort ends its I/O
-    /// persistently; the stream then holds this guard (see [`Tracked`]).
-    pub fn track<S>(self, stream: S) -> Tracked<S> {
-        Tracked::new(stream, self)
     }
 
     pub(crate) fn entry(&self) -> &Entry {
