@@ -100,9 +100,10 @@ pub enum ListenerError {
     Invalid {
         /// The listener name.
         name: String,
-        /// What the check found (names the descriptor and the fix).
+        /// What the check found (names the descriptor and the fix);
+        /// boxed, as the hand-off's error is large.
         #[source]
-        source: lifecycle_handoff::Error,
+        source: Box<lifecycle_handoff::Error>,
     },
     /// The accept loop failed with an error it cannot back off from.
     #[error(

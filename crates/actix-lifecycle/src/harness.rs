@@ -268,7 +268,10 @@ fn bind(spec: &ListenerSpec) -> Result<PassedListener, LifecycleError> {
         },
         source => LifecycleError::ListenerStart {
             name: name.clone(),
-            source: ListenerError::Invalid { name, source },
+            source: ListenerError::Invalid {
+                name,
+                source: Box::new(source),
+            },
         },
     })?;
     Ok(PassedListener {

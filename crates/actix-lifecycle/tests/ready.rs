@@ -236,9 +236,11 @@ async fn a_socket_that_is_not_listening_fails_ready_with_the_typed_check() {
                 source:
                     ListenerError::Invalid {
                         name: invalid,
-                        source: lifecycle_handoff::Error::NotListening { .. },
+                        source,
                     },
-            } => assert_eq!((failed.as_str(), invalid.as_str()), (name, name)),
+            } if matches!(**source, lifecycle_handoff::Error::NotListening { .. }) => {
+                assert_eq!((failed.as_str(), invalid.as_str()), (name, name))
+            }
             other => panic!("expected ListenerStart(Invalid(NotListening)), got {other:?}"),
         }
         let msg = err.to_string();

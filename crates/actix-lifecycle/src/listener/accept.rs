@@ -83,7 +83,7 @@ pub(crate) fn check_listener(
     let entry = format!("inventory listener {:?}", spec.name());
     validate_listener(fd.as_fd(), spec, &entry).map_err(|source| ListenerError::Invalid {
         name: spec.name().to_owned(),
-        source,
+        source: Box::new(source),
     })
 }
 
