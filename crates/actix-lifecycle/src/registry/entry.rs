@@ -34,8 +34,7 @@ pub(crate) struct Entry {
 /// The abort half of an entry: the flag and the tasks to wake when it is
 /// set. Kept as fields of [`Entry`] (not a nested struct) so the flag
 /// shares padding with the entry's other small fields. The flag is set by
-/// [`ShardState::mark_aborted`](super::shard::ShardState::mark_aborted),
-/// which also counts it.
+/// the shard module's `mark_aborted`, which also counts it.
 impl Entry {
     /// A live, not aborted entry of kind `kind`, registered at `started`
     /// (nanoseconds since the registry's epoch), counted under `net` when
@@ -53,13 +52,14 @@ impl Entry {
         }
     }
 
+    /// True once the connection was aborted.
     pub(crate) fn is_aborted(&self) -> bool {
         self.aborted.load(Ordering::Acquire)
     }
 
-    /// Sets the flag; returns true the first time. Only
-    /// [`ShardState::mark_aborted`](super::shard::ShardState::mark_aborted)
-    /// calls it, under the shard lock, so the count follows the flag.
+    /// Sets the flag; returns true the first time. Only the shard module's
+    /// `mark_aborted` calls it, under the shard lock, so the count follows
+    /// the flag.
     pub(super) fn set_aborted(&self) -> bool {
         !self.aborted.swap(true, Ordering::AcqRel)
     }
