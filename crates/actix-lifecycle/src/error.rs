@@ -90,6 +90,21 @@ pub enum ListenerError {
         #[source]
         source: io::Error,
     },
+    /// The socket is not what the inventory declares (not a listening
+    /// stream socket of the declared network, or bound elsewhere), as
+    /// [`validate_listener`](lifecycle_handoff::validate_listener) found.
+    #[error(
+        "listener {name:?}: the socket is not the one declared: {source}; the listener \
+         stays down until the inventory passes the socket it declares"
+    )]
+    Invalid {
+        /// The listener name.
+        name: String,
+        /// What the check found (names the descriptor and the fix);
+        /// boxed, as the hand-off's error is large.
+        #[source]
+        source: Box<lifecycle_handoff::Error>,
+    },
     /// The accept loop failed with an error it cannot back off from.
     #[error(
         "listener {name:?}: accepting failed: {source}; the listening socket is \

@@ -50,12 +50,12 @@ use actix::{
 use lifecycle_handoff::{Inventory, ListenAddress, ListenerSpec, PassedListener};
 use slog::{debug, o, Logger};
 
-use crate::error::LifecycleError;
+use crate::error::{LifecycleError, ListenerError};
 use crate::lifecycle::Lifecycle;
 use crate::listener::{ConnHandler, GetListenerInfo, ListenerActor};
 use crate::phase::Phase;
 use crate::registry::{Done, Snapshot};
-use crate::shutdown::{BeginShutdown, GetPhase, StopOutcome, WaitStopped};
+use crate::shutdown::{BeginShutdown, GetPhase, Graces, StopOutcome, WaitStopped};
 
 /// Bind every listener, start the lifecycle and wait until every listener
 /// accepts. Replies with the bound addresses.
@@ -65,6 +65,7 @@ pub struct Start;
 
 /// The reply to [`Start`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct HarnessInfo {
     /// Every listener's name and bound address, in declaration order.
     pub addresses: Vec<(String, ListenAddress)>,
@@ -111,9 +112,7 @@ pub struct HarnessBuilder {
     log: Logger,
     metrics: Option<prometheus::Registry>,
     prefix: Option<String>,
-    lame_duck: Duration,
-    drain_grace: Duration,
-    abort_grace: Duration,
+    graces: Graces,
     stop_accepting_at: Phase,
 }
 
@@ -121,9 +120,7 @@ impl std::fmt::Debug for HarnessBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HarnessBuilder")
             .field("listeners", &self.listeners.len())
-            .field("lame_duck", &self.lame_duck)
-            .field("drain_grace", &self.drain_grace)
-            .field("abort_grace", &self.abort_grace)
+            .field("graces", &self.graces)
             .finish()
     }
 }
@@ -189,19 +186,19 @@ impl HarnessBuilder {
     /// [`ShutdownBuilder::lame_duck`](crate::ShutdownBuilder::lame_duck)).
     /// Default none.
     pub fn lame_duck(mut self, lame_duck: Duration) -> Self {
-        self.lame_duck = lame_duck;
+        self.graces.lame_duck = lame_duck;
         self
     }
 
     /// Drain grace. Default 3 s.
     pub fn drain_grace(mut self, grace: Duration) -> Self {
-        self.drain_grace = grace;
+        self.graces.drain = grace;
         self
     }
 
     /// Abort grace. Default 1 s.
     pub fn abort_grace(mut self, grace: Duration) -> Self {
-        self.abort_grace = grace;
+        self.graces.abort = grace;
         self
     }
 
@@ -248,9 +245,7 @@ impl Harness {
             log: Logger::root(slog::Discard, o!()),
             metrics: None,
             prefix: None,
-            lame_duck: crate::shutdown::DEFAULT_LAME_DUCK,
-            drain_grace: crate::shutdown::DEFAULT_DRAIN_GRACE,
-            abort_grace: crate::shutdown::DEFAULT_ABORT_GRACE,
+            graces: Graces::default(),
             stop_accepting_at: Phase::Aborting,
         }
     }
@@ -263,10 +258,21 @@ impl Harness {
 /// Binds `spec` as this process would in immediate mode
 /// ([`lifecycle_handoff::bind_listener`]: close-on-exec, non-blocking, with
 /// the spec's backlog); a TCP port 0 is replaced by the port bound.
-fn bind(spec: &ListenerSpec) -> std::io::Result<PassedListener> {
+fn bind(spec: &ListenerSpec) -> Result<PassedListener, LifecycleError> {
+    let name = spec.name().to_owned();
     let (fd, bound) = lifecycle_handoff::bind_listener(spec).map_err(|e| match e {
-        lifecycle_handoff::Error::Bind { source, .. } => source,
-        other => std::io::Error::other(other.to_string()),
+        lifecycle_handoff::Error::Bind { source, .. } => LifecycleError::Bind {
+            name,
+            address: spec.address().to_string(),
+            source,
+        },
+        source => LifecycleError::ListenerStart {
+            name: name.clone(),
+            source: ListenerError::Invalid {
+                name,
+                source: Box::new(source),
+            },
+        },
     })?;
     Ok(PassedListener {
         spec: ListenerSpec::new(spec.name(), bound).with_backlog(spec.backlog()),
@@ -294,20 +300,12 @@ impl Handler<Start> for Harness {
                     addresses.push((p.spec.name().to_owned(), passed.spec.address().clone()));
                     inventory.listeners.push(passed);
                 }
-                Err(source) => {
-                    return Box::pin(actix::fut::ready(Err(LifecycleError::Bind {
-                        name: p.spec.name().to_owned(),
-                        address: p.spec.address().to_string(),
-                        source,
-                    })))
-                }
+                Err(e) => return Box::pin(actix::fut::ready(Err(e))),
             }
         }
         let mut builder = Lifecycle::builder(inventory)
             .logger(plan.log.clone())
-            .lame_duck(plan.lame_duck)
-            .drain_grace(plan.drain_grace)
-            .abort_grace(plan.abort_grace)
+            .graces(plan.graces)
             .handle_signals(false)
             .stop_system(false);
         if let Some(m) = &plan.metrics {
@@ -410,20 +408,10 @@ impl Handler<WaitStopped> for Harness {
                 debug!(r.lifecycle.logger(), "harness wait stopped");
                 let coordinator = r.lifecycle.coordinator().clone();
                 Box::pin(async move {
-                    coordinator.send(msg).await.unwrap_or(StopOutcome {
-                        exit_code: 1,
-                        left_open: Vec::new(),
-                        elapsed: Duration::ZERO,
-                    })
+                    (coordinator.send(msg).await).unwrap_or(StopOutcome::without_stop(1))
                 })
             }
-            None => Box::pin(async {
-                StopOutcome {
-                    exit_code: 0,
-                    left_open: Vec::new(),
-                    elapsed: Duration::ZERO,
-                }
-            }),
+            None => Box::pin(async { StopOutcome::without_stop(0) }),
         }
     }
 }

@@ -147,6 +147,11 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+// The README's example is compiled and run with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod broker;
 mod buffer;
 mod error;
@@ -177,7 +182,7 @@ pub use listener::{
     TrustedNetwork, ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, DEFAULT_PROXY_DEADLINE,
     DEFAULT_PROXY_MAX_HEADER,
 };
-pub use metrics::{DEFAULT_PREFIX, DURATION_BUCKETS};
+pub use metrics::DEFAULT_PREFIX;
 pub use notify::{
     GetNotifierState, HandedOver, NotifierBuilder, NotifierState, NotifyEnv, NotifyError,
     NotifySender, SendMainPid, SystemdNotifier, WaitReady,
@@ -187,8 +192,8 @@ pub use ready::{Ready, ServedListener};
 pub use registry::{
     Abort, ConnKind, ConnectionGuard, ConnectionInfo, ConnectionRegistry, Done, KindCount, Limits,
     Rate, RefuseReason, RefusedCounts, Register, RegistryBuilder, RegistryHandle, RegistryShard,
-    RegistrySnapshot, SetLimits, Shutdown, Snapshot, Tracked, Unregister, MAX_PREFIX_V4,
-    MAX_PREFIX_V6, MAX_TRACKED_NETWORKS, STRIPES,
+    RegistrySnapshot, SetLimits, Shutdown, Snapshot, Tracked, Unregister, DURATION_BUCKETS,
+    MAX_PREFIX_V4, MAX_PREFIX_V6, MAX_TRACKED_NETWORKS, STRIPES,
 };
 pub use shutdown::{
     BeginShutdown, EndLameDuck, Fatal, GetPhase, ShutdownBuilder, ShutdownCoordinator,

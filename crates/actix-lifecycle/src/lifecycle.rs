@@ -9,12 +9,12 @@ use slog::Logger;
 
 use crate::broker::{CloseUnclaimed, FdBroker, GetInventory, TakeListener};
 use crate::error::LifecycleError;
-use crate::listener::{ConnHandler, ListenerActor, ListenerBuilder};
+use crate::listener::{check_listener, ConnHandler, ListenerActor, ListenerBuilder};
 use crate::metrics::{PhaseCollector, DEFAULT_PREFIX};
 use crate::phase::ShutdownHandle;
 use crate::ready::{Ready, Served, ServedListener};
 use crate::registry::{ConnectionRegistry, RegistryHandle};
-use crate::shutdown::ShutdownCoordinator;
+use crate::shutdown::{Graces, ShutdownCoordinator};
 
 /// Builds and starts a [`Lifecycle`].
 #[must_use]
@@ -23,9 +23,7 @@ pub struct LifecycleBuilder {
     log: Logger,
     metrics: prometheus::Registry,
     prefix: String,
-    lame_duck: Option<Duration>,
-    drain_grace: Option<Duration>,
-    abort_grace: Option<Duration>,
+    graces: Graces,
     signals: bool,
     stop_system: bool,
     force_exit: Option<Box<dyn Fn(i32) + Send + Sync>>,
@@ -68,19 +66,25 @@ impl LifecycleBuilder {
 
     /// Lame duck; default none (see [`crate::ShutdownBuilder::lame_duck`]).
     pub fn lame_duck(mut self, lame_duck: Duration) -> Self {
-        self.lame_duck = Some(lame_duck);
+        self.graces.lame_duck = lame_duck;
         self
     }
 
     /// Drain grace; default 3 s (see [`crate::ShutdownBuilder::drain_grace`]).
     pub fn drain_grace(mut self, grace: Duration) -> Self {
-        self.drain_grace = Some(grace);
+        self.graces.drain = grace;
         self
     }
 
     /// Abort grace; default 1 s (see [`crate::ShutdownBuilder::abort_grace`]).
     pub fn abort_grace(mut self, grace: Duration) -> Self {
-        self.abort_grace = Some(grace);
+        self.graces.abort = grace;
+        self
+    }
+
+    /// All three shutdown bounds at once (the harness's).
+    pub(crate) fn graces(mut self, graces: Graces) -> Self {
+        self.graces = graces;
         self
     }
 
@@ -139,17 +143,9 @@ impl LifecycleBuilder {
         let connections = registry.handle();
         let mut shutdown = ShutdownCoordinator::builder(connections.clone())
             .logger(self.log.clone())
+            .graces(self.graces)
             .handle_signals(self.signals)
             .stop_system(self.stop_system);
-        if let Some(lame_duck) = self.lame_duck {
-            shutdown = shutdown.lame_duck(lame_duck);
-        }
-        if let Some(grace) = self.drain_grace {
-            shutdown = shutdown.drain_grace(grace);
-        }
-        if let Some(grace) = self.abort_grace {
-            shutdown = shutdown.abort_grace(grace);
-        }
         if let Some(f) = self.force_exit {
             shutdown = shutdown.on_force_exit(f);
         }
@@ -165,9 +161,7 @@ impl LifecycleBuilder {
             log: self.log,
             metrics: self.metrics,
             served: Served::default(),
-            drain_grace: self
-                .drain_grace
-                .unwrap_or(crate::shutdown::DEFAULT_DRAIN_GRACE),
+            drain_grace: self.graces.drain,
         })
     }
 }
@@ -216,9 +210,7 @@ impl Lifecycle {
             log: crate::stderr_log::StderrErrors::logger(),
             metrics: prometheus::Registry::new(),
             prefix: DEFAULT_PREFIX.to_owned(),
-            lame_duck: None,
-            drain_grace: None,
-            abort_grace: None,
+            graces: Graces::default(),
             signals: true,
             stop_system: true,
             force_exit: None,
@@ -254,17 +246,14 @@ impl Lifecycle {
     ) -> ListenerBuilder {
         let (name, protocol) = (name.into(), protocol.into());
         let report = self.served.expect(&name, &protocol);
-        ListenerActor::builder(
-            name,
-            protocol,
-            self.broker.clone(),
-            self.connections.clone(),
-            self.shutdown_handle.clone(),
-            handler,
-        )
-        .logger(self.log.clone())
-        .coordinator(self.coordinator.clone())
-        .report(report)
+        ListenerActor::builder(name, self.broker.clone())
+            .protocol(protocol)
+            .registry(self.connections.clone())
+            .shutdown(self.shutdown_handle.clone())
+            .handler(handler)
+            .logger(self.log.clone())
+            .coordinator(self.coordinator.clone())
+            .report(report)
     }
 
     /// Takes the listener `name` from the broker for a server of the
@@ -291,18 +280,11 @@ impl Lifecycle {
             .map_err(failed)?;
         // The socket must be what the spec says; its address is the real one
         // (a declared port 0 is the bound port).
-        let entry = format!("inventory listener {name:?}");
-        let address = lifecycle_handoff::validate_listener(
-            std::os::fd::AsFd::as_fd(&passed.fd),
-            &passed.spec,
-            &entry,
-        )
-        .map_err(|e| LifecycleError::ListenerStart {
-            name: name.clone(),
-            source: crate::ListenerError::Adopt {
+        let address = check_listener(&passed.fd, &passed.spec).map_err(|source| {
+            LifecycleError::ListenerStart {
                 name: name.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-            },
+                source,
+            }
         })?;
         self.served.taken(ServedListener {
             name,

@@ -22,9 +22,10 @@ pub use proxy::{
 
 use crate::broker::{ClaimListener, FdBroker, TakeListener};
 use crate::error::{BrokerError, ListenerError};
-use crate::phase::{Phase, ShutdownHandle};
+use crate::phase::{Phase, PhaseController, ShutdownHandle};
 use crate::registry::{ConnKind, Limits, RegistryHandle, RegistryShard};
 use crate::shutdown::{Fatal, ShutdownCoordinator};
+pub(crate) use accept::check_listener;
 use accept::{open_reserve, AcceptLoop, Acceptor, Counters, Server};
 
 pub use accept::{ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN};
@@ -42,6 +43,7 @@ pub struct GetListenerInfo;
 
 /// The reply to [`GetListenerInfo`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ListenerInfo {
     /// The listener's name.
     pub name: String,
@@ -106,6 +108,37 @@ impl std::fmt::Debug for ListenerBuilder {
 }
 
 impl ListenerBuilder {
+    /// The protocol label of its connections (the metrics' and logs'
+    /// `protocol`). Default: the listener's name.
+    pub fn protocol(mut self, protocol: impl Into<String>) -> Self {
+        self.protocol = protocol.into();
+        self
+    }
+
+    /// What serves each connection. Default: a handler that closes every
+    /// connection at once (the listener only accepts and counts).
+    pub fn handler(mut self, handler: ConnHandler) -> Self {
+        self.handler = handler;
+        self
+    }
+
+    /// The registry its connections are tracked in (and admitted under the
+    /// limits of). Default: a registry of this listener's own, without
+    /// metrics, that nothing else sees: set the service's.
+    pub fn registry(mut self, registry: RegistryHandle) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// The shutdown phases it follows (it stops accepting at
+    /// [`stop_accepting_at`](Self::stop_accepting_at), its connections see
+    /// them through [`Conn::shutdown`]). Default: a handle that stays
+    /// `Running`, so the listener accepts until [`StopAccepting`].
+    pub fn shutdown(mut self, shutdown: ShutdownHandle) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
     /// This listener's own admission limits (checked where each connection
     /// registers; see [`RegistryShard::admit`]). Default: the registry's
     /// ([`RegistryBuilder::limits`](crate::RegistryBuilder::limits)).
@@ -315,23 +348,46 @@ impl std::fmt::Debug for ListenerActor {
 }
 
 impl ListenerActor {
-    /// A builder for the listener `name` (as in the inventory) serving
-    /// `protocol` (the metrics' `protocol` label) with `handler`.
-    pub fn builder(
-        name: impl Into<String>,
-        protocol: impl Into<String>,
-        broker: Addr<FdBroker>,
-        registry: RegistryHandle,
-        shutdown: ShutdownHandle,
-        handler: ConnHandler,
-    ) -> ListenerBuilder {
+    /// A builder for the listener `name` (as in the inventory) whose
+    /// socket `broker` holds. The rest has defaults: set at least a
+    /// [`handler`](ListenerBuilder::handler). Inside a [`Lifecycle`](crate::Lifecycle),
+    /// [`Lifecycle::listener`](crate::Lifecycle::listener) fills in its
+    /// broker, registry, shutdown handle and logger.
+    ///
+    /// ```
+    /// use actix::Actor;
+    /// use actix_lifecycle::{
+    ///     ConnHandler, ConnectionRegistry, FdBroker, GetListenerInfo, ListenerActor, PhaseController,
+    /// };
+    /// use lifecycle_handoff::{Inventory, ListenerSpec, PassedListener};
+    ///
+    /// # actix::System::new().block_on(async {
+    /// let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let spec = ListenerSpec::tcp("echo", socket.local_addr().unwrap());
+    /// let mut inventory = Inventory::default();
+    /// inventory.listeners.push(PassedListener { spec, fd: socket.into() });
+    /// let broker = FdBroker::new(inventory, slog::Logger::root(slog::Discard, slog::o!())).start();
+    /// let registry = ConnectionRegistry::builder().build().unwrap();
+    /// let phases = PhaseController::new();
+    /// let listener = ListenerActor::builder("echo", broker)
+    ///     .protocol("echo")
+    ///     .registry(registry.handle())
+    ///     .shutdown(phases.handle())
+    ///     .handler(ConnHandler::new(|conn| async move { drop(conn) }))
+    ///     .start();
+    /// let info = listener.send(GetListenerInfo).await.unwrap();
+    /// assert!(info.accepting && info.protocol == "echo");
+    /// # });
+    /// ```
+    pub fn builder(name: impl Into<String>, broker: Addr<FdBroker>) -> ListenerBuilder {
+        let name = name.into();
         ListenerBuilder {
-            name: name.into(),
-            protocol: protocol.into(),
+            protocol: name.clone(),
+            name,
             broker,
-            registry,
-            shutdown,
-            handler,
+            registry: RegistryHandle::new(Logger::root(slog::Discard, o!())),
+            shutdown: PhaseController::new().handle(),
+            handler: ConnHandler::new(|conn| async move { drop(conn) }),
             log: Logger::root(slog::Discard, o!()),
             arbiters: Vec::new(),
             stop_at: Phase::Aborting,
@@ -363,11 +419,7 @@ impl ListenerActor {
         passed: PassedListener,
         ctx: &mut Context<Self>,
     ) -> Result<(), ListenerError> {
-        let (acceptor, address) =
-            Acceptor::adopt(passed).map_err(|source| ListenerError::Adopt {
-                name: self.name.to_string(),
-                source,
-            })?;
+        let (acceptor, address) = Acceptor::adopt(passed)?;
         info!(self.log, "listening"; "address" => %address);
         if let Some(report) = self.report.take() {
             let _ = report.send(Ok(address.clone()));

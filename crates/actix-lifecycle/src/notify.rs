@@ -15,21 +15,18 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use actix::{
-    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, MessageResult, ResponseFuture,
+    Actor, ActorFutureExt, AsyncContext, Context, Handler, MessageResult, ResponseFuture,
     WrapFuture,
 };
 use slog::{debug, error, info, warn, Logger};
 use tokio::sync::oneshot;
 
 pub use builder::NotifierBuilder;
+use builder::Watched;
 pub use lifecycle_handoff::{Notifier as NotifySender, NotifyEnv, NotifyError};
 pub use messages::{GetNotifierState, HandedOver, NotifierState, SendMainPid, WaitReady};
 
-use crate::broker::FdBroker;
 use crate::lifecycle::Lifecycle;
-use crate::listener::ListenerActor;
-use crate::phase::ShutdownHandle;
-use crate::registry::RegistryHandle;
 
 /// Default least time between two `STATUS=` notifications.
 const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -81,8 +78,8 @@ enum Readiness {
 /// nothing fails.
 ///
 /// * `READY=1` once every listener accepts: every listener of the
-///   lifecycle's inventory was taken from the [`FdBroker`] (served, or
-///   closed as unclaimed) and every [`ListenerActor`] given to the builder
+///   lifecycle's inventory was taken from the [`FdBroker`](crate::FdBroker) (served, or
+///   closed as unclaimed) and every [`ListenerActor`](crate::ListenerActor) given to the builder
 ///   answers [`GetListenerInfo`](crate::GetListenerInfo) with `accepting`. Never, if shutdown
 ///   begins first or a listener dies before it accepts (logged).
 /// * `STATUS=` with the phase and live connections per listener
@@ -137,10 +134,7 @@ enum Readiness {
 pub struct SystemdNotifier {
     sender: Option<NotifySender>,
     watchdog: Option<Duration>,
-    shutdown: ShutdownHandle,
-    connections: RegistryHandle,
-    broker: Addr<FdBroker>,
-    listeners: Vec<Addr<ListenerActor>>,
+    watched: Watched,
     log: Logger,
     status_interval: Duration,
     readiness: Readiness,
@@ -267,12 +261,12 @@ impl SystemdNotifier {
             Ok(()) => {
                 self.readiness = Readiness::Ready;
                 info!(self.log, "ready: every listener accepts";
-                    "listeners" => self.listeners.len(), "notify" => self.sender.is_some());
+                    "listeners" => self.watched.listeners.len(), "notify" => self.sender.is_some());
                 self.post(ctx, Note::Ready);
             }
             Err(why) => {
                 self.readiness = Readiness::Never;
-                if self.shutdown.is_shutting_down() {
+                if self.watched.shutdown.is_shutting_down() {
                     info!(self.log, "not ready: {}", why);
                 } else {
                     error!(self.log, "not ready: {}", why);
@@ -296,9 +290,9 @@ impl SystemdNotifier {
             return;
         }
         let line = status::status_line(
-            self.shutdown.phase(),
+            self.watched.shutdown.phase(),
             self.readiness == Readiness::Ready,
-            &self.connections.snapshot(),
+            &self.watched.connections.snapshot(),
         );
         if self.last_status.as_deref() == Some(line.as_str()) {
             return;
@@ -334,9 +328,9 @@ impl Actor for SystemdNotifier {
         }
 
         let wait = readiness::wait_until_ready(
-            self.broker.clone(),
-            self.listeners.clone(),
-            self.shutdown.clone(),
+            self.watched.broker.clone(),
+            self.watched.listeners.clone(),
+            self.watched.shutdown.clone(),
             self.log.clone(),
         );
         ctx.spawn(
@@ -349,7 +343,7 @@ impl Actor for SystemdNotifier {
         // full): an idle service without a lame duck goes from Draining to
         // Stopped and stops the System in one step, and a further hop (a
         // channel, another task) could be dropped with the runtime.
-        let shutdown = self.shutdown.clone();
+        let shutdown = self.watched.shutdown.clone();
         ctx.spawn(
             async move { shutdown.shutting_down().await }
                 .into_actor(self)

@@ -3,13 +3,16 @@
 
 mod abort;
 mod admission;
+mod entry;
 mod handle;
 mod messages;
+mod metrics;
 mod shard;
+mod stats;
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Instant;
 
 use actix::{Actor, Context, Handler, MessageResult, ResponseFuture};
@@ -28,18 +31,27 @@ pub use messages::{
 };
 pub use shard::{ConnectionGuard, RegistryShard};
 
+pub use stats::DURATION_BUCKETS;
+
 use crate::error::LifecycleError;
-use crate::metrics::{KindStats, RegistryCollector, DEFAULT_PREFIX};
-pub(crate) use admission::REASONS;
+use crate::metrics::DEFAULT_PREFIX;
 use admission::{AddressTable, KindAdmission};
+use metrics::RegistryCollector;
 use shard::{ShardInner, ShardState};
+use stats::KindStats;
 
 /// A (protocol, listener) pair, interned by a registry so registering with
 /// it costs no string work. Get one from [`RegistryHandle::kind`].
+///
+/// A kind belongs to the registry that made it: it holds a weak reference
+/// to it, so while the kind lives no other registry can take that
+/// registry's place in memory and mistake the kind for one of its own. A
+/// registry given a kind of another (or of one dropped since) interns it
+/// again by its labels.
 #[derive(Debug, Clone)]
 pub struct ConnKind {
     index: u32,
-    registry: usize,
+    registry: Weak<Common>,
     /// The protocol label (`smtp`, `imap`, ...).
     pub protocol: Arc<str>,
     /// The listener label (the listener's name).
@@ -74,10 +86,6 @@ impl Common {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn id(&self) -> usize {
-        self as *const Common as usize
-    }
-
     fn intern(self: &Arc<Self>, protocol: &str, listener: &str) -> ConnKind {
         let mut kinds = self.kinds.write().unwrap_or_else(PoisonError::into_inner);
         let found = kinds
@@ -102,7 +110,7 @@ impl Common {
         let k = &kinds[index];
         ConnKind {
             index: u32::try_from(index).unwrap_or(u32::MAX),
-            registry: self.id(),
+            registry: Arc::downgrade(self),
             protocol: Arc::clone(&k.protocol),
             listener: Arc::clone(&k.listener),
             admission: Arc::clone(&k.admission),
@@ -112,7 +120,7 @@ impl Common {
     /// `kind` as this registry knows it (re-interned when the kind was
     /// made by another registry).
     pub(crate) fn resolve<'a>(self: &Arc<Self>, kind: &'a ConnKind) -> Cow<'a, ConnKind> {
-        if kind.registry == self.id() {
+        if std::ptr::eq(kind.registry.as_ptr(), Arc::as_ptr(self)) {
             Cow::Borrowed(kind)
         } else {
             Cow::Owned(self.intern(&kind.protocol, &kind.listener))
@@ -193,7 +201,7 @@ impl Shared {
         let names = self.common.kind_names();
         let mut totals = vec![KindStats::default(); names.len()];
         self.each_shard(|st| {
-            for (total, s) in totals.iter_mut().zip(st.kinds.iter()) {
+            for (total, s) in totals.iter_mut().zip(st.kinds.as_slice()) {
                 total.add(s);
             }
         });

@@ -198,3 +198,57 @@ async fn metrics_text_exposes_the_gauges_without_a_prometheus_dependency() {
         "{text}"
     );
 }
+
+#[actix::test]
+async fn a_socket_that_is_not_listening_fails_ready_with_the_typed_check() {
+    // Bound but never listening: `validate_listener` refuses it, and the
+    // error keeps lifecycle-handoff's own variant (and its fix).
+    let quiet = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    quiet
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = quiet.local_addr().unwrap().as_socket().unwrap();
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let other_addr = other.local_addr().unwrap().as_socket().unwrap();
+    let lifecycle = lifecycle(vec![
+        PassedListener {
+            spec: ListenerSpec::tcp("quiet", addr),
+            fd: quiet.into(),
+        },
+        PassedListener {
+            spec: ListenerSpec::tcp("taken", other_addr),
+            fd: other.into(),
+        },
+    ]);
+    let taken = lifecycle.take_listener("taken", "http").await.unwrap_err();
+    lifecycle.serve("quiet", "echo", echo());
+    let served = tokio::time::timeout(LIMIT, lifecycle.ready())
+        .await
+        .unwrap()
+        .unwrap_err();
+    for (err, name) in [(&taken, "taken"), (&served, "quiet")] {
+        match err {
+            LifecycleError::ListenerStart {
+                name: failed,
+                source:
+                    ListenerError::Invalid {
+                        name: invalid,
+                        source,
+                    },
+            } if matches!(**source, lifecycle_handoff::Error::NotListening { .. }) => {
+                assert_eq!((failed.as_str(), invalid.as_str()), (name, name))
+            }
+            other => panic!("expected ListenerStart(Invalid(NotListening)), got {other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("listener {name:?}"))
+                && msg.contains("SO_ACCEPTCONN")
+                && msg.contains("pass the listening socket"),
+            "{msg}"
+        );
+    }
+}

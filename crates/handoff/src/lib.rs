@@ -182,6 +182,12 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+// The README's examples are compiled with the doc tests (those that bind
+// privileged ports or spawn a child are not run).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod bind;
 mod control;
 mod env;

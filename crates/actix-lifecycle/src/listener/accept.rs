@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use actix::ArbiterHandle;
 use futures_util::FutureExt;
-use lifecycle_handoff::{validate_listener, ListenAddress, Network, PassedListener};
+use lifecycle_handoff::{validate_listener, ListenAddress, ListenerSpec, Network, PassedListener};
 use slog::{debug, info, warn, Logger};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
 
 use super::conn::{Conn, ConnContext, ConnHandler, PeerAddr, Stream};
 use super::proxy::ProxyProtocol;
+use crate::error::ListenerError;
 use crate::phase::ShutdownHandle;
 use crate::registry::{ConnKind, RefuseReason, RegistryShard};
 
@@ -35,18 +36,22 @@ impl Acceptor {
     /// socket of the declared network, bound where declared), which also
     /// sets O_NONBLOCK — tokio needs it, and a hand-built inventory may be
     /// blocking — and registers it with the current arbiter's reactor.
-    pub(crate) fn adopt(passed: PassedListener) -> io::Result<(Acceptor, ListenAddress)> {
-        use std::os::fd::AsFd;
+    pub(crate) fn adopt(
+        passed: PassedListener,
+    ) -> Result<(Acceptor, ListenAddress), ListenerError> {
         let PassedListener { spec, fd } = passed;
-        let entry = format!("inventory listener {:?}", spec.name());
-        let found = validate_listener(fd.as_fd(), &spec, &entry)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let acceptor = match spec.network() {
-            Network::Tcp => Acceptor::Tcp(TcpListener::from_std(std::net::TcpListener::from(fd))?),
-            Network::Unix => Acceptor::Unix(UnixListener::from_std(
-                std::os::unix::net::UnixListener::from(fd),
-            )?),
+        let found = check_listener(&fd, &spec)?;
+        let adopted = match spec.network() {
+            Network::Tcp => {
+                TcpListener::from_std(std::net::TcpListener::from(fd)).map(Acceptor::Tcp)
+            }
+            Network::Unix => UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
+                .map(Acceptor::Unix),
         };
+        let acceptor = adopted.map_err(|source| ListenerError::Adopt {
+            name: spec.name().to_owned(),
+            source,
+        })?;
         Ok((acceptor, found))
     }
 
@@ -65,6 +70,21 @@ impl Acceptor {
             }
         }
     }
+}
+
+/// Checks a socket taken from the broker with [`validate_listener`]: a
+/// listening stream socket of the declared network, bound where declared.
+/// Returns the address it is bound to (a declared port 0 is the bound port).
+pub(crate) fn check_listener(
+    fd: &std::os::fd::OwnedFd,
+    spec: &ListenerSpec,
+) -> Result<ListenAddress, ListenerError> {
+    use std::os::fd::AsFd;
+    let entry = format!("inventory listener {:?}", spec.name());
+    validate_listener(fd.as_fd(), spec, &entry).map_err(|source| ListenerError::Invalid {
+        name: spec.name().to_owned(),
+        source: Box::new(source),
+    })
 }
 
 /// How an accept error is handled.

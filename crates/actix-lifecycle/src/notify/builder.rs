@@ -13,14 +13,20 @@ use crate::listener::ListenerActor;
 use crate::phase::ShutdownHandle;
 use crate::registry::RegistryHandle;
 
+/// What the notifier reports on: the lifecycle's phase, connections and
+/// sockets, and the listeners whose readiness it waits for.
+pub(super) struct Watched {
+    pub(super) shutdown: ShutdownHandle,
+    pub(super) connections: RegistryHandle,
+    pub(super) broker: Addr<FdBroker>,
+    pub(super) listeners: Vec<Addr<ListenerActor>>,
+}
+
 /// Builds a [`SystemdNotifier`]; see there.
 #[must_use]
 pub struct NotifierBuilder {
     env: NotifyEnv,
-    shutdown: ShutdownHandle,
-    connections: RegistryHandle,
-    broker: Addr<FdBroker>,
-    listeners: Vec<Addr<ListenerActor>>,
+    watched: Watched,
     log: Logger,
     status_interval: Duration,
 }
@@ -29,7 +35,7 @@ impl std::fmt::Debug for NotifierBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NotifierBuilder")
             .field("env", &self.env)
-            .field("listeners", &self.listeners.len())
+            .field("listeners", &self.watched.listeners.len())
             .field("status_interval", &self.status_interval)
             .finish()
     }
@@ -39,10 +45,12 @@ impl NotifierBuilder {
     pub(super) fn new(lifecycle: &Lifecycle, env: NotifyEnv) -> Self {
         NotifierBuilder {
             env,
-            shutdown: lifecycle.shutdown_handle(),
-            connections: lifecycle.connections().clone(),
-            broker: lifecycle.broker().clone(),
-            listeners: Vec::new(),
+            watched: Watched {
+                shutdown: lifecycle.shutdown_handle(),
+                connections: lifecycle.connections().clone(),
+                broker: lifecycle.broker().clone(),
+                listeners: Vec::new(),
+            },
             log: lifecycle.logger().clone(),
             status_interval: DEFAULT_STATUS_INTERVAL,
         }
@@ -57,13 +65,13 @@ impl NotifierBuilder {
     /// Readiness also waits until this listener reports that it accepts
     /// ([`GetListenerInfo`](crate::GetListenerInfo)). Give every listener actor you start.
     pub fn listener(mut self, listener: Addr<ListenerActor>) -> Self {
-        self.listeners.push(listener);
+        self.watched.listeners.push(listener);
         self
     }
 
     /// [`listener`](Self::listener) for each of `listeners`.
     pub fn listeners(mut self, listeners: impl IntoIterator<Item = Addr<ListenerActor>>) -> Self {
-        self.listeners.extend(listeners);
+        self.watched.listeners.extend(listeners);
         self
     }
 
@@ -108,10 +116,7 @@ impl NotifierBuilder {
         SystemdNotifier {
             sender,
             watchdog,
-            shutdown: self.shutdown,
-            connections: self.connections,
-            broker: self.broker,
-            listeners: self.listeners,
+            watched: self.watched,
             log,
             status_interval: self.status_interval,
             readiness: Readiness::Waiting,

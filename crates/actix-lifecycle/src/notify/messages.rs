@@ -46,6 +46,7 @@ pub struct GetNotifierState;
 
 /// The reply to [`GetNotifierState`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NotifierState {
     /// The notification socket in use, as given; `None` when notifications
     /// are off (no `NOTIFY_SOCKET`, or a value that could not be used).

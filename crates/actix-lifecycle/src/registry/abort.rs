@@ -7,39 +7,47 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::shard::{ConnectionGuard, Entry};
+use super::entry::Entry;
+use super::shard::ConnectionGuard;
 
-/// The abort half of a registry entry: the flag and the tasks to wake
-/// when it is set. Kept as fields of [`Entry`] (not a nested struct) so the
-/// flag shares padding with the entry's other small fields.
-impl Entry {
-    pub(crate) fn is_aborted(&self) -> bool {
-        self.aborted.load(Ordering::Acquire)
-    }
-
-    /// Sets the flag; returns true the first time. Call [`wake`](Self::wake)
-    /// next, outside the shard lock.
-    pub(crate) fn mark_aborted(&self) -> bool {
-        !self.aborted.swap(true, Ordering::AcqRel)
-    }
-
-    /// Wakes the tasks waiting to read or write, so they see the flag.
-    pub(crate) fn wake(&self) {
-        self.read_waker.wake();
-        self.write_waker.wake();
-    }
-}
-
-fn aborted_error() -> io::Error {
-    io::Error::new(
+/// What a write or flush of an aborted connection answers.
+fn aborted_error<T>() -> io::Result<T> {
+    Err(io::Error::new(
         io::ErrorKind::ConnectionAborted,
         "connection aborted by lifecycle shutdown",
-    )
+    ))
+}
+
+/// Polls the stream with `poll` unless the connection is aborted, which
+/// answers `aborted` instead. A pending poll registers the task on `waker`
+/// (the entry's read or write waker, woken by the abort) and checks the
+/// flag once more, so an abort that raced the poll is not missed.
+fn unless_aborted<T>(
+    entry: &Entry,
+    waker: &AtomicWaker,
+    cx: &mut Context<'_>,
+    aborted: fn() -> io::Result<T>,
+    poll: impl FnOnce(&mut Context<'_>) -> Poll<io::Result<T>>,
+) -> Poll<io::Result<T>> {
+    if entry.is_aborted() {
+        return Poll::Ready(aborted());
+    }
+    match poll(cx) {
+        Poll::Pending => {
+            waker.register(cx.waker());
+            if entry.is_aborted() {
+                Poll::Ready(aborted())
+            } else {
+                Poll::Pending
+            }
+        }
+        ready => ready,
+    }
 }
 
 /// A connection stream tracked by the [`ConnectionRegistry`](crate::ConnectionRegistry).
@@ -59,11 +67,20 @@ pub struct Tracked<S> {
     guard: ConnectionGuard,
 }
 
-impl<S> Tracked<S> {
-    pub(crate) fn new(inner: S, guard: ConnectionGuard) -> Self {
-        Tracked { inner, guard }
+/// Beside [`Tracked`], which it makes (the guard's other methods are in
+/// the shard module): the shard needs to know nothing of streams.
+impl ConnectionGuard {
+    /// Wraps the connection's stream so that an abort ends its I/O
+    /// persistently; the stream then holds this guard (see [`Tracked`]).
+    pub fn track<S>(self, stream: S) -> Tracked<S> {
+        Tracked {
+            inner: stream,
+            guard: self,
+        }
     }
+}
 
+impl<S> Tracked<S> {
     /// The connection id.
     pub fn id(&self) -> u64 {
         self.guard.id()
@@ -104,22 +121,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let abort = this.guard.entry();
-        if abort.is_aborted() {
-            return Poll::Ready(Ok(()));
-        }
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Pending => {
-                abort.read_waker.register(cx.waker());
-                if abort.is_aborted() {
-                    Poll::Ready(Ok(()))
-                } else {
-                    Poll::Pending
-                }
-            }
-            ready => ready,
-        }
+        let Tracked { inner, guard } = self.get_mut();
+        let entry = guard.entry();
+        unless_aborted(
+            entry,
+            &entry.read_waker,
+            cx,
+            || Ok(()),
+            |cx| Pin::new(inner).poll_read(cx, buf),
+        )
     }
 }
 
@@ -129,41 +139,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let abort = this.guard.entry();
-        if abort.is_aborted() {
-            return Poll::Ready(Err(aborted_error()));
-        }
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Pending => {
-                abort.write_waker.register(cx.waker());
-                if abort.is_aborted() {
-                    Poll::Ready(Err(aborted_error()))
-                } else {
-                    Poll::Pending
-                }
-            }
-            ready => ready,
-        }
+        let Tracked { inner, guard } = self.get_mut();
+        let entry = guard.entry();
+        unless_aborted(entry, &entry.write_waker, cx, aborted_error, |cx| {
+            Pin::new(inner).poll_write(cx, buf)
+        })
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let abort = this.guard.entry();
-        if abort.is_aborted() {
-            return Poll::Ready(Err(aborted_error()));
-        }
-        match Pin::new(&mut this.inner).poll_flush(cx) {
-            Poll::Pending => {
-                abort.write_waker.register(cx.waker());
-                if abort.is_aborted() {
-                    Poll::Ready(Err(aborted_error()))
-                } else {
-                    Poll::Pending
-                }
-            }
-            ready => ready,
-        }
+        let Tracked { inner, guard } = self.get_mut();
+        let entry = guard.entry();
+        unless_aborted(entry, &entry.write_waker, cx, aborted_error, |cx| {
+            Pin::new(inner).poll_flush(cx)
+        })
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

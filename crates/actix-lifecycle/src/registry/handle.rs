@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 
 use super::admission::{Limits, RefusedCounts};
 use super::messages::{ConnectionInfo, KindCount, RegistrySnapshot};
-use super::shard::{self, RegistryShard, ShardInner, ShardState, SEQ_BITS};
+use super::shard::{RegistryShard, ShardInner, ShardState, SEQ_BITS};
 use super::{Common, ConnKind, Shared};
 
 /// A cheap, cloneable, thread-safe handle on a registry: the direct (no
@@ -177,18 +177,7 @@ impl RegistryHandle {
     pub fn shutdown(&self) -> usize {
         self.shared.common.shut_down.store(true, Ordering::SeqCst);
         let mut to_wake = Vec::new();
-        self.shared.each_shard(|st| {
-            let mut newly = Vec::new();
-            for entry in st.live.iter() {
-                if entry.mark_aborted() {
-                    newly.push(entry.kind);
-                    to_wake.push(Arc::clone(&entry.0));
-                }
-            }
-            for kind in newly {
-                st.kind_mut(kind).aborted += 1;
-            }
-        });
+        self.shared.each_shard(|st| to_wake.extend(st.abort_all()));
         // Wake outside the shard locks.
         for entry in &to_wake {
             entry.wake();
@@ -212,20 +201,11 @@ impl RegistryHandle {
     /// Aborts one live connection. Returns false (and logs at debug level)
     /// when the id is not live.
     pub fn abort(&self, id: u64) -> bool {
-        let mut hit = false;
-        if let Some(shard) = self.shard_of(id) {
-            let mut st = shard.lock();
-            let entry = st.live.get(&id).map(|live| Arc::clone(&live.0));
-            if let Some(entry) = &entry {
-                hit = true;
-                if entry.mark_aborted() {
-                    st.kind_mut(entry.kind).aborted += 1;
-                }
-            }
-            drop(st);
-            if let Some(entry) = entry {
-                entry.wake();
-            }
+        let entry = self.shard_of(id).and_then(|shard| shard.lock().abort(id));
+        let hit = entry.is_some();
+        if let Some(entry) = entry {
+            // Outside the shard lock.
+            entry.wake();
         }
         if !hit {
             debug!(self.shared.common.log, "abort of an unknown connection ignored"; "conn" => id);
@@ -236,7 +216,7 @@ impl RegistryHandle {
     /// Unregisters a connection by id; harmless when it is not live.
     pub fn unregister(&self, id: u64) -> bool {
         match self.shard_of(id) {
-            Some(shard) => shard::unregister_by_id(&shard, id),
+            Some(shard) => shard.unregister(id),
             None => {
                 debug!(self.shared.common.log, "unregister of an unknown connection ignored";
                     "conn" => id);

@@ -102,6 +102,7 @@ pub struct Snapshot;
 
 /// Counts for one (protocol, listener) pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KindCount {
     /// The protocol label.
     pub protocol: Arc<str>,
@@ -121,6 +122,7 @@ pub struct KindCount {
 
 /// One live connection in a [`RegistrySnapshot`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConnectionInfo {
     /// The connection id.
     pub id: u64,
@@ -136,6 +138,7 @@ pub struct ConnectionInfo {
 
 /// The reply to [`Snapshot`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RegistrySnapshot {
     /// Live connections in all shards.
     pub live: u64,

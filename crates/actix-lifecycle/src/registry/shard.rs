@@ -6,111 +6,29 @@
 //! The [`ConnectionRegistry`](crate::ConnectionRegistry) visits every shard
 //! for `Shutdown`, `Done`, `Snapshot` and the gauges.
 
-use std::borrow::Borrow;
 use std::collections::HashSet;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use slog::{debug, info};
 
-use futures_util::task::AtomicWaker;
-
-use super::abort::Tracked;
 use super::admission::{KindAdmission, NetKey, RefuseReason};
+use super::entry::{Entry, IdHasher, Live};
+use super::stats::{KindStats, KindTable};
 use super::{Common, ConnKind};
-use crate::metrics::KindStats;
 
 /// Bits of a connection id that hold the per-shard sequence number; the
 /// bits above hold the shard index.
 pub(crate) const SEQ_BITS: u32 = 40;
 
-/// What the registry keeps per live connection (shared with its guard and
-/// its [`Tracked`] stream).
-#[derive(Debug)]
-pub(crate) struct Entry {
-    pub(crate) id: u64,
-    /// Nanoseconds since the registry's epoch.
-    pub(crate) started: u64,
-    /// The client network it is counted under (see `net_family`).
-    pub(crate) net: u64,
-    pub(crate) kind: u32,
-    /// Set once, never cleared: the connection is aborted.
-    pub(crate) aborted: AtomicBool,
-    /// 4 or 6 when the connection is counted in the per-address table
-    /// under `net`; 0 when not.
-    pub(crate) net_family: u8,
-    /// The task waiting to read, woken by an abort.
-    pub(crate) read_waker: AtomicWaker,
-    /// The task waiting to write or flush, woken by an abort.
-    pub(crate) write_waker: AtomicWaker,
-}
-
-/// A live entry in its shard's table, hashed and compared by its id.
-///
-/// The table is a set of entries rather than a map from id to entry: the
-/// id already lives in the entry, so a slot holds one pointer (8 bytes)
-/// instead of a key and a pointer (16 bytes). Lookups by id go through
-/// [`Borrow<u64>`]; `Hash` and `Eq` are those of the id, as `Borrow`
-/// requires.
-#[derive(Debug, Clone)]
-pub(crate) struct Live(pub(crate) Arc<Entry>);
-
-impl Hash for Live {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.id.hash(state);
-    }
-}
-
-impl PartialEq for Live {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.id == other.0.id
-    }
-}
-
-impl Eq for Live {}
-
-impl Borrow<u64> for Live {
-    fn borrow(&self) -> &u64 {
-        &self.0.id
-    }
-}
-
-impl std::ops::Deref for Live {
-    type Target = Entry;
-
-    fn deref(&self) -> &Entry {
-        &self.0
-    }
-}
-
-/// Ids are unique sequence numbers: a multiplicative hash spreads them.
-#[derive(Default)]
-pub(crate) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
 pub(crate) struct ShardState {
     next_seq: u64,
     /// Every live entry of this shard, found by id.
     pub(crate) live: HashSet<Live, BuildHasherDefault<IdHasher>>,
-    /// Indexed by [`ConnKind`] index.
-    pub(crate) kinds: Vec<KindStats>,
+    /// This shard's counts, by [`ConnKind`] index.
+    pub(crate) kinds: KindTable,
     /// The admission state of each kind registered here, by kind index
     /// (so that unregistering needs no lookup elsewhere).
     admissions: Vec<Option<Arc<KindAdmission>>>,
@@ -126,7 +44,7 @@ impl Default for ShardState {
         ShardState {
             next_seq: 0,
             live: HashSet::with_capacity_and_hasher(INITIAL_CAPACITY, Default::default()),
-            kinds: Vec::new(),
+            kinds: KindTable::default(),
             admissions: Vec::new(),
         }
     }
@@ -134,12 +52,37 @@ impl Default for ShardState {
 
 impl ShardState {
     pub(crate) fn kind_mut(&mut self, kind: u32) -> &mut KindStats {
-        let i = kind as usize;
-        if self.kinds.len() <= i {
-            self.kinds.resize_with(i + 1, KindStats::default);
-        }
-        &mut self.kinds[i]
+        self.kinds.get_mut(kind)
     }
+
+    /// Aborts every live connection of this shard; returns the ones this
+    /// call aborted, to wake outside the lock.
+    pub(crate) fn abort_all(&mut self) -> Vec<Arc<Entry>> {
+        let ShardState { live, kinds, .. } = self;
+        live.iter()
+            .filter(|entry| mark_aborted(kinds, entry))
+            .map(|entry| Arc::clone(&entry.0))
+            .collect()
+    }
+
+    /// Aborts the live connection `id` (a no-op when it already was);
+    /// returns it, to wake outside the lock, or `None` when not live.
+    pub(crate) fn abort(&mut self, id: u64) -> Option<Arc<Entry>> {
+        let entry = Arc::clone(&self.live.get(&id)?.0);
+        mark_aborted(&mut self.kinds, &entry);
+        Some(entry)
+    }
+}
+
+/// Sets the abort flag of `entry` and counts it in its kind's `aborted`,
+/// the first time only: the one place a connection becomes aborted.
+/// Returns true the first time. Called under the shard lock.
+fn mark_aborted(kinds: &mut KindTable, entry: &Entry) -> bool {
+    let first = entry.set_aborted();
+    if first {
+        kinds.get_mut(entry.kind).aborted += 1;
+    }
+    first
 }
 
 /// Aligned to two cache lines so that shards used by different threads
@@ -159,7 +102,9 @@ impl ShardInner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn unregister(&self, id: u64) -> bool {
+    /// Unregisters `id` if it is live here; false (logged at debug level)
+    /// when it is not.
+    pub(crate) fn unregister(&self, id: u64) -> bool {
         let now = self.shared.now_nanos();
         let mut st = self.lock();
         let Some(entry) = st.live.take(&id) else {
@@ -309,19 +254,10 @@ impl RegistryShard {
         // Read under the shard lock: Shutdown sets the flag, then visits
         // every shard under its lock, so a connection is either visited or
         // sees the flag here.
-        let aborted = shared.shut_down.load(Ordering::Acquire);
+        let shut_down = shared.shut_down.load(Ordering::Acquire);
         st.next_seq += 1;
         let id = (self.inner.index << SEQ_BITS) | st.next_seq;
-        let entry = Arc::new(Entry {
-            id,
-            started,
-            net: net.map_or(0, |n| n.net),
-            kind: kind_index,
-            aborted: AtomicBool::new(aborted),
-            net_family: net.map_or(0, |n| n.family),
-            read_waker: AtomicWaker::new(),
-            write_waker: AtomicWaker::new(),
-        });
+        let entry = Arc::new(Entry::new(id, started, kind_index, net));
         st.live.insert(Live(Arc::clone(&entry)));
         let slot = kind_index as usize;
         if st.admissions.len() <= slot {
@@ -333,11 +269,11 @@ impl RegistryShard {
         let stats = st.kind_mut(kind_index);
         stats.live += 1;
         stats.accepted += 1;
-        if aborted {
-            stats.aborted += 1;
+        if shut_down {
+            st.abort(id);
         }
         drop(st);
-        if aborted {
+        if shut_down {
             info!(shared.log, "connection registered after shutdown: aborted at once";
                 "conn" => id, "protocol" => &*kind.protocol, "listener" => &*kind.listener);
         }
@@ -376,12 +312,6 @@ impl ConnectionGuard {
         self.entry.is_aborted()
     }
 
-    /// Wraps the connection's stream so that an abort ends its I/O
-    /// persistently; the stream then holds this guard (see [`Tracked`]).
-    pub fn track<S>(self, stream: S) -> Tracked<S> {
-        Tracked::new(stream, self)
-    }
-
     pub(crate) fn entry(&self) -> &Entry {
         &self.entry
     }
@@ -391,10 +321,6 @@ impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.shard.unregister(self.entry.id);
     }
-}
-
-pub(crate) fn unregister_by_id(shard: &ShardInner, id: u64) -> bool {
-    shard.unregister(id)
 }
 
 #[cfg(test)]
@@ -467,6 +393,25 @@ mod tests {
         assert_eq!(snap.kind("smtp", "mx").map(|k| k.live), Some(1));
         assert_eq!(snap.kind("imap", "imap").map(|k| k.live), Some(0));
         drop(g);
+    }
+
+    #[test]
+    fn a_kind_from_a_dropped_registry_is_not_taken_for_a_kind_of_a_new_one() {
+        // A registry dropped and a new one made: the new one may well sit
+        // at the old one's address. The old kind (index 0, "smtp"/"mx")
+        // must not pass for the new registry's index 0 ("imap"/"imap").
+        for _ in 0..64 {
+            let old = handle();
+            let stale = old.kind("smtp", "mx");
+            drop(old);
+            let new = handle();
+            let _first = new.kind("imap", "imap");
+            let g = new.new_shard().register(&stale);
+            let snap = new.snapshot();
+            assert_eq!(snap.kind("imap", "imap").map(|k| k.live), Some(0));
+            assert_eq!(snap.kind("smtp", "mx").map(|k| k.live), Some(1));
+            drop(g);
+        }
     }
 
     #[test]

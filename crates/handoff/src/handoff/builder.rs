@@ -171,6 +171,7 @@ impl HandoffBuilder {
 
 /// The chosen mode and why, for the start-up log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ModeChoice {
     /// The mode.
     pub mode: Mode,

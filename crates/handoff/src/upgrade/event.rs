@@ -8,6 +8,7 @@ use std::time::Duration;
 
 /// The supervisor's counters, as of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct UpgradeStats {
     /// The serving generation (0 before the first child is ready).
     pub serving: u64,
