@@ -192,8 +192,13 @@ impl Gateway {
         self.process.signal(sig).unwrap();
     }
 
+    /// Waits at most `timeout` for the process to exit and then for the
+    /// end of its log (the reader thread may still hold the last lines,
+    /// such as the refusal, when the exit is seen).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        self.process.wait_exit(timeout).unwrap()
+        let status = self.process.wait_exit(timeout).unwrap()?;
+        self.process.wait_log_end(timeout);
+        Some(status)
     }
 
     /// `/metrics` fetched with a plain HTTP/1.0 request.
