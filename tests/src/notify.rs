@@ -80,6 +80,21 @@ impl NotifySocket {
         })
     }
 
+    /// Binds the abstract socket `name` (Linux); its [`path`](Self::path)
+    /// is `@name`, as `NOTIFY_SOCKET` writes it.
+    #[cfg(target_os = "linux")]
+    pub fn bind_abstract(name: &str) -> io::Result<NotifySocket> {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+        let sock = UnixDatagram::bind_addr(&addr)?;
+        setsockopt(&sock, sockopt::PassCred, &true)?;
+        Ok(NotifySocket {
+            _dir: None,
+            path: PathBuf::from(format!("@{name}")),
+            sock,
+        })
+    }
+
     /// Where it is bound: the value for `NOTIFY_SOCKET`.
     pub fn path(&self) -> &Path {
         &self.path
