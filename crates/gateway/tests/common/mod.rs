@@ -192,13 +192,15 @@ impl Gateway {
         self.process.signal(sig).unwrap();
     }
 
-    /// Waits at most `timeout` for the process to exit and then for the
-    /// end of its log (the reader thread may still hold the last lines,
-    /// such as the refusal, when the exit is seen).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let status = self.process.wait_exit(timeout).unwrap()?;
-        self.process.wait_log_end(timeout);
-        Some(status)
+        self.process.wait_exit(timeout).unwrap()
+    }
+
+    /// Waits at most `timeout` for the end of the log (every process that
+    /// holds the pipe exited) and every line read: after an exit, the
+    /// reader thread may still hold the last lines; false on timeout.
+    pub fn wait_log_end(&self, timeout: Duration) -> bool {
+        self.process.wait_log_end(timeout)
     }
 
     /// `/metrics` fetched with a plain HTTP/1.0 request.
