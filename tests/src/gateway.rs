@@ -273,19 +273,7 @@ impl GatewayProcess {
     /// unset until [`learn_addresses`](Self::learn_addresses). The spool
     /// is taken to be `spool` in `dir`.
     pub fn spawn_command(command: &mut Command, dir: tempfile::TempDir) -> io::Result<Self> {
-        // A binary copied a moment ago may still be open for writing in a
-        // child that another test thread forked meanwhile (until its exec
-        // closes it): exec fails with ETXTBSY for that moment.
-        let mut tries = 0;
-        let mut child = loop {
-            match ChildGuard::spawn(command) {
-                Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                spawned => break spawned?,
-            }
-        };
+        let mut child = ChildGuard::spawn_fresh(command)?;
         let stderr = child
             .child_mut()
             .stderr
