@@ -5,20 +5,26 @@ mod common;
 
 use std::time::Duration;
 
-use actix::Actor;
-use actix_lifecycle::{ConnectionRegistry, Done, Harness, Shutdown, Snapshot, Start};
+use actix::{Actor, Addr};
+use actix_lifecycle::{
+    ConnectionRegistry, Done, Harness, RegistryHandle, Shutdown, Snapshot, Start,
+};
 use common::{echo, logger, roundtrip};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-#[actix::test]
-async fn done_resolves_at_once_when_empty() {
+/// A started registry and its handle.
+fn registry() -> (RegistryHandle, Addr<ConnectionRegistry>) {
     let registry = ConnectionRegistry::builder()
         .logger(logger())
         .build()
         .unwrap();
-    let handle = registry.handle();
-    let addr = registry.start();
+    (registry.handle(), registry.start())
+}
+
+#[actix::test]
+async fn done_resolves_at_once_when_empty() {
+    let (handle, addr) = registry();
     tokio::time::timeout(LIMIT, addr.send(Done))
         .await
         .unwrap()
@@ -35,12 +41,7 @@ async fn done_resolves_at_once_when_empty() {
 
 #[actix::test]
 async fn many_waiters_resolve_when_the_last_connection_closes() {
-    let registry = ConnectionRegistry::builder()
-        .logger(logger())
-        .build()
-        .unwrap();
-    let handle = registry.handle();
-    let addr = registry.start();
+    let (handle, addr) = registry();
     // Paused time (no socket here): each sleep below returns only once
     // every task has run as far as it can, so "not yet resolved" is
     // checked after the waiters had every chance, without real waiting.

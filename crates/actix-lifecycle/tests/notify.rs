@@ -17,8 +17,8 @@ use actix_lifecycle::{
     BeginShutdown, GetListenerInfo, GetNotifierState, HandedOver, Lifecycle, NotifyEnv,
     NotifySender, Phase, SendMainPid, SystemdNotifier, WaitReady,
 };
-use common::{echo, logger, roundtrip};
-use lifecycle_handoff::{Inventory, ListenerSpec, PassedListener};
+use common::{echo, logger, roundtrip, tcp};
+use lifecycle_handoff::{Inventory, PassedListener};
 use lifecycle_tests::NotifySocket;
 use tokio::net::TcpStream;
 
@@ -59,19 +59,6 @@ impl FakeSystemd {
     async fn during(&self, window: Duration) -> Vec<String> {
         self.read(move |s| s.during(window)).await
     }
-}
-
-/// A TCP listener on a free port for the inventory.
-fn tcp(name: &str) -> (PassedListener, std::net::SocketAddr) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    (
-        PassedListener {
-            spec: ListenerSpec::tcp(name, addr),
-            fd: l.into(),
-        },
-        addr,
-    )
 }
 
 fn lifecycle(listeners: Vec<PassedListener>, stop_system: bool) -> Lifecycle {
