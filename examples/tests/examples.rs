@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use lifecycle_tests::{ChildGuard, LogFollower};
+use nix::sys::signal::Signal;
 
 /// A bound on waits, far above what any step needs: never a speed claim.
 const GENEROUS: Duration = Duration::from_secs(30);
@@ -74,11 +74,12 @@ fn json_string_after(line: &str, key: &str) -> Option<String> {
     None
 }
 
-/// A running example: its process, address and everything it logged.
+/// A running example (killed and reaped when dropped): its process,
+/// address and everything it logged.
 struct Example {
-    child: Child,
+    child: ChildGuard,
     addr: SocketAddr,
-    log: Arc<Mutex<String>>,
+    log: LogFollower,
 }
 
 impl Example {
@@ -99,31 +100,10 @@ impl Example {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         setup(&mut command);
-        // A copy written a moment ago may still be open for writing in a
-        // process another test thread forked meanwhile (until its exec
-        // closes it): exec fails with ETXTBSY for that moment.
-        let mut tries = 0;
-        let mut child = loop {
-            match command.spawn() {
-                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                spawned => break spawned.expect("the example starts"),
-            }
-        };
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        let mut child = ChildGuard::spawn_fresh(&mut command).expect("the example starts");
+        let log = LogFollower::new(child.child_mut().stderr.take().expect("piped stderr"));
         let mut first = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout"))
+        BufReader::new(child.child_mut().stdout.take().expect("piped stdout"))
             .read_line(&mut first)
             .expect("stdout readable");
         let addr = first
@@ -131,62 +111,42 @@ impl Example {
             .strip_prefix("listening on ")
             .and_then(|a| a.parse().ok());
         let Some(addr) = addr else {
-            let _ = child.kill();
-            let _ = child.wait();
+            drop(child);
             panic!(
                 "{name} printed {first:?}, not `listening on ADDR`; log:\n{}",
-                log.lock().unwrap()
+                log.text()
             );
         };
         Example { child, addr, log }
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.log.text()
     }
 
     fn signal(&self, signal: Signal) {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits"));
-        kill(pid, signal).expect("the example is alive to take the signal");
+        self.child
+            .signal(signal)
+            .expect("the example is alive to take the signal");
     }
 
-    /// Waits until the log contains `needle`.
+    /// Waits until a log line contains `needle`.
     fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + GENEROUS;
-        while !self.log().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in the log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.log
+            .wait(GENEROUS, |l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in the log:\n{}", self.log()));
     }
 
+    /// Waits for the exit, then for the end of the log (the reader thread
+    /// may still hold the last lines when the exit is seen).
     fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + GENEROUS;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("waitable") {
-                // Let the reader thread take the last lines.
-                std::thread::sleep(Duration::from_millis(50));
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Example {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        let status = self
+            .child
+            .wait_timeout(GENEROUS)
+            .expect("waitable")
+            .unwrap_or_else(|| panic!("still running; log:\n{}", self.log()));
+        assert!(self.log.wait_end(GENEROUS), "the log did not end");
+        status
     }
 }
 

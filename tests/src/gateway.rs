@@ -2,35 +2,26 @@
 //! 0 with a JSON log on stderr, from which its bound addresses, shutdown
 //! phases and per-connection lines are read.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use crate::gateway_config::GatewayConfig;
+use crate::log::LogFollower;
 use crate::process::ChildGuard;
 use crate::procfs::ProcStats;
 use crate::service_user::{Installed, ServiceUser};
 
+/// A listener address not learnt yet.
+const UNSET: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
 /// How long the gateway may take to log `ready`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Default)]
-struct LogLines {
-    lines: Mutex<Vec<String>>,
-    grew: Condvar,
-    ended: std::sync::atomic::AtomicBool,
-}
-
-impl LogLines {
-    fn lock(&self) -> MutexGuard<'_, Vec<String>> {
-        self.lines.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
 
 /// Builds and starts a [`GatewayProcess`].
 #[derive(Debug, Clone)]
@@ -122,49 +113,24 @@ impl GatewayBuilder {
             .spool_dir
             .clone()
             .unwrap_or_else(|| dir.path().join("spool"));
-        let config = format!(
-            r#"spool_dir = "{spool}"
-[shutdown]
-lame_duck = "{lame_duck}"
-drain_grace = "{drain}"
-abort_grace = "{abort}"
-[log]
-format = "json"
-level = "info"
-[smtp]
-hostname = "gw.test"
-{extra}
-[limits]
-{limits}
-[[listener]]
-name = "smtp"
-protocol = "smtp"
-address = "{smtp_address}"
-{smtp_listener_extra}
-[[listener]]
-name = "imap"
-protocol = "imap"
-address = "127.0.0.1:0"
-[[listener]]
-name = "http"
-protocol = "http"
-address = "{http_address}"
-"#,
-            lame_duck = self.lame_duck,
-            smtp_address = self.smtp_address,
-            smtp_listener_extra = self.smtp_listener_extra,
-            http_address = self.http_address,
-            spool = spool.display(),
-            drain = self.drain_grace,
-            abort = self.abort_grace,
-            extra = self.smtp_extra,
-            limits = self
-                .limits
-                .as_deref()
-                .unwrap_or("max_connections = 0\nmax_per_address = 0"),
-        );
-        let config_path = dir.path().join("gateway.toml");
-        std::fs::write(&config_path, config)?;
+        let config = GatewayConfig::new(&spool)
+            .lame_duck(&self.lame_duck)
+            .drain_grace(&self.drain_grace)
+            .abort_grace(&self.abort_grace)
+            .smtp(&self.smtp_extra)
+            .limits(
+                self.limits
+                    .as_deref()
+                    .unwrap_or("max_connections = 0\nmax_per_address = 0"),
+            )
+            .listener(
+                "smtp",
+                "smtp",
+                &self.smtp_address,
+                &self.smtp_listener_extra,
+            )
+            .listener("http", "http", &self.http_address, "");
+        let config_path = config.write(dir.path())?;
         // As root the gateway would start its privileged parent and serve
         // from a child, so `pid()` and `/proc` would show the wrong process:
         // run it as `nobody` instead (the unprivileged, immediate mode), with
@@ -205,35 +171,9 @@ address = "{http_address}"
         if let Some(user) = service {
             user.drop_privileges(&mut command);
         }
-        let mut child = ChildGuard::spawn(&mut command)?;
-        let stderr = child
-            .child_mut()
-            .stderr
-            .take()
-            .ok_or_else(|| io::Error::other("the gateway's stderr was not piped"))?;
-        let log = Arc::new(LogLines::default());
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().push(line);
-                sink.grew.notify_all();
-            }
-            let _lines = sink.lock();
-            sink.ended.store(true, std::sync::atomic::Ordering::SeqCst);
-            sink.grew.notify_all();
-        });
-        let unset: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0));
-        let mut gw = GatewayProcess {
-            child,
-            dir,
-            _installed: installed,
-            spool,
-            log,
-            smtp: unset,
-            imap: unset,
-            http: unset,
-        };
+        let mut gw = GatewayProcess::spawn_command(&mut command, dir)?;
+        gw._installed = installed;
+        gw.spool = spool;
         if gw
             .wait_log(START_TIMEOUT, |l| l.contains(r#""msg":"ready""#))
             .is_none()
@@ -243,21 +183,8 @@ address = "{http_address}"
                 gw.log_text()
             )));
         }
-        for line in gw.logs() {
-            if !line.contains(r#""msg":"listener bound""#) {
-                continue;
-            }
-            let addr = json_field(&line, "address")
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-                .ok_or_else(|| io::Error::other(format!("no address in {line}")))?;
-            match json_field(&line, "listener").as_deref() {
-                Some("smtp") => gw.smtp = addr,
-                Some("imap") => gw.imap = addr,
-                Some("http") => gw.http = addr,
-                _ => {}
-            }
-        }
-        if [gw.smtp, gw.imap, gw.http].contains(&unset) {
+        gw.learn_addresses()?;
+        if [gw.smtp, gw.imap, gw.http].contains(&UNSET) {
             return Err(io::Error::other(format!(
                 "a listener address is missing from the log:\n{}",
                 gw.log_text()
@@ -311,13 +238,16 @@ pub struct GatewayProcess {
     /// The service user's copy of the binary (as root), kept while it runs.
     _installed: Option<Installed>,
     spool: PathBuf,
-    log: Arc<LogLines>,
+    log: LogFollower,
     /// The SMTP listener's address.
     pub smtp: SocketAddr,
     /// The IMAP listener's address.
     pub imap: SocketAddr,
     /// The HTTP listener's address.
     pub http: SocketAddr,
+    /// Every listener's address, by name, as logged so far (see
+    /// [`learn_addresses`](Self::learn_addresses)).
+    addrs: Vec<(String, SocketAddr)>,
 }
 
 impl GatewayProcess {
@@ -336,6 +266,63 @@ impl GatewayProcess {
             smtp_extra: String::new(),
             limits: None,
         }
+    }
+
+    /// Starts `command` (a gateway whose stderr is piped) in `dir` and
+    /// follows its log, waiting for nothing; the listener addresses are
+    /// unset until [`learn_addresses`](Self::learn_addresses). The spool
+    /// is taken to be `spool` in `dir`.
+    pub fn spawn_command(command: &mut Command, dir: tempfile::TempDir) -> io::Result<Self> {
+        let mut child = ChildGuard::spawn_fresh(command)?;
+        let stderr = child
+            .child_mut()
+            .stderr
+            .take()
+            .ok_or_else(|| io::Error::other("the gateway's stderr was not piped"))?;
+        Ok(GatewayProcess {
+            child,
+            spool: dir.path().join("spool"),
+            dir,
+            _installed: None,
+            log: LogFollower::new(stderr),
+            smtp: UNSET,
+            imap: UNSET,
+            http: UNSET,
+            addrs: Vec::new(),
+        })
+    }
+
+    /// Reads the listener addresses from the `listener bound` and
+    /// `listener taken` lines logged so far.
+    pub fn learn_addresses(&mut self) -> io::Result<()> {
+        for line in self.logs() {
+            if !line.contains(r#""msg":"listener bound""#)
+                && !line.contains(r#""msg":"listener taken""#)
+            {
+                continue;
+            }
+            let addr = json_field(&line, "address")
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .ok_or_else(|| io::Error::other(format!("no address in {line}")))?;
+            let name = json_field(&line, "listener")
+                .ok_or_else(|| io::Error::other(format!("no listener name in {line}")))?;
+            match name.as_str() {
+                "smtp" => self.smtp = addr,
+                "imap" => self.imap = addr,
+                "http" => self.http = addr,
+                _ => {}
+            }
+            if !self.addrs.iter().any(|(n, _)| *n == name) {
+                self.addrs.push((name, addr));
+            }
+        }
+        Ok(())
+    }
+
+    /// The address of listener `name`, as logged (see
+    /// [`learn_addresses`](Self::learn_addresses)).
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
     }
 
     /// The process id.
@@ -373,26 +360,15 @@ impl GatewayProcess {
         self.child.try_wait()
     }
 
+    /// The process's log (its stderr), followed as it grows.
+    pub fn log(&self) -> &LogFollower {
+        &self.log
+    }
+
     /// Waits at most `timeout` until the process closed its log (it
     /// exited) and every line was read; false on timeout.
     pub fn wait_log_end(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut lines = self.log.lock();
-        loop {
-            if self.log.ended.load(std::sync::atomic::Ordering::SeqCst) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            lines = self
-                .log
-                .grew
-                .wait_timeout(lines, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        self.log.wait_end(timeout)
     }
 
     /// Waits at most `timeout` until `count` lines satisfy `pred`; returns
@@ -403,86 +379,44 @@ impl GatewayProcess {
         timeout: Duration,
         pred: impl Fn(&str) -> bool,
     ) -> usize {
-        let deadline = Instant::now() + timeout;
-        let mut seen = 0;
-        let mut matched = 0;
-        let mut lines = self.log.lock();
-        loop {
-            matched += lines[seen..].iter().filter(|l| pred(l)).count();
-            seen = lines.len();
-            let now = Instant::now();
-            if matched >= count || now >= deadline {
-                return matched;
-            }
-            lines = self
-                .log
-                .grew
-                .wait_timeout(lines, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        self.log.wait_count(count, timeout, pred)
     }
 
     /// Every log line so far.
     pub fn logs(&self) -> Vec<String> {
-        self.log.lock().clone()
+        self.log.lines()
     }
 
     /// The number of log lines so far.
     pub fn log_len(&self) -> usize {
-        self.log.lock().len()
+        self.log.len()
     }
 
     /// How many log lines so far satisfy `pred`.
     pub fn count_logs(&self, pred: impl Fn(&str) -> bool) -> usize {
-        self.log.lock().iter().filter(|l| pred(l)).count()
+        self.log.count_since(0, pred)
     }
 
     /// How many log lines from index `from` on satisfy `pred`.
     pub fn count_logs_since(&self, from: usize, pred: impl Fn(&str) -> bool) -> usize {
-        self.log
-            .lock()
-            .iter()
-            .skip(from)
-            .filter(|l| pred(l))
-            .count()
+        self.log.count_since(from, pred)
     }
 
     /// Every log line, joined (for failure messages; prefer
     /// [`log_tail`](Self::log_tail) for long logs).
     pub fn log_text(&self) -> String {
-        self.log.lock().join("\n")
+        self.log.text()
     }
 
     /// The last `n` log lines, joined.
     pub fn log_tail(&self, n: usize) -> String {
-        let lines = self.log.lock();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        self.log.tail(n)
     }
 
     /// Waits at most `timeout` for a log line matching `pred`; `None` at
     /// once when the log has ended without one.
     pub fn wait_log(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        let mut seen = 0;
-        let mut lines = self.log.lock();
-        loop {
-            if let Some(l) = lines[seen..].iter().find(|l| pred(l)) {
-                return Some(l.clone());
-            }
-            seen = lines.len();
-            let now = Instant::now();
-            // A log that has ended (the gateway exited) will not grow.
-            if now >= deadline || self.log.ended.load(std::sync::atomic::Ordering::SeqCst) {
-                return None;
-            }
-            lines = self
-                .log
-                .grew
-                .wait_timeout(lines, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        self.log.wait(timeout, pred)
     }
 
     /// The log line of shutdown phase `phase` (`draining`, `aborting`,
@@ -505,14 +439,7 @@ impl GatewayProcess {
 
     /// Status and body of `GET path` over HTTP/1.0.
     pub fn get(&self, path: &str) -> io::Result<(u16, String)> {
-        let mut s = TcpStream::connect(self.http)?;
-        s.set_read_timeout(Some(Duration::from_secs(20)))?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        Ok((status, body.to_owned()))
+        crate::http::http_get(self.http, path, Duration::from_secs(20))
     }
 }
 

@@ -15,6 +15,12 @@
 //!   deployment files against each other;
 //! - [`gateway_bin`] and [`GatewayProcess`]: the real `lifecycle-gateway`
 //!   binary, built in release mode and run on port 0 with a JSON log;
+//! - [`GatewayConfig`]: the gateway's TOML config as the tests write it;
+//! - [`LogFollower`]: a process's log followed line by line, to wait for a
+//!   line (at once told when the process died) instead of sleeping;
+//! - [`http_get`]: a plain HTTP/1.0 `GET`;
+//! - [`NotifySocket`]: a stand-in for systemd's `NOTIFY_SOCKET` that knows
+//!   who sent each datagram;
 //! - [`ProcStats`]: open descriptors, CPU time and memory of a process from
 //!   `/proc`;
 //! - [`ServiceUser`]: run one of our binaries as `nobody` from a test that
@@ -42,7 +48,11 @@
 
 mod binary;
 mod gateway;
+mod gateway_config;
+mod http;
+mod log;
 mod message;
+mod notify;
 mod nspawn;
 mod paths;
 mod port;
@@ -56,7 +66,11 @@ pub use binary::{cargo_bin, gateway_bin, GATEWAY_BIN_ENV};
 pub use gateway::{
     json_field, json_number, metric_samples, metric_value, GatewayBuilder, GatewayProcess,
 };
+pub use gateway_config::GatewayConfig;
+pub use http::http_get;
+pub use log::LogFollower;
 pub use message::{message_lines, MESSAGE_LINE_LEN};
+pub use notify::{Datagram, NotifyRecorder, NotifySocket, Probe};
 pub use nspawn::{apt_mirror, cached_root, cannot_boot, target_dir, Container, NspawnError};
 pub use paths::{temp_dir, workspace_root};
 pub use port::free_port;

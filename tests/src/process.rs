@@ -42,6 +42,23 @@ impl ChildGuard {
         })
     }
 
+    /// Spawns `command` whose program was copied a moment ago: such a copy
+    /// may still be open for writing in a process another test thread
+    /// forked meanwhile (until its exec closes it), and exec fails with
+    /// `ETXTBSY` for that moment; this tries again for up to two seconds.
+    pub fn spawn_fresh(command: &mut Command) -> io::Result<Self> {
+        let mut tries = 0;
+        loop {
+            match ChildGuard::spawn(command) {
+                Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                spawned => return spawned,
+            }
+        }
+    }
+
     /// The child's process id.
     pub fn id(&self) -> u32 {
         self.child.id()

@@ -5,13 +5,14 @@
 mod common;
 
 use std::io::ErrorKind;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Actor;
 use actix_lifecycle::{ConnHandler, Harness, Shutdown, Snapshot, Start};
 use common::{eventually, logger};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 #[derive(Debug)]
 enum Seen {
@@ -26,8 +27,11 @@ enum Seen {
 #[actix::test]
 async fn reads_end_and_writes_fail_persistently_after_abort() {
     let (tx, mut rx) = mpsc::unbounded_channel();
+    // Told once the client has sent more after the abort.
+    let client_wrote = Arc::new(Notify::new());
+    let wrote = Arc::clone(&client_wrote);
     let handler = ConnHandler::new(move |mut conn| {
-        let tx = tx.clone();
+        let (tx, wrote) = (tx.clone(), Arc::clone(&wrote));
         async move {
             let mut buf = [0u8; 5];
             conn.read_exact(&mut buf).await.unwrap();
@@ -44,7 +48,7 @@ async fn reads_end_and_writes_fail_persistently_after_abort() {
             .unwrap();
             // The client sends more after the abort; a later read must
             // still not see it (unlike a deadline that the next I/O resets).
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            wrote.notified().await;
             tx.send(Seen::LaterRead(conn.read(&mut buf).await)).unwrap();
             tx.send(Seen::Aborted(conn.is_aborted())).unwrap();
         }
@@ -71,6 +75,8 @@ async fn reads_end_and_writes_fail_persistently_after_abort() {
         .write_all(b"data sent after the abort")
         .await
         .unwrap();
+    // On loopback the bytes are in the server's receive queue once written.
+    client_wrote.notify_one();
     match rx.recv().await {
         Some(Seen::WriteAfterAbort(Err(e))) => assert_eq!(e.kind(), ErrorKind::ConnectionAborted),
         other => panic!("a write after abort must fail, got {other:?}"),

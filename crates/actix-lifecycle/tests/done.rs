@@ -5,20 +5,26 @@ mod common;
 
 use std::time::Duration;
 
-use actix::Actor;
-use actix_lifecycle::{ConnectionRegistry, Done, Harness, Shutdown, Snapshot, Start};
+use actix::{Actor, Addr};
+use actix_lifecycle::{
+    ConnectionRegistry, Done, Harness, RegistryHandle, Shutdown, Snapshot, Start,
+};
 use common::{echo, logger, roundtrip};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-#[actix::test]
-async fn done_resolves_at_once_when_empty() {
+/// A started registry and its handle.
+fn registry() -> (RegistryHandle, Addr<ConnectionRegistry>) {
     let registry = ConnectionRegistry::builder()
         .logger(logger())
         .build()
         .unwrap();
-    let handle = registry.handle();
-    let addr = registry.start();
+    (registry.handle(), registry.start())
+}
+
+#[actix::test]
+async fn done_resolves_at_once_when_empty() {
+    let (handle, addr) = registry();
     tokio::time::timeout(LIMIT, addr.send(Done))
         .await
         .unwrap()
@@ -35,12 +41,11 @@ async fn done_resolves_at_once_when_empty() {
 
 #[actix::test]
 async fn many_waiters_resolve_when_the_last_connection_closes() {
-    let registry = ConnectionRegistry::builder()
-        .logger(logger())
-        .build()
-        .unwrap();
-    let handle = registry.handle();
-    let addr = registry.start();
+    let (handle, addr) = registry();
+    // Paused time (no socket here): each sleep below returns only once
+    // every task has run as far as it can, so "not yet resolved" is
+    // checked after the waiters had every chance, without real waiting.
+    tokio::time::pause();
     let kind = handle.kind("p", "l");
     // Two shards, as two arbiters would have.
     let (s1, s2) = (handle.new_shard(), handle.new_shard());
@@ -90,7 +95,12 @@ async fn done_resolves_after_abort() {
         let h = harness.clone();
         tokio::spawn(async move { h.send(Done).await.unwrap() })
     };
+    // Paused time just for this check: the sleep returns once every task
+    // of this runtime is idle (the waiter had every chance to resolve);
+    // real time again for the sockets.
+    tokio::time::pause();
     tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::resume();
     assert!(
         !waiter.is_finished(),
         "clients are still connected and silent"

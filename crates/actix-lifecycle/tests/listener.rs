@@ -11,23 +11,11 @@ use actix::{Actor, Addr, Context, Handler};
 use actix_lifecycle::{
     Accepted, ConnHandler, GetListenerInfo, Lifecycle, ListenerActor, Snapshot, StopAccepting,
 };
-use common::{echo, eventually, logger, roundtrip};
+use common::{echo, eventually, logger, roundtrip, tcp};
 use lifecycle_handoff::{Inventory, ListenAddress, ListenerSpec, PassedListener};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-fn tcp(name: &str) -> (PassedListener, std::net::SocketAddr) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    (
-        PassedListener {
-            spec: ListenerSpec::tcp(name, addr),
-            fd: l.into(),
-        },
-        addr,
-    )
-}
 
 fn unix(name: &str, path: &std::path::Path) -> PassedListener {
     let l = std::os::unix::net::UnixListener::bind(path).unwrap();

@@ -10,103 +10,55 @@
 
 mod common;
 
-use std::os::unix::net::UnixDatagram as StdDatagram;
-use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use actix_lifecycle::{
     BeginShutdown, GetListenerInfo, GetNotifierState, HandedOver, Lifecycle, NotifyEnv,
     NotifySender, Phase, SendMainPid, SystemdNotifier, WaitReady,
 };
-use common::{echo, logger, roundtrip};
-use lifecycle_handoff::{Inventory, ListenerSpec, PassedListener};
-use tempfile::TempDir;
-use tokio::net::{TcpStream, UnixDatagram};
+use common::{echo, logger, roundtrip, tcp};
+use lifecycle_handoff::{Inventory, PassedListener};
+use lifecycle_tests::NotifySocket;
+use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// A notification socket like systemd's, in a temporary directory.
-struct FakeSystemd {
-    _dir: TempDir,
-    path: PathBuf,
-    sock: UnixDatagram,
-}
+/// lifecycle-tests' notification socket, read without blocking the actor
+/// system's thread (each read runs on the blocking pool).
+struct FakeSystemd(Arc<NotifySocket>);
 
 impl FakeSystemd {
     fn bind() -> FakeSystemd {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify");
-        let sock = UnixDatagram::bind(&path).unwrap();
-        FakeSystemd {
-            _dir: dir,
-            path,
-            sock,
-        }
+        FakeSystemd(Arc::new(NotifySocket::bind().unwrap()))
     }
 
     fn env(&self) -> NotifyEnv {
-        NotifyEnv::new().notify_socket(&self.path)
+        NotifyEnv::new().notify_socket(self.0.path())
     }
 
-    /// The next datagram, or None after `limit`.
-    async fn recv(&self, limit: Duration) -> Option<String> {
-        let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(limit, self.sock.recv(&mut buf))
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&NotifySocket) -> std::io::Result<T> + Send + 'static,
+    ) -> T {
+        let socket = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || read(&socket))
             .await
-            .ok()?
-            .unwrap();
-        Some(String::from_utf8(buf[..n].to_vec()).unwrap())
+            .unwrap()
+            .unwrap()
     }
 
     /// Datagrams until one starts with `prefix` (returned last); panics
     /// after `limit`.
     async fn until(&self, prefix: &str, limit: Duration) -> Vec<String> {
-        let deadline = Instant::now() + limit;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.recv(left).await {
-                Some(msg) => {
-                    let hit = msg.starts_with(prefix);
-                    seen.push(msg);
-                    if hit {
-                        return seen;
-                    }
-                }
-                None => panic!("no {prefix:?} within {limit:?}; got {seen:?}"),
-            }
-        }
+        let prefix = prefix.to_owned();
+        self.read(move |s| s.until(&prefix, limit)).await
     }
 
     /// Every datagram that arrives within `window`.
     async fn during(&self, window: Duration) -> Vec<String> {
-        let deadline = Instant::now() + window;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return seen;
-            }
-            match self.recv(left).await {
-                Some(msg) => seen.push(msg),
-                None => return seen,
-            }
-        }
+        self.read(move |s| s.during(window)).await
     }
-}
-
-/// A TCP listener on a free port for the inventory.
-fn tcp(name: &str) -> (PassedListener, std::net::SocketAddr) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    (
-        PassedListener {
-            spec: ListenerSpec::tcp(name, addr),
-            fd: l.into(),
-        },
-        addr,
-    )
 }
 
 fn lifecycle(listeners: Vec<PassedListener>, stop_system: bool) -> Lifecycle {
@@ -156,7 +108,7 @@ async fn ready_arrives_only_once_every_listener_accepts() {
     assert!(notifier.send(WaitReady).await.unwrap());
     let state = notifier.send(GetNotifierState).await.unwrap();
     assert!(state.ready);
-    assert_eq!(state.notify_socket.as_deref(), systemd.path.to_str());
+    assert_eq!(state.notify_socket.as_deref(), systemd.0.path().to_str());
     assert_eq!(state.send_errors, 0);
 }
 
@@ -196,21 +148,19 @@ async fn status_is_sent_at_most_once_a_second_and_only_on_change() {
     let mut statuses: Vec<(Instant, String)> = Vec::new();
     let mut conns = Vec::new();
     let begin = Instant::now();
-    let mut buf = vec![0u8; 4096];
     while begin.elapsed() < Duration::from_millis(3500) {
         let mut c = TcpStream::connect(addr).await.unwrap();
         assert_eq!(roundtrip(&mut c, b"x").await, b"x");
         conns.push(c);
-        let tick = tokio::time::sleep(Duration::from_millis(100));
-        tokio::pin!(tick);
+        let tick = Instant::now() + Duration::from_millis(100);
         loop {
-            tokio::select! {
-                _ = &mut tick => break,
-                got = systemd.sock.recv(&mut buf) => {
-                    let msg = String::from_utf8(buf[..got.unwrap()].to_vec()).unwrap();
-                    if let Some(text) = msg.strip_prefix("STATUS=") {
-                        statuses.push((Instant::now(), text.trim_end().to_owned()));
-                    }
+            let left = tick.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if let Some(msg) = systemd.read(move |s| s.recv(left)).await {
+                if let Some(text) = msg.strip_prefix("STATUS=") {
+                    statuses.push((Instant::now(), text.trim_end().to_owned()));
                 }
             }
         }
@@ -290,33 +240,10 @@ fn system_thread<T: Send + 'static>(
     (rx, thread)
 }
 
-fn std_systemd() -> (TempDir, PathBuf, StdDatagram) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notify");
-    let sock = StdDatagram::bind(&path).unwrap();
-    (dir, path, sock)
-}
-
-fn recv_std(sock: &StdDatagram, limit: Duration) -> Option<String> {
-    sock.set_read_timeout(Some(limit)).unwrap();
-    let mut buf = vec![0u8; 4096];
-    match sock.recv(&mut buf) {
-        Ok(n) => Some(String::from_utf8(buf[..n].to_vec()).unwrap()),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            None
-        }
-        Err(e) => panic!("recv: {e}"),
-    }
-}
-
 #[test]
 fn stopping_arrives_even_when_an_idle_service_stops_at_once() {
-    let (_dir, path, sock) = std_systemd();
+    let sock = NotifySocket::bind().unwrap();
+    let path = sock.path().to_owned();
     let env = NotifyEnv::new().notify_socket(&path);
     let (_rx, thread) = system_thread::<()>(move |_tx| {
         let (a, _) = tcp("e");
@@ -335,7 +262,7 @@ fn stopping_arrives_even_when_an_idle_service_stops_at_once() {
     let code = thread.join().unwrap();
     assert_eq!(code, 0);
     let mut seen = Vec::new();
-    while let Some(msg) = recv_std(&sock, Duration::from_millis(200)) {
+    while let Some(msg) = sock.recv(Duration::from_millis(200)).unwrap() {
         seen.push(msg);
     }
     assert!(seen.iter().any(|m| m == "READY=1\n"), "{seen:?}");
@@ -385,7 +312,8 @@ async fn without_notify_socket_nothing_is_sent_and_nothing_fails() {
 
 #[test]
 fn watchdog_pings_at_half_the_interval_and_stops_with_the_system() {
-    let (_dir, path, sock) = std_systemd();
+    let sock = NotifySocket::bind().unwrap();
+    let path = sock.path().to_owned();
     let env = NotifyEnv::new()
         .notify_socket(&path)
         .watchdog_usec("200000")
@@ -401,7 +329,7 @@ fn watchdog_pings_at_half_the_interval_and_stops_with_the_system() {
     let begin = Instant::now();
     let mut pings = Vec::new();
     while begin.elapsed() < Duration::from_millis(1500) {
-        if let Some(msg) = recv_std(&sock, Duration::from_millis(100)) {
+        if let Some(msg) = sock.recv(Duration::from_millis(100)).unwrap() {
             if msg == "WATCHDOG=1\n" {
                 pings.push(Instant::now());
             }
@@ -424,12 +352,12 @@ fn watchdog_pings_at_half_the_interval_and_stops_with_the_system() {
     system.stop();
     assert_eq!(thread.join().unwrap(), 0);
     // What was queued before the stop, then silence.
-    sock.set_nonblocking(true).unwrap();
+    sock.socket().set_nonblocking(true).unwrap();
     let mut buf = [0u8; 256];
-    while sock.recv(&mut buf).is_ok() {}
+    while sock.socket().recv(&mut buf).is_ok() {}
     std::thread::sleep(Duration::from_millis(600));
     assert!(
-        sock.recv(&mut buf).is_err(),
+        sock.socket().recv(&mut buf).is_err(),
         "a ping arrived after the actor system stopped"
     );
 }
@@ -559,7 +487,8 @@ async fn a_missing_socket_is_logged_not_fatal() {
 
 #[actix::test]
 async fn a_stuck_service_manager_does_not_stall_the_service() {
-    let (_dir, path, systemd) = std_systemd();
+    let systemd = NotifySocket::bind().unwrap();
+    let path = systemd.path().to_owned();
     let filler = NotifySender::new(&path)
         .unwrap()
         .send_timeout(Duration::ZERO)
@@ -600,17 +529,17 @@ async fn a_stuck_service_manager_does_not_stall_the_service() {
     );
 
     // The manager reads again: the held-back READY=1 still arrives.
-    systemd.set_nonblocking(true).unwrap();
+    systemd.socket().set_nonblocking(true).unwrap();
     let mut buf = [0u8; 256];
     let mut drained = 0;
-    while systemd.recv(&mut buf).is_ok() {
+    while systemd.socket().recv(&mut buf).is_ok() {
         drained += 1;
     }
     assert!(drained >= filled, "{drained} < {filled}");
     let deadline = Instant::now() + LIMIT;
     let mut got_ready = false;
     while !got_ready && Instant::now() < deadline {
-        match systemd.recv(&mut buf) {
+        match systemd.socket().recv(&mut buf) {
             Ok(n) => got_ready = &buf[..n] == b"READY=1\n",
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }

@@ -11,22 +11,10 @@ use actix_lifecycle::{
     BrokerError, CloseUnclaimed, GetPhase, Lifecycle, LifecycleError, ListenerError, OnFailure,
     Phase, WaitStopped,
 };
-use common::{echo, logger, roundtrip};
-use lifecycle_handoff::{Inventory, ListenerSpec, PassedListener};
+use common::{echo, logger, roundtrip, tcp};
+use lifecycle_handoff::{Inventory, PassedListener};
 
 const LIMIT: Duration = Duration::from_secs(10);
-
-fn tcp(name: &str) -> (PassedListener, std::net::SocketAddr) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    (
-        PassedListener {
-            spec: ListenerSpec::tcp(name, addr),
-            fd: l.into(),
-        },
-        addr,
-    )
-}
 
 fn lifecycle(listeners: Vec<PassedListener>) -> Lifecycle {
     Lifecycle::builder(Inventory {

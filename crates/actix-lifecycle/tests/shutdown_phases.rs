@@ -7,10 +7,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix::Actor;
+use actix::{Actor, Addr};
 use actix_lifecycle::{
     BeginShutdown, ConnHandler, GetPhase, Harness, Lifecycle, Phase, ShutdownHandle,
-    SignalReceived, Snapshot, Start, WaitStopped,
+    SignalReceived, Snapshot, Start, StopOutcome, WaitStopped,
 };
 use common::{echo, eventually, logger, roundtrip};
 use lifecycle_handoff::{Inventory, ListenerSpec, PassedListener};
@@ -33,6 +33,28 @@ fn watch(handle: ShutdownHandle) -> Arc<Mutex<Vec<(Phase, Instant)>>> {
     seen
 }
 
+/// Waits until `n` connections are live.
+async fn wait_live(harness: &Addr<Harness>, n: u64) {
+    let h = harness.clone();
+    assert!(
+        eventually(LIMIT, || {
+            let h = h.clone();
+            async move { h.send(Snapshot).await.unwrap().live == n }
+        })
+        .await,
+        "never {n} live connection(s)"
+    );
+}
+
+/// Begins the shutdown and waits for the stop.
+async fn stop(harness: &Addr<Harness>) -> StopOutcome {
+    harness.send(BeginShutdown).await.unwrap();
+    tokio::time::timeout(LIMIT, harness.send(WaitStopped))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 #[actix::test]
 async fn an_idle_service_stops_at_once() {
     let harness = Harness::builder()
@@ -45,11 +67,7 @@ async fn an_idle_service_stops_at_once() {
     let info = harness.send(Start).await.unwrap().unwrap();
     let seen = watch(info.lifecycle.shutdown_handle());
     assert_eq!(harness.send(GetPhase).await.unwrap(), Phase::Running);
-    harness.send(BeginShutdown).await.unwrap();
-    let outcome = tokio::time::timeout(LIMIT, harness.send(WaitStopped))
-        .await
-        .unwrap()
-        .unwrap();
+    let outcome = stop(&harness).await;
     assert_eq!(outcome.exit_code, 0);
     assert!(outcome.left_open.is_empty());
     assert!(
@@ -80,11 +98,7 @@ async fn phases_run_in_order_and_a_silent_client_is_aborted_after_the_drain_grac
         .unwrap();
     assert_eq!(roundtrip(&mut client, b"x").await, b"x");
 
-    harness.send(BeginShutdown).await.unwrap();
-    let outcome = tokio::time::timeout(LIMIT, harness.send(WaitStopped))
-        .await
-        .unwrap()
-        .unwrap();
+    let outcome = stop(&harness).await;
     assert_eq!(outcome.exit_code, 0);
     assert!(
         outcome.left_open.is_empty(),
@@ -136,19 +150,8 @@ async fn draining_ends_early_when_handlers_finish() {
                 .unwrap(),
         );
     }
-    let h = harness.clone();
-    assert!(
-        eventually(LIMIT, || {
-            let h = h.clone();
-            async move { h.send(Snapshot).await.unwrap().live == 3 }
-        })
-        .await
-    );
-    harness.send(BeginShutdown).await.unwrap();
-    let outcome = tokio::time::timeout(LIMIT, harness.send(WaitStopped))
-        .await
-        .unwrap()
-        .unwrap();
+    wait_live(&harness, 3).await;
+    let outcome = stop(&harness).await;
     assert!(
         outcome.elapsed < Duration::from_secs(60),
         "did not wait for the drain grace"
@@ -176,19 +179,8 @@ async fn the_abort_grace_expires_and_what_is_left_is_reported() {
     let _client = tokio::net::TcpStream::connect(info.tcp("s").unwrap())
         .await
         .unwrap();
-    let h = harness.clone();
-    assert!(
-        eventually(LIMIT, || {
-            let h = h.clone();
-            async move { h.send(Snapshot).await.unwrap().live == 1 }
-        })
-        .await
-    );
-    harness.send(BeginShutdown).await.unwrap();
-    let outcome = tokio::time::timeout(LIMIT, harness.send(WaitStopped))
-        .await
-        .unwrap()
-        .unwrap();
+    wait_live(&harness, 1).await;
+    let outcome = stop(&harness).await;
     assert_eq!(outcome.exit_code, 0);
     assert!(
         outcome.elapsed >= drain + abort,

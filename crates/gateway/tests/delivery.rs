@@ -142,7 +142,7 @@ fn promtool_accepts_the_metrics() {
         metrics.contains("lifecycle_smtp_messages_total{outcome=\"accepted\"} 1"),
         "{metrics}"
     );
-    let path = gw.dir.path().join("metrics.txt");
+    let path = gw.dir().join("metrics.txt");
     std::fs::write(&path, &metrics).unwrap();
     let out = Command::new("promtool")
         .args(["check", "metrics"])
@@ -264,7 +264,7 @@ fn smtp_source_and_curl_deliver_every_message() {
         }
     }
     if require_tool("curl") {
-        let body = gw.dir.path().join("message.txt");
+        let body = gw.dir().join("message.txt");
         std::fs::write(&body, "Subject: curl\r\n\r\nsent by curl\r\n").unwrap();
         let out = Command::new("curl")
             .args(["--silent", "--show-error", "--max-time", "20"])

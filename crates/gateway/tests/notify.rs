@@ -10,80 +10,24 @@
 
 mod common;
 
-use std::io::{IoSliceMut, Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Gateway, SOON};
-use lifecycle_tests::{loud, require_root};
+use common::{service_dir, Gateway, SOON};
+use lifecycle_tests::{http_get, loud, require_root, Datagram, GatewayConfig, NotifySocket};
 use nix::sys::signal::Signal;
-use nix::sys::socket::{
-    bind, recvmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType, UnixAddr,
-};
-
-/// One datagram: its text and the sender's pid.
-#[derive(Debug, Clone)]
-struct Datagram {
-    text: String,
-    pid: i32,
-}
-
-/// A notify socket at `path`; every datagram goes to the returned channel.
-fn notify_socket(path: &std::path::Path) -> mpsc::Receiver<Datagram> {
-    let fd: OwnedFd = socket(
-        AddressFamily::Unix,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .unwrap();
-    setsockopt(&fd, sockopt::PassCred, &true).unwrap();
-    bind(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
-    // The sender (the parent, as root) may write; the nobody child must not
-    // be kept out by permissions alone, so the socket is open to all: the
-    // credentials tell who sent what.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || loop {
-        let mut buf = [0u8; 4096];
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let mut space = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
-        let Ok(msg) = recvmsg::<()>(
-            fd.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::empty(),
-        ) else {
-            return;
-        };
-        let mut pid = 0;
-        for cmsg in msg.cmsgs().unwrap() {
-            if let ControlMessageOwned::ScmCredentials(creds) = cmsg {
-                pid = creds.pid();
-            }
-        }
-        let len = msg.bytes;
-        let text = String::from_utf8_lossy(&buf[..len]).into_owned();
-        if tx.send(Datagram { text, pid }).is_err() {
-            return;
-        }
-    });
-    rx
-}
 
 /// The next datagram that has `line` as one of its lines.
-fn wait_for(rx: &mpsc::Receiver<Datagram>, line: &str, seen: &mut Vec<Datagram>) -> Datagram {
+fn wait_for(systemd: &NotifySocket, line: &str, seen: &mut Vec<Datagram>) -> Datagram {
     loop {
-        let d = rx
-            .recv_timeout(SOON)
-            .unwrap_or_else(|_| panic!("no {line:?}; so far: {seen:?}"));
+        let d = systemd
+            .recv_datagram(SOON)
+            .unwrap()
+            .unwrap_or_else(|| panic!("no {line:?}; so far: {seen:?}"));
         seen.push(d.clone());
-        if d.text.lines().any(|l| l == line) {
+        if d.has_line(line) {
             return d;
         }
     }
@@ -91,61 +35,19 @@ fn wait_for(rx: &mpsc::Receiver<Datagram>, line: &str, seen: &mut Vec<Datagram>)
 
 /// `GET /readyz` status, or 0 when the request fails.
 fn readyz(gw: &Gateway) -> u16 {
-    let Ok(mut s) = TcpStream::connect(gw.http) else {
-        return 0;
-    };
-    s.set_read_timeout(Some(SOON)).unwrap();
-    if s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").is_err() {
-        return 0;
-    }
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+    http_get(gw.http, "/readyz", SOON).map_or(0, |(status, _)| status)
 }
 
 /// A temporary directory for user nobody: the spool, the config (with
 /// `head` on top) and the notify socket; returns the config path.
-fn setup(
-    head: &str,
-) -> (
-    tempfile::TempDir,
-    std::path::PathBuf,
-    mpsc::Receiver<Datagram>,
-    std::path::PathBuf,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let spool = dir.path().join("spool");
-    std::fs::create_dir(&spool).unwrap();
-    nix::unistd::chown(&spool, Some(65534.into()), Some(65534.into())).unwrap();
-    let socket_path = dir.path().join("notify");
-    let rx = notify_socket(&socket_path);
-    let config = format!(
-        r#"{head}
-spool_dir = "{spool}"
-[log]
-format = "json"
-[smtp]
-hostname = "gw.test"
-[[listener]]
-name = "smtp"
-protocol = "smtp"
-address = "127.0.0.1:0"
-[[listener]]
-name = "imap"
-protocol = "imap"
-address = "127.0.0.1:0"
-[[listener]]
-name = "http"
-protocol = "http"
-address = "127.0.0.1:0"
-"#,
-        spool = spool.display()
-    );
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, config).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    (dir, path, rx, socket_path)
+fn setup(head: &str) -> (tempfile::TempDir, std::path::PathBuf, NotifySocket) {
+    let dir = service_dir();
+    let systemd = NotifySocket::bind_at(&dir.path().join("notify")).unwrap();
+    let path = GatewayConfig::new(dir.path().join("spool"))
+        .head(head)
+        .write(dir.path())
+        .unwrap();
+    (dir, path, systemd)
 }
 
 #[test]
@@ -153,20 +55,20 @@ fn the_root_parent_is_the_main_pid_and_notifies_ready_reloading_stopping() {
     if !require_root("the privileged start with NOTIFY_SOCKET") {
         return;
     }
-    let (dir, path, rx, socket_path) = setup(r#"user = "nobody""#);
+    let (dir, path, systemd) = setup(r#"user = "nobody""#);
     let mut cmd = Command::new(common::BIN);
     cmd.arg("--config")
         .arg(&path)
-        .env("NOTIFY_SOCKET", &socket_path)
+        .env("NOTIFY_SOCKET", systemd.path())
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut gw = Gateway::spawn_command(dir, &mut cmd);
-    let parent = i32::try_from(gw.pid()).unwrap();
+    let parent = gw.pid();
 
     let mut seen = Vec::new();
-    let ready = wait_for(&rx, "READY=1", &mut seen);
+    let ready = wait_for(&systemd, "READY=1", &mut seen);
     // At READY=1 the child already serves every listener: /readyz says 200
     // (it turns ready only after every listener accepts), SMTP greets.
     gw.learn_addresses();
@@ -182,10 +84,7 @@ fn the_root_parent_is_the_main_pid_and_notifies_ready_reloading_stopping() {
     ));
     assert_eq!(status, 200, "/readyz at READY=1\n{}", gw.log_text());
     assert_eq!(&greeting, b"220");
-    assert!(
-        ready.text.lines().any(|l| l == format!("MAINPID={parent}")),
-        "{ready:?}"
-    );
+    assert!(ready.has_line(&format!("MAINPID={parent}")), "{ready:?}");
     assert_eq!(ready.pid, parent, "READY=1 must come from the main process");
     // The child never had NOTIFY_SOCKET.
     let environ = std::fs::read(format!("/proc/{child}/environ")).unwrap();
@@ -198,19 +97,19 @@ fn the_root_parent_is_the_main_pid_and_notifies_ready_reloading_stopping() {
 
     // An upgrade: RELOADING=1, then READY=1 once generation 2 serves.
     gw.signal(Signal::SIGHUP);
-    wait_for(&rx, "RELOADING=1", &mut seen);
-    let again = wait_for(&rx, "READY=1", &mut seen);
+    wait_for(&systemd, "RELOADING=1", &mut seen);
+    let again = wait_for(&systemd, "READY=1", &mut seen);
     assert!(
         again.text.contains("STATUS=serving generation 2"),
         "{again:?}"
     );
 
     gw.signal(Signal::SIGTERM);
-    let stopping = wait_for(&rx, "STOPPING=1", &mut seen);
+    let stopping = wait_for(&systemd, "STOPPING=1", &mut seen);
     let status = gw.wait_exit(SOON).expect("still running");
     assert_eq!(status.code(), Some(0), "{}", gw.log_text());
     // Whatever arrived after STOPPING=1 too.
-    while let Ok(d) = rx.recv_timeout(Duration::from_millis(200)) {
+    while let Some(d) = systemd.recv_datagram(Duration::from_millis(200)).unwrap() {
         seen.push(d);
     }
     loud(&format!("notify: datagrams {seen:?}"));
@@ -226,7 +125,7 @@ fn an_unprivileged_service_is_its_own_main_process() {
     if !require_root("starting the gateway as user nobody") {
         return;
     }
-    let (dir, path, rx, socket_path) = setup("");
+    let (dir, path, systemd) = setup("");
     // nobody's copy of the binary, in the 0755 test directory: the target
     // directory may be out of its reach (a checkout under a 0700 home).
     let bin = dir.path().join("lifecycle-gateway");
@@ -237,15 +136,15 @@ fn an_unprivileged_service_is_its_own_main_process() {
         .drop_privileges(&mut cmd);
     cmd.arg("--config")
         .arg(&path)
-        .env("NOTIFY_SOCKET", &socket_path)
+        .env("NOTIFY_SOCKET", systemd.path())
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut gw = Gateway::spawn_command(dir, &mut cmd);
-    let pid = i32::try_from(gw.pid()).unwrap();
+    let pid = gw.pid();
     let mut seen = Vec::new();
-    let ready = wait_for(&rx, "READY=1", &mut seen);
+    let ready = wait_for(&systemd, "READY=1", &mut seen);
     gw.learn_addresses();
     let status = readyz(&gw);
     loud(&format!(
@@ -262,7 +161,7 @@ fn an_unprivileged_service_is_its_own_main_process() {
     assert_eq!(status, 200, "/readyz at READY=1\n{}", gw.log_text());
     assert_eq!(ready.pid, pid);
     gw.signal(Signal::SIGTERM);
-    let stopping = wait_for(&rx, "STOPPING=1", &mut seen);
+    let stopping = wait_for(&systemd, "STOPPING=1", &mut seen);
     assert_eq!(stopping.pid, pid);
     let status = gw.wait_exit(SOON).expect("still running");
     assert_eq!(status.code(), Some(0), "{}", gw.log_text());

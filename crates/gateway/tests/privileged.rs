@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{number, s_client, served_pem, Gateway, SOON};
-use lifecycle_tests::{loud, require_root, require_tool};
+use common::{number, s_client, served_pem, service_dir, Gateway, SOON};
+use lifecycle_tests::{loud, require_root, require_tool, GatewayConfig};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -29,11 +29,7 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let spool = dir.path().join("spool");
-        std::fs::create_dir(&spool).unwrap();
-        nix::unistd::chown(&spool, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
+        let dir = service_dir();
         let pair = rcgen::generate_simple_self_signed(vec!["gw.test".into()]).unwrap();
         let cert = dir.path().join("cert.pem");
         let key = dir.path().join("key.pem");
@@ -52,47 +48,18 @@ impl Setup {
     }
 
     fn config(&self, head: &str) -> String {
-        format!(
-            r#"{head}
-spool_dir = "{spool}"
-[shutdown]
-drain_grace = "2s"
-abort_grace = "1s"
-[log]
-format = "json"
-[smtp]
-hostname = "gw.test"
-[tls]
-cert = "{cert}"
-key = "{key}"
-[[listener]]
-name = "smtp"
-protocol = "smtp"
-address = "127.0.0.1:0"
-tls = "starttls"
-[[listener]]
-name = "smtps"
-protocol = "smtp"
-address = "127.0.0.1:0"
-tls = "implicit"
-[[listener]]
-name = "imap"
-protocol = "imap"
-address = "127.0.0.1:0"
-[[listener]]
-name = "imaps"
-protocol = "imap"
-address = "127.0.0.1:0"
-tls = "implicit"
-[[listener]]
-name = "http"
-protocol = "http"
-address = "127.0.0.1:0"
-"#,
-            spool = self.dir.path().join("spool").display(),
-            cert = self.cert.display(),
-            key = self.key.display(),
-        )
+        GatewayConfig::new(self.dir.path().join("spool"))
+            .head(head)
+            .drain_grace("2s")
+            .abort_grace("1s")
+            .tls(&self.cert, &self.key)
+            .no_listeners()
+            .listener("smtp", "smtp", "127.0.0.1:0", r#"tls = "starttls""#)
+            .listener("smtps", "smtp", "127.0.0.1:0", r#"tls = "implicit""#)
+            .listener("imap", "imap", "127.0.0.1:0", "")
+            .listener("imaps", "imap", "127.0.0.1:0", r#"tls = "implicit""#)
+            .listener("http", "http", "127.0.0.1:0", "")
+            .text()
     }
 
     fn start(self) -> (Gateway, PathBuf, PathBuf, Vec<u8>) {

@@ -30,6 +30,7 @@ fn refused_start(mut gw: Gateway) -> String {
         .wait_exit(SOON)
         .unwrap_or_else(|| panic!("still running (hung, or started):\n{}", gw.log_text()));
     assert!(!status.success(), "{status:?}\n{}", gw.log_text());
+    gw.wait_log_end(SOON);
     let text = gw.log_text();
     assert!(!text.contains(r#""msg":"service started""#), "{text}");
     text.lines()

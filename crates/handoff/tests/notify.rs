@@ -7,42 +7,17 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use lifecycle_handoff::{Notifier, NotifyEnv, NotifyError, NotifyState};
-use tempfile::TempDir;
+use lifecycle_tests::NotifySocket;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-fn systemd() -> (TempDir, PathBuf, UnixDatagram) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notify");
-    let sock = UnixDatagram::bind(&path).unwrap();
-    (dir, path, sock)
-}
-
-fn recv(sock: &UnixDatagram, limit: Duration) -> Option<String> {
-    sock.set_read_timeout(Some(limit)).unwrap();
-    let mut buf = vec![0u8; 4096];
-    match sock.recv(&mut buf) {
-        Ok(n) => Some(String::from_utf8(buf[..n].to_vec()).unwrap()),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            None
-        }
-        Err(e) => panic!("recv: {e}"),
-    }
-}
-
 #[test]
 fn each_call_sends_one_datagram_of_lines() {
-    let (_dir, path, systemd) = systemd();
+    let systemd = NotifySocket::bind().unwrap();
+    let path = systemd.path().to_owned();
     let sender = Notifier::new(&path).unwrap();
     assert_eq!(sender.socket(), path.to_str().unwrap());
     sender.ready().unwrap();
@@ -56,7 +31,7 @@ fn each_call_sends_one_datagram_of_lines() {
             NotifyState::Status("upgrading"),
         ])
         .unwrap();
-    let got: Vec<String> = std::iter::from_fn(|| recv(&systemd, Duration::from_millis(200)))
+    let got: Vec<String> = std::iter::from_fn(|| systemd.recv(Duration::from_millis(200)).unwrap())
         .take(6)
         .collect();
     assert_eq!(
@@ -79,20 +54,19 @@ fn the_sender_reaches_abstract_sockets() {
         std::process::id(),
         Instant::now()
     );
-    let addr = {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap()
-    };
-    let systemd = UnixDatagram::bind_addr(&addr).unwrap();
+    let systemd = NotifySocket::bind_abstract(&name).unwrap();
     let sender = Notifier::new(format!("@{name}")).unwrap();
     assert_eq!(sender.socket(), format!("@{name}"));
     sender.ready_as_main(4242).unwrap();
     assert_eq!(
-        recv(&systemd, LIMIT).as_deref(),
+        systemd.recv(LIMIT).unwrap().as_deref(),
         Some("READY=1\nMAINPID=4242\n")
     );
     sender.status("two\nlines").unwrap();
-    assert_eq!(recv(&systemd, LIMIT).as_deref(), Some("STATUS=two lines\n"));
+    assert_eq!(
+        systemd.recv(LIMIT).unwrap().as_deref(),
+        Some("STATUS=two lines\n")
+    );
     let err = sender
         .notify(&[NotifyState::Status("x\nREADY=1")])
         .unwrap_err();
@@ -101,7 +75,7 @@ fn the_sender_reaches_abstract_sockets() {
         .notify(&[NotifyState::Stopping, NotifyState::Status("bye")])
         .unwrap();
     assert_eq!(
-        recv(&systemd, LIMIT).as_deref(),
+        systemd.recv(LIMIT).unwrap().as_deref(),
         Some("STOPPING=1\nSTATUS=bye\n")
     );
 }
@@ -147,7 +121,8 @@ fn a_send_to_a_socket_nobody_binds_names_it() {
 #[test]
 fn a_full_queue_fails_the_send_instead_of_blocking() {
     // Nobody reads: the receiver's queue fills (net.unix.max_dgram_qlen).
-    let (_dir, path, _systemd) = systemd();
+    let systemd = NotifySocket::bind().unwrap();
+    let path = systemd.path().to_owned();
     // The default (250 ms) bounds the wait too; 50 ms keeps the test short.
     let sender = Notifier::new(&path)
         .unwrap()
@@ -183,7 +158,8 @@ fn a_full_queue_fails_the_send_instead_of_blocking() {
 
 #[test]
 fn the_default_send_timeout_is_bounded() {
-    let (_dir, path, _systemd) = systemd();
+    let systemd = NotifySocket::bind().unwrap();
+    let path = systemd.path().to_owned();
     let sender = Notifier::new(&path).unwrap();
     let mut sent = 0;
     let (err, waited) = loop {
@@ -205,7 +181,8 @@ fn the_default_send_timeout_is_bounded() {
 
 #[test]
 fn the_variables_are_read_from_an_injected_environment() {
-    let (_dir, path, systemd) = systemd();
+    let systemd = NotifySocket::bind().unwrap();
+    let path = systemd.path().to_owned();
     let env: BTreeMap<OsString, OsString> = BTreeMap::from([
         ("NOTIFY_SOCKET".into(), path.clone().into()),
         ("WATCHDOG_USEC".into(), "30000000".into()),
@@ -215,7 +192,7 @@ fn the_variables_are_read_from_an_injected_environment() {
     assert_eq!(env.len(), 3, "reading leaves the variables in place");
     assert_eq!(vars.watchdog().unwrap(), Some(Duration::from_secs(30)));
     vars.sender().unwrap().unwrap().ready().unwrap();
-    assert_eq!(recv(&systemd, LIMIT).as_deref(), Some("READY=1\n"));
+    assert_eq!(systemd.recv(LIMIT).unwrap().as_deref(), Some("READY=1\n"));
 
     let other = (std::process::id() + 1).to_string();
     let vars = NotifyEnv::new().watchdog_usec("100000").watchdog_pid(other);

@@ -76,3 +76,17 @@ pub fn metric(registry: &prometheus::Registry, sample: &str) -> Option<f64> {
             .and_then(|rest| rest.trim().parse().ok())
     })
 }
+
+/// A TCP listener on a free loopback port, as the inventory passes it, and
+/// its address.
+pub fn tcp(name: &str) -> (lifecycle_handoff::PassedListener, std::net::SocketAddr) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    (
+        lifecycle_handoff::PassedListener {
+            spec: lifecycle_handoff::ListenerSpec::tcp(name, addr),
+            fd: l.into(),
+        },
+        addr,
+    )
+}

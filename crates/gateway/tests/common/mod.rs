@@ -7,14 +7,13 @@
 
 pub mod upgrading;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lifecycle_tests::ChildGuard;
+use lifecycle_tests::{http_get, GatewayConfig, GatewayProcess};
 use nix::sys::signal::Signal;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lifecycle-gateway");
@@ -22,21 +21,26 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_lifecycle-gateway");
 /// Generous bound for things that should take milliseconds.
 pub const SOON: Duration = Duration::from_secs(20);
 
-#[derive(Default)]
-struct Log {
-    lines: Mutex<Vec<String>>,
-    grew: Condvar,
+/// A temporary directory every user may traverse, with a `spool` that
+/// `nobody` owns: for a gateway whose service runs as `nobody`.
+pub fn service_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let nobody = lifecycle_tests::ServiceUser::nobody().unwrap();
+    nix::unistd::chown(&spool, Some(nobody.uid()), Some(nobody.gid())).unwrap();
+    dir
 }
 
+/// The gateway under test: a [`GatewayProcess`] whose helpers panic
+/// instead of returning errors, and whose addresses are public fields.
 pub struct Gateway {
-    child: ChildGuard,
-    pub dir: tempfile::TempDir,
-    log: Arc<Log>,
+    process: GatewayProcess,
     pub smtp: SocketAddr,
     pub imap: SocketAddr,
     pub http: SocketAddr,
-    /// Every listener's bound address, by name, as logged.
-    pub addrs: Vec<(String, SocketAddr)>,
 }
 
 impl Gateway {
@@ -57,35 +61,13 @@ impl Gateway {
     /// [`start_with`](Self::start_with) and a `lame_duck`.
     pub fn start_with_lame_duck(lame_duck: &str, drain: &str, abort: &str, smtp: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
-        let config = format!(
-            r#"allow_root = true
-spool_dir = "{spool}"
-[shutdown]
-lame_duck = "{lame_duck}"
-drain_grace = "{drain}"
-abort_grace = "{abort}"
-[log]
-format = "json"
-level = "info"
-[smtp]
-hostname = "gw.test"
-{smtp}
-[[listener]]
-name = "smtp"
-protocol = "smtp"
-address = "127.0.0.1:0"
-[[listener]]
-name = "imap"
-protocol = "imap"
-address = "127.0.0.1:0"
-[[listener]]
-name = "http"
-protocol = "http"
-address = "127.0.0.1:0"
-"#,
-            spool = dir.path().join("spool").display()
-        );
-        Self::launch(dir, &config, &[])
+        let config = GatewayConfig::new(dir.path().join("spool"))
+            .head("allow_root = true")
+            .lame_duck(lame_duck)
+            .drain_grace(drain)
+            .abort_grace(abort)
+            .smtp(smtp);
+        Self::launch(dir, &config.text(), &[])
     }
 
     /// Starts the binary on `config` (written to `dir/gateway.toml`, mode
@@ -101,24 +83,9 @@ address = "127.0.0.1:0"
 
     /// Reads the listener addresses from the log lines so far.
     pub fn learn_addresses(&mut self) {
-        for line in self.logs() {
-            if !line.contains(r#""msg":"listener bound""#)
-                && !line.contains(r#""msg":"listener taken""#)
-            {
-                continue;
-            }
-            let addr: SocketAddr = field(&line, "address").unwrap().parse().unwrap();
-            let name = field(&line, "listener").unwrap();
-            match name.as_str() {
-                "smtp" => self.smtp = addr,
-                "imap" => self.imap = addr,
-                "http" => self.http = addr,
-                _ => {}
-            }
-            if !self.addrs.iter().any(|(n, _)| *n == name) {
-                self.addrs.push((name, addr));
-            }
-        }
+        self.process.learn_addresses().unwrap();
+        (self.smtp, self.imap, self.http) =
+            (self.process.smtp, self.process.imap, self.process.http);
     }
 
     /// Starts the binary like [`launch`](Self::launch) without waiting for
@@ -144,53 +111,31 @@ address = "127.0.0.1:0"
 
     /// Starts `command` (a gateway, its stderr piped) and follows its log.
     pub fn spawn_command(dir: tempfile::TempDir, command: &mut Command) -> Gateway {
-        // A binary copied a moment ago may still be open for writing in a
-        // child that another test thread forked meanwhile (until its exec
-        // closes it): exec fails with ETXTBSY for that moment.
-        let mut tries = 0;
-        let mut child = loop {
-            match ChildGuard::spawn(command) {
-                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                spawned => break spawned.unwrap(),
-            }
-        };
-        let stderr = child.child_mut().stderr.take().unwrap();
-        let log = Arc::new(Log::default());
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lines.lock().unwrap().push(line);
-                sink.grew.notify_all();
-            }
-        });
+        let process = GatewayProcess::spawn_command(command, dir).unwrap();
         Gateway {
-            child,
-            dir,
-            log,
-            smtp: "0.0.0.0:0".parse().unwrap(),
-            imap: "0.0.0.0:0".parse().unwrap(),
-            http: "0.0.0.0:0".parse().unwrap(),
-            addrs: Vec::new(),
+            smtp: process.smtp,
+            imap: process.imap,
+            http: process.http,
+            process,
         }
     }
 
     /// The bound address of listener `name`.
     pub fn addr(&self, name: &str) -> SocketAddr {
-        self.addrs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
+        self.process
+            .addr(name)
             .unwrap_or_else(|| panic!("no listener {name} in the log"))
+    }
+
+    /// The test's temporary directory (config, spool).
+    pub fn dir(&self) -> &Path {
+        self.process.dir()
     }
 
     /// The pid of the process started by the test (the parent in
     /// privileged mode).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// The pid of the process that serves (the child in privileged mode).
@@ -204,7 +149,7 @@ address = "127.0.0.1:0"
     }
 
     pub fn spool_dir(&self) -> PathBuf {
-        self.dir.path().join("spool")
+        self.dir().join("spool")
     }
 
     /// Complete messages in the spool.
@@ -225,43 +170,37 @@ address = "127.0.0.1:0"
     }
 
     pub fn logs(&self) -> Vec<String> {
-        self.log.lines.lock().unwrap().clone()
+        self.process.logs()
     }
 
     pub fn log_text(&self) -> String {
-        self.logs().join("\n")
+        self.process.log_text()
     }
 
-    /// Waits for a log line matching `pred`.
+    /// Waits for a log line matching `pred`; `None` at once when the log
+    /// has ended (the gateway exited) without one.
     pub fn wait_log(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        let mut lines = self.log.lines.lock().unwrap();
-        loop {
-            if let Some(l) = lines.iter().find(|l| pred(l)) {
-                return Some(l.clone());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            lines = self.log.grew.wait_timeout(lines, deadline - now).unwrap().0;
-        }
+        self.process.wait_log(timeout, pred)
     }
 
     /// The log line of shutdown phase `phase`, waiting for it.
     pub fn wait_phase(&self, phase: &str, timeout: Duration) -> Option<String> {
-        let needle = format!(r#""phase":"{phase}""#);
-        self.wait_log(timeout, |l| {
-            l.contains(r#""msg":"phase""#) && l.contains(&needle)
-        })
+        self.process.wait_phase(phase, timeout)
     }
 
     pub fn signal(&self, sig: Signal) {
-        self.child.signal(sig).unwrap();
+        self.process.signal(sig).unwrap();
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        self.child.wait_timeout(timeout).unwrap()
+        self.process.wait_exit(timeout).unwrap()
+    }
+
+    /// Waits at most `timeout` for the end of the log (every process that
+    /// holds the pipe exited) and every line read: after an exit, the
+    /// reader thread may still hold the last lines; false on timeout.
+    pub fn wait_log_end(&self, timeout: Duration) -> bool {
+        self.process.wait_log_end(timeout)
     }
 
     /// `/metrics` fetched with a plain HTTP/1.0 request.
@@ -273,15 +212,7 @@ address = "127.0.0.1:0"
 
     /// Status and body of `GET path` (HTTP/1.0, no client library).
     pub fn get(&self, path: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(self.http).unwrap();
-        s.set_read_timeout(Some(SOON)).unwrap();
-        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-            .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        (status, body.to_owned())
+        http_get(self.http, path, SOON).unwrap()
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lifecycle_tests::{install_program, loud, ServiceUser};
+use lifecycle_tests::{install_program, loud, GatewayConfig, ServiceUser};
 use nix::sys::signal::Signal;
 
 use super::{served_pem, Gateway, BIN, SOON};
@@ -49,11 +49,7 @@ pub fn write_pair(dir: &Path, cert: &Path, key: &Path) -> String {
 
 impl Setup {
     pub fn new() -> (Setup, String) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let spool = dir.path().join("spool");
-        std::fs::create_dir(&spool).unwrap();
-        nix::unistd::chown(&spool, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
+        let dir = super::service_dir();
         let bin = dir.path().join("lifecycle-gateway");
         install_program(BIN.as_ref(), &bin).unwrap();
         let cert = dir.path().join("cert.pem");
@@ -88,46 +84,18 @@ impl Setup {
 
     /// [`launch`](Self::launch) without waiting for anything.
     pub fn spawn(self, head: &str, edit: impl FnOnce(&mut Command)) -> Gateway {
-        let config = format!(
-            r#"{head}
-spool_dir = "{spool}"
-[shutdown]
-drain_grace = "{drain}"
-abort_grace = "1s"
-[log]
-format = "json"
-[smtp]
-hostname = "gw.test"
-[tls]
-cert = "{cert}"
-key = "{key}"
-[[listener]]
-name = "smtp"
-protocol = "smtp"
-address = "127.0.0.1:0"
-backlog = 4096
-[[listener]]
-name = "smtps"
-protocol = "smtp"
-address = "127.0.0.1:0"
-tls = "implicit"
-[[listener]]
-name = "imap"
-protocol = "imap"
-address = "127.0.0.1:0"
-[[listener]]
-name = "http"
-protocol = "http"
-address = "127.0.0.1:0"
-"#,
-            spool = self.dir.path().join("spool").display(),
-            cert = self.cert.display(),
-            key = self.key.display(),
-            drain = self.drain_grace,
-        );
-        let path = self.dir.path().join("gateway.toml");
-        std::fs::write(&path, &config).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let path = GatewayConfig::new(self.dir.path().join("spool"))
+            .head(head)
+            .drain_grace(self.drain_grace)
+            .abort_grace("1s")
+            .tls(&self.cert, &self.key)
+            .no_listeners()
+            .listener("smtp", "smtp", "127.0.0.1:0", "backlog = 4096")
+            .listener("smtps", "smtp", "127.0.0.1:0", r#"tls = "implicit""#)
+            .listener("imap", "imap", "127.0.0.1:0", "")
+            .listener("http", "http", "127.0.0.1:0", "")
+            .write(self.dir.path())
+            .unwrap();
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--config")
             .arg(&path)
