@@ -155,6 +155,18 @@ impl ControlCommand {
         }
     }
 
+    /// The command as an operator types it (`status`, `upgrade --wait`,
+    /// ...), for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ControlCommand::Status => "status",
+            ControlCommand::Upgrade { wait: true } => "upgrade --wait",
+            ControlCommand::Upgrade { wait: false } => "upgrade",
+            ControlCommand::Stop => "stop",
+            ControlCommand::Connections => "connections",
+        }
+    }
+
     /// The request line for this command, newline included.
     pub fn to_line(self) -> String {
         let (command, wait) = match self {
@@ -177,6 +189,47 @@ impl ControlCommand {
 /// The reply for a refused request: `{"version":1,"ok":false,"error":...}`.
 pub fn error_reply(message: &str) -> serde_json::Value {
     serde_json::json!({"version": CONTROL_PROTOCOL_VERSION, "ok": false, "error": message})
+}
+
+/// The name under which a serving process hands its control socket on to
+/// a successor (an entry of the hand-off protocol, as the listeners are):
+/// the successor takes it with
+/// [`Handoff::listen`](crate::Handoff::listen) and serves the same socket,
+/// so the path is never unlinked nor re-bound.
+pub const CONTROL_LISTENER_NAME: &str = "lifecycle-control";
+
+/// The reply to `upgrade --wait` once the upgrade from generation `from`
+/// to `to` is settled: `failure` `None` when generation `to` (process
+/// `pid`) serves and `from` drains, else why it failed (`from` serves on).
+/// The same shape whoever owns upgrades (the privileged parent or the
+/// serving process).
+///
+/// ```
+/// use lifecycle_handoff::upgrade_reply;
+///
+/// let ok = upgrade_reply(1, 2, Some(42), None);
+/// assert_eq!((ok["ok"].as_bool(), ok["generation"].as_u64()), (Some(true), Some(2)));
+/// let failed = upgrade_reply(1, 2, None, Some("the new child exited with code 3"));
+/// assert_eq!(failed["generation"].as_u64(), Some(1));
+/// assert!(failed["error"].as_str().unwrap().contains("generation 1 keeps serving"));
+/// ```
+pub fn upgrade_reply(
+    from: u64,
+    to: u64,
+    pid: Option<u32>,
+    failure: Option<&str>,
+) -> serde_json::Value {
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match failure {
+        None => serde_json::json!({"version": CONTROL_PROTOCOL_VERSION, "ok": true,
+            "result": "ok", "from": from, "to": to, "pid": pid, "generation": to, "at": at}),
+        Some(failure) => serde_json::json!({"version": CONTROL_PROTOCOL_VERSION, "ok": false,
+            "result": "failed", "from": from, "to": to, "generation": from,
+            "error": format!("upgrade to generation {to} failed: {failure}; generation {from} keeps serving"),
+            "reason": failure, "at": at}),
+    }
 }
 
 /// Who may use the control socket: root, the uid of this process, and
@@ -227,8 +280,9 @@ impl ControlAccess {
             || (self.gid.is_some() && self.members.contains(&uid))
     }
 
-    /// Checks the peer of `stream` with `SO_PEERCRED`.
-    pub fn check(&self, stream: &UnixStream) -> std::result::Result<(), ControlError> {
+    /// Checks the peer of `stream` (a connected Unix stream socket, std's
+    /// or tokio's) with `SO_PEERCRED`.
+    pub fn check<S: AsFd>(&self, stream: &S) -> std::result::Result<(), ControlError> {
         let creds = getsockopt(stream, PeerCredentials)
             .map_err(|_| ControlError::Denied { uid: u32::MAX })?;
         if self.allows(creds.uid(), creds.gid()) {

@@ -211,8 +211,9 @@ mod bad_inputs;
 
 pub use bind::{bind_listener, open_file};
 pub use control::{
-    error_reply, ControlAccess, ControlCommand, ControlError, ControlRequest, ControlSocket,
-    CONTROL_IDLE_TIMEOUT, CONTROL_PROTOCOL_VERSION, MAX_CONTROL_CLIENTS, MAX_REQUEST_LINE,
+    error_reply, upgrade_reply, ControlAccess, ControlCommand, ControlError, ControlRequest,
+    ControlSocket, CONTROL_IDLE_TIMEOUT, CONTROL_LISTENER_NAME, CONTROL_PROTOCOL_VERSION,
+    MAX_CONTROL_CLIENTS, MAX_REQUEST_LINE,
 };
 pub use env::{
     ChildHandoff, Manifest, VarNames, DEFAULT_PREFIX, FIRST_PASSED_FD, MOX_FILES, MOX_SOCKETS,

@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 
 use super::run::Loop;
 use super::{SupervisorEvent, UpgradeFailure};
-use crate::control::{error_reply, ClientId, ControlCommand, CONTROL_PROTOCOL_VERSION};
+use crate::control::{
+    error_reply, upgrade_reply, ClientId, ControlCommand, CONTROL_PROTOCOL_VERSION,
+};
 use crate::error::Result;
 
 /// Seconds since the epoch, for replies.
@@ -27,7 +29,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         };
         for (client, command) in control.service(readable) {
             self.emit(SupervisorEvent::ControlRequest {
-                command: command_name(command),
+                command: command.name(),
             });
             match command {
                 ControlCommand::Status => {
@@ -120,14 +122,8 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         pid: Option<u32>,
         failure: Option<&UpgradeFailure>,
     ) {
-        let reply = match failure {
-            None => json!({"version": CONTROL_PROTOCOL_VERSION, "ok": true, "result": "ok",
-                "from": from, "to": to, "pid": pid, "generation": to, "at": unix_now()}),
-            Some(failure) => json!({"version": CONTROL_PROTOCOL_VERSION, "ok": false,
-                "result": "failed", "from": from, "to": to, "generation": from,
-                "error": format!("upgrade to generation {to} failed: {failure}; generation {from} keeps serving"),
-                "reason": failure.to_string(), "at": unix_now()}),
-        };
+        let failure = failure.map(ToString::to_string);
+        let reply = upgrade_reply(from, to, pid, failure.as_deref());
         for client in std::mem::take(&mut self.waiters) {
             self.reply(client, &reply);
         }
@@ -170,15 +166,5 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
             "last_upgrade": self.last_upgrade,
             "control_socket": self.control.as_ref().map(|c| c.path().display().to_string()),
         })
-    }
-}
-
-fn command_name(command: ControlCommand) -> &'static str {
-    match command {
-        ControlCommand::Status => "status",
-        ControlCommand::Upgrade { wait: true } => "upgrade --wait",
-        ControlCommand::Upgrade { wait: false } => "upgrade",
-        ControlCommand::Stop => "stop",
-        ControlCommand::Connections => "connections",
     }
 }
