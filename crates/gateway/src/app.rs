@@ -192,12 +192,11 @@ pub fn serve(
             .map(|t| vec![t.cert().to_path_buf(), t.key().to_path_buf()])
             .unwrap_or_default();
         let names: Vec<&str> = config.listeners().iter().map(|l| l.name()).collect();
-        let handover = Handover::new(&inventory, &names, files, lineage).and_then(|h| {
-            match &control {
+        let handover =
+            Handover::new(&inventory, &names, files, lineage).and_then(|h| match &control {
                 Some(socket) => Ok(h.control(crate::control::passed_on(socket)?)),
                 None => Ok(h),
-            }
-        });
+            });
         match handover {
             Ok(h) => Some(h),
             Err(e) => {

@@ -46,8 +46,8 @@ pub(crate) fn serving_socket(
     let Some(path) = config.control_socket() else {
         return Ok(None);
     };
-    let passed = (handoff.inventory().listeners.iter())
-        .any(|l| l.spec.name() == CONTROL_LISTENER_NAME);
+    let passed =
+        (handoff.inventory().listeners.iter()).any(|l| l.spec.name() == CONTROL_LISTENER_NAME);
     if passed {
         match handoff.listen(&ListenerSpec::unix(CONTROL_LISTENER_NAME, path)) {
             Ok(fd) => {
@@ -76,7 +76,9 @@ pub(crate) fn serving_socket(
 /// Binds the configured control socket (none without `control_socket`),
 /// with access for root, the service's own user and the members of
 /// `control_group`.
-pub(crate) fn bind_socket(config: &Config) -> Result<Option<ControlSocket>, lifecycle_handoff::Error> {
+pub(crate) fn bind_socket(
+    config: &Config,
+) -> Result<Option<ControlSocket>, lifecycle_handoff::Error> {
     let Some(path) = config.control_socket() else {
         return Ok(None);
     };
@@ -152,7 +154,10 @@ pub(crate) fn serve_control(socket: ControlSocket, ctx: ControlContext) {
                     continue;
                 }
             };
-            let refusal = match (socket.access().check(&stream), clients.clone().try_acquire_owned()) {
+            let refusal = match (
+                socket.access().check(&stream),
+                clients.clone().try_acquire_owned(),
+            ) {
                 (Err(denied), _) => Err(denied),
                 (Ok(()), Err(_)) => Err(ControlError::Busy),
                 (Ok(()), Ok(permit)) => Ok(permit),

@@ -313,7 +313,10 @@ impl HandoverTask {
                 // It drains within its own graces; dropping the handle
                 // neither kills nor waits.
                 drop(successor.into_child());
-                return (false, error_reply("upgrade overtaken by a stop: the service stops"));
+                return (
+                    false,
+                    error_reply("upgrade overtaken by a stop: the service stops"),
+                );
             }
             Ok(Ok(successor)) => {
                 let pid = successor.pid();
@@ -339,7 +342,10 @@ impl HandoverTask {
             }
             // Logged by the blocking task already.
             Ok(Err(_)) if cancel.load(Ordering::SeqCst) => {
-                return (false, error_reply("upgrade cancelled by a stop: the service stops"))
+                return (
+                    false,
+                    error_reply("upgrade cancelled by a stop: the service stops"),
+                )
             }
             Ok(Err(e)) => e.to_string(),
             Err(e) => format!("the hand-over task failed: {e}"),

@@ -11,8 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use lifecycle_handoff::{
-    ChildSpawner, Handoff, Mode, SupervisorEvent, TargetUser,
-    UpgradeSupervisor,
+    ChildSpawner, Handoff, Mode, SupervisorEvent, TargetUser, UpgradeSupervisor,
 };
 use slog::{error, info, warn, Logger};
 

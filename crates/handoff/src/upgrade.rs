@@ -7,6 +7,7 @@ mod child;
 mod control;
 mod event;
 mod run;
+mod settle;
 
 use std::io;
 use std::time::Duration;

@@ -47,7 +47,8 @@ impl UpgradeDesk {
     pub(crate) fn new(lineage: &Lineage) -> (UpgradeDesk, mpsc::UnboundedReceiver<UpgradeRequest>) {
         let (requests, receiver) = mpsc::unbounded_channel();
         let state = DeskState {
-            ok: lineage.upgrades_ok,
+            // The hand-over that started this process counts too.
+            ok: lineage.succeeded_including_self(),
             failed: lineage.upgrades_failed,
             ..DeskState::default()
         };
@@ -159,8 +160,9 @@ impl ControlContext {
     fn status(&self) -> Value {
         let pid = std::process::id();
         let snapshot = self.registry.snapshot();
-        let (upgrading, ok, failed, last) =
-            self.desk.with(|s| (s.upgrading, s.ok, s.failed, s.last.clone()));
+        let (upgrading, ok, failed, last) = self
+            .desk
+            .with(|s| (s.upgrading, s.ok, s.failed, s.last.clone()));
         let phase = match (upgrading, self.shutdown.phase().as_str()) {
             (Some(_), "running") => "upgrading",
             (_, phase) => phase,
