@@ -166,7 +166,7 @@ pub fn serve(
     // its own (on SIGHUP or `ctl upgrade`).
     let supervised = ready.is_some() && nix::sys::prctl::get_pdeathsig().ok().flatten().is_some();
     let control = match supervised {
-        true => None,
+        true => crate::control::child_endpoint(&mut handoff, log),
         false => crate::control::serving_socket(config, &mut handoff, log)
             .map_err(StartError::Handoff)?,
     };
@@ -515,7 +515,8 @@ async fn start_listeners(
                 ControlContext {
                     mode: upgrade.mode.map_or("immediate", Mode::as_str),
                     generation,
-                    predecessor: upgrade.parent.filter(|_| upgrade.lineage.is_some()),
+                    predecessor: (upgrade.parent)
+                        .filter(|_| upgrade.lineage.is_some() && !upgrade.supervised),
                     registry: lifecycle.connections().clone(),
                     shutdown: lifecycle.shutdown_handle(),
                     coordinator: lifecycle.coordinator().clone(),

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lifecycle_handoff::{
-    error_reply, ControlAccess, ControlCommand, ControlError, ControlSocket, Handoff, ListenerSpec,
-    PassedListener, CONTROL_IDLE_TIMEOUT, CONTROL_LISTENER_NAME, MAX_CONTROL_CLIENTS,
-    MAX_REQUEST_LINE,
+    error_reply, ControlAccess, ControlCommand, ControlError, ControlSocket, Handoff,
+    ListenAddress, ListenerSpec, PassedListener, CHILD_CONTROL_NAME, CONTROL_IDLE_TIMEOUT,
+    CONTROL_LISTENER_NAME, MAX_CONTROL_CLIENTS, MAX_REQUEST_LINE,
 };
 use serde_json::Value;
 use slog::{debug, info, warn, Logger};
@@ -104,6 +104,34 @@ fn control_access(config: &Config, path: &Path) -> Result<ControlAccess, lifecyc
         .map(|user| user.uid.as_raw())
         .collect();
     Ok(ControlAccess::group(group.gid.as_raw(), members))
+}
+
+/// A child of the privileged parent: the control endpoint the parent
+/// bound for it (`CHILD_CONTROL_NAME`), on which the parent asks for what
+/// only the serving process knows (listener counts, connections); `None`
+/// when none was passed (logged when it cannot be taken).
+pub(crate) fn child_endpoint(handoff: &mut Handoff, log: &Logger) -> Option<ControlSocket> {
+    let spec = (handoff.inventory().listeners.iter())
+        .find(|l| l.spec.name() == CHILD_CONTROL_NAME)
+        .map(|l| l.spec.clone())?;
+    let ListenAddress::Unix(path) = spec.address().clone() else {
+        return None;
+    };
+    let taken = handoff.listen(&spec).and_then(|fd| {
+        let listener = std::os::unix::net::UnixListener::from(fd);
+        ControlSocket::from_listener(listener, &path, ControlAccess::owner_only())
+    });
+    match taken {
+        Ok(mut socket) => {
+            // The parent removes it when this generation is gone.
+            socket.keep_path();
+            Some(socket)
+        }
+        Err(e) => {
+            warn!(log, "cannot serve the parent's control endpoint; ctl status will lack this process's counts"; "error" => %e);
+            None
+        }
+    }
 }
 
 /// A duplicate of `socket` to hand on to a successor.

@@ -12,28 +12,12 @@ mod common;
 use std::io::Read;
 use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::ctl::{ctl, json};
 use common::upgrading::{as_nobody, gone, Reaper, Setup, NOBODY};
-use common::{BIN, SOON};
+use common::SOON;
 use lifecycle_tests::{loud, require_root};
-
-fn ctl(socket: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("ctl")
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text:?} {out:?}"))
-}
 
 fn greets(addr: std::net::SocketAddr) -> bool {
     let mut s = TcpStream::connect(addr).unwrap();

@@ -238,7 +238,7 @@ pub use successor::{Successor, SuccessorHandoff};
 pub use supervise::{exit_code, Supervisor, FORWARDED_SIGNALS};
 pub use systemd::{SystemdManifest, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID, SD_LISTEN_FDS_START};
 pub use upgrade::{
-    SupervisorEvent, UpgradeFailure, UpgradeStats, UpgradeSupervisor, DEFAULT_CHILD_GRACE,
-    DEFAULT_READY_TIMEOUT,
+    SupervisorEvent, UpgradeFailure, UpgradeStats, UpgradeSupervisor, CHILD_CONTROL_NAME,
+    DEFAULT_CHILD_GRACE, DEFAULT_READY_TIMEOUT,
 };
 pub use validate::{inspect_listener, validate_file, validate_listener};

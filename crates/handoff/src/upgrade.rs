@@ -6,6 +6,7 @@
 mod child;
 mod control;
 mod event;
+mod relay;
 mod run;
 mod settle;
 
@@ -16,8 +17,10 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 pub use event::{SupervisorEvent, UpgradeFailure, UpgradeStats};
+pub use relay::CHILD_CONTROL_NAME;
 
-use crate::control::{ControlServer, ControlSocket};
+use crate::control::server::ControlServer;
+use crate::control::ControlSocket;
 use crate::error::{Error, Result};
 use crate::inventory::Inventory;
 use crate::notify::{Notifier, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
@@ -240,6 +243,7 @@ impl UpgradeSupervisor {
             waiters: Vec::new(),
             last_upgrade: None,
             draining_since: Vec::new(),
+            relays: relay::Relays::default(),
         };
         state.start_first()?;
         state.run()

@@ -6,10 +6,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
+use super::child::Generation;
+use super::relay::Children;
 use super::run::Loop;
 use super::{SupervisorEvent, UpgradeFailure};
 use crate::control::{
-    error_reply, upgrade_reply, ClientId, ControlCommand, CONTROL_PROTOCOL_VERSION,
+    error_reply, server::ClientId, upgrade_reply, ControlCommand, CONTROL_PROTOCOL_VERSION,
 };
 use crate::error::Result;
 
@@ -34,7 +36,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
             match command {
                 ControlCommand::Status => {
                     let status = self.status();
-                    self.reply(client, &status);
+                    self.relay(client, command, status);
                 }
                 ControlCommand::Upgrade { wait } => self.control_upgrade(client, wait)?,
                 ControlCommand::Stop => {
@@ -45,16 +47,40 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
                         control.hold(client, &reply);
                     }
                 }
-                ControlCommand::Connections => self.reply(
-                    client,
-                    &error_reply(
-                        "connections: the privileged parent holds no connections; \
-                         see the serving child's /metrics (lifecycle_connections_live)",
-                    ),
-                ),
+                ControlCommand::Connections => {
+                    let reply = json!({"version": CONTROL_PROTOCOL_VERSION, "ok": true,
+                        "pid": std::process::id(), "live": 0, "connections": []});
+                    self.relay(client, command, reply);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Answers `client` with `reply` completed by the children (their
+    /// listeners, live counts, connections) from a helper thread; with the
+    /// parent's own `reply` when no child has an endpoint or too many
+    /// relays run (marked `incomplete`).
+    fn relay(&mut self, client: ClientId, command: ControlCommand, mut reply: Value) {
+        let endpoint = |g: &Generation| g.endpoint.as_ref().map(|e| (g.number, e.path.clone()));
+        let children = Children {
+            serving: self.serving.as_ref().and_then(endpoint),
+            draining: self.draining.iter().filter_map(endpoint).collect(),
+        };
+        let none = children.serving.is_none() && children.draining.is_empty();
+        if none || !self.relays.available() {
+            let why = if none {
+                "no serving child with a control endpoint"
+            } else {
+                "too many control requests at once"
+            };
+            reply["incomplete"] = json!([why]);
+            self.reply(client, &reply);
+            return;
+        }
+        if let Some(stream) = self.control.as_mut().and_then(|c| c.detach(client)) {
+            self.relays.start(stream, command, reply, children);
+        }
     }
 
     fn reply(&mut self, client: ClientId, reply: &Value) {

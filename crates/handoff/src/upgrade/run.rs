@@ -9,15 +9,18 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 
 use super::child::{Candidate, Generation, Retiring};
+use super::relay::{Endpoint, Relays, CHILD_CONTROL_NAME};
 use super::{SupervisorEvent, UpgradeFailure, UpgradeStats, UpgradeSupervisor};
 use crate::bind::open_file;
-use crate::control::{ClientId, ControlServer};
+use crate::control::server::{ClientId, ControlServer};
+use crate::control::{ControlAccess, ControlSocket};
 use crate::error::{Error, Result};
-use crate::inventory::{Inventory, PassedFile};
+use crate::inventory::{Inventory, PassedFile, PassedListener};
 use crate::lineage::Lineage;
 use crate::notify::{monotonic_now, one_line, NotifyState};
 use crate::ready::{poll_readable, ReadyPair};
 use crate::spawn::ChildSpawner;
+use crate::spec::ListenerSpec;
 
 /// The supervision state.
 pub(super) struct Loop<'a, F> {
@@ -47,6 +50,8 @@ pub(super) struct Loop<'a, F> {
     pub(super) last_upgrade: Option<serde_json::Value>,
     /// When each draining generation began to drain (unix seconds).
     pub(super) draining_since: Vec<(u64, u64)>,
+    /// `status` and `connections` relays to the children in flight.
+    pub(super) relays: Relays,
 }
 
 impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
@@ -75,17 +80,44 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         }
     }
 
-    /// Starts `inventory` as generation `number` with a readiness channel.
-    fn spawn(&mut self, number: u64, inventory: &Inventory) -> Result<Candidate> {
+    /// The control endpoint of generation `number` (with a control
+    /// socket only): bound here, root's, mode 0600, passed to the child as
+    /// [`CHILD_CONTROL_NAME`]; `None` (no relay for it) when it cannot be
+    /// bound.
+    fn child_endpoint(&self, number: u64) -> Option<(Endpoint, PassedListener)> {
+        let control = self.control.as_ref()?;
+        let path = Endpoint::path_for(control.path(), number);
+        let mut socket = ControlSocket::bind(&path, ControlAccess::owner_only()).ok()?;
+        let fd = socket.listener().try_clone().ok()?;
+        socket.keep_path();
+        let passed = PassedListener {
+            spec: ListenerSpec::unix(CHILD_CONTROL_NAME, &path),
+            fd: fd.into(),
+        };
+        Some((Endpoint { path }, passed))
+    }
+
+    /// Starts `inventory` (and a control endpoint of its own) as
+    /// generation `number` with a readiness channel.
+    fn spawn(&mut self, number: u64, inventory: &mut Inventory) -> Result<Candidate> {
         let pair = ReadyPair::new()?;
+        let (endpoint, passed) = self.child_endpoint(number).unzip();
+        let extra = passed.is_some();
+        inventory.listeners.extend(passed);
         let child = self
             .spawner
-            .spawn_with_ready(inventory, &pair, self.lineage(number))?;
+            .spawn_with_ready(inventory, &pair, self.lineage(number));
+        if extra {
+            // The parent's copy: the child has its own.
+            inventory.listeners.pop();
+        }
+        let child = child?;
         let receiver = pair.into_receiver();
         let generation = Generation {
             number,
             child,
             channel: None,
+            endpoint,
         };
         self.emit(SupervisorEvent::Started {
             generation: number,
@@ -107,8 +139,8 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
             .iter()
             .map(|f| f.path.clone())
             .collect();
-        let inventory = std::mem::take(&mut self.inventory);
-        let started = self.spawn(1, &inventory);
+        let mut inventory = std::mem::take(&mut self.inventory);
+        let started = self.spawn(1, &mut inventory);
         self.inventory = inventory;
         // The child has its copies of the secrets (or failed to start).
         self.inventory.close_files();
@@ -281,7 +313,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
             listeners: std::mem::take(&mut self.inventory.listeners),
             files,
         };
-        let started = self.spawn(to, &inventory);
+        let started = self.spawn(to, &mut inventory);
         self.inventory.listeners = std::mem::take(&mut inventory.listeners);
         drop(inventory); // the re-opened copies: the child has its own
         match started {
