@@ -1,18 +1,8 @@
 //! Starting, reloading, stopping, killing, and the sandbox.
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
-use std::os::fd::AsFd;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lifecycle_tests::{
-    cached_root, cannot_boot, gateway_bin, json_number, loud, metric_value, skip, workspace_root,
-    Container,
-};
+use lifecycle_tests::{json_number, loud};
 
 use crate::looper::Looper;
 use crate::rig::*;

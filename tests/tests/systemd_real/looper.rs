@@ -1,18 +1,13 @@
 //! A client looping on port 25 inside the container.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::os::fd::AsFd;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lifecycle_tests::{
-    cached_root, cannot_boot, gateway_bin, json_number, loud, metric_value, skip, workspace_root,
-    Container,
-};
+use lifecycle_tests::Container;
 
 /// Connects to port 25 in the container's network namespace in a loop
 /// and reads the greeting; counts greetings and failures.

@@ -2,18 +2,12 @@
 //! installed as an operator would, and what the cases ask of it.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
-use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::reboot::Overlay;
 use lifecycle_tests::{
-    cached_root, cannot_boot, gateway_bin, json_number, loud, metric_value, skip, workspace_root,
-    Container,
+    cached_root, cannot_boot, gateway_bin, loud, metric_value, skip, workspace_root, Container,
 };
 
 pub(crate) const PRIVILEGED: &str = "lifecycle-gateway.service";

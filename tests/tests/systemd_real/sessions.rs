@@ -1,18 +1,11 @@
 //! Open sessions during a stop, and the watchdog under load.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::os::fd::AsFd;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lifecycle_tests::{
-    cached_root, cannot_boot, gateway_bin, json_number, loud, metric_value, skip, workspace_root,
-    Container,
-};
+use lifecycle_tests::{loud, Container};
 
 use crate::looper::Looper;
 use crate::rig::*;
