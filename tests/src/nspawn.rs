@@ -250,6 +250,22 @@ impl Container {
     /// bound read-only, and waits until its systemd reports the system
     /// running.
     pub fn boot(root: &Path, binds: &[(&Path, &str)]) -> Result<Container, NspawnError> {
+        Container::boot_with(root, binds, true)
+    }
+
+    /// [`boot`](Self::boot) without the volatile overlay: what the
+    /// container writes stays in `root`, so a second boot of the same
+    /// `root` finds it (a reboot). Give it a root it may change, such as
+    /// an overlay mount of the cached one.
+    pub fn boot_writable(root: &Path, binds: &[(&Path, &str)]) -> Result<Container, NspawnError> {
+        Container::boot_with(root, binds, false)
+    }
+
+    fn boot_with(
+        root: &Path,
+        binds: &[(&Path, &str)],
+        volatile: bool,
+    ) -> Result<Container, NspawnError> {
         let scratch = crate::paths::temp_dir("nspawn").map_err(io_err(Path::new("/tmp")))?;
         let console = scratch.path().join("console");
         let log = std::fs::File::create(&console).map_err(io_err(&console))?;
@@ -261,10 +277,10 @@ impl Container {
             "--register=no",
             "--keep-unit",
             "--private-network",
-            "--volatile=overlay",
             "--console=pipe",
             "--quiet",
         ])
+        .args(volatile.then_some("--volatile=overlay"))
         .arg(format!("--machine={name}"))
         .arg("-D")
         .arg(root);

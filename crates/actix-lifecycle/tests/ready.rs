@@ -12,7 +12,7 @@ use actix_lifecycle::{
     Phase, WaitStopped,
 };
 use common::{echo, logger, roundtrip, tcp};
-use lifecycle_handoff::{Inventory, PassedListener};
+use lifecycle_handoff::{Inventory, ListenerSpec, PassedListener};
 
 const LIMIT: Duration = Duration::from_secs(10);
 

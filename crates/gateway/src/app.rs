@@ -16,6 +16,7 @@ use slog::{error, info, o, warn, Logger};
 
 use crate::busy;
 use crate::config::{Config, Protocol, TlsMode};
+use crate::control::{serve_control, ControlContext, UpgradeDesk};
 use crate::handover::{Handover, HandoverTask};
 use crate::http::{http_server, HttpListener, HttpState, Readiness};
 use crate::imap::{serve_imap, ImapContext};
@@ -159,6 +160,16 @@ pub fn serve(
     if let Some(l) = &lineage {
         info!(log, "generation"; "generation" => l.generation, "upgrades_ok" => l.upgrades_ok, "upgrades_failed" => l.upgrades_failed);
     }
+    // A child of the privileged parent (started with a parent-death signal)
+    // leaves upgrades and the control socket to it; any other serving
+    // process serves the control socket and hands over to a successor of
+    // its own (on SIGHUP or `ctl upgrade`).
+    let supervised = ready.is_some() && nix::sys::prctl::get_pdeathsig().ok().flatten().is_some();
+    let control = match supervised {
+        true => crate::control::child_endpoint(&mut handoff, log),
+        false => crate::control::serving_socket(config, &mut handoff, log)
+            .map_err(StartError::Handoff)?,
+    };
     handoff
         .prepare(&config.listener_specs(), &[])
         .map_err(StartError::Handoff)?;
@@ -171,11 +182,8 @@ pub fn serve(
     }
     let tls = open_tls(config, &mut handoff, log)?;
     let notify = Notifications::for_handoff(&handoff);
+    let mode = handoff.mode();
     let inventory = handoff.into_inventory();
-    // A child of the privileged parent (started with a parent-death signal)
-    // leaves upgrades to it; any other serving process hands over to a
-    // successor of its own on SIGHUP.
-    let supervised = ready.is_some() && nix::sys::prctl::get_pdeathsig().ok().flatten().is_some();
     let handover = if supervised {
         None
     } else {
@@ -184,7 +192,12 @@ pub fn serve(
             .map(|t| vec![t.cert().to_path_buf(), t.key().to_path_buf()])
             .unwrap_or_default();
         let names: Vec<&str> = config.listeners().iter().map(|l| l.name()).collect();
-        match Handover::new(&inventory, &names, files, lineage) {
+        let handover =
+            Handover::new(&inventory, &names, files, lineage).and_then(|h| match &control {
+                Some(socket) => Ok(h.control(crate::control::passed_on(socket)?)),
+                None => Ok(h),
+            });
+        match handover {
             Ok(h) => Some(h),
             Err(e) => {
                 warn!(log, "cannot keep the listeners for a successor; SIGHUP will not upgrade"; "error" => %e);
@@ -199,6 +212,8 @@ pub fn serve(
         supervised,
         held: Some(held),
         parent: Some(nix::unistd::getppid()),
+        control,
+        mode: Some(mode),
     };
     run(config, log, inventory, tls, upgrade, notify)
 }
@@ -228,6 +243,11 @@ pub struct Upgrade {
     /// predecessor: once it exited, this process names itself systemd's
     /// main process (`MAINPID=`).
     pub parent: Option<nix::unistd::Pid>,
+    /// The control socket this process serves (no privileged parent serves
+    /// it): bound at start, or taken over from the predecessor.
+    pub control: Option<lifecycle_handoff::ControlSocket>,
+    /// The start mode, for the control socket's `status`.
+    pub mode: Option<Mode>,
 }
 
 /// Opens the `[tls]` certificate and key with
@@ -484,6 +504,31 @@ async fn start_listeners(
             log.new(o!("generation" => generation)),
         );
     }
+    // The control socket (no privileged parent): `upgrade` requests go to
+    // the hand-over task through the desk.
+    let (desk, requests) = match upgrade.control {
+        Some(socket) => {
+            let (desk, requests) = UpgradeDesk::new(&lineage);
+            let path = socket.path().to_path_buf();
+            serve_control(
+                socket,
+                ControlContext {
+                    mode: upgrade.mode.map_or("immediate", Mode::as_str),
+                    generation,
+                    predecessor: (upgrade.parent)
+                        .filter(|_| upgrade.lineage.is_some() && !upgrade.supervised),
+                    registry: lifecycle.connections().clone(),
+                    shutdown: lifecycle.shutdown_handle(),
+                    coordinator: lifecycle.coordinator().clone(),
+                    desk: desk.clone(),
+                    path,
+                    log: log.new(o!("generation" => generation, "control" => true)),
+                },
+            );
+            (Some(desk), Some(requests))
+        }
+        None => (None, None),
+    };
     // Installs the SIGHUP/SIGUSR2 handlers and releases the held signals
     // (this is the thread that held them): before `ready`.
     HandoverTask {
@@ -496,6 +541,8 @@ async fn start_listeners(
         drain: upgrade_drain.clone(),
         metrics: upgrade_metrics.clone(),
         generation,
+        requests,
+        desk,
         log: log.new(o!("generation" => generation)),
     }
     .spawn();

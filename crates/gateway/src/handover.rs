@@ -20,11 +20,14 @@ use actix_lifecycle::{
 };
 use actix_rt::signal::unix::{signal, SignalKind};
 use lifecycle_handoff::{
-    open_file, ChildSpawner, HeldSignals, Inventory, Lineage, PassedFile, PassedListener,
-    Successor, SuccessorHandoff,
+    error_reply, open_file, upgrade_reply, ChildSpawner, HeldSignals, Inventory, Lineage,
+    PassedFile, PassedListener, Successor, SuccessorHandoff, CONTROL_PROTOCOL_VERSION,
 };
+use serde_json::{json, Value};
 use slog::{error, info, warn, Logger};
+use tokio::sync::mpsc;
 
+use crate::control::{UpgradeDesk, UpgradeRequest};
 use crate::upgrade::{UpgradeDrain, UpgradeMetrics};
 
 /// What a successor needs: duplicates of the listeners this process serves
@@ -35,6 +38,7 @@ pub struct Handover {
     listeners: Vec<PassedListener>,
     files: Vec<PathBuf>,
     lineage: Option<Lineage>,
+    control: Option<PassedListener>,
 }
 
 impl Handover {
@@ -63,7 +67,16 @@ impl Handover {
             listeners,
             files,
             lineage,
+            control: None,
         })
+    }
+
+    /// Also hands on the control socket (`control`, a duplicate of the one
+    /// this process serves, named `CONTROL_LISTENER_NAME`): the successor
+    /// serves the same socket.
+    pub fn control(mut self, control: PassedListener) -> Self {
+        self.control = Some(control);
+        self
     }
 
     /// Starts the successor and waits until it is ready (blocking).
@@ -71,7 +84,7 @@ impl Handover {
     /// lineage.
     fn start(&self, failed: u64, cancel: &Arc<AtomicBool>) -> Result<Successor, HandoverError> {
         let mut inventory = Inventory::default();
-        for l in &self.listeners {
+        for l in self.listeners.iter().chain(&self.control) {
             let fd = l.fd.try_clone().map_err(|source| HandoverError::Dup {
                 listener: l.spec.name().to_owned(),
                 source,
@@ -123,7 +136,36 @@ pub(crate) struct HandoverTask {
     pub(crate) drain: UpgradeDrain,
     pub(crate) metrics: UpgradeMetrics,
     pub(crate) generation: u64,
+    /// `upgrade` requests from the control socket (none without one).
+    pub(crate) requests: Option<mpsc::UnboundedReceiver<UpgradeRequest>>,
+    /// Where hand-overs are reported, for the control socket.
+    pub(crate) desk: Option<UpgradeDesk>,
     pub(crate) log: Logger,
+}
+
+/// What asked for a hand-over.
+enum Trigger {
+    Signal(&'static str),
+    Control(UpgradeRequest),
+}
+
+impl Trigger {
+    fn name(&self) -> &'static str {
+        match self {
+            Trigger::Signal(name) => name,
+            Trigger::Control(_) => "control socket",
+        }
+    }
+}
+
+/// The next request, or never without a receiver.
+async fn next_request(
+    requests: &mut Option<mpsc::UnboundedReceiver<UpgradeRequest>>,
+) -> Option<UpgradeRequest> {
+    match requests {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl HandoverTask {
@@ -150,27 +192,74 @@ impl HandoverTask {
         }
         actix::spawn(async move {
             let mut failed = 0;
+            let mut requests = self.requests.take();
             loop {
-                let received = tokio::select! {
-                    s = hup.recv() => s.map(|()| "SIGHUP"),
-                    s = usr2.recv() => s.map(|()| "SIGUSR2"),
+                let trigger = tokio::select! {
+                    s = hup.recv() => s.map(|()| Trigger::Signal("SIGHUP")),
+                    s = usr2.recv() => s.map(|()| Trigger::Signal("SIGUSR2")),
+                    r = next_request(&mut requests) => r.map(Trigger::Control),
                 };
-                let Some(name) = received else {
+                let Some(trigger) = trigger else {
                     return;
                 };
-                let Some(handover) = &self.handover else {
-                    if self.supervised {
+                let name = trigger.name();
+                let refusal = match &self.handover {
+                    None if self.supervised => {
                         info!(self.log, "upgrade signal ignored: the privileged parent upgrades the service (signal the parent)"; "signal" => name);
-                    } else {
-                        warn!(self.log, "upgrade signal ignored: the listeners could not be kept for a successor at start (see the warning then); restart to upgrade"; "signal" => name);
+                        Some("the privileged parent upgrades the service; ask its control socket")
                     }
+                    None => {
+                        warn!(self.log, "upgrade signal ignored: the listeners could not be kept for a successor at start (see the warning then); restart to upgrade"; "signal" => name);
+                        Some("the listeners could not be kept for a successor at start (see the log); restart to upgrade")
+                    }
+                    Some(_) if self.shutdown.is_shutting_down() => {
+                        info!(self.log, "upgrade signal ignored: the service is stopping"; "signal" => name);
+                        Some("the service is stopping")
+                    }
+                    Some(_) => None,
+                };
+                let waiter = match (trigger, refusal) {
+                    (Trigger::Control(request), Some(refusal)) => {
+                        let _ = request
+                            .reply
+                            .send(error_reply(&format!("upgrade refused: {refusal}")));
+                        continue;
+                    }
+                    (Trigger::Signal(_), Some(_)) => continue,
+                    (Trigger::Control(request), None) => Some(request),
+                    (Trigger::Signal(_), None) => None,
+                };
+                let Some(handover) = &self.handover else {
                     continue;
                 };
-                if self.shutdown.is_shutting_down() {
-                    info!(self.log, "upgrade signal ignored: the service is stopping"; "signal" => name);
-                    continue;
+                let from = self.generation.max(1);
+                if let Some(desk) = &self.desk {
+                    desk.started(from + 1);
                 }
-                if self.hand_over(handover, name, &mut failed).await {
+                let waiter = match waiter {
+                    Some(request) if !request.wait => {
+                        let _ = request.reply.send(json!({"version": CONTROL_PROTOCOL_VERSION,
+                            "ok": true, "started": true, "from": from, "to": from + 1, "pid": null}));
+                        None
+                    }
+                    waiter => waiter,
+                };
+                let (done, reply) = self.hand_over(handover, name, &mut failed).await;
+                if let Some(desk) = &self.desk {
+                    desk.settled(&reply, done);
+                }
+                // This caller and every one that asked meanwhile: one
+                // upgrade, one answer.
+                let mut waiters: Vec<UpgradeRequest> = waiter.into_iter().collect();
+                if let Some(requests) = &mut requests {
+                    while let Ok(request) = requests.try_recv() {
+                        waiters.push(request);
+                    }
+                }
+                for request in waiters {
+                    let _ = request.reply.send(reply.clone());
+                }
+                if done {
                     return;
                 }
             }
@@ -178,8 +267,13 @@ impl HandoverTask {
     }
 
     /// One hand-over; true when the successor serves and this process
-    /// drains.
-    async fn hand_over(&self, handover: &Arc<Handover>, signal: &str, failed: &mut u64) -> bool {
+    /// drains; with the answer for `upgrade --wait`.
+    async fn hand_over(
+        &self,
+        handover: &Arc<Handover>,
+        signal: &str,
+        failed: &mut u64,
+    ) -> (bool, Value) {
         let from = self.generation.max(1);
         info!(self.log, "upgrade started"; "from" => from, "to" => from + 1, "signal" => signal);
         let h = Arc::clone(handover);
@@ -219,7 +313,10 @@ impl HandoverTask {
                 // It drains within its own graces; dropping the handle
                 // neither kills nor waits.
                 drop(successor.into_child());
-                return false;
+                return (
+                    false,
+                    error_reply("upgrade overtaken by a stop: the service stops"),
+                );
             }
             Ok(Ok(successor)) => {
                 let pid = successor.pid();
@@ -241,18 +338,24 @@ impl HandoverTask {
                     }
                 }
                 self.coordinator.do_send(BeginShutdown);
-                return true;
+                return (true, upgrade_reply(from, to, Some(pid), None));
             }
             // Logged by the blocking task already.
-            Ok(Err(_)) if cancel.load(Ordering::SeqCst) => return false,
+            Ok(Err(_)) if cancel.load(Ordering::SeqCst) => {
+                return (
+                    false,
+                    error_reply("upgrade cancelled by a stop: the service stops"),
+                )
+            }
             Ok(Err(e)) => e.to_string(),
             Err(e) => format!("the hand-over task failed: {e}"),
         };
         *failed += 1;
         self.metrics.record_failed();
-        error!(self.log, "upgrade failed"; "from" => from, "to" => from + 1, "reason" => reason,
+        error!(self.log, "upgrade failed"; "from" => from, "to" => from + 1, "reason" => &reason,
             "upgrades_failed" => *failed, "detail" => format!("generation {from} keeps serving"));
-        false
+        let reply = upgrade_reply(from, from + 1, None, Some(&reason));
+        (false, reply)
     }
 }
 

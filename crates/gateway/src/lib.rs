@@ -14,6 +14,7 @@ mod app;
 pub mod busy;
 mod cli;
 mod config;
+mod control;
 mod ctl;
 #[cfg(test)]
 mod footprint;

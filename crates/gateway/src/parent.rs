@@ -11,8 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use lifecycle_handoff::{
-    ChildSpawner, ControlAccess, ControlSocket, Handoff, Mode, SupervisorEvent, TargetUser,
-    UpgradeSupervisor,
+    ChildSpawner, Handoff, Mode, SupervisorEvent, TargetUser, UpgradeSupervisor,
 };
 use slog::{error, info, warn, Logger};
 
@@ -112,7 +111,7 @@ pub fn supervise(
         .as_ref()
         .map_or_else(|| "root (allow_root)".to_owned(), ToString::to_string);
     let grace = child_grace(config);
-    let control = control_socket(config)?;
+    let control = crate::control::bind_socket(config).map_err(StartError::Handoff)?;
     if let Some(control) = &control {
         info!(log, "control socket listening"; "path" => %control.path().display(),
             "group" => config.control_group().unwrap_or("(root only)"));
@@ -125,37 +124,6 @@ pub fn supervise(
         .run(spawner, kept, |event| log_event(log, &user, event))
         .map_err(StartError::Handoff)?;
     Ok(code)
-}
-
-/// Binds the configured control socket (none without `control_socket`),
-/// with access for root and the members of `control_group`.
-pub(crate) fn control_socket(config: &Config) -> Result<Option<ControlSocket>, StartError> {
-    let Some(path) = config.control_socket() else {
-        return Ok(None);
-    };
-    let access = match config.control_group() {
-        None => ControlAccess::owner_only(),
-        Some(name) => {
-            let group = nix::unistd::Group::from_name(name)
-                .ok()
-                .flatten()
-                .ok_or_else(|| {
-                    StartError::Handoff(lifecycle_handoff::Error::Control {
-                        path: path.to_path_buf(),
-                        action: "resolve control_group (no such group; create it or fix the name)",
-                        source: std::io::Error::from(std::io::ErrorKind::NotFound),
-                    })
-                })?;
-            let members = (group.mem.iter())
-                .filter_map(|user| nix::unistd::User::from_name(user).ok().flatten())
-                .map(|user| user.uid.as_raw())
-                .collect();
-            ControlAccess::group(group.gid.as_raw(), members)
-        }
-    };
-    ControlSocket::bind(path, access)
-        .map(Some)
-        .map_err(StartError::Handoff)
 }
 
 /// One log line per supervisor event, naming the generations involved.

@@ -11,28 +11,13 @@ use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::ctl::{ctl, json};
 use common::upgrading::Setup;
 use common::{Gateway, BIN, SOON};
 use lifecycle_tests::{loud, require_root};
 use nix::sys::signal::Signal;
-
-fn ctl(socket: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("ctl")
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text:?} {out:?}"))
-}
 
 /// Starts the privileged gateway with a control socket; its path.
 fn start(setup: Setup) -> (Gateway, PathBuf) {

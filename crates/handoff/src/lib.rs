@@ -217,8 +217,9 @@ mod tests;
 
 pub use bind::{bind_listener, open_file};
 pub use control::{
-    error_reply, ControlAccess, ControlCommand, ControlError, ControlRequest, ControlSocket,
-    CONTROL_IDLE_TIMEOUT, CONTROL_PROTOCOL_VERSION, MAX_CONTROL_CLIENTS, MAX_REQUEST_LINE,
+    error_reply, upgrade_reply, ControlAccess, ControlCommand, ControlError, ControlRequest,
+    ControlSocket, CONTROL_IDLE_TIMEOUT, CONTROL_LISTENER_NAME, CONTROL_PROTOCOL_VERSION,
+    MAX_CONTROL_CLIENTS, MAX_REQUEST_LINE,
 };
 pub use env::{
     ChildHandoff, Manifest, VarNames, DEFAULT_PREFIX, FIRST_PASSED_FD, MOX_FILES, MOX_SOCKETS,
@@ -243,7 +244,7 @@ pub use successor::{Successor, SuccessorHandoff};
 pub use supervise::{exit_code, Supervisor, FORWARDED_SIGNALS};
 pub use systemd::{SystemdManifest, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID, SD_LISTEN_FDS_START};
 pub use upgrade::{
-    SupervisorEvent, UpgradeFailure, UpgradeStats, UpgradeSupervisor, DEFAULT_CHILD_GRACE,
-    DEFAULT_READY_TIMEOUT,
+    SupervisorEvent, UpgradeFailure, UpgradeStats, UpgradeSupervisor, CHILD_CONTROL_NAME,
+    DEFAULT_CHILD_GRACE, DEFAULT_READY_TIMEOUT,
 };
 pub use validate::{inspect_listener, validate_file, validate_listener};

@@ -6,7 +6,9 @@
 mod child;
 mod control;
 mod event;
+mod relay;
 mod run;
+mod settle;
 
 use std::io;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,8 +17,10 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 pub use event::{SupervisorEvent, UpgradeFailure, UpgradeStats};
+pub use relay::CHILD_CONTROL_NAME;
 
-use crate::control::{ControlServer, ControlSocket};
+use crate::control::server::ControlServer;
+use crate::control::ControlSocket;
 use crate::error::{Error, Result};
 use crate::inventory::Inventory;
 use crate::notify::{Notifier, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
@@ -166,7 +170,7 @@ impl UpgradeSupervisor {
     /// How long a new child may take to report ready (default 30 s).
     ///
     /// ```no_run
-    /// # use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    /// # use std::time::Duration;
     /// # use lifecycle_handoff::UpgradeSupervisor;
     /// let supervisor = UpgradeSupervisor::new()?.ready_timeout(Duration::from_secs(10));
     /// # Ok::<(), lifecycle_handoff::Error>(())
@@ -185,7 +189,7 @@ impl UpgradeSupervisor {
     /// plus a margin to exit.
     ///
     /// ```no_run
-    /// # use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    /// # use std::time::Duration;
     /// # use lifecycle_handoff::UpgradeSupervisor;
     /// // The child drains for 3 s, aborts for 1 s, and needs 1 s to exit.
     /// let supervisor = UpgradeSupervisor::new()?.child_grace(Duration::from_secs(5));
@@ -247,6 +251,7 @@ impl UpgradeSupervisor {
             waiters: Vec::new(),
             last_upgrade: None,
             draining_since: Vec::new(),
+            relays: relay::Relays::default(),
         };
         state.start_first()?;
         state.run()

@@ -11,9 +11,9 @@ use crate::{
     deploy_dir, read_unit, socket_names, ACTIVATED, INSTALLED_BINARY, INSTALLED_CONFIG, PRIVILEGED,
 };
 
-/// What the Rust side relies on: both services are Type=notify with
-/// notifications from the main process only, reload is SIGHUP to the main
-/// process, a failure restarts; the privileged service starts as root and
+/// What the Rust side relies on: both services are Type=notify, reload is
+/// `ctl upgrade --wait` on the control socket in the unit's
+/// RuntimeDirectory=, a failure restarts; the privileged service starts as root and
 /// keeps only the capabilities it needs, the activated one has none; no
 /// bound is reached by restricting client addresses.
 #[test]
@@ -26,15 +26,13 @@ fn services_keep_the_lifecycle_contract() {
         // its predecessor exited, before it is the main process.
         let access = if name == ACTIVATED { "all" } else { "main" };
         assert_eq!(s("NotifyAccess"), Some(access), "{name}");
-        // The privileged parent serves the control socket: `systemctl
+        // The process that owns upgrades (the privileged parent, or the
+        // serving process itself) serves the control socket: `systemctl
         // reload` gets the upgrade's result from `ctl upgrade --wait`.
-        let reload = if name == PRIVILEGED {
-            format!(
-                "{INSTALLED_BINARY} ctl --config {INSTALLED_CONFIG} upgrade --wait --timeout 80s"
-            )
-        } else {
-            "/bin/kill -HUP $MAINPID".to_owned()
-        };
+        let reload = format!(
+            "{INSTALLED_BINARY} ctl --config {INSTALLED_CONFIG} upgrade --wait --timeout 80s"
+        );
+        assert_eq!(s("RuntimeDirectory"), Some("lifecycle-gateway"), "{name}");
         assert_eq!(s("ExecReload"), Some(reload.as_str()), "{name}");
         assert_eq!(s("Restart"), Some("on-failure"), "{name}");
         let exec = s("ExecStart").expect("ExecStart=");

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test file uses a different part
 #![allow(unreachable_pub)] // shared by the test crates through `mod common`
 
+pub mod ctl;
 pub mod upgrading;
 
 use std::io::{BufRead, BufReader, Write};

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use super::relay::Endpoint;
 use crate::ready::ReadyReceiver;
 
 /// A running child and its generation.
@@ -19,6 +20,8 @@ pub(super) struct Generation {
     /// The readiness channel, kept while this generation serves to send it
     /// the parent's counters.
     pub(super) channel: Option<ReadyReceiver>,
+    /// Its own control endpoint (bound by the parent; removed with it).
+    pub(super) endpoint: Option<Endpoint>,
 }
 
 impl Generation {

@@ -4,9 +4,13 @@
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
+use super::child::Generation;
+use super::relay::Children;
 use super::run::Loop;
-use super::{unix_now, SupervisorEvent, UpgradeFailure};
-use crate::control::{error_reply, ClientId, ControlCommand, CONTROL_PROTOCOL_VERSION};
+use super::{SupervisorEvent, UpgradeFailure};
+use crate::control::{
+    error_reply, server::ClientId, upgrade_reply, ControlCommand, CONTROL_PROTOCOL_VERSION,
+};
 use crate::error::Result;
 
 impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
@@ -18,12 +22,12 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         };
         for (client, command) in control.service(readable) {
             self.emit(SupervisorEvent::ControlRequest {
-                command: command_name(command),
+                command: command.name(),
             });
             match command {
                 ControlCommand::Status => {
                     let status = self.status();
-                    self.reply(client, &status);
+                    self.relay(client, command, status);
                 }
                 ControlCommand::Upgrade { wait } => self.control_upgrade(client, wait)?,
                 ControlCommand::Stop => {
@@ -34,16 +38,40 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
                         control.hold(client, &reply);
                     }
                 }
-                ControlCommand::Connections => self.reply(
-                    client,
-                    &error_reply(
-                        "connections: the privileged parent holds no connections; \
-                         see the serving child's /metrics (lifecycle_connections_live)",
-                    ),
-                ),
+                ControlCommand::Connections => {
+                    let reply = json!({"version": CONTROL_PROTOCOL_VERSION, "ok": true,
+                        "pid": std::process::id(), "live": 0, "connections": []});
+                    self.relay(client, command, reply);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Answers `client` with `reply` completed by the children (their
+    /// listeners, live counts, connections) from a helper thread; with the
+    /// parent's own `reply` when no child has an endpoint or too many
+    /// relays run (marked `incomplete`).
+    fn relay(&mut self, client: ClientId, command: ControlCommand, mut reply: Value) {
+        let endpoint = |g: &Generation| g.endpoint.as_ref().map(|e| (g.number, e.path.clone()));
+        let children = Children {
+            serving: self.serving.as_ref().and_then(endpoint),
+            draining: self.draining.iter().filter_map(endpoint).collect(),
+        };
+        let none = children.serving.is_none() && children.draining.is_empty();
+        if none || !self.relays.available() {
+            let why = if none {
+                "no serving child with a control endpoint"
+            } else {
+                "too many control requests at once"
+            };
+            reply["incomplete"] = json!([why]);
+            self.reply(client, &reply);
+            return;
+        }
+        if let Some(stream) = self.control.as_mut().and_then(|c| c.detach(client)) {
+            self.relays.start(stream, command, reply, children);
+        }
     }
 
     fn reply(&mut self, client: ClientId, reply: &Value) {
@@ -111,14 +139,8 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         pid: Option<u32>,
         failure: Option<&UpgradeFailure>,
     ) {
-        let reply = match failure {
-            None => json!({"version": CONTROL_PROTOCOL_VERSION, "ok": true, "result": "ok",
-                "from": from, "to": to, "pid": pid, "generation": to, "at": unix_now()}),
-            Some(failure) => json!({"version": CONTROL_PROTOCOL_VERSION, "ok": false,
-                "result": "failed", "from": from, "to": to, "generation": from,
-                "error": format!("upgrade to generation {to} failed: {failure}; generation {from} keeps serving"),
-                "reason": failure.to_string(), "at": unix_now()}),
-        };
+        let failure = failure.map(ToString::to_string);
+        let reply = upgrade_reply(from, to, pid, failure.as_deref());
         for client in std::mem::take(&mut self.waiters) {
             self.reply(client, &reply);
         }
@@ -161,15 +183,5 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
             "last_upgrade": self.last_upgrade,
             "control_socket": self.control.as_ref().map(|c| c.path().display().to_string()),
         })
-    }
-}
-
-fn command_name(command: ControlCommand) -> &'static str {
-    match command {
-        ControlCommand::Status => "status",
-        ControlCommand::Upgrade { wait: true } => "upgrade --wait",
-        ControlCommand::Upgrade { wait: false } => "upgrade",
-        ControlCommand::Stop => "stop",
-        ControlCommand::Connections => "connections",
     }
 }

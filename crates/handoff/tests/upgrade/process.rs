@@ -2,7 +2,6 @@
 //! systemd, the first child's exit status, a killed parent, a successor
 //! that takes over the listener.
 
-use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
