@@ -24,7 +24,8 @@ use crate::metrics::GatewayMetrics;
 use crate::notify::Notifications;
 use crate::smtp::{serve_smtp, SmtpContext, SmtpTls};
 use crate::spool::{Spool, SpoolError};
-use crate::tls::{tls_server_config, TlsAcceptor, TlsError, HANDSHAKE_TIMEOUT};
+use crate::tls::{tls_server_config, TlsError, HANDSHAKE_TIMEOUT};
+use crate::tls_stream::{TlsAcceptor, TlsStream};
 use crate::upgrade::{
     report_ready, skip_lame_duck_on_upgrade, stop_accepting_on_upgrade, UpgradeDrain,
     UpgradeMetrics,
@@ -575,11 +576,10 @@ async fn handshake(
     conn: actix_lifecycle::Conn,
     peer: &str,
     log: &Logger,
-) -> Option<tokio_rustls::server::TlsStream<actix_lifecycle::Conn>> {
+) -> Option<TlsStream<actix_lifecycle::Conn>> {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
         Ok(Ok(tls)) => {
-            let (_, session) = tls.get_ref();
-            let version = session
+            let version = tls
                 .protocol_version()
                 .map_or_else(|| "?".to_owned(), |v| format!("{v:?}"));
             info!(log, "tls started"; "peer" => peer, "version" => version, "implicit" => true);

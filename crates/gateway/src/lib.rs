@@ -31,6 +31,7 @@ mod session;
 mod smtp;
 mod spool;
 mod tls;
+mod tls_stream;
 mod upgrade;
 mod wire;
 
@@ -56,5 +57,6 @@ pub use parent::{service_user, supervise};
 pub use session::{Cut, EndReason, SessionSummary};
 pub use smtp::{serve_smtp, SmtpContext, SmtpTls};
 pub use spool::{Spool, SpoolError, SpoolWriter, StoredMessage, MESSAGE_EXT, TMP_DIR};
-pub use tls::{tls_server_config, TlsAcceptor, TlsError, HANDSHAKE_TIMEOUT};
+pub use tls::{tls_server_config, TlsError, HANDSHAKE_TIMEOUT};
+pub use tls_stream::{TlsAcceptor, TlsStream};
 pub use upgrade::{UpgradeDrain, UpgradeMetrics};

@@ -16,8 +16,8 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_rustls::server::TlsStream;
-pub use tokio_rustls::TlsAcceptor;
+
+use crate::tls_stream::{TlsAcceptor, TlsStream};
 
 /// How long a client may take to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -184,11 +184,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Upgradable<S> {
     pub(crate) fn tls_details(&self) -> Option<(String, String)> {
         match self {
             Upgradable::Tls(t) => {
-                let (_, conn) = t.get_ref();
-                let version = conn
+                let version = t
                     .protocol_version()
                     .map_or_else(|| "?".to_owned(), |v| format!("{v:?}"));
-                let suite = conn
+                let suite = t
                     .negotiated_cipher_suite()
                     .map_or_else(|| "?".to_owned(), |s| format!("{:?}", s.suite()));
                 Some((version, suite))

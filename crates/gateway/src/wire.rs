@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::line::{Found, FoundLine, LineReader};
 use crate::session::{Cut, EndReason};
-use crate::tls::{TlsAcceptor, Upgradable, HANDSHAKE_TIMEOUT};
+use crate::tls::{Upgradable, HANDSHAKE_TIMEOUT};
+use crate::tls_stream::TlsAcceptor;
 
 /// Replies are flushed at the latest when this much is pending.
 const OUT_LIMIT: usize = 16 * 1024;

@@ -28,7 +28,7 @@ use crate::config::{BareNewlines, SmtpConfig};
 use crate::metrics::GatewayMetrics;
 use crate::session::SessionSummary;
 use crate::spool::Spool;
-use crate::tls::TlsAcceptor;
+use crate::tls_stream::TlsAcceptor;
 use crate::upgrade::UpgradeDrain;
 use crate::wire::DataLimits;
 

@@ -10,7 +10,8 @@ use rustls::pki_types::ServerName;
 use tokio::io::BufReader;
 
 use super::*;
-use crate::tls::{tls_server_config, TlsAcceptor};
+use crate::tls::tls_server_config;
+use crate::tls_stream::TlsAcceptor;
 
 struct Pki {
     _dir: tempfile::TempDir,
