@@ -155,7 +155,7 @@ pub(crate) fn successor_takes_over_the_listener() {
     let binary = install_copy(dir.path());
     let mut old = Command::new(&binary)
         .env(ROLE, "old")
-        .env("NOTIFY_SOCKET", &path)
+        .env("NOTIFY_SOCKET", path)
         .env("WATCHDOG_PID", "1")
         .stdout(Stdio::piped())
         .spawn()
