@@ -9,9 +9,10 @@
 //! One container per unit, the cases one after the other in it, the last
 //! a reboot (the container boots a writable overlay of the cached root, so
 //! a second boot finds the installed units). Files: `systemd_real/rig.rs`
-//! (the installed container), `cases.rs`, `sessions.rs` (open sessions,
-//! the watchdog), `looper.rs` (a looping client), `reboot.rs`. Skips (or,
-//! under `scripts/test` as root, fails) where nspawn cannot boot.
+//! (the installed container), `overlay.rs` (the writable root it boots),
+//! `cases.rs`, `sessions.rs` (open sessions, the watchdog), `looper.rs` (a
+//! looping client), `reboot.rs`. Skips (or, under `scripts/test` as root,
+//! fails) where nspawn cannot boot.
 //!
 //! Run alone: `cargo test -p lifecycle-tests --test systemd_real -- --nocapture`
 //! (builds the root file system first if `<target>/nspawn-root` has none).
@@ -20,6 +21,8 @@
 mod cases;
 #[path = "systemd_real/looper.rs"]
 mod looper;
+#[path = "systemd_real/overlay.rs"]
+mod overlay;
 #[path = "systemd_real/reboot.rs"]
 mod reboot;
 #[path = "systemd_real/rig.rs"]

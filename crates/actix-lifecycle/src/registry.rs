@@ -9,6 +9,8 @@ mod messages;
 mod metrics;
 mod shard;
 mod stats;
+#[cfg(test)]
+mod tests;
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicUsize};

@@ -6,10 +6,6 @@ use clap::Parser;
 
 use crate::config::{Config, ConfigError};
 
-/// Exit status for a bad configuration (and for bad command-line usage,
-/// as clap does).
-pub const EXIT_CONFIG: u8 = 2;
-
 /// Command-line arguments of `lifecycle-gateway`.
 ///
 /// ```
@@ -82,6 +78,7 @@ impl Cli {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exit::EXIT_CONFIG;
     use clap::CommandFactory;
 
     #[test]

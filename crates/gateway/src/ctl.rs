@@ -12,16 +12,11 @@ use lifecycle_handoff::{ControlCommand, MAX_REQUEST_LINE};
 use serde_json::Value;
 
 use crate::config::Config;
+use crate::exit::{EXIT_CONFIG, EXIT_CTL_FAILED, EXIT_CTL_UNREACHABLE};
 
 /// Where the packaged units put the control socket; `ctl` uses it when
 /// neither `--socket` nor a configuration names one.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/lifecycle-gateway/control.sock";
-
-/// Exit status of `ctl` when the service refused or failed the request.
-pub const EXIT_CTL_FAILED: u8 = 1;
-/// Exit status of `ctl` when the service could not be reached or did not
-/// answer in time.
-pub const EXIT_CTL_UNREACHABLE: u8 = 3;
 
 /// `lifecycle-gateway ctl [--config FILE | --socket PATH] [--json] COMMAND`.
 #[derive(Debug, Clone, Args)]
@@ -109,7 +104,7 @@ impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CtlError::Refused(_) => EXIT_CTL_FAILED,
-            CtlError::Config(_) | CtlError::NoSocket => crate::cli::EXIT_CONFIG,
+            CtlError::Config(_) | CtlError::NoSocket => EXIT_CONFIG,
             CtlError::Io { .. } | CtlError::BadReply { .. } => EXIT_CTL_UNREACHABLE,
         }
     }

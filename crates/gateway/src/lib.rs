@@ -16,6 +16,7 @@ mod cli;
 mod config;
 mod control;
 mod ctl;
+mod exit;
 #[cfg(test)]
 mod footprint;
 mod handover;
@@ -36,16 +37,14 @@ mod upgrade;
 mod wire;
 
 pub use app::{open_tls, run, serve, StartError, Upgrade};
-pub use cli::{Cli, Command, EXIT_CONFIG};
+pub use cli::{Cli, Command};
 pub use config::{
     BareNewlines, Config, ConfigError, ImapConfig, LimitsConfig, ListenerConfig, Located,
     LogConfig, LogFormat, LogLevel, Protocol, ShutdownConfig, SmtpConfig, TlsConfig, TlsMode,
     DEFAULT_USER,
 };
-pub use ctl::{
-    request, status_table, CtlAction, CtlArgs, CtlError, DEFAULT_CONTROL_SOCKET, EXIT_CTL_FAILED,
-    EXIT_CTL_UNREACHABLE,
-};
+pub use ctl::{request, status_table, CtlAction, CtlArgs, CtlError, DEFAULT_CONTROL_SOCKET};
+pub use exit::{EXIT_CONFIG, EXIT_CTL_FAILED, EXIT_CTL_UNREACHABLE};
 pub use handover::Handover;
 pub use http::{http_server, HttpListener, HttpState, Readiness};
 pub use imap::{serve_imap, ImapContext};

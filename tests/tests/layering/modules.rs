@@ -74,7 +74,7 @@ pub(crate) fn crate_roots(dir: &Path) -> Vec<PathBuf> {
                 | ["src", "bin", _]
                 | ["src", "bin", _, "main.rs"]
                 | ["tests" | "benches" | "examples", _]
-                | ["benches" | "examples", _, "main.rs"]
+                | ["tests" | "benches" | "examples", _, "main.rs"]
         );
         if root {
             roots.insert(file);

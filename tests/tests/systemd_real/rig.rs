@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::reboot::Overlay;
+use crate::overlay::Overlay;
 use lifecycle_tests::{
     cached_root, cannot_boot, gateway_bin, loud, metric_value, skip, workspace_root, Container,
 };
