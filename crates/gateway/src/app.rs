@@ -3,33 +3,27 @@
 //! `ListenerActor` per SMTP and IMAP listener, and the HTTP server on the
 //! sockets it takes from the broker.
 
-use std::os::unix::net::UnixListener;
+mod listeners;
+
 use std::sync::Arc;
 
-use actix::Addr;
-use actix_lifecycle::{ConnHandler, Lifecycle, LifecycleError, ListenerActor};
-use lifecycle_handoff::{
-    Handoff, HeldSignals, Inventory, Lineage, Mode, Network, PassedListener, ReadyChannel,
-    TargetUser,
-};
+use actix_lifecycle::{Lifecycle, LifecycleError};
+use lifecycle_handoff::{Handoff, HeldSignals, Inventory, Lineage, Mode, ReadyChannel, TargetUser};
 use slog::{error, info, o, warn, Logger};
 
-use crate::busy;
-use crate::config::{Config, Protocol, TlsMode};
+use crate::config::Config;
 use crate::control::{serve_control, ControlContext, UpgradeDesk};
 use crate::handover::{Handover, HandoverTask};
-use crate::http::{http_server, HttpListener, HttpState, Readiness};
-use crate::imap::{serve_imap, ImapContext};
+use crate::http::Readiness;
 use crate::metrics::GatewayMetrics;
 use crate::notify::Notifications;
-use crate::smtp::{serve_smtp, SmtpContext, SmtpTls};
 use crate::spool::{Spool, SpoolError};
-use crate::tls::{tls_server_config, TlsError, HANDSHAKE_TIMEOUT};
-use crate::tls_stream::{TlsAcceptor, TlsStream};
+use crate::tls::{tls_server_config, TlsError};
+use crate::tls_stream::TlsAcceptor;
 use crate::upgrade::{
-    report_ready, skip_lame_duck_on_upgrade, stop_accepting_on_upgrade, UpgradeDrain,
-    UpgradeMetrics,
+    report_ready, skip_lame_duck_on_upgrade, stop_accepting_on_upgrade, UpgradeMetrics,
 };
+use listeners::Sessions;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -298,192 +292,41 @@ pub fn run(
             .drain_grace(config.shutdown().drain_grace())
             .abort_grace(config.shutdown().abort_grace())
             .start()?;
-        start_listeners(config, log, &lifecycle, spool, tls, upgrade, notify).await
+        let sessions = Sessions {
+            spool,
+            tls,
+            metrics: GatewayMetrics::register(lifecycle.metrics(), config.metrics_prefix())?,
+            drain: listeners::upgrade_drain(&upgrade, log),
+        };
+        start(config, log, &lifecycle, sessions, upgrade, notify).await
     })?;
     let code = system.run_with_code()?;
     info!(log, "exiting"; "status" => code);
     Ok(code)
 }
 
-async fn start_listeners(
+/// Starts every listener with `sessions`, reports ready (to systemd through
+/// `notify`, to the parent through `upgrade`'s channel) once all accept,
+/// and starts what takes part in upgrades and stops: the control socket,
+/// the hand-over task, the drain watchers.
+async fn start(
     config: &Config,
     log: &Logger,
     lifecycle: &Lifecycle,
-    spool: Arc<Spool>,
-    tls: Option<TlsAcceptor>,
+    sessions: Sessions,
     upgrade: Upgrade,
     notify: Notifications,
 ) -> Result<(), StartError> {
-    let gateway_metrics = GatewayMetrics::register(lifecycle.metrics(), config.metrics_prefix())?;
     let upgrade_metrics = UpgradeMetrics::register(lifecycle.metrics(), config.metrics_prefix())?;
     // The first process of a service (no lineage) is generation 1: the one
     // its successor, generation 2, names as the one it took over from.
     let lineage = upgrade.lineage.unwrap_or(Lineage::FIRST);
     upgrade_metrics.set_lineage(&lineage);
     let generation = lineage.generation;
-    let upgrade_drain = match &upgrade.ready {
-        // A successor's channel closes once its predecessor has seen it
-        // ready: only a supervising parent's closing means an upgrade.
-        Some(_) if !upgrade.supervised => UpgradeDrain::default(),
-        Some(channel) => match channel.watch() {
-            Ok(watch) => UpgradeDrain::new(watch),
-            Err(e) => {
-                warn!(log, "cannot watch the channel to the parent; an upgrade drain will be handled as a stop"; "error" => %e);
-                UpgradeDrain::default()
-            }
-        },
-        None => UpgradeDrain::default(),
-    };
-    // One context per listener, so that every session's log lines name it.
-    let smtp = |name: &str, tls: SmtpTls| {
-        let log = log.new(o!("listener" => name.to_owned()));
-        Arc::new(
-            SmtpContext::from_config(config.smtp(), spool.clone(), log)
-                .metrics(gateway_metrics.clone())
-                .tls(tls)
-                .upgrade_drain(upgrade_drain.clone()),
-        )
-    };
-    let imap = |name: &str| {
-        let log = log.new(o!("listener" => name.to_owned()));
-        Arc::new(
-            ImapContext::from_config(config.imap(), log)
-                .metrics(gateway_metrics.clone())
-                .upgrade_drain(upgrade_drain.clone()),
-        )
-    };
+    let upgrade_drain = sessions.drain.clone();
+    let (actors, http) = listeners::start_streams(config, log, lifecycle, &sessions).await?;
     let readiness = Readiness::new();
-    let mut actors: Vec<(String, Addr<ListenerActor>)> = Vec::new();
-    let mut http = Vec::new();
-    let mut http_handle = None;
-    for l in config.listeners() {
-        let name = l.name().to_owned();
-        // The configuration checked that a listener with `tls` has [tls].
-        let acceptor = match (l.tls(), &tls) {
-            (None, _) => None,
-            (Some(mode), Some(acceptor)) => Some((mode, acceptor.clone())),
-            (Some(_), None) => {
-                return Err(listener_error(&name, "uses TLS but no [tls] was loaded"))
-            }
-        };
-        let tls_log = log.new(o!("listener" => name.clone()));
-        match l.protocol() {
-            Protocol::Smtp => {
-                let (ctx, implicit) = match acceptor {
-                    None => (smtp(&name, SmtpTls::None), None),
-                    Some((TlsMode::Starttls, a)) => (smtp(&name, SmtpTls::Starttls(a)), None),
-                    Some((TlsMode::Implicit, a)) => (smtp(&name, SmtpTls::Implicit), Some(a)),
-                };
-                let hostname = config.smtp().hostname().to_owned();
-                let plain = implicit.is_none();
-                let handler = ConnHandler::new(move |conn| {
-                    let ctx = ctx.clone();
-                    let implicit = implicit.clone();
-                    let tls_log = tls_log.clone();
-                    async move {
-                        let peer = conn.peer().to_string();
-                        let shutdown = conn.shutdown().clone();
-                        match implicit {
-                            None => {
-                                serve_smtp(conn, peer, shutdown, ctx).await;
-                            }
-                            // Boxed: the TLS state (the handshake, the
-                            // rustls connection) would otherwise size every
-                            // session future of the listener, plain ones too.
-                            Some(acceptor) => {
-                                Box::pin(async move {
-                                    if let Some(tls) =
-                                        handshake(&acceptor, conn, &peer, &tls_log).await
-                                    {
-                                        serve_smtp(tls, peer, shutdown, ctx).await;
-                                    }
-                                })
-                                .await
-                            }
-                        }
-                    }
-                });
-                let handler = handler.on_refused(move |reason| match plain {
-                    true => busy::smtp(&hostname, reason),
-                    false => Vec::new(),
-                });
-                let limits = config.listener_limits(l);
-                let mut builder = lifecycle
-                    .listener(name.clone(), "smtp", handler)
-                    .limits(limits);
-                if let Some(proxy) = l.proxy_protocol() {
-                    builder = builder.proxy_protocol(proxy);
-                }
-                let actor = builder.start();
-                actors.push((name, actor));
-            }
-            Protocol::Imap => {
-                let ctx = imap(&name);
-                let implicit = acceptor.map(|(_, a)| a);
-                let plain = implicit.is_none();
-                let handler = ConnHandler::new(move |conn| {
-                    let ctx = ctx.clone();
-                    let implicit = implicit.clone();
-                    let tls_log = tls_log.clone();
-                    async move {
-                        let peer = conn.peer().to_string();
-                        let shutdown = conn.shutdown().clone();
-                        match implicit {
-                            None => {
-                                serve_imap(conn, peer, shutdown, ctx).await;
-                            }
-                            // Boxed: the TLS state (the handshake, the
-                            // rustls connection) would otherwise size every
-                            // session future of the listener, plain ones too.
-                            Some(acceptor) => {
-                                Box::pin(async move {
-                                    if let Some(tls) =
-                                        handshake(&acceptor, conn, &peer, &tls_log).await
-                                    {
-                                        serve_imap(tls, peer, shutdown, ctx).await;
-                                    }
-                                })
-                                .await
-                            }
-                        }
-                    }
-                });
-                let handler = handler.on_refused(move |reason| match plain {
-                    true => busy::imap(reason),
-                    false => Vec::new(),
-                });
-                let limits = config.listener_limits(l);
-                let mut builder = lifecycle
-                    .listener(name.clone(), "imap", handler)
-                    .limits(limits);
-                if let Some(proxy) = l.proxy_protocol() {
-                    builder = builder.proxy_protocol(proxy);
-                }
-                let actor = builder.start();
-                actors.push((name, actor));
-            }
-            Protocol::Http => {
-                let passed = lifecycle.take_listener(name.clone(), "http").await?;
-                http.push(http_listener(passed));
-            }
-        }
-    }
-    if !http.is_empty() {
-        let state = HttpState::new(
-            lifecycle.metrics().clone(),
-            lifecycle.shutdown_handle(),
-            readiness.clone(),
-        );
-        let server =
-            http_server(state, http, config.shutdown().abort_grace()).map_err(StartError::Http)?;
-        http_handle = Some(server.handle());
-        let log = log.clone();
-        actix::spawn(async move {
-            if let Err(e) = server.await {
-                error!(log, "http server failed"; "error" => %e);
-            }
-        });
-    }
+    let http_handle = listeners::start_http(config, log, lifecycle, http, &readiness)?;
     // Every listener serves (or the first that cannot is named), and what
     // nobody claimed is closed.
     let closed = lifecycle.ready().await?.closed_unclaimed;
@@ -565,49 +408,6 @@ async fn start_listeners(
         report_ready(ready, upgrade_metrics, log.clone());
     }
     Ok(())
-}
-
-/// The server side of an implicit-TLS handshake on an accepted connection,
-/// bounded by [`HANDSHAKE_TIMEOUT`]. The TLS stream wraps the tracked
-/// connection, so the lifecycle's abort still ends it (its reads see end of
-/// input). `None` (logged) when the handshake fails.
-async fn handshake(
-    acceptor: &TlsAcceptor,
-    conn: actix_lifecycle::Conn,
-    peer: &str,
-    log: &Logger,
-) -> Option<TlsStream<actix_lifecycle::Conn>> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
-        Ok(Ok(tls)) => {
-            let version = tls
-                .protocol_version()
-                .map_or_else(|| "?".to_owned(), |v| format!("{v:?}"));
-            info!(log, "tls started"; "peer" => peer, "version" => version, "implicit" => true);
-            Some(tls)
-        }
-        Ok(Err(e)) => {
-            info!(log, "tls handshake failed"; "peer" => peer, "error" => %e);
-            None
-        }
-        Err(_) => {
-            info!(log, "tls handshake failed"; "peer" => peer, "error" => "timed out");
-            None
-        }
-    }
-}
-
-fn listener_error(name: &str, reason: impl std::fmt::Display) -> StartError {
-    StartError::Listener {
-        listener: name.to_owned(),
-        reason: reason.to_string(),
-    }
-}
-
-fn http_listener(passed: PassedListener) -> HttpListener {
-    match passed.spec.network() {
-        Network::Tcp => HttpListener::Tcp(std::net::TcpListener::from(passed.fd)),
-        Network::Unix => HttpListener::Unix(UnixListener::from(passed.fd)),
-    }
 }
 
 /// Raises the soft limit on open files to the hard limit, as Go programs
