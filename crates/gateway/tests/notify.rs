@@ -50,29 +50,43 @@ fn setup(head: &str) -> (tempfile::TempDir, std::path::PathBuf, NotifySocket) {
     (dir, path, systemd)
 }
 
-#[test]
-fn the_root_parent_is_the_main_pid_and_notifies_ready_reloading_stopping() {
-    if !require_root("the privileged start with NOTIFY_SOCKET") {
-        return;
-    }
-    let (dir, path, systemd) = setup(r#"user = "nobody""#);
-    let mut cmd = Command::new(common::BIN);
+/// Starts `cmd` on the config at `path` in `dir` with `systemd` as its
+/// `NOTIFY_SOCKET`, waits for `READY=1` (recording what came in `seen`)
+/// and then asks `/readyz`: the gateway, the `READY=1` datagram and the
+/// status. At `READY=1` every listener already serves, so the status is
+/// 200 unless readiness comes too early.
+fn start_until_ready(
+    mut cmd: Command,
+    dir: tempfile::TempDir,
+    path: &std::path::Path,
+    systemd: &NotifySocket,
+    seen: &mut Vec<Datagram>,
+) -> (Gateway, Datagram, u16) {
     cmd.arg("--config")
-        .arg(&path)
+        .arg(path)
         .env("NOTIFY_SOCKET", systemd.path())
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut gw = Gateway::spawn_command(dir, &mut cmd);
-    let parent = gw.pid();
-
-    let mut seen = Vec::new();
-    let ready = wait_for(&systemd, "READY=1", &mut seen);
-    // At READY=1 the child already serves every listener: /readyz says 200
-    // (it turns ready only after every listener accepts), SMTP greets.
+    let ready = wait_for(systemd, "READY=1", seen);
     gw.learn_addresses();
     let status = readyz(&gw);
+    (gw, ready, status)
+}
+
+#[test]
+fn the_root_parent_is_the_main_pid_and_notifies_ready_reloading_stopping() {
+    if !require_root("the privileged start with NOTIFY_SOCKET") {
+        return;
+    }
+    let (dir, path, systemd) = setup(r#"user = "nobody""#);
+    let mut seen = Vec::new();
+    let (mut gw, ready, status) =
+        start_until_ready(Command::new(common::BIN), dir, &path, &systemd, &mut seen);
+    let parent = gw.pid();
+    // At READY=1 the child already serves every listener: SMTP greets.
     let mut smtp = TcpStream::connect(gw.smtp).unwrap();
     smtp.set_read_timeout(Some(SOON)).unwrap();
     let mut greeting = [0u8; 3];
@@ -134,19 +148,9 @@ fn an_unprivileged_service_is_its_own_main_process() {
     lifecycle_tests::ServiceUser::nobody()
         .unwrap()
         .drop_privileges(&mut cmd);
-    cmd.arg("--config")
-        .arg(&path)
-        .env("NOTIFY_SOCKET", systemd.path())
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut gw = Gateway::spawn_command(dir, &mut cmd);
-    let pid = gw.pid();
     let mut seen = Vec::new();
-    let ready = wait_for(&systemd, "READY=1", &mut seen);
-    gw.learn_addresses();
-    let status = readyz(&gw);
+    let (mut gw, ready, status) = start_until_ready(cmd, dir, &path, &systemd, &mut seen);
+    let pid = gw.pid();
     loud(&format!(
         "notify (immediate mode): READY=1 from pid {} (service {pid}): {:?}; /readyz then {status}",
         ready.pid, ready.text

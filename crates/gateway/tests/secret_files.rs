@@ -10,7 +10,6 @@ mod common;
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use common::upgrading::{count, upgrade, Setup};
 use common::{s_client, sample, served_pem, Client, Gateway, SOON};
@@ -88,15 +87,7 @@ fn a_fifo_swapped_in_fails_the_upgrade_and_the_parent_still_stops() {
     assert!(outcome.contains(&key.display().to_string()), "{outcome}");
     // Generation 1 serves on, and counts the failure.
     assert!(deliver(&gw).starts_with("250"), "{}", gw.log_text());
-    let deadline = Instant::now() + SOON;
-    let metrics = loop {
-        let m = gw.metrics();
-        let failed = sample(&m, "lifecycle_upgrades_total", &[("result", "failed")]);
-        if failed == Some(1.0) || Instant::now() > deadline {
-            break m;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let metrics = gw.metrics_after_failed_upgrade();
     assert_eq!(
         sample(
             &metrics,

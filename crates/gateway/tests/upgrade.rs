@@ -279,16 +279,7 @@ fn rotation_failed_binary_and_idle_imap_of_the_old_child() {
         "{outcome}"
     );
     assert_eq!(served(&gw), second_pem, "the old child still serves");
-    let deadline = Instant::now() + SOON;
-    let metrics = loop {
-        let m = gw.metrics();
-        if sample(&m, "lifecycle_upgrades_total", &[("result", "failed")]) == Some(1.0)
-            || Instant::now() > deadline
-        {
-            break m;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let metrics = gw.metrics_after_failed_upgrade();
     assert_eq!(
         sample(
             &metrics,

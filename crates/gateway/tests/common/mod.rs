@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lifecycle_tests::{http_get, GatewayConfig, GatewayProcess};
 use nix::sys::signal::Signal;
@@ -209,6 +209,19 @@ impl Gateway {
         let (status, body) = self.get("/metrics");
         assert_eq!(status, 200, "{body}");
         body
+    }
+    /// The `/metrics` text once `lifecycle_upgrades_total{result="failed"}`
+    /// is 1 (a failed upgrade was counted), or as it is after [`SOON`].
+    pub fn metrics_after_failed_upgrade(&self) -> String {
+        let deadline = Instant::now() + SOON;
+        loop {
+            let m = self.metrics();
+            let failed = sample(&m, "lifecycle_upgrades_total", &[("result", "failed")]);
+            if failed == Some(1.0) || Instant::now() > deadline {
+                return m;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Status and body of `GET path` (HTTP/1.0, no client library).
