@@ -12,7 +12,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 
 use common::upgrading::{count, upgrade, Setup};
-use common::{s_client, sample, served_pem, Client, Gateway, SOON};
+use common::{s_client, served_pem, Client, Gateway, SOON};
 use lifecycle_tests::{loud, require_root, require_tool};
 use nix::sys::signal::Signal;
 
@@ -87,16 +87,7 @@ fn a_fifo_swapped_in_fails_the_upgrade_and_the_parent_still_stops() {
     assert!(outcome.contains(&key.display().to_string()), "{outcome}");
     // Generation 1 serves on, and counts the failure.
     assert!(deliver(&gw).starts_with("250"), "{}", gw.log_text());
-    let metrics = gw.metrics_after_failed_upgrade();
-    assert_eq!(
-        sample(
-            &metrics,
-            "lifecycle_upgrades_total",
-            &[("result", "failed")]
-        ),
-        Some(1.0),
-        "{metrics}"
-    );
+    gw.assert_failed_upgrade_counted();
     assert_eq!(count(&gw, "service started"), 1, "no second child started");
     // The parent is not stuck: SIGTERM stops both within the graces.
     gw.signal(Signal::SIGTERM);

@@ -210,18 +210,25 @@ impl Gateway {
         assert_eq!(status, 200, "{body}");
         body
     }
-    /// The `/metrics` text once `lifecycle_upgrades_total{result="failed"}`
-    /// is 1 (a failed upgrade was counted), or as it is after [`SOON`].
-    pub fn metrics_after_failed_upgrade(&self) -> String {
+    /// Waits (at most [`SOON`]) for `lifecycle_upgrades_total{result="failed"}`
+    /// to be 1, asserts that it is, and returns the `/metrics` text.
+    pub fn assert_failed_upgrade_counted(&self) -> String {
         let deadline = Instant::now() + SOON;
-        loop {
+        let metrics = loop {
             let m = self.metrics();
             let failed = sample(&m, "lifecycle_upgrades_total", &[("result", "failed")]);
             if failed == Some(1.0) || Instant::now() > deadline {
-                return m;
+                break m;
             }
             std::thread::sleep(Duration::from_millis(20));
-        }
+        };
+        let failed = sample(
+            &metrics,
+            "lifecycle_upgrades_total",
+            &[("result", "failed")],
+        );
+        assert_eq!(failed, Some(1.0), "{metrics}");
+        metrics
     }
 
     /// Status and body of `GET path` (HTTP/1.0, no client library).
