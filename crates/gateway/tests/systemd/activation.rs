@@ -4,13 +4,14 @@
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use lifecycle_tests::{free_port, loud, require_tool};
 use nix::sys::signal::Signal;
 
 use crate::common::{field, SOON};
-use crate::{as_service_user, config, notify_socket, service_bin, service_dir, Running};
+use crate::{
+    as_service_user, config, first_connection, notify_socket, service_bin, service_dir, Running,
+};
 
 /// `systemd-socket-activate` with `args` before `--`, starting the gateway
 /// with `config`, run as the service user; `NOTIFY_SOCKET` passed on with
@@ -177,14 +178,7 @@ fn a_listener_without_an_activated_socket_is_a_clear_error() {
     let args = ["-l".to_owned(), smtp.clone(), "--fdname=smtp".to_owned()];
     let mut gw = activated(dir.path(), &cfg, &args, None);
     // The first connection starts the gateway, which refuses to run.
-    let deadline = Instant::now() + SOON;
-    while TcpStream::connect(&smtp).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "systemd-socket-activate never listened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    first_connection(&smtp);
     let status = gw.wait_exit();
     assert!(!status.success(), "{status:?}\n{}", gw.log_text());
     let text = gw.log_text();

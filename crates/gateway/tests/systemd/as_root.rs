@@ -1,7 +1,6 @@
 //! Socket activation and inherited sockets started as root: the gateway
 //! drops to its user in place, or names the fix when it has none.
 
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -12,7 +11,7 @@ use nix::sys::signal::Signal;
 
 use crate::activation::{activation_tools, spooled, swaks};
 use crate::common::{self, field, BIN, SOON};
-use crate::{config, greeted, Running};
+use crate::{assert_nobody_without_privileges, config, first_connection, greeted, Running};
 
 /// `systemd-socket-activate -l address --fdname=smtp -- gateway --config
 /// config`, as root (a unit without `User=`).
@@ -54,17 +53,8 @@ fn socket_activation_as_root_drops_to_the_user_in_place() {
     gw.wait_msg("spool directory created for the service user");
     // The serving process (systemd-socket-activate execs it: same pid) has
     // nothing of root left.
+    assert_nobody_without_privileges(gw.pid());
     let proc = lifecycle_tests::ProcStats::new(gw.pid());
-    for key in ["Uid", "Gid"] {
-        assert_eq!(
-            proc.status_text(key).unwrap(),
-            "65534\t65534\t65534\t65534",
-            "{key}"
-        );
-    }
-    assert_eq!(proc.status_text("Groups").unwrap(), "");
-    assert_eq!(proc.status_text("NoNewPrivs").unwrap(), "1");
-    assert_eq!(proc.status_text("CapEff").unwrap(), "0000000000000000");
     assert_eq!(proc.status_text("CapPrm").unwrap(), "0000000000000000");
     let message = std::fs::read_dir(dir.path().join("spool"))
         .unwrap()
@@ -91,14 +81,7 @@ fn socket_activation_as_root_without_a_user_names_the_fix_for_this_mode() {
     let cfg = config(dir.path(), "", &[("smtp", "smtp", &smtp)]);
     let mut gw = activated_as_root(dir.path(), &cfg, &smtp);
     // The first connection starts the gateway, which refuses to run.
-    let deadline = Instant::now() + SOON;
-    while TcpStream::connect(&smtp).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "systemd-socket-activate never listened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    first_connection(&smtp);
     let status = gw.wait_exit();
     assert_eq!(status.code(), Some(2), "{status:?}\n{}", gw.log_text());
     let text = gw.log_text();
@@ -175,17 +158,7 @@ fn inherited_sockets_from_a_parent_that_kept_root_drop_to_the_user_in_place() {
         .find(|l| l.contains(r#""msg":"privileges dropped in place""#))
         .unwrap_or_else(|| panic!("no drop logged:\n{all}"));
     assert_eq!(field(dropped, "mode").as_deref(), Some("inherited"));
-    let proc = lifecycle_tests::ProcStats::new(pid);
-    for key in ["Uid", "Gid"] {
-        assert_eq!(
-            proc.status_text(key).unwrap(),
-            "65534\t65534\t65534\t65534",
-            "{key}"
-        );
-    }
-    assert_eq!(proc.status_text("Groups").unwrap(), "");
-    assert_eq!(proc.status_text("NoNewPrivs").unwrap(), "1");
-    assert_eq!(proc.status_text("CapEff").unwrap(), "0000000000000000");
+    assert_nobody_without_privileges(pid);
     let mut c = greeted(smtp.parse().unwrap());
     c.send(
         "EHLO client.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n",

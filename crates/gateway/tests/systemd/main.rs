@@ -210,3 +210,32 @@ fn greeted(addr: SocketAddr) -> Client {
     c.expect("220");
     c
 }
+
+/// Connects to `addr` until systemd-socket-activate listens there (at most
+/// [`SOON`]): the first connection starts the gateway.
+fn first_connection(addr: &str) {
+    let deadline = std::time::Instant::now() + SOON;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "systemd-socket-activate never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asserts that process `pid` runs as nobody (65534) with no
+/// supplementary group, no effective capability and `no_new_privs`.
+fn assert_nobody_without_privileges(pid: u32) {
+    let proc = lifecycle_tests::ProcStats::new(pid);
+    for key in ["Uid", "Gid"] {
+        assert_eq!(
+            proc.status_text(key).unwrap(),
+            "65534\t65534\t65534\t65534",
+            "{key}"
+        );
+    }
+    assert_eq!(proc.status_text("Groups").unwrap(), "");
+    assert_eq!(proc.status_text("NoNewPrivs").unwrap(), "1");
+    assert_eq!(proc.status_text("CapEff").unwrap(), "0000000000000000");
+}
