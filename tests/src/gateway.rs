@@ -148,14 +148,7 @@ impl GatewayBuilder {
             None => None,
         };
         let program = installed.as_ref().map_or(self.bin.as_path(), |i| i.path());
-        let mut command = Command::new(program);
-        command
-            .arg("--config")
-            .arg(&config_path)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut command = gateway_command(program, &config_path, dir.path());
         if let Some(limit) = self.nofile {
             // SAFETY: the closure runs between fork and exec and makes one
             // async-signal-safe system call (setrlimit) on a value computed
@@ -441,6 +434,21 @@ impl GatewayProcess {
     pub fn get(&self, path: &str) -> io::Result<(u16, String)> {
         crate::http::http_get(self.http, path, Duration::from_secs(20))
     }
+}
+
+/// The command that starts the gateway `program` on the config file
+/// `config`, in `dir`, with no stdin or stdout and stderr (its JSON log)
+/// piped for [`GatewayProcess::spawn_command`].
+pub fn gateway_command(program: &Path, config: &Path, dir: &Path) -> Command {
+    let mut command = Command::new(program);
+    command
+        .arg("--config")
+        .arg(config)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
 }
 
 /// The string value of `"key":"value"` in a JSON log line.

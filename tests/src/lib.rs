@@ -64,7 +64,8 @@ mod unit_file;
 
 pub use binary::{cargo_bin, gateway_bin, GATEWAY_BIN_ENV};
 pub use gateway::{
-    json_field, json_number, metric_samples, metric_value, GatewayBuilder, GatewayProcess,
+    gateway_command, json_field, json_number, metric_samples, metric_value, GatewayBuilder,
+    GatewayProcess,
 };
 pub use gateway_config::GatewayConfig;
 pub use http::http_get;

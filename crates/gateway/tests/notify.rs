@@ -12,11 +12,13 @@ mod common;
 
 use std::io::Read;
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{service_dir, Gateway, SOON};
-use lifecycle_tests::{http_get, loud, require_root, Datagram, GatewayConfig, NotifySocket};
+use lifecycle_tests::{
+    gateway_command, http_get, loud, require_root, Datagram, GatewayConfig, NotifySocket,
+};
 use nix::sys::signal::Signal;
 
 /// The next datagram that has `line` as one of its lines.
@@ -50,7 +52,7 @@ fn setup(head: &str) -> (tempfile::TempDir, std::path::PathBuf, NotifySocket) {
     (dir, path, systemd)
 }
 
-/// Starts `cmd` on the config at `path` in `dir` with `systemd` as its
+/// Starts `cmd` (a [`gateway_command`] in `dir`) with `systemd` as its
 /// `NOTIFY_SOCKET`, waits for `READY=1` (recording what came in `seen`)
 /// and then asks `/readyz`: the gateway, the `READY=1` datagram and the
 /// status. At `READY=1` every listener already serves, so the status is
@@ -58,17 +60,10 @@ fn setup(head: &str) -> (tempfile::TempDir, std::path::PathBuf, NotifySocket) {
 fn start_until_ready(
     mut cmd: Command,
     dir: tempfile::TempDir,
-    path: &std::path::Path,
     systemd: &NotifySocket,
     seen: &mut Vec<Datagram>,
 ) -> (Gateway, Datagram, u16) {
-    cmd.arg("--config")
-        .arg(path)
-        .env("NOTIFY_SOCKET", systemd.path())
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.env("NOTIFY_SOCKET", systemd.path());
     let mut gw = Gateway::spawn_command(dir, &mut cmd);
     let ready = wait_for(systemd, "READY=1", seen);
     gw.learn_addresses();
@@ -83,8 +78,8 @@ fn the_root_parent_is_the_main_pid_and_notifies_ready_reloading_stopping() {
     }
     let (dir, path, systemd) = setup(r#"user = "nobody""#);
     let mut seen = Vec::new();
-    let (mut gw, ready, status) =
-        start_until_ready(Command::new(common::BIN), dir, &path, &systemd, &mut seen);
+    let cmd = gateway_command(common::BIN.as_ref(), &path, dir.path());
+    let (mut gw, ready, status) = start_until_ready(cmd, dir, &systemd, &mut seen);
     let parent = gw.pid();
     // At READY=1 the child already serves every listener: SMTP greets.
     let mut smtp = TcpStream::connect(gw.smtp).unwrap();
@@ -144,12 +139,12 @@ fn an_unprivileged_service_is_its_own_main_process() {
     // directory may be out of its reach (a checkout under a 0700 home).
     let bin = dir.path().join("lifecycle-gateway");
     lifecycle_tests::install_program(common::BIN.as_ref(), &bin).unwrap();
-    let mut cmd = Command::new(&bin);
+    let mut cmd = gateway_command(&bin, &path, dir.path());
     lifecycle_tests::ServiceUser::nobody()
         .unwrap()
         .drop_privileges(&mut cmd);
     let mut seen = Vec::new();
-    let (mut gw, ready, status) = start_until_ready(cmd, dir, &path, &systemd, &mut seen);
+    let (mut gw, ready, status) = start_until_ready(cmd, dir, &systemd, &mut seen);
     let pid = gw.pid();
     loud(&format!(
         "notify (immediate mode): READY=1 from pid {} (service {pid}): {:?}; /readyz then {status}",

@@ -11,7 +11,7 @@ pub mod upgrading;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use lifecycle_tests::{http_get, GatewayConfig, GatewayProcess};
@@ -96,14 +96,7 @@ impl Gateway {
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config).unwrap();
         std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let mut command = Command::new(BIN);
-        command
-            .arg("--config")
-            .arg(&config_path)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut command = lifecycle_tests::gateway_command(BIN.as_ref(), &config_path, dir.path());
         for (k, v) in env {
             command.env(k, v);
         }
