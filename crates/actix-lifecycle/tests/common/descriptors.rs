@@ -48,12 +48,9 @@ impl Drop for OutOfDescriptors {
 }
 
 /// The highest open descriptor number.
-fn max_fd() -> u64 {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .max()
-        .unwrap()
+fn max_fd() -> i32 {
+    let fds = lifecycle_tests::ProcStats::new(std::process::id()).fd_numbers();
+    *fds.unwrap().last().unwrap()
 }
 
 fn set_soft_nofile(soft: &str) {
