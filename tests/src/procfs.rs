@@ -8,6 +8,7 @@ use std::io;
 /// ```
 /// let me = lifecycle_tests::ProcStats::new(std::process::id());
 /// assert!(me.open_fds()? >= 3);
+/// assert!(me.fd_numbers()?.starts_with(&[0, 1, 2]));
 /// assert!(me.status_kib("VmRSS")? > 0);
 /// let _ = me.cpu_seconds()?;
 /// # Ok::<(), std::io::Error>(())
@@ -26,6 +27,16 @@ impl ProcStats {
     /// The number of entries in `/proc/PID/fd`.
     pub fn open_fds(&self) -> io::Result<usize> {
         Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid))?.count())
+    }
+
+    /// The numbers of the open descriptors in `/proc/PID/fd`, lowest
+    /// first (for this process, the one reading the directory shows too).
+    pub fn fd_numbers(&self) -> io::Result<Vec<i32>> {
+        let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{}/fd", self.pid))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        fds.sort_unstable();
+        Ok(fds)
     }
 
     /// A `kB` field of `/proc/PID/status`, such as `VmRSS` or `VmHWM`.

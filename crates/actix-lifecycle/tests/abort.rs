@@ -8,8 +8,8 @@ use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Actor;
-use actix_lifecycle::{ConnHandler, Harness, Shutdown, Snapshot, Start};
+use actix::{Actor, Addr};
+use actix_lifecycle::{ConnHandler, Harness, HarnessInfo, Shutdown, Snapshot, Start};
 use common::{eventually, logger};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
@@ -22,6 +22,17 @@ enum Seen {
     FlushAfterAbort(ErrorKind),
     LaterRead(std::io::Result<usize>),
     Aborted(bool),
+}
+
+/// A harness serving `handler` on one TCP listener `t`, started.
+async fn serve(handler: ConnHandler) -> (Addr<Harness>, HarnessInfo) {
+    let harness = Harness::builder()
+        .logger(logger())
+        .tcp("t", "test", handler)
+        .build()
+        .start();
+    let info = harness.send(Start).await.unwrap().unwrap();
+    (harness, info)
 }
 
 #[actix::test]
@@ -53,12 +64,7 @@ async fn reads_end_and_writes_fail_persistently_after_abort() {
             tx.send(Seen::Aborted(conn.is_aborted())).unwrap();
         }
     });
-    let harness = Harness::builder()
-        .logger(logger())
-        .tcp("t", "test", handler)
-        .build()
-        .start();
-    let info = harness.send(Start).await.unwrap().unwrap();
+    let (harness, info) = serve(handler).await;
     let mut client = tokio::net::TcpStream::connect(info.tcp("t").unwrap())
         .await
         .unwrap();
@@ -131,12 +137,7 @@ async fn a_pending_write_is_woken_by_abort() {
             tx.send(Err(res.kind())).unwrap();
         }
     });
-    let harness = Harness::builder()
-        .logger(logger())
-        .tcp("t", "test", handler)
-        .build()
-        .start();
-    let info = harness.send(Start).await.unwrap().unwrap();
+    let (_harness, info) = serve(handler).await;
     let _client = tokio::net::TcpStream::connect(info.tcp("t").unwrap())
         .await
         .unwrap();
@@ -163,12 +164,7 @@ async fn registration_after_shutdown_is_aborted_at_once_and_counted() {
                 .unwrap();
         }
     });
-    let harness = Harness::builder()
-        .logger(logger())
-        .tcp("t", "test", handler)
-        .build()
-        .start();
-    let info = harness.send(Start).await.unwrap().unwrap();
+    let (harness, info) = serve(handler).await;
     // Shut the registry down with nothing open (the listener keeps
     // accepting: the phase is still Running).
     assert_eq!(info.lifecycle.registry().send(Shutdown).await.unwrap(), 0);

@@ -9,78 +9,26 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use actix_lifecycle::{GetListenerInfo, Lifecycle};
-use common::{echo, eventually, logger, roundtrip};
-use lifecycle_handoff::{Inventory, ListenerSpec, PassedListener};
-
-/// The highest open descriptor number.
-fn max_fd() -> u64 {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .max()
-        .unwrap()
-}
-
-fn set_soft_nofile(soft: &str) {
-    let status = Command::new("prlimit")
-        .arg("--pid")
-        .arg(std::process::id().to_string())
-        .arg(format!("--nofile={soft}:"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "prlimit failed");
-}
-
-fn soft_nofile() -> String {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap();
-    line.split_whitespace().nth(3).unwrap().to_owned()
-}
+use actix_lifecycle::GetListenerInfo;
+use common::descriptors::{prlimit_available, OutOfDescriptors};
+use common::{echo, eventually, roundtrip, tcp};
 
 #[actix::test]
 async fn emfile_backs_off_instead_of_spinning_and_recovers() {
-    if Command::new("prlimit").arg("--version").output().is_err() {
+    if !prlimit_available() {
         eprintln!("SKIP: prlimit not installed");
         return;
     }
-    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = tcp.local_addr().unwrap();
-    let lifecycle = Lifecycle::builder(Inventory {
-        listeners: vec![PassedListener {
-            spec: ListenerSpec::tcp("t", addr),
-            fd: tcp.into(),
-        }],
-        files: vec![],
-    })
-    .logger(logger())
-    .handle_signals(false)
-    .stop_system(false)
-    .start()
-    .unwrap();
+    let (listener, addr) = tcp("t");
+    let lifecycle = common::start(vec![listener]);
     // The client's socket exists before the descriptors run out.
     let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
 
     // No descriptor number above the current ones, every hole below
     // filled: not one left, so the listener gets no reserve.
-    let saved = soft_nofile();
-    set_soft_nofile(&(max_fd() + 1).to_string());
-    let mut fillers = Vec::new();
-    loop {
-        match std::fs::File::open("/dev/null") {
-            Ok(f) => fillers.push(f),
-            Err(e) => {
-                assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
-                break;
-            }
-        }
-    }
+    let out = OutOfDescriptors::now();
     let listener = lifecycle.serve("t", "echo", echo());
     let l = listener.clone();
     assert!(
@@ -96,8 +44,7 @@ async fn emfile_backs_off_instead_of_spinning_and_recovers() {
     // The server cannot accept it now: EMFILE, again and again.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let info = listener.send(GetListenerInfo).await.unwrap();
-    set_soft_nofile(&saved);
-    drop(fillers);
+    out.restore();
 
     assert!(
         info.accept_errors >= 1,

@@ -9,65 +9,27 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use actix_lifecycle::{GetListenerInfo, Lifecycle};
-use common::{echo, eventually, logger, metric, roundtrip};
-use lifecycle_handoff::{Inventory, ListenerSpec, PassedListener};
+use actix_lifecycle::GetListenerInfo;
+use common::descriptors::{prlimit_available, OutOfDescriptors};
+use common::{echo, eventually, metric, roundtrip, tcp};
 use tokio::io::AsyncReadExt;
 
 const CLIENTS: usize = 3;
 
-fn max_fd() -> u64 {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .max()
-        .unwrap()
-}
-
-fn set_soft_nofile(soft: &str) {
-    let status = Command::new("prlimit")
-        .arg("--pid")
-        .arg(std::process::id().to_string())
-        .arg(format!("--nofile={soft}:"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "prlimit failed");
-}
-
-fn soft_nofile() -> String {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap();
-    line.split_whitespace().nth(3).unwrap().to_owned()
-}
-
 #[actix::test]
 async fn emfile_answers_each_waiting_client_busy_and_recovers() {
-    if Command::new("prlimit").arg("--version").output().is_err() {
+    if !prlimit_available() {
         eprintln!("SKIP: prlimit not installed");
         return;
     }
-    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = tcp.local_addr().unwrap();
+    let (listener, addr) = tcp("t");
     let metrics = prometheus::Registry::new();
-    let lifecycle = Lifecycle::builder(Inventory {
-        listeners: vec![PassedListener {
-            spec: ListenerSpec::tcp("t", addr),
-            fd: tcp.into(),
-        }],
-        files: vec![],
-    })
-    .logger(logger())
-    .metrics(&metrics)
-    .handle_signals(false)
-    .stop_system(false)
-    .start()
-    .unwrap();
+    let lifecycle = common::builder(vec![listener])
+        .metrics(&metrics)
+        .start()
+        .unwrap();
     let handler = echo().on_refused(|reason| format!("busy {reason}\n").into_bytes());
     let listener = lifecycle.serve("t", "echo", handler);
     let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -78,18 +40,7 @@ async fn emfile_answers_each_waiting_client_busy_and_recovers() {
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap())
         .collect();
-    let saved = soft_nofile();
-    set_soft_nofile(&(max_fd() + 1).to_string());
-    let mut fillers = Vec::new();
-    loop {
-        match std::fs::File::open("/dev/null") {
-            Ok(f) => fillers.push(f),
-            Err(e) => {
-                assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
-                break;
-            }
-        }
-    }
+    let out = OutOfDescriptors::now();
     let mut replies = Vec::new();
     // Kept open until the end: a closed one would free a descriptor.
     let mut answered = Vec::new();
@@ -104,8 +55,7 @@ async fn emfile_answers_each_waiting_client_busy_and_recovers() {
         answered.push(stream);
     }
     let info = listener.send(GetListenerInfo).await.unwrap();
-    set_soft_nofile(&saved);
-    drop(fillers);
+    out.restore();
     drop(answered);
 
     eprintln!("replies while out of descriptors: {replies:?}; {info:?}");

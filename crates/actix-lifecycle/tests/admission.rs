@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use actix::Actor;
 use actix_lifecycle::{
-    ConnHandler, ConnectionRegistry, Lifecycle, Limits, Rate, RefuseReason, SetLimits, Snapshot,
+    ConnHandler, ConnectionRegistry, Limits, Rate, RefuseReason, SetLimits, Snapshot,
 };
-use common::{eventually, logger, metric};
-use lifecycle_handoff::{Inventory, ListenerSpec, PassedListener};
+use common::{eventually, metric, tcp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const THREADS: usize = 4;
@@ -234,22 +233,12 @@ async fn set_limits_changes_them_at_run_time_and_the_snapshot_shows_them() {
 /// count it.
 #[actix::test]
 async fn a_refused_connection_gets_the_busy_line_and_is_closed() {
-    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = tcp.local_addr().unwrap();
+    let (listener, addr) = tcp("t");
     let metrics = prometheus::Registry::new();
-    let lifecycle = Lifecycle::builder(Inventory {
-        listeners: vec![PassedListener {
-            spec: ListenerSpec::tcp("t", addr),
-            fd: tcp.into(),
-        }],
-        files: vec![],
-    })
-    .logger(logger())
-    .metrics(&metrics)
-    .handle_signals(false)
-    .stop_system(false)
-    .start()
-    .unwrap();
+    let lifecycle = common::builder(vec![listener])
+        .metrics(&metrics)
+        .start()
+        .unwrap();
     let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = served.clone();
     let handler = ConnHandler::new(move |mut conn| {

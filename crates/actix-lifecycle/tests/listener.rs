@@ -25,18 +25,6 @@ fn unix(name: &str, path: &std::path::Path) -> PassedListener {
     }
 }
 
-fn start(listeners: Vec<PassedListener>) -> Lifecycle {
-    Lifecycle::builder(Inventory {
-        listeners,
-        files: vec![],
-    })
-    .logger(logger())
-    .handle_signals(false)
-    .stop_system(false)
-    .start()
-    .unwrap()
-}
-
 async fn stopped(addr: &Addr<ListenerActor>) -> bool {
     let addr = addr.clone();
     eventually(LIMIT, move || {
@@ -51,7 +39,7 @@ async fn tcp_and_unix_listeners_serve_then_stop_and_report_their_count() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sock");
     let (t, taddr) = tcp("t");
-    let lifecycle = start(vec![t, unix("u", &path)]);
+    let lifecycle = common::start(vec![t, unix("u", &path)]);
     let lt = lifecycle.serve("t", "echo", echo());
     let lu = lifecycle.serve("u", "echo", echo());
 
@@ -87,7 +75,7 @@ async fn tcp_and_unix_listeners_serve_then_stop_and_report_their_count() {
 #[actix::test]
 async fn an_unknown_or_already_taken_listener_stops_the_actor() {
     let (t, taddr) = tcp("t");
-    let lifecycle = start(vec![t]);
+    let lifecycle = common::start(vec![t]);
     // Only this actor stops: by default its failure would stop the lifecycle.
     let log_only = |name| {
         (lifecycle.listener(name, "echo", echo()))
@@ -122,7 +110,7 @@ async fn a_socket_that_does_not_match_its_spec_is_refused() {
     // A TCP listener declared as Unix.
     let (mut wrong, _) = tcp("wrong");
     wrong.spec = ListenerSpec::unix("wrong", "/nonexistent.sock");
-    let lifecycle = start(vec![not_listening, wrong]);
+    let lifecycle = common::start(vec![not_listening, wrong]);
     let a = lifecycle.serve("quiet", "x", echo());
     let b = lifecycle.serve("wrong", "x", echo());
     assert!(
@@ -139,7 +127,7 @@ async fn a_socket_that_does_not_match_its_spec_is_refused() {
 async fn connections_are_spread_round_robin_over_arbiters() {
     let arbiters = [actix::Arbiter::new(), actix::Arbiter::new()];
     let (t, taddr) = tcp("t");
-    let lifecycle = start(vec![t]);
+    let lifecycle = common::start(vec![t]);
     let where_served = ConnHandler::new(|mut conn| async move {
         let id = format!("{:?}\n", std::thread::current().id());
         let _ = conn.write_all(id.as_bytes()).await;
@@ -184,7 +172,7 @@ async fn connections_on_other_arbiters_are_aborted_and_report_their_peer() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sock");
     let (t, taddr) = tcp("t");
-    let lifecycle = start(vec![t, unix("u", &path)]);
+    let lifecycle = common::start(vec![t, unix("u", &path)]);
     // Tell the client who it is, then echo until end-of-file.
     let peer_then_echo = ConnHandler::new(|mut conn| async move {
         let peer = format!("{}\n", conn.peer());
@@ -251,7 +239,7 @@ async fn connections_on_other_arbiters_are_aborted_and_report_their_peer() {
 async fn a_listener_started_in_another_arbiter_serves_there() {
     let arbiter = actix::Arbiter::new();
     let (t, taddr) = tcp("t");
-    let lifecycle = start(vec![t]);
+    let lifecycle = common::start(vec![t]);
     let where_served = ConnHandler::new(|mut conn| async move {
         let id = format!("{:?}", std::thread::current().id());
         let _ = conn.write_all(id.as_bytes()).await;
@@ -293,7 +281,7 @@ impl Handler<Accepted> for EchoActor {
 #[actix::test]
 async fn a_recipient_handler_gets_accepted_connections() {
     let (t, taddr) = tcp("t");
-    let lifecycle = start(vec![t]);
+    let lifecycle = common::start(vec![t]);
     let actor = EchoActor.start();
     lifecycle.serve("t", "echo", ConnHandler::recipient(actor.recipient()));
     let mut c = tokio::net::TcpStream::connect(taddr).await.unwrap();
@@ -308,7 +296,7 @@ async fn a_recipient_handler_gets_accepted_connections() {
 #[actix::test]
 async fn a_panicking_handler_still_unregisters_its_connection() {
     let (t, taddr) = tcp("t");
-    let lifecycle = start(vec![t]);
+    let lifecycle = common::start(vec![t]);
     let fragile = ConnHandler::new(|mut conn| async move {
         let mut buf = [0u8; 5];
         conn.read_exact(&mut buf).await.unwrap();

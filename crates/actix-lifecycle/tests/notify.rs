@@ -17,8 +17,8 @@ use actix_lifecycle::{
     BeginShutdown, GetListenerInfo, GetNotifierState, HandedOver, Lifecycle, NotifyEnv,
     NotifySender, Phase, SendMainPid, SystemdNotifier, WaitReady,
 };
-use common::{echo, logger, roundtrip, tcp};
-use lifecycle_handoff::{Inventory, PassedListener};
+use common::{echo, roundtrip, tcp};
+use lifecycle_handoff::PassedListener;
 use lifecycle_tests::NotifySocket;
 use tokio::net::TcpStream;
 
@@ -62,16 +62,11 @@ impl FakeSystemd {
 }
 
 fn lifecycle(listeners: Vec<PassedListener>, stop_system: bool) -> Lifecycle {
-    Lifecycle::builder(Inventory {
-        listeners,
-        files: vec![],
-    })
-    .logger(logger())
-    .handle_signals(false)
-    .stop_system(stop_system)
-    .drain_grace(Duration::from_secs(30))
-    .start()
-    .unwrap()
+    common::builder(listeners)
+        .stop_system(stop_system)
+        .drain_grace(Duration::from_secs(30))
+        .start()
+        .unwrap()
 }
 
 #[actix::test]

@@ -8,32 +8,20 @@ mod common;
 use std::time::Duration;
 
 use actix_lifecycle::{
-    BrokerError, CloseUnclaimed, GetPhase, Lifecycle, LifecycleError, ListenerError, OnFailure,
-    Phase, WaitStopped,
+    BrokerError, CloseUnclaimed, GetPhase, LifecycleError, ListenerError, OnFailure, Phase,
+    WaitStopped,
 };
-use common::{echo, logger, roundtrip, tcp};
-use lifecycle_handoff::{Inventory, ListenerSpec, PassedListener};
+use common::{echo, roundtrip, tcp};
+use lifecycle_handoff::{ListenerSpec, PassedListener};
 
 const LIMIT: Duration = Duration::from_secs(10);
-
-fn lifecycle(listeners: Vec<PassedListener>) -> Lifecycle {
-    Lifecycle::builder(Inventory {
-        listeners,
-        files: vec![],
-    })
-    .logger(logger())
-    .handle_signals(false)
-    .stop_system(false)
-    .start()
-    .unwrap()
-}
 
 #[actix::test]
 async fn ready_reports_every_served_listener_and_closes_the_unclaimed() {
     let (a, a_addr) = tcp("a");
     let (b, b_addr) = tcp("b");
     let (spare, spare_addr) = tcp("spare");
-    let lifecycle = lifecycle(vec![a, b, spare]);
+    let lifecycle = common::start(vec![a, b, spare]);
     lifecycle.serve("a", "echo", echo());
     lifecycle.serve("b", "echo", echo());
     let ready = tokio::time::timeout(LIMIT, lifecycle.ready())
@@ -66,7 +54,7 @@ async fn ready_reports_every_served_listener_and_closes_the_unclaimed() {
 async fn close_unclaimed_right_after_serve_leaves_the_served_listener_alone() {
     let (a, a_addr) = tcp("a");
     let (spare, _) = tcp("spare");
-    let lifecycle = lifecycle(vec![a, spare]);
+    let lifecycle = common::start(vec![a, spare]);
     lifecycle.serve("a", "echo", echo());
     // Before the listener actor even started: only the spare is closed.
     let closed = lifecycle.broker().send(CloseUnclaimed).await.unwrap();
@@ -83,7 +71,7 @@ async fn close_unclaimed_right_after_serve_leaves_the_served_listener_alone() {
 #[actix::test]
 async fn a_listener_missing_from_the_inventory_fails_ready_and_stops_the_lifecycle() {
     let (a, _) = tcp("a");
-    let lifecycle = lifecycle(vec![a]);
+    let lifecycle = common::start(vec![a]);
     lifecycle.serve("a", "echo", echo());
     lifecycle.serve("missing", "echo", echo());
     let err = tokio::time::timeout(LIMIT, lifecycle.ready())
@@ -119,7 +107,7 @@ async fn a_listener_missing_from_the_inventory_fails_ready_and_stops_the_lifecyc
 #[actix::test]
 async fn a_listener_told_to_only_log_leaves_the_lifecycle_running() {
     let (a, _) = tcp("a");
-    let lifecycle = lifecycle(vec![a]);
+    let lifecycle = common::start(vec![a]);
     lifecycle.serve("a", "echo", echo());
     lifecycle
         .listener("missing", "echo", echo())
@@ -141,7 +129,7 @@ async fn a_listener_told_to_only_log_leaves_the_lifecycle_running() {
 #[actix::test]
 async fn a_listener_closed_as_unclaimed_is_reported_as_such() {
     let (a, _) = tcp("a");
-    let lifecycle = lifecycle(vec![a]);
+    let lifecycle = common::start(vec![a]);
     let ready = lifecycle.ready().await.unwrap();
     assert_eq!(ready.closed_unclaimed, 1);
     let err = lifecycle.take_listener("a", "http").await.unwrap_err();
@@ -162,7 +150,7 @@ async fn a_listener_closed_as_unclaimed_is_reported_as_such() {
 #[actix::test]
 async fn a_listener_taken_for_another_server_counts_as_served() {
     let (web, web_addr) = tcp("web");
-    let lifecycle = lifecycle(vec![web]);
+    let lifecycle = common::start(vec![web]);
     let passed = lifecycle.take_listener("web", "http").await.unwrap();
     assert_eq!(passed.spec.name(), "web");
     let ready = lifecycle.ready().await.unwrap();
@@ -175,7 +163,7 @@ async fn a_listener_taken_for_another_server_counts_as_served() {
 #[actix::test]
 async fn metrics_text_exposes_the_gauges_without_a_prometheus_dependency() {
     let (a, a_addr) = tcp("a");
-    let lifecycle = lifecycle(vec![a]);
+    let lifecycle = common::start(vec![a]);
     lifecycle.serve("a", "echo", echo());
     lifecycle.ready().await.unwrap();
     let mut c = tokio::net::TcpStream::connect(a_addr).await.unwrap();
@@ -201,7 +189,7 @@ async fn a_socket_that_is_not_listening_fails_ready_with_the_typed_check() {
         .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
         .unwrap();
     let other_addr = other.local_addr().unwrap().as_socket().unwrap();
-    let lifecycle = lifecycle(vec![
+    let lifecycle = common::start(vec![
         PassedListener {
             spec: ListenerSpec::tcp("quiet", addr),
             fd: quiet.into(),

@@ -67,14 +67,9 @@ fn run_child() -> ExitCode {
 }
 
 fn open_fds() -> Vec<i32> {
-    let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    fds.sort();
-    fds
+    lifecycle_tests::ProcStats::new(std::process::id())
+        .fd_numbers()
+        .unwrap_or_default()
 }
 
 fn child(fds: Vec<i32>) -> Result<(), String> {

@@ -1,10 +1,13 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod descriptors;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use actix_lifecycle::ConnHandler;
+use actix_lifecycle::{ConnHandler, Lifecycle, LifecycleBuilder};
+use lifecycle_handoff::{Inventory, PassedListener};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A logger: discarded unless `TEST_LOG=1`, then terminal output.
@@ -17,6 +20,23 @@ pub fn logger() -> slog::Logger {
     } else {
         slog::Logger::root(slog::Discard, slog::o!())
     }
+}
+
+/// A lifecycle over `listeners` as a test wants it: the test logger, no
+/// signal handlers, the actix `System` left running when it stops.
+pub fn builder(listeners: Vec<PassedListener>) -> LifecycleBuilder {
+    Lifecycle::builder(Inventory {
+        listeners,
+        files: vec![],
+    })
+    .logger(logger())
+    .handle_signals(false)
+    .stop_system(false)
+}
+
+/// [`builder`] over `listeners`, started (inside a running actix `System`).
+pub fn start(listeners: Vec<PassedListener>) -> Lifecycle {
+    builder(listeners).start().unwrap()
 }
 
 /// Echoes bytes until end-of-file or an error.
