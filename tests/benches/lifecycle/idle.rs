@@ -1,10 +1,12 @@
 //! Idle connections (issue 19): resident memory of the serving process per
 //! greeted, silent connection. Each figure is the growth of VmRSS of a
 //! freshly started server while it holds N connections, each of which has
-//! read its greeting, divided by N. Contenders: the gateway's SMTP, IMAP
-//! and implicit-TLS SMTP listeners, and a plain tokio server (this bench
-//! binary re-executed) whose task writes a greeting and waits in `read`
-//! on a 64-byte array: the floor of a task per connection.
+//! read its greeting, divided by N. Contenders: the gateway's SMTP, IMAP,
+//! implicit-TLS SMTP and IMAP listeners and an SMTP listener with
+//! STARTTLS (the client says EHLO, STARTTLS, and EHLO again inside TLS),
+//! and a plain tokio server (this bench binary re-executed) whose task
+//! writes a greeting and waits in `read` on a 64-byte array: the floor of
+//! a task per connection.
 
 use crate::report::{Met, Row};
 use crate::stats::{Samples, Unit};
@@ -96,16 +98,23 @@ enum Listener {
     Smtp,
     Imap,
     Smtps,
+    Imaps,
+    Starttls,
 }
 
-/// Starts the gateway with SMTP, IMAP and SMTPS listeners, admission
-/// limits off; returns it and the address of `which`.
+impl Listener {
+    fn tls(self) -> bool {
+        !matches!(self, Listener::Smtp | Listener::Imap)
+    }
+}
+
+/// Starts the gateway with SMTP, IMAP, SMTPS, IMAPS and STARTTLS SMTP
+/// listeners, admission limits off; returns it and the address of `which`.
 fn gateway(bin: &Path, dir: &Path, which: Listener) -> Res<(Server, SocketAddr)> {
-    let ports = [
-        lifecycle_tests::free_port()?,
-        lifecycle_tests::free_port()?,
-        lifecycle_tests::free_port()?,
-    ];
+    let mut ports = [0; 5];
+    for p in &mut ports {
+        *p = lifecycle_tests::free_port()?;
+    }
     let addr = |p: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
     std::fs::write(dir.join("cert.pem"), cert.cert.pem())?;
@@ -119,13 +128,17 @@ fn gateway(bin: &Path, dir: &Path, which: Listener) -> Res<(Server, SocketAddr)>
              [limits]\nmax_connections = 0\nmax_per_address = 0\n\
              [[listener]]\nname = \"smtp\"\nprotocol = \"smtp\"\naddress = \"{a}\"\nbacklog = {b}\n\
              [[listener]]\nname = \"imap\"\nprotocol = \"imap\"\naddress = \"{i}\"\nbacklog = {b}\n\
-             [[listener]]\nname = \"smtps\"\nprotocol = \"smtp\"\naddress = \"{s}\"\nbacklog = {b}\ntls = \"implicit\"\n",
+             [[listener]]\nname = \"smtps\"\nprotocol = \"smtp\"\naddress = \"{s}\"\nbacklog = {b}\ntls = \"implicit\"\n\
+             [[listener]]\nname = \"imaps\"\nprotocol = \"imap\"\naddress = \"{is}\"\nbacklog = {b}\ntls = \"implicit\"\n\
+             [[listener]]\nname = \"submission\"\nprotocol = \"smtp\"\naddress = \"{st}\"\nbacklog = {b}\ntls = \"starttls\"\n",
             spool = dir.join("spool").display().to_string(),
             cert = dir.join("cert.pem").display().to_string(),
             key = dir.join("key.pem").display().to_string(),
             a = addr(ports[0]),
             i = addr(ports[1]),
             s = addr(ports[2]),
+            is = addr(ports[3]),
+            st = addr(ports[4]),
             b = crate::listen::BACKLOG,
         ),
     )?;
@@ -151,6 +164,8 @@ fn gateway(bin: &Path, dir: &Path, which: Listener) -> Res<(Server, SocketAddr)>
         Listener::Smtp => ports[0],
         Listener::Imap => ports[1],
         Listener::Smtps => ports[2],
+        Listener::Imaps => ports[3],
+        Listener::Starttls => ports[4],
     };
     Ok((server, addr(port)))
 }
@@ -175,11 +190,29 @@ fn greeting(s: &mut impl Read) -> Res<()> {
     }
 }
 
+/// Reads an SMTP reply up to its last line (`250 ...`, not `250-...`).
+fn reply(s: &mut impl Read) -> Res<()> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        if s.read(&mut b)? == 0 {
+            return Err("closed in the middle of a reply".into());
+        }
+        line.push(b[0]);
+        if b[0] == b'\n' {
+            if line.get(3) == Some(&b' ') {
+                return Ok(());
+            }
+            line.clear();
+        }
+    }
+}
+
 /// Bytes of VmRSS growth per connection while `n` greeted connections
-/// to `addr` are held.
-fn per_connection(server: &Server, addr: SocketAddr, n: usize, tls: bool) -> Res<f64> {
+/// to `which` at `addr` are held.
+fn per_connection(server: &Server, addr: SocketAddr, n: usize, which: Listener) -> Res<f64> {
     let before = server.rss_kib()?;
-    let mut held: Vec<Box<dyn Read>> = Vec::with_capacity(n);
+    let mut held: Vec<Box<dyn ReadWrite>> = Vec::with_capacity(n);
     let config = Arc::new(
         rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -190,20 +223,37 @@ fn per_connection(server: &Server, addr: SocketAddr, n: usize, tls: bool) -> Res
         .with_no_client_auth(),
     );
     for _ in 0..n {
-        let s = connect(addr)?;
-        let mut s: Box<dyn Read> = if tls {
+        let mut s = connect(addr)?;
+        if matches!(which, Listener::Starttls) {
+            greeting(&mut s)?;
+            s.write_all(b"EHLO bench.example\r\n")?;
+            reply(&mut s)?;
+            s.write_all(b"STARTTLS\r\n")?;
+            reply(&mut s)?;
+        }
+        let mut s: Box<dyn ReadWrite> = if which.tls() {
             let conn = rustls::ClientConnection::new(config.clone(), "localhost".try_into()?)?;
             Box::new(rustls::StreamOwned::new(conn, s))
         } else {
             Box::new(s)
         };
-        greeting(&mut s)?;
+        if matches!(which, Listener::Starttls) {
+            // The session after STARTTLS starts with the client's EHLO.
+            s.write_all(b"EHLO bench.example\r\n")?;
+            reply(&mut s)?;
+        } else {
+            greeting(&mut s)?;
+        }
         held.push(s);
     }
     let after = server.rss_kib()?;
     drop(held);
     Ok(after.saturating_sub(before) as f64 * 1024.0 / n as f64)
 }
+
+/// A client stream, plain or TLS.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 /// Accepts any server certificate: the bench measures memory, not trust.
 #[derive(Debug)]
@@ -255,29 +305,26 @@ pub(crate) fn idle_rows(
 ) -> Res<Vec<Row>> {
     let dir = lifecycle_tests::temp_dir("bench")?;
     let mut base = Samples::new(Unit::Bytes);
-    let mut ours = [
-        Samples::new(Unit::Bytes),
-        Samples::new(Unit::Bytes),
-        Samples::new(Unit::Bytes),
+    let kinds = [
+        Listener::Smtp,
+        Listener::Imap,
+        Listener::Smtps,
+        Listener::Imaps,
+        Listener::Starttls,
     ];
-    let kinds = [Listener::Smtp, Listener::Imap, Listener::Smtps];
+    let mut ours = kinds.map(|_| Samples::new(Unit::Bytes));
     for rep in 0..reps {
-        for turn in crate::rotate(4, rep) {
+        for turn in crate::rotate(kinds.len() + 1, rep) {
             if turn == 0 {
                 let (server, addr) = baseline()?;
-                base.push(per_connection(&server, addr, n, false)?);
+                base.push(per_connection(&server, addr, n, Listener::Smtp)?);
             } else if let Some(bin) = gateway_bin {
                 let which = kinds[turn - 1];
                 let run = dir.path().join(format!("idle-{rep}-{turn}"));
                 std::fs::create_dir(&run)?;
                 let (server, addr) = gateway(bin, &run, which)?;
-                let tls = matches!(which, Listener::Smtps);
-                ours[turn - 1].push(per_connection(
-                    &server,
-                    addr,
-                    if tls { n_tls } else { n },
-                    tls,
-                )?);
+                let count = if which.tls() { n_tls } else { n };
+                ours[turn - 1].push(per_connection(&server, addr, count, which)?);
             }
         }
     }
@@ -286,6 +333,8 @@ pub(crate) fn idle_rows(
         format!("{n} idle SMTP"),
         format!("{n} idle IMAP"),
         format!("{n_tls} idle implicit-TLS SMTP"),
+        format!("{n_tls} idle implicit-TLS IMAP"),
+        format!("{n_tls} idle SMTP after STARTTLS"),
     ];
     let mut rows = Vec::new();
     for (samples, name) in ours.iter().zip(names) {
