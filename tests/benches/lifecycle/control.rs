@@ -4,11 +4,18 @@
 //! the same client in steady state (same run), and `ctl status` latency.
 //! Requests are sent in-process on the socket, as `ctl` sends them, so
 //! the figures leave out `ctl`'s own exec.
+//!
+//! A second baseline separates the cost of an upgrade from the cost of a
+//! process start on a 2-core machine: the same client while the same
+//! binary is exec'd back to back on the side (`--check-config`: exec,
+//! dynamic loading, config parsing; no runtime, no listeners) for as long
+//! as the upgrades took.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,6 +74,45 @@ fn greeting(addr: SocketAddr, counts: &Counts) -> Option<f64> {
     Some(took)
 }
 
+/// Runs the load client until `stop` is set; returns its latencies.
+fn spawn_client(
+    addr: SocketAddr,
+    counts: Arc<Counts>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<f64>> {
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(ms) = greeting(addr, &counts) {
+                seen.push(ms);
+            }
+        }
+        seen
+    })
+}
+
+/// Execs `bin --config config --check-config` back to back for `span`:
+/// a process start of the same binary that does not touch the service.
+fn exec_on_the_side(bin: &Path, config: &Path, span: Duration) -> Res<usize> {
+    let started = Instant::now();
+    let mut execs = 0;
+    while execs == 0 || started.elapsed() < span {
+        let status = Command::new(bin)
+            .arg("--config")
+            .arg(config)
+            .arg("--check-config")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !status.success() {
+            return Err(format!("{} --check-config failed: {status}", bin.display()).into());
+        }
+        execs += 1;
+    }
+    Ok(execs)
+}
+
 fn percentile(values: &mut [f64], p: f64) -> Option<f64> {
     if values.is_empty() {
         return None;
@@ -99,6 +145,7 @@ pub(crate) fn control_rows(sizes: &crate::Sizes, gateway_bin: Option<&Path>) -> 
     let mut status = Samples::new(Unit::Millis);
     let (mut p50_up, mut p99_up) = (Samples::new(Unit::Millis), Samples::new(Unit::Millis));
     let (mut p50_steady, mut p99_steady) = (Samples::new(Unit::Millis), Samples::new(Unit::Millis));
+    let (mut p50_side, mut p99_side) = (Samples::new(Unit::Millis), Samples::new(Unit::Millis));
     let counts = Arc::new(Counts::default());
     let dir = lifecycle_tests::temp_dir("bench")?;
     for rep in 0..sizes.reps {
@@ -123,18 +170,8 @@ pub(crate) fn control_rows(sizes: &crate::Sizes, gateway_bin: Option<&Path>) -> 
         p99_steady.push(percentile(&mut steady, 0.99).unwrap_or(f64::NAN));
         // Back-to-back upgrades with the client running.
         let stop = Arc::new(AtomicBool::new(false));
-        let client = {
-            let (stop, counts, addr) = (stop.clone(), counts.clone(), gw.smtp);
-            std::thread::spawn(move || {
-                let mut seen = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    if let Some(ms) = greeting(addr, &counts) {
-                        seen.push(ms);
-                    }
-                }
-                seen
-            })
-        };
+        let client = spawn_client(gw.smtp, counts.clone(), stop.clone());
+        let upgrades_began = Instant::now();
         for _ in 0..UPGRADES {
             let started = Instant::now();
             let reply = ask(
@@ -146,10 +183,21 @@ pub(crate) fn control_rows(sizes: &crate::Sizes, gateway_bin: Option<&Path>) -> 
                 return Err(format!("ctl upgrade --wait failed: {reply}").into());
             }
         }
+        let upgrades_took = upgrades_began.elapsed();
         stop.store(true, Ordering::Relaxed);
         let mut during = client.join().map_err(|_| "the load client panicked")?;
         p50_up.push(percentile(&mut during, 0.50).unwrap_or(f64::NAN));
         p99_up.push(percentile(&mut during, 0.99).unwrap_or(f64::NAN));
+        // The same client while the same binary starts on the side, for as
+        // long as the upgrades took.
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = spawn_client(gw.smtp, counts.clone(), stop.clone());
+        let side = exec_on_the_side(bin, &run.join("gateway.toml"), upgrades_took);
+        stop.store(true, Ordering::Relaxed);
+        let mut beside = client.join().map_err(|_| "the load client panicked")?;
+        side?;
+        p50_side.push(percentile(&mut beside, 0.50).unwrap_or(f64::NAN));
+        p99_side.push(percentile(&mut beside, 0.99).unwrap_or(f64::NAN));
         gw.stop()?;
     }
     let (refused, reset) = (
@@ -160,6 +208,8 @@ pub(crate) fn control_rows(sizes: &crate::Sizes, gateway_bin: Option<&Path>) -> 
     let (upgrade, status) = (summary(&upgrade)?, summary(&status)?);
     let (p50_up, p99_up) = (summary(&p50_up)?, summary(&p99_up)?);
     let (p50_steady, p99_steady) = (summary(&p50_steady)?, summary(&p99_steady)?);
+    let (p50_side, p99_side) = (summary(&p50_side)?, summary(&p99_side)?);
+    let side = "steady state while the same binary is exec'd back to back on the side";
     let failures = if refused == 0 && reset == 0 {
         Ok(())
     } else {
@@ -185,7 +235,10 @@ pub(crate) fn control_rows(sizes: &crate::Sizes, gateway_bin: Option<&Path>) -> 
         Row {
             what: titles[2].into(),
             ours: Some(p50_up),
-            baselines: vec![("steady state p50, same client".into(), p50_steady)],
+            baselines: vec![
+                ("steady state p50, same client".into(), p50_steady),
+                (format!("{side}, p50"), p50_side),
+            ],
             target: "0 refused, 0 reset".into(),
             paired: Vec::new(),
             met: met(vec![failures.clone()]),
@@ -193,7 +246,10 @@ pub(crate) fn control_rows(sizes: &crate::Sizes, gateway_bin: Option<&Path>) -> 
         Row {
             what: titles[3].into(),
             ours: Some(p99_up),
-            baselines: vec![("steady state p99, same client".into(), p99_steady)],
+            baselines: vec![
+                ("steady state p99, same client".into(), p99_steady),
+                (format!("{side}, p99"), p99_side),
+            ],
             target: "≤ 2× steady state, 0 refused, 0 reset".into(),
             paired: Vec::new(),
             met: met(vec![
