@@ -64,7 +64,7 @@ fn run_cases(setup: Setup) {
         ("reload with a good binary", reload_good),
         ("reload with a failing binary", reload_failing),
         ("stop right after a reload", stop_after_reload),
-        ("watchdog under load", watchdog_under_load),
+        ("watchdog: a hang, then load", watchdog_under_load),
         ("SIGKILL restarts", kill_restarts),
         ("sandbox", sandbox_holds),
     ];

@@ -185,6 +185,11 @@ fn log_event(log: &Logger, user: &str, event: &SupervisorEvent) {
             info!(log, "service exited"; "generation" => generation, "child" => pid, "status" => code)
         }
         SupervisorEvent::NotifyFailed { .. } => warn!(log, "{}", text),
+        SupervisorEvent::WatchdogStarted {
+            child_checked: false,
+            ..
+        } => warn!(log, "{}", text),
+        SupervisorEvent::WatchdogWithheld { .. } => error!(log, "{}", text),
         _ => info!(log, "{}", text),
     }
 }

@@ -165,3 +165,82 @@ fn an_unprivileged_service_is_its_own_main_process() {
     let status = gw.wait_exit(SOON).expect("still running");
     assert_eq!(status.code(), Some(0), "{}", gw.log_text());
 }
+
+/// The WATCHDOG=1 datagrams that arrive within `window`, with the time
+/// each came, measured from the call.
+fn watchdog_pings(systemd: &NotifySocket, window: Duration) -> Vec<(Duration, u32)> {
+    let start = std::time::Instant::now();
+    let mut pings = Vec::new();
+    while let Some(left) = window.checked_sub(start.elapsed()) {
+        match systemd.recv_datagram(left).unwrap() {
+            Some(d) if d.has_line("WATCHDOG=1") => pings.push((start.elapsed(), d.pid)),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    pings
+}
+
+#[test]
+fn the_root_parent_pings_the_watchdog_only_while_its_child_answers() {
+    if !require_root("the privileged start's watchdog with NOTIFY_SOCKET") {
+        return;
+    }
+    let dir = service_dir();
+    let systemd = NotifySocket::bind_at(&dir.path().join("notify")).unwrap();
+    let control = dir.path().join("control.sock");
+    let path = GatewayConfig::new(dir.path().join("spool"))
+        .head(&format!("user = \"nobody\"\ncontrol_socket = {control:?}"))
+        .write(dir.path())
+        .unwrap();
+    let mut cmd = gateway_command(common::BIN.as_ref(), &path, dir.path());
+    // 400 ms: a ping every 200 ms, each after the child answered.
+    cmd.env("WATCHDOG_USEC", "400000");
+    let mut seen = Vec::new();
+    let (mut gw, _, _) = start_until_ready(cmd, dir, &systemd, &mut seen);
+    let (parent, child) = (gw.pid(), gw.service_pid());
+
+    let serving = watchdog_pings(&systemd, Duration::from_secs(1));
+    assert!(
+        serving.len() >= 3 && serving.iter().all(|&(_, pid)| pid == parent),
+        "pings from the parent while the child serves: {serving:?}\n{}",
+        gw.log_text()
+    );
+    assert!(gw
+        .wait_log(SOON, |l| l.contains("watchdog: generation 1 answers"))
+        .is_some());
+
+    // A hung child: after the probe in flight, no more pings.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child as i32), Signal::SIGSTOP).unwrap();
+    let hung = watchdog_pings(&systemd, Duration::from_millis(2500));
+    let late: Vec<_> = hung
+        .iter()
+        .filter(|(at, _)| *at > Duration::from_millis(300))
+        .collect();
+    let withheld = gw.wait_log(SOON, |l| {
+        l.contains("watchdog: ping for generation 1 withheld")
+    });
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child as i32), Signal::SIGCONT).unwrap();
+    assert!(
+        late.is_empty(),
+        "pings while the child was stopped: {hung:?}"
+    );
+    let withheld = withheld.expect("no log line on the withheld pings");
+    loud(&format!(
+        "watchdog: {} pings in 1 s while the child served, {} in 2.5 s while it was \
+         stopped; {withheld}",
+        serving.len(),
+        hung.len()
+    ));
+
+    // Resumed: pings again.
+    let resumed = watchdog_pings(&systemd, Duration::from_millis(1500));
+    assert!(
+        !resumed.is_empty(),
+        "no ping after SIGCONT\n{}",
+        gw.log_text()
+    );
+    gw.signal(Signal::SIGTERM);
+    let status = gw.wait_exit(SOON).expect("still running");
+    assert_eq!(status.code(), Some(0), "{}", gw.log_text());
+}

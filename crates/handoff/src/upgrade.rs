@@ -9,6 +9,7 @@ mod event;
 mod relay;
 mod run;
 mod settle;
+mod watchdog;
 
 use std::io;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,7 +24,7 @@ use crate::control::server::ControlServer;
 use crate::control::ControlSocket;
 use crate::error::{Error, Result};
 use crate::inventory::Inventory;
-use crate::notify::{Notifier, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
+use crate::notify::{Notifier, NotifyEnv, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
 use crate::spawn::ChildSpawner;
 use run::Loop;
 
@@ -117,14 +118,18 @@ pub struct UpgradeSupervisor {
     ready_timeout: Duration,
     child_grace: Duration,
     notifier: Option<Notifier>,
+    watchdog: Option<Duration>,
     control: Option<ControlSocket>,
 }
 
 impl UpgradeSupervisor {
     /// Blocks the supervised signals in this thread and opens a signalfd
-    /// for them; reads `NOTIFY_SOCKET` (a bad value is an error).
+    /// for them; reads `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID`
+    /// (a bad value is an error naming the variable).
     pub fn new() -> Result<Self> {
-        let notifier = Notifier::from_env()?;
+        let env = NotifyEnv::from_process();
+        let notifier = env.sender()?;
+        let watchdog = env.watchdog()?;
         let fail = |operation| {
             move |errno: nix::errno::Errno| Error::Supervise {
                 pid: 0,
@@ -163,6 +168,7 @@ impl UpgradeSupervisor {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             child_grace: DEFAULT_CHILD_GRACE,
             notifier,
+            watchdog,
             control: None,
         })
     }
@@ -204,6 +210,29 @@ impl UpgradeSupervisor {
     /// was when [`new`](Self::new) ran; `None`: send nothing).
     pub fn notifier(mut self, notifier: Option<Notifier>) -> Self {
         self.notifier = notifier;
+        self
+    }
+
+    /// The systemd watchdog interval (default: `WATCHDOG_USEC` as it was
+    /// when [`new`](Self::new) ran, for this process; `None`: no pings).
+    ///
+    /// The parent is the unit's main process, so it pings, at half of the
+    /// interval, but only after the serving child answered a `status`
+    /// request on its control endpoint (within 1 s): a child that hangs
+    /// withholds the pings and systemd's `WatchdogSec=` fires. That needs a
+    /// [`control_socket`](Self::control_socket) (the children's endpoints
+    /// sit beside it); without one the pings prove the parent's loop only,
+    /// as [`SupervisorEvent::WatchdogStarted`] reports. Pings need a
+    /// notifier.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use lifecycle_handoff::UpgradeSupervisor;
+    /// let supervisor = UpgradeSupervisor::new()?.watchdog(Some(Duration::from_secs(30)));
+    /// # Ok::<(), lifecycle_handoff::Error>(())
+    /// ```
+    pub fn watchdog(mut self, interval: Option<Duration>) -> Self {
+        self.watchdog = interval;
         self
     }
 
@@ -252,7 +281,15 @@ impl UpgradeSupervisor {
             last_upgrade: None,
             draining_since: Vec::new(),
             relays: relay::Relays::default(),
+            watchdog: None,
         };
+        if let (Some(interval), Some(_)) = (self.watchdog, &self.notifier) {
+            state.watchdog = Some(watchdog::Watchdog::new(interval));
+            state.emit(SupervisorEvent::WatchdogStarted {
+                interval,
+                child_checked: state.control.is_some(),
+            });
+        }
         state.start_first()?;
         state.run()
     }

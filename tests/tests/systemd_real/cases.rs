@@ -197,20 +197,7 @@ pub(crate) fn kill_restarts(r: &Rig) {
 
 pub(crate) fn sandbox_holds(r: &Rig) {
     r.c.sh("echo secret > /root/secret").unwrap();
-    // The serving process: the main one, or the privileged parent's child.
-    let main = r.prop("MainPID");
-    let serving = if r.setup == Setup::Privileged {
-        r.c.sh(&format!(
-            "grep -l '^PPid:[[:space:]]*{main}$' /proc/[0-9]*/status | cut -d/ -f3"
-        ))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .expect("the parent has a child")
-        .to_owned()
-    } else {
-        main
-    };
+    let serving = r.serving_pid();
     let status = r.c.sh(&format!("cat /proc/{serving}/status")).unwrap();
     for key in ["CapEff:", "CapPrm:", "CapBnd:"] {
         let line = status.lines().find(|l| l.starts_with(key)).unwrap();

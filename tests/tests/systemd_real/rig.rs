@@ -181,6 +181,23 @@ impl Rig {
         self.show().get(key).cloned().unwrap_or_default()
     }
 
+    /// The serving process: the main one, or the privileged parent's child.
+    pub(crate) fn serving_pid(&self) -> String {
+        let main = self.prop("MainPID");
+        if self.setup != Setup::Privileged {
+            return main;
+        }
+        self.c
+            .sh(&format!(
+                "grep -l '^PPid:[[:space:]]*{main}$' /proc/[0-9]*/status | cut -d/ -f3"
+            ))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .expect("the parent has a child")
+            .to_owned()
+    }
+
     pub(crate) fn journal(&self) -> String {
         self.c.journal(self.unit)
     }

@@ -195,6 +195,32 @@ pub enum SupervisorEvent {
         /// The error, as text.
         error: String,
     },
+    /// systemd asked for a watchdog (`WATCHDOG_USEC`, from `WatchdogSec=`):
+    /// the parent pings at half of `interval`, each time after the serving
+    /// child answered its control endpoint (`child_checked`), or, without
+    /// a control socket, for its own loop only.
+    WatchdogStarted {
+        /// systemd's interval.
+        interval: Duration,
+        /// Whether each ping waits for the serving child's answer.
+        child_checked: bool,
+    },
+    /// Watchdog pings go out (again): the first one, or the first after
+    /// pings were withheld.
+    WatchdogPinging {
+        /// The serving generation that answered (`None`: no child serves
+        /// yet, the parent pinged for itself).
+        generation: Option<u64>,
+    },
+    /// A watchdog ping was withheld: the serving child did not answer in
+    /// time (systemd's `WatchdogSec=` fires if this goes on), or the ping
+    /// could not be sent.
+    WatchdogWithheld {
+        /// The serving generation asked.
+        generation: Option<u64>,
+        /// Why, as text.
+        error: String,
+    },
 }
 
 impl fmt::Display for SupervisorEvent {
@@ -285,6 +311,46 @@ impl fmt::Display for SupervisorEvent {
             ),
             SupervisorEvent::NotifyFailed { message, error } => {
                 write!(f, "cannot notify systemd ({message}): {error}")
+            }
+            SupervisorEvent::WatchdogStarted {
+                interval,
+                child_checked: true,
+            } => write!(
+                f,
+                "watchdog: systemd expects a ping within {interval:?}; one goes out every \
+                 {:?} once the serving child answered its control endpoint",
+                *interval / 2
+            ),
+            SupervisorEvent::WatchdogStarted {
+                interval,
+                child_checked: false,
+            } => write!(
+                f,
+                "watchdog: systemd expects a ping within {interval:?}; without a control \
+                 socket the pings (every {:?}) prove this parent alive, not the child: \
+                 configure one so that they wait for the serving child's answer",
+                *interval / 2
+            ),
+            SupervisorEvent::WatchdogPinging {
+                generation: Some(generation),
+            } => write!(
+                f,
+                "watchdog: generation {generation} answers, pinging systemd"
+            ),
+            SupervisorEvent::WatchdogPinging { generation: None } => {
+                write!(
+                    f,
+                    "watchdog: no child serves yet, pinging systemd for the parent"
+                )
+            }
+            SupervisorEvent::WatchdogWithheld { generation, error } => {
+                let who = generation
+                    .map_or_else(|| "the parent".to_owned(), |g| format!("generation {g}"));
+                write!(
+                    f,
+                    "watchdog: ping for {who} withheld ({error}); systemd stops the unit if \
+                     this goes on for its WatchdogSec="
+                )
             }
         }
     }

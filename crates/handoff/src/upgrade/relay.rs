@@ -147,7 +147,7 @@ fn complete(command: ControlCommand, mut reply: Value, children: &Children) -> V
 }
 
 /// One request to a child's endpoint; its reply.
-fn ask(path: &Path, command: ControlCommand) -> std::io::Result<Value> {
+pub(super) fn ask(path: &Path, command: ControlCommand) -> std::io::Result<Value> {
     let mut stream = connect_now(path)?;
     stream.set_read_timeout(Some(RELAY_TIMEOUT))?;
     stream.set_write_timeout(Some(RELAY_TIMEOUT))?;

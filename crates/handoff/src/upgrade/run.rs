@@ -10,6 +10,7 @@ use nix::sys::signal::Signal;
 
 use super::child::{Candidate, Generation, Retiring};
 use super::relay::{Endpoint, Relays, CHILD_CONTROL_NAME};
+use super::watchdog::Watchdog;
 use super::{SupervisorEvent, UpgradeFailure, UpgradeStats, UpgradeSupervisor};
 use crate::bind::open_file;
 use crate::control::server::{ClientId, ControlServer};
@@ -52,6 +53,8 @@ pub(super) struct Loop<'a, F> {
     pub(super) draining_since: Vec<(u64, u64)>,
     /// `status` and `connections` relays to the children in flight.
     pub(super) relays: Relays,
+    /// systemd's watchdog, when `WATCHDOG_USEC` asks for one.
+    pub(super) watchdog: Option<Watchdog>,
 }
 
 impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
@@ -154,6 +157,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
             let next = (self.candidate.iter().map(|c| c.deadline))
                 .chain(self.retiring.iter().map(|r| r.kill_at))
                 .chain(self.control.as_ref().and_then(ControlServer::next_deadline))
+                .chain(self.watchdog.as_ref().map(Watchdog::deadline))
                 .min();
             let timeout = next.map(|at| at.saturating_duration_since(Instant::now()));
             // Indexes: 0 the signalfd, 1 the candidate's channel (when
@@ -196,6 +200,24 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
                 return Ok(code);
             }
             self.kill_overdue()?;
+            self.tick_watchdog();
+        }
+    }
+
+    /// Collects watchdog probes and starts the next one when due.
+    fn tick_watchdog(&mut self) {
+        let Some(mut watchdog) = self.watchdog.take() else {
+            return;
+        };
+        let serving = (self.serving.as_ref())
+            .map(|g| (g.number, g.endpoint.as_ref().map(|e| e.path.clone())));
+        let mut events = Vec::new();
+        watchdog.tick(self.supervisor.notifier.as_ref(), serving, |e| {
+            events.push(e)
+        });
+        self.watchdog = Some(watchdog);
+        for event in events {
+            self.emit(event);
         }
     }
 
