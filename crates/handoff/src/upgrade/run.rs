@@ -204,8 +204,13 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         }
     }
 
-    /// Collects watchdog probes and starts the next one when due.
+    /// Collects watchdog probes and starts the next one when due. Not
+    /// once stopping: systemd no longer watches, and a draining child may
+    /// have closed its endpoint.
     fn tick_watchdog(&mut self) {
+        if self.stopping {
+            return;
+        }
         let Some(mut watchdog) = self.watchdog.take() else {
             return;
         };
