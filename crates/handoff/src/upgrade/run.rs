@@ -157,7 +157,11 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
             let next = (self.candidate.iter().map(|c| c.deadline))
                 .chain(self.retiring.iter().map(|r| r.kill_at))
                 .chain(self.control.as_ref().and_then(ControlServer::next_deadline))
-                .chain(self.watchdog.as_ref().map(Watchdog::deadline))
+                .chain(
+                    (self.watchdog.as_ref())
+                        .filter(|_| !self.stopping)
+                        .map(Watchdog::deadline),
+                )
                 .min();
             let timeout = next.map(|at| at.saturating_duration_since(Instant::now()));
             // Indexes: 0 the signalfd, 1 the candidate's channel (when
