@@ -11,7 +11,8 @@ use actix::ArbiterHandle;
 use futures_util::FutureExt;
 use lifecycle_handoff::{validate_listener, ListenAddress, ListenerSpec, Network, PassedListener};
 use slog::{debug, info, warn, Logger};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::mpsc;
 
 use super::conn::{Conn, ConnContext, ConnHandler, PeerAddr, Stream};
@@ -25,28 +26,39 @@ pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// Longest wait between accept attempts while resources stay exhausted.
 pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// A listening socket adopted into tokio.
+/// A listening socket in the current arbiter's reactor.
+///
+/// It accepts with mio (`accept4` with `SOCK_NONBLOCK | SOCK_CLOEXEC`), so
+/// an accepted connection is in no reactor yet: one served here is
+/// registered with this arbiter's reactor once, one served on another
+/// arbiter with that arbiter's once — not registered here, deregistered
+/// and registered again there (two `epoll_ctl` calls and a reactor slot
+/// saved per connection, as actix-server's accept thread does).
 pub(crate) enum Acceptor {
-    Tcp(TcpListener),
-    Unix(UnixListener),
+    Tcp(AsyncFd<mio::net::TcpListener>),
+    Unix(AsyncFd<mio::net::UnixListener>),
 }
 
 impl Acceptor {
     /// Checks the socket with [`validate_listener`] (a listening stream
     /// socket of the declared network, bound where declared), which also
-    /// sets O_NONBLOCK — tokio needs it, and a hand-built inventory may be
-    /// blocking — and registers it with the current arbiter's reactor.
+    /// sets O_NONBLOCK — the reactor needs it, and a hand-built inventory
+    /// may be blocking — and registers it with the current arbiter's
+    /// reactor.
     pub(crate) fn adopt(
         passed: PassedListener,
     ) -> Result<(Acceptor, ListenAddress), ListenerError> {
         let PassedListener { spec, fd } = passed;
         let found = check_listener(&fd, &spec)?;
         let adopted = match spec.network() {
-            Network::Tcp => {
-                TcpListener::from_std(std::net::TcpListener::from(fd)).map(Acceptor::Tcp)
-            }
-            Network::Unix => UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
-                .map(Acceptor::Unix),
+            Network::Tcp => register(mio::net::TcpListener::from_std(
+                std::net::TcpListener::from(fd),
+            ))
+            .map(Acceptor::Tcp),
+            Network::Unix => register(mio::net::UnixListener::from_std(
+                std::os::unix::net::UnixListener::from(fd),
+            ))
+            .map(Acceptor::Unix),
         };
         let acceptor = adopted.map_err(|source| ListenerError::Adopt {
             name: spec.name().to_owned(),
@@ -55,16 +67,17 @@ impl Acceptor {
         Ok((acceptor, found))
     }
 
-    async fn accept(&self) -> io::Result<(Stream, PeerAddr)> {
+    /// The next connection, in no reactor yet.
+    async fn accept(&self) -> io::Result<(StdStream, PeerAddr)> {
         match self {
             Acceptor::Tcp(l) => {
-                let (s, peer) = l.accept().await?;
-                Ok((Stream::Tcp(s), PeerAddr::Tcp(peer)))
+                let (s, peer) = l.async_io(Interest::READABLE, |l| l.accept()).await?;
+                Ok((StdStream::Tcp(s.into()), PeerAddr::Tcp(peer)))
             }
             Acceptor::Unix(l) => {
-                let (s, peer) = l.accept().await?;
+                let (s, peer) = l.async_io(Interest::READABLE, |l| l.accept()).await?;
                 Ok((
-                    Stream::Unix(s),
+                    StdStream::Unix(s.into()),
                     PeerAddr::Unix(peer.as_pathname().map(|p| p.to_path_buf())),
                 ))
             }
@@ -85,6 +98,17 @@ pub(crate) fn check_listener(
         name: spec.name().to_owned(),
         source: Box::new(source),
     })
+}
+
+/// Registers a listening socket with the current arbiter's reactor, for
+/// readability.
+fn register<L: std::os::fd::AsRawFd>(listener: L) -> io::Result<AsyncFd<L>> {
+    // SAFETY: `listener` is a mio listener that owns its descriptor (an
+    // `OwnedFd` inside, taken from the hand-off's `OwnedFd`): it stays open
+    // and `as_raw_fd` returns the same descriptor until the `AsyncFd`,
+    // which owns the listener, is dropped.
+    unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
+        .map_err(io::Error::from)
 }
 
 /// How an accept error is handled.
@@ -274,22 +298,25 @@ impl Admitter {
 }
 
 impl Server {
+    /// Registers an accepted connection with this arbiter's reactor and
+    /// serves it (or drops it if the reactor refuses it).
+    fn serve_std(&self, stream: StdStream, peer: PeerAddr) {
+        match stream.adopt() {
+            Ok(stream) => self.serve(stream, peer),
+            Err(e) => {
+                debug!(self.log, "cannot register an accepted connection; dropped";
+                    "peer" => %peer, "error" => %e)
+            }
+        }
+    }
+
     /// Starts a task on `arbiter` that serves the connections sent to it.
     /// Returns `None` when the arbiter is gone.
     pub(crate) fn spawn_on(self, arbiter: &ArbiterHandle) -> Option<Remote> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(StdStream, PeerAddr)>();
         let started = arbiter.spawn(async move {
             while let Some((stream, peer)) = rx.recv().await {
-                let stream = match stream {
-                    StdStream::Tcp(s) => tokio::net::TcpStream::from_std(s).map(Stream::Tcp),
-                    StdStream::Unix(s) => tokio::net::UnixStream::from_std(s).map(Stream::Unix),
-                };
-                match stream {
-                    Ok(stream) => self.serve(stream, peer),
-                    Err(e) => {
-                        debug!(self.log, "cannot adopt a moved connection; dropped"; "error" => %e)
-                    }
-                }
+                self.serve_std(stream, peer);
             }
         });
         started.then_some(Remote(tx))
@@ -384,9 +411,17 @@ impl AcceptLoop {
                     .local
                     .shard
                     .refuse(&self.local.kind, RefuseReason::Descriptors);
-                let written = self.local.handler.refuse(stream, reason);
-                debug!(self.log, "connection refused"; "peer" => %peer,
-                    "reason" => reason.as_str(), "reply_bytes" => written);
+                match stream.adopt() {
+                    Ok(stream) => {
+                        let written = self.local.handler.refuse(stream, reason);
+                        debug!(self.log, "connection refused"; "peer" => %peer,
+                            "reason" => reason.as_str(), "reply_bytes" => written);
+                    }
+                    Err(e) => {
+                        debug!(self.log, "connection refused without a reply: cannot register it";
+                            "peer" => %peer, "reason" => reason.as_str(), "error" => %e);
+                    }
+                }
                 true
             }
             // Nobody waits: the listener's readiness is now cleared.
@@ -398,39 +433,38 @@ impl AcceptLoop {
         progress
     }
 
-    fn dispatch(&mut self, stream: Stream, peer: PeerAddr) {
+    fn dispatch(&mut self, stream: StdStream, peer: PeerAddr) {
         if self.remote.is_empty() {
-            self.local.serve(stream, peer);
+            self.local.serve_std(stream, peer);
             return;
         }
         let i = self.next_remote % self.remote.len();
         self.next_remote = i + 1;
-        // Leave this arbiter's reactor; the target registers it with its own.
-        let std_stream = match stream {
-            Stream::Tcp(s) => s.into_std().map(StdStream::Tcp),
-            Stream::Unix(s) => s.into_std().map(StdStream::Unix),
-        };
-        match std_stream {
-            Ok(s) => {
-                if self.remote[i].0.send((s, peer)).is_err() {
-                    warn!(
-                        self.log,
-                        "an arbiter serving this listener is gone; connection dropped"
-                    );
-                }
-            }
-            Err(e) => {
-                debug!(self.log, "cannot move a connection to its arbiter; dropped";
-                    "peer" => %peer, "error" => %e);
-            }
+        // In no reactor yet: the target arbiter registers it with its own.
+        if self.remote[i].0.send((stream, peer)).is_err() {
+            warn!(
+                self.log,
+                "an arbiter serving this listener is gone; connection dropped"
+            );
         }
     }
 }
 
-/// A connection on its way to another arbiter, out of any reactor.
+/// An accepted connection in no reactor yet (non-blocking, close-on-exec),
+/// on its way to the arbiter that serves it.
 pub(crate) enum StdStream {
     Tcp(std::net::TcpStream),
     Unix(std::os::unix::net::UnixStream),
+}
+
+impl StdStream {
+    /// Registers the connection with the current arbiter's reactor.
+    fn adopt(self) -> io::Result<Stream> {
+        match self {
+            StdStream::Tcp(s) => tokio::net::TcpStream::from_std(s).map(Stream::Tcp),
+            StdStream::Unix(s) => tokio::net::UnixStream::from_std(s).map(Stream::Unix),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -88,12 +88,29 @@ impl Stream {
     /// Writes what fits of `bytes` without waiting (a fresh socket's send
     /// buffer takes one short line whole), for a busy reply. Errors are
     /// ignored: the connection is closed next either way.
+    ///
+    /// One `send(MSG_DONTWAIT | MSG_NOSIGNAL)` on the descriptor, not
+    /// tokio's `try_write`: that one does not even try until the reactor
+    /// has reported the socket writable, which a connection registered a
+    /// moment ago has not.
     pub(crate) fn write_now(&self, bytes: &[u8]) -> usize {
-        let written = match self {
-            Stream::Tcp(s) => s.try_write(bytes),
-            Stream::Unix(s) => s.try_write(bytes),
+        use std::os::fd::AsRawFd;
+        let fd = match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
         };
-        written.unwrap_or(0)
+        // SAFETY: `fd` is this stream's open socket (borrowed from `self`
+        // for the call) and `bytes` is a valid buffer of `bytes.len()`
+        // bytes that send(2) only reads.
+        let sent = unsafe {
+            libc::send(
+                fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        usize::try_from(sent).unwrap_or(0)
     }
 }
 
