@@ -66,6 +66,13 @@ fn start_until_ready(
     cmd.env("NOTIFY_SOCKET", systemd.path());
     let mut gw = Gateway::spawn_command(dir, &mut cmd);
     let ready = wait_for(systemd, "READY=1", seen);
+    // The log comes through slog-async and a pipe: READY=1 can overtake
+    // the lines that name the bound addresses, so wait for the last one.
+    gw.wait_log(SOON, |l| {
+        l.contains(r#""listener":"http""#)
+            && (l.contains(r#""msg":"listener bound""#) || l.contains(r#""msg":"listener taken""#))
+    })
+    .unwrap_or_else(|| panic!("no http listener in the log\n{}", gw.log_text()));
     gw.learn_addresses();
     let status = readyz(&gw);
     (gw, ready, status)
@@ -151,9 +158,8 @@ fn an_unprivileged_service_is_its_own_main_process() {
         ready.pid, ready.text
     ));
     assert!(
-        gw.logs()
-            .iter()
-            .any(|l| l.contains(r#""mode":"immediate""#)),
+        gw.wait_log(SOON, |l| l.contains(r#""mode":"immediate""#))
+            .is_some(),
         "{}",
         gw.log_text()
     );
