@@ -75,6 +75,12 @@ fn child_grace(config: &Config) -> Duration {
     shutdown.lame_duck() + shutdown.drain_grace() + shutdown.abort_grace() + CHILD_EXIT_MARGIN
 }
 
+/// How much lower than the parent an upgrade's new child starts (its
+/// threads are set back once it is ready): its start-up then yields to the
+/// serving generation and its clients instead of delaying their greetings
+/// on a machine with few cores. See `UpgradeSupervisor::start_niceness`.
+const UPGRADE_START_NICENESS: i32 = 10;
+
 /// The privileged parent's whole life; returns the exit status to exit with
 /// (the serving child's, 128 + signal when it was killed). `supervisor` must
 /// have been created before any other thread (it blocks the signals it
@@ -120,6 +126,7 @@ pub fn supervise(
         "child_grace" => ?grace);
     let code = supervisor
         .child_grace(grace)
+        .start_niceness(UPGRADE_START_NICENESS)
         .control_socket(control)
         .run(spawner, kept, |event| log_event(log, &user, event))
         .map_err(StartError::Handoff)?;
@@ -190,6 +197,8 @@ fn log_event(log: &Logger, user: &str, event: &SupervisorEvent) {
             ..
         } => warn!(log, "{}", text),
         SupervisorEvent::WatchdogWithheld { .. } => error!(log, "{}", text),
+        SupervisorEvent::StartNicenessOff { .. }
+        | SupervisorEvent::PriorityRestored { error: Some(_), .. } => warn!(log, "{}", text),
         _ => info!(log, "{}", text),
     }
 }

@@ -190,6 +190,7 @@ pub struct ChildSpawner {
     user: Option<TargetUser>,
     names: VarNames,
     death_signal: bool,
+    niceness: i32,
 }
 
 /// The suffix Linux appends to `/proc/self/exe` once the executable was
@@ -220,6 +221,7 @@ impl ChildSpawner {
             user: None,
             names: VarNames::default(),
             death_signal: true,
+            niceness: 0,
         })
     }
 
@@ -241,6 +243,17 @@ impl ChildSpawner {
     /// ([`SuccessorHandoff`](crate::SuccessorHandoff)).
     pub fn parent_death_signal(mut self, on: bool) -> Self {
         self.death_signal = on;
+        self
+    }
+
+    /// Starts the child with its nice value `increment` above this
+    /// process's (default 0: the same; clamped to the range of nice
+    /// values). Raising it needs no privilege; lowering it again later
+    /// needs `CAP_SYS_NICE` (see
+    /// [`UpgradeSupervisor::start_niceness`](crate::UpgradeSupervisor::start_niceness),
+    /// which uses this for upgrade candidates).
+    pub fn niceness(mut self, increment: i32) -> Self {
+        self.niceness = increment.max(0);
         self
     }
 
@@ -362,9 +375,10 @@ impl ChildSpawner {
         let ids = self.user.as_ref().map(|u| (u.uid(), u.gid()));
         let parent = nix::unistd::getpid().as_raw();
         let death_signal = self.death_signal;
+        let nice = (self.niceness > 0).then(|| own_nice().saturating_add(self.niceness).min(19));
         // SAFETY: the closure only calls async-signal-safe functions (fcntl,
-        // dup2, close_range, sigemptyset, pthread_sigmask, setgroups, setgid,
-        // setuid, prctl, getppid, execveat) and uses memory allocated before
+        // dup2, close_range, sigemptyset, pthread_sigmask, setpriority,
+        // setgroups, setgid, setuid, prctl, getppid, execveat) and uses memory allocated before
         // the fork; it takes no lock and logs nothing. The descriptors it
         // maps stay open while `command` lives: the inventory's are borrowed
         // for this whole call, the program's is owned by the closure.
@@ -372,6 +386,9 @@ impl ChildSpawner {
             command.pre_exec(move || {
                 let fd = plan.place_keeping()?;
                 unblock_all_signals()?;
+                if let Some(nice) = nice {
+                    set_nice(0, nice)?;
+                }
                 drop_privileges(ids, parent, death_signal)?;
                 let _owned = &program;
                 Err(exec.exec(fd))
@@ -383,6 +400,31 @@ impl ChildSpawner {
             source,
         })
     }
+}
+
+/// This thread's nice value (0 when it cannot be read).
+pub(crate) fn own_nice() -> i32 {
+    // getpriority returns the nice value (-20..19); -1 is a valid value,
+    // so failure shows only in errno, which is cleared first.
+    nix::errno::Errno::clear();
+    // SAFETY: getpriority takes plain integers and touches no memory of ours.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    if nix::errno::Errno::last_raw() == 0 {
+        nice
+    } else {
+        0
+    }
+}
+
+/// Sets the nice value of thread `tid` (0: the calling thread).
+/// Async-signal-safe: one system call.
+pub(crate) fn set_nice(tid: libc::id_t, nice: i32) -> io::Result<()> {
+    // SAFETY: setpriority takes plain integers and touches no memory of
+    // ours; it is a single system call, safe between fork and exec.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Runs in the child between fork and exec: clears the signal mask, which

@@ -72,6 +72,8 @@ pub(super) struct Candidate {
     /// A stop (SIGTERM or SIGINT) was forwarded to it: a second one would
     /// force it to exit at once, so it is not sent again.
     pub(super) told_to_stop: bool,
+    /// It started at a lower priority, to be restored once it is ready.
+    pub(super) niced: bool,
 }
 
 /// A candidate told to stop (SIGTERM) that never became the serving child:

@@ -221,6 +221,26 @@ pub enum SupervisorEvent {
         /// Why, as text.
         error: String,
     },
+    /// Upgrade candidates cannot start at a lower priority (see
+    /// [`UpgradeSupervisor::start_niceness`](crate::UpgradeSupervisor::start_niceness)):
+    /// this process could not restore their priority once they are ready.
+    StartNicenessOff {
+        /// Why, as text.
+        reason: String,
+    },
+    /// A candidate that started at a lower priority is ready: its threads
+    /// were set back to the parent's nice value.
+    PriorityRestored {
+        /// Its generation.
+        generation: u64,
+        /// Its pid.
+        pid: u32,
+        /// How many of its threads were set.
+        threads: usize,
+        /// What went wrong, if anything (the generation serves regardless,
+        /// possibly at the lower priority).
+        error: Option<String>,
+    },
 }
 
 impl fmt::Display for SupervisorEvent {
@@ -352,6 +372,30 @@ impl fmt::Display for SupervisorEvent {
                      this goes on for its WatchdogSec="
                 )
             }
+            SupervisorEvent::StartNicenessOff { reason } => write!(
+                f,
+                "upgrade candidates start at the normal priority: {reason}"
+            ),
+            SupervisorEvent::PriorityRestored {
+                generation,
+                pid,
+                threads,
+                error: None,
+            } => write!(
+                f,
+                "generation {generation} (pid {pid}) is ready: its {threads} threads are back \
+                 at the normal priority"
+            ),
+            SupervisorEvent::PriorityRestored {
+                generation,
+                pid,
+                threads,
+                error: Some(error),
+            } => write!(
+                f,
+                "generation {generation} (pid {pid}) is ready but may keep its start-up \
+                 priority ({threads} threads set back): {error}"
+            ),
         }
     }
 }

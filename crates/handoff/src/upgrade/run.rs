@@ -55,6 +55,9 @@ pub(super) struct Loop<'a, F> {
     pub(super) relays: Relays,
     /// systemd's watchdog, when `WATCHDOG_USEC` asks for one.
     pub(super) watchdog: Option<Watchdog>,
+    /// How much lower upgrade candidates start (0: not at all; set only
+    /// when this process can restore their priority).
+    pub(super) start_niceness: i32,
 }
 
 impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
@@ -107,9 +110,19 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         let (endpoint, passed) = self.child_endpoint(number).unzip();
         let extra = passed.is_some();
         inventory.listeners.extend(passed);
-        let child = self
-            .spawner
-            .spawn_with_ready(inventory, &pair, self.lineage(number));
+        // Candidates start at a lower priority; the first child does not
+        // (nothing serves yet to yield to).
+        let niced = number > 1 && self.start_niceness > 0;
+        let child = if niced {
+            (self.spawner.clone().niceness(self.start_niceness)).spawn_with_ready(
+                inventory,
+                &pair,
+                self.lineage(number),
+            )
+        } else {
+            self.spawner
+                .spawn_with_ready(inventory, &pair, self.lineage(number))
+        };
         if extra {
             // The parent's copy: the child has its own.
             inventory.listeners.pop();
@@ -132,6 +145,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
             deadline: Instant::now() + self.supervisor.ready_timeout,
             settled: false,
             told_to_stop: false,
+            niced,
         })
     }
 

@@ -9,6 +9,7 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 
 use super::child::{Candidate, Generation, Retiring};
+use super::priority;
 use super::run::Loop;
 use super::{SupervisorEvent, UpgradeFailure, CLOSED_CHANNEL_GRACE};
 use crate::error::{Error, Result};
@@ -108,6 +109,20 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         let mut new = candidate.generation;
         new.channel = Some(candidate.receiver);
         let (number, pid) = (new.number, new.pid());
+        if candidate.niced {
+            // Back to the normal priority before the old generation drains:
+            // from now on the new one serves every new connection.
+            let (threads, error) = match priority::restore(pid) {
+                Ok(threads) => (threads, None),
+                Err(e) => (0, Some(e.to_string())),
+            };
+            self.emit(SupervisorEvent::PriorityRestored {
+                generation: number,
+                pid,
+                threads,
+                error,
+            });
+        }
         match self.serving.replace(new) {
             None => {
                 self.stats.serving = number;
