@@ -51,7 +51,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use lifecycle_tests::{json_field, metric_samples, ChildGuard, GatewayProcess};
+use lifecycle_tests::{json_field, metric_samples, ChildGuard, GatewayProcess, ProcStats};
 use nix::sys::signal::Signal;
 
 /// The drain grace of [`graced_gateway`].
@@ -79,6 +79,20 @@ fn scaled(n: usize) -> usize {
 /// The release gateway binary.
 fn gateway() -> PathBuf {
     lifecycle_tests::gateway_bin().expect("build lifecycle-gateway")
+}
+
+/// The gateway with its default configuration.
+fn default_gateway() -> GatewayProcess {
+    GatewayProcess::builder(gateway())
+        .start()
+        .expect("start the gateway")
+}
+
+/// `field` of the process's `/proc/PID/status` (`VmRSS`, `VmHWM`), in KiB.
+fn kib(stats: &ProcStats, field: &str) -> u64 {
+    stats
+        .status_kib(field)
+        .unwrap_or_else(|e| panic!("{field}: {e}"))
 }
 
 /// The gateway, started with the graces [`DRAIN`] and [`ABORT`], for the

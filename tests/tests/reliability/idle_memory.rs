@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    assert_no_panic, figure, graced_gateway, kv, live_now, scaled, terminate, turn, LoadClient,
-    ABORT, DRAIN,
+    assert_no_panic, figure, graced_gateway, kib, kv, live_now, scaled, terminate, turn,
+    LoadClient, ABORT, DRAIN,
 };
 
 const IDLE: usize = 15_000;
@@ -22,7 +22,7 @@ fn idle_connections_cost_at_most_4_kib_each_and_still_answer() {
     let n = per_protocol * 2;
     let mut gw = graced_gateway();
     let stats = gw.stats();
-    let idle = stats.status_kib("VmRSS").expect("VmRSS");
+    let idle = kib(&stats, "VmRSS");
 
     let mut client = LoadClient::spawn(&[
         "hold".into(),
@@ -49,7 +49,7 @@ fn idle_connections_cost_at_most_4_kib_each_and_still_answer() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let rss = stats.status_kib("VmRSS").expect("VmRSS");
+    let rss = kib(&stats, "VmRSS");
     let per_conn = rss.saturating_sub(idle) as f64 / n as f64;
     let bound = idle + n as u64 * PER_CONNECTION_KIB;
 
