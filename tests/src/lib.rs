@@ -59,6 +59,7 @@ mod port;
 mod process;
 mod procfs;
 mod service_user;
+mod smtp_reply;
 mod tool;
 mod unit_file;
 
@@ -78,5 +79,6 @@ pub use port::free_port;
 pub use process::ChildGuard;
 pub use procfs::ProcStats;
 pub use service_user::{install_program, Installed, ServiceUser, ServiceUserError};
+pub use smtp_reply::read_reply;
 pub use tool::{loud, require_root, require_tool, skip, NO_SKIP_ENV};
 pub use unit_file::{UnitFile, UnitFileError};
