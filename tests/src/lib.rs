@@ -47,6 +47,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod binary;
+mod config_check;
 mod gateway;
 mod gateway_config;
 mod http;
@@ -65,6 +66,7 @@ mod tool;
 mod unit_file;
 
 pub use binary::{cargo_bin, gateway_bin, GATEWAY_BIN_ENV};
+pub use config_check::{all_settings_on, check_config, ConfigCheck};
 pub use gateway::{
     gateway_command, json_field, json_number, metric_samples, metric_value, GatewayBuilder,
     GatewayProcess,
