@@ -47,6 +47,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod binary;
+mod config_check;
 mod gateway;
 mod gateway_config;
 mod http;
@@ -58,11 +59,14 @@ mod paths;
 mod port;
 mod process;
 mod procfs;
+mod self_exec;
 mod service_user;
+mod smtp_reply;
 mod tool;
 mod unit_file;
 
 pub use binary::{cargo_bin, gateway_bin, GATEWAY_BIN_ENV};
+pub use config_check::{all_settings_on, check_config, ConfigCheck};
 pub use gateway::{
     gateway_command, json_field, json_number, metric_samples, metric_value, GatewayBuilder,
     GatewayProcess,
@@ -77,6 +81,8 @@ pub use paths::{temp_dir, workspace_root};
 pub use port::free_port;
 pub use process::ChildGuard;
 pub use procfs::ProcStats;
+pub use self_exec::{exit_after, open_fds, role_exit};
 pub use service_user::{install_program, Installed, ServiceUser, ServiceUserError};
+pub use smtp_reply::read_reply;
 pub use tool::{loud, require_root, require_tool, skip, NO_SKIP_ENV};
 pub use unit_file::{UnitFile, UnitFileError};

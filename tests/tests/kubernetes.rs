@@ -14,10 +14,9 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use lifecycle_tests::{temp_dir, workspace_root};
+use lifecycle_tests::{check_config, workspace_root};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
@@ -462,23 +461,11 @@ fn a_disagreement_is_found() {
 fn the_gateway_accepts_the_embedded_gateway_toml() {
     let config = gateway_toml(&documents(&manifest_texts()).unwrap()).unwrap();
     let bin = lifecycle_tests::gateway_bin().expect("build the gateway");
-    let dir = temp_dir("kubernetes-config").expect("temp dir");
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, &config.text).expect("write the config");
-    let out = Command::new(&bin)
-        .arg("--config")
-        .arg(&path)
-        .arg("--check-config")
-        .output()
-        .expect("run lifecycle-gateway --check-config");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let check = check_config(&bin, &config.text).expect("run lifecycle-gateway --check-config");
     assert!(
-        out.status.success(),
-        "the ConfigMap's gateway.toml is rejected: {said}"
+        check.accepted,
+        "the ConfigMap's gateway.toml is rejected: {}",
+        check.said
     );
 }
 

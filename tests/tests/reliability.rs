@@ -46,12 +46,18 @@ mod smtp;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use lifecycle_tests::{ChildGuard, GatewayProcess};
+use lifecycle_tests::{json_field, metric_samples, ChildGuard, GatewayProcess, ProcStats};
+use nix::sys::signal::Signal;
+
+/// The drain grace of [`graced_gateway`].
+const DRAIN: Duration = Duration::from_secs(2);
+/// The abort grace of [`graced_gateway`].
+const ABORT: Duration = Duration::from_secs(1);
 
 /// One test at a time: each one wants the machine's cores and descriptors.
 static TURN: Mutex<()> = Mutex::new(());
@@ -73,6 +79,69 @@ fn scaled(n: usize) -> usize {
 /// The release gateway binary.
 fn gateway() -> PathBuf {
     lifecycle_tests::gateway_bin().expect("build lifecycle-gateway")
+}
+
+/// The gateway with its default configuration.
+fn default_gateway() -> GatewayProcess {
+    GatewayProcess::builder(gateway())
+        .start()
+        .expect("start the gateway")
+}
+
+/// `field` of the process's `/proc/PID/status` (`VmRSS`, `VmHWM`), in KiB.
+fn kib(stats: &ProcStats, field: &str) -> u64 {
+    stats
+        .status_kib(field)
+        .unwrap_or_else(|e| panic!("{field}: {e}"))
+}
+
+/// The gateway, started with the graces [`DRAIN`] and [`ABORT`], for the
+/// tests that time a SIGTERM against them.
+fn graced_gateway() -> GatewayProcess {
+    GatewayProcess::builder(gateway())
+        .drain_grace(&format!("{}s", DRAIN.as_secs()))
+        .abort_grace(&format!("{}s", ABORT.as_secs()))
+        .start()
+        .expect("start the gateway")
+}
+
+/// The exit status of `gw` within `limit`; panics with the log's tail if
+/// it is still running then.
+fn exited(gw: &mut GatewayProcess, limit: Duration) -> ExitStatus {
+    gw.wait_exit(limit)
+        .expect("wait")
+        .unwrap_or_else(|| panic!("no exit after SIGTERM; log:\n{}", gw.log_tail(30)))
+}
+
+/// Sends SIGTERM and waits for the exit (see [`exited`]): the status and
+/// how long after the signal it came.
+fn terminate(gw: &mut GatewayProcess, limit: Duration) -> (ExitStatus, Duration) {
+    let signalled = Instant::now();
+    gw.signal(Signal::SIGTERM).expect("SIGTERM");
+    let status = exited(gw, limit);
+    (status, signalled.elapsed())
+}
+
+/// The sum of every `lifecycle_connections` gauge in a metrics text.
+fn live(metrics: &str) -> f64 {
+    metric_samples(metrics, "lifecycle_connections")
+        .iter()
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Connections `gw` counts as live now.
+fn live_now(gw: &GatewayProcess) -> usize {
+    live(&gw.metrics().expect("metrics")) as usize
+}
+
+/// Sessions the log says were closed with `reason` (`draining`,
+/// `aborted`, ...).
+fn closed_for(gw: &GatewayProcess, reason: &str) -> usize {
+    gw.count_logs(|l| {
+        l.contains(r#""msg":"connection closed""#)
+            && json_field(l, "reason").as_deref() == Some(reason)
+    })
 }
 
 /// Prints a figure line, visible in a plain `cargo test` run.

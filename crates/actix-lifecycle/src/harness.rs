@@ -41,7 +41,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use actix::{
     Actor, ActorFutureExt, Addr, Context, Handler, Message, MessageResult, ResponseActFuture,
@@ -55,7 +54,7 @@ use crate::lifecycle::Lifecycle;
 use crate::listener::{ConnHandler, GetListenerInfo, ListenerActor};
 use crate::phase::Phase;
 use crate::registry::{Done, Snapshot};
-use crate::shutdown::{BeginShutdown, GetPhase, Graces, StopOutcome, WaitStopped};
+use crate::shutdown::{grace_setters, BeginShutdown, GetPhase, Graces, StopOutcome, WaitStopped};
 
 /// Bind every listener, start the lifecycle and wait until every listener
 /// accepts. Replies with the bound addresses.
@@ -182,25 +181,7 @@ impl HarnessBuilder {
         self
     }
 
-    /// Lame duck (phase `LameDuck`, see
-    /// [`ShutdownBuilder::lame_duck`](crate::ShutdownBuilder::lame_duck)).
-    /// Default none.
-    pub fn lame_duck(mut self, lame_duck: Duration) -> Self {
-        self.graces.lame_duck = lame_duck;
-        self
-    }
-
-    /// Drain grace. Default 3 s.
-    pub fn drain_grace(mut self, grace: Duration) -> Self {
-        self.graces.drain = grace;
-        self
-    }
-
-    /// Abort grace. Default 1 s.
-    pub fn abort_grace(mut self, grace: Duration) -> Self {
-        self.graces.abort = grace;
-        self
-    }
+    grace_setters!();
 
     /// When listeners stop accepting (see
     /// [`ListenerBuilder::stop_accepting_at`](crate::ListenerBuilder::stop_accepting_at)).

@@ -14,7 +14,7 @@ use crate::metrics::{PhaseCollector, DEFAULT_PREFIX};
 use crate::phase::ShutdownHandle;
 use crate::ready::{Ready, Served, ServedListener};
 use crate::registry::{ConnectionRegistry, RegistryHandle};
-use crate::shutdown::{Graces, ShutdownCoordinator};
+use crate::shutdown::{grace_setters, Graces, ShutdownCoordinator};
 
 /// Builds and starts a [`Lifecycle`].
 #[must_use]
@@ -64,29 +64,7 @@ impl LifecycleBuilder {
         self
     }
 
-    /// Lame duck; default none (see [`crate::ShutdownBuilder::lame_duck`]).
-    pub fn lame_duck(mut self, lame_duck: Duration) -> Self {
-        self.graces.lame_duck = lame_duck;
-        self
-    }
-
-    /// Drain grace; default 3 s (see [`crate::ShutdownBuilder::drain_grace`]).
-    pub fn drain_grace(mut self, grace: Duration) -> Self {
-        self.graces.drain = grace;
-        self
-    }
-
-    /// Abort grace; default 1 s (see [`crate::ShutdownBuilder::abort_grace`]).
-    pub fn abort_grace(mut self, grace: Duration) -> Self {
-        self.graces.abort = grace;
-        self
-    }
-
-    /// All three shutdown bounds at once (the harness's).
-    pub(crate) fn graces(mut self, graces: Graces) -> Self {
-        self.graces = graces;
-        self
-    }
+    grace_setters!(and graces);
 
     /// Listen for SIGTERM/SIGINT; default true. Their handlers exist once
     /// [`start`](Self::start) returns. Upgrade signals (SIGHUP, SIGUSR2) are

@@ -20,7 +20,7 @@ use slog::{debug, error, info, warn, Logger};
 use tokio::sync::oneshot;
 
 use builder::ForceExit;
-pub(crate) use builder::Graces;
+pub(crate) use builder::{grace_setters, Graces};
 pub use builder::{ShutdownBuilder, DEFAULT_ABORT_GRACE, DEFAULT_DRAIN_GRACE, DEFAULT_LAME_DUCK};
 pub use messages::{
     BeginShutdown, EndLameDuck, Fatal, GetPhase, SignalReceived, StopOutcome, WaitStopped,

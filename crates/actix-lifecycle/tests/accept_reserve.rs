@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actix_lifecycle::GetListenerInfo;
 use common::descriptors::{prlimit_available, OutOfDescriptors};
-use common::{echo, eventually, metric, roundtrip, tcp};
+use common::{echo, eventually, metric, roundtrip};
 use tokio::io::AsyncReadExt;
 
 const CLIENTS: usize = 3;
@@ -24,12 +24,7 @@ async fn emfile_answers_each_waiting_client_busy_and_recovers() {
         eprintln!("SKIP: prlimit not installed");
         return;
     }
-    let (listener, addr) = tcp("t");
-    let metrics = prometheus::Registry::new();
-    let lifecycle = common::builder(vec![listener])
-        .metrics(&metrics)
-        .start()
-        .unwrap();
+    let (lifecycle, addr, metrics) = common::with_metrics("t");
     let handler = echo().on_refused(|reason| format!("busy {reason}\n").into_bytes());
     let listener = lifecycle.serve("t", "echo", handler);
     let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();

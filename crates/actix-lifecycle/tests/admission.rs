@@ -13,7 +13,7 @@ use actix::Actor;
 use actix_lifecycle::{
     ConnHandler, ConnectionRegistry, Limits, Rate, RefuseReason, SetLimits, Snapshot,
 };
-use common::{eventually, metric, tcp};
+use common::{eventually, metric};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const THREADS: usize = 4;
@@ -233,12 +233,7 @@ async fn set_limits_changes_them_at_run_time_and_the_snapshot_shows_them() {
 /// count it.
 #[actix::test]
 async fn a_refused_connection_gets_the_busy_line_and_is_closed() {
-    let (listener, addr) = tcp("t");
-    let metrics = prometheus::Registry::new();
-    let lifecycle = common::builder(vec![listener])
-        .metrics(&metrics)
-        .start()
-        .unwrap();
+    let (lifecycle, addr, metrics) = common::with_metrics("t");
     let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = served.clone();
     let handler = ConnHandler::new(move |mut conn| {

@@ -10,12 +10,14 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use actix::Addr;
 use actix_lifecycle::{
-    BeginShutdown, GetListenerInfo, GetNotifierState, HandedOver, Lifecycle, NotifyEnv,
-    NotifySender, Phase, SendMainPid, SystemdNotifier, WaitReady,
+    BeginShutdown, GetListenerInfo, GetNotifierState, HandedOver, Lifecycle, NotifierBuilder,
+    NotifyEnv, NotifySender, Phase, SendMainPid, SystemdNotifier, WaitReady,
 };
 use common::{echo, roundtrip, tcp};
 use lifecycle_handoff::PassedListener;
@@ -67,6 +69,45 @@ fn lifecycle(listeners: Vec<PassedListener>, stop_system: bool) -> Lifecycle {
         .drain_grace(Duration::from_secs(30))
         .start()
         .unwrap()
+}
+
+/// A lifecycle serving one echo listener "e" (its address returned), and
+/// a notifier for it with `env`, not started.
+fn echo_service(env: NotifyEnv) -> (Lifecycle, SocketAddr, NotifierBuilder) {
+    let (a, addr) = tcp("e");
+    let lc = lifecycle(vec![a], false);
+    let listener = lc.serve("e", "echo", echo());
+    let notifier = SystemdNotifier::builder(&lc, env).listener(listener);
+    (lc, addr, notifier)
+}
+
+/// A lifecycle without listeners and its started notifier, once `systemd`
+/// has seen READY=1.
+async fn ready_without_listeners(systemd: &FakeSystemd) -> (Lifecycle, Addr<SystemdNotifier>) {
+    let lc = lifecycle(vec![], false);
+    let notifier = SystemdNotifier::builder(&lc, systemd.env()).start();
+    assert!(notifier.send(WaitReady).await.unwrap());
+    let _ = systemd.until("READY=1", LIMIT).await;
+    (lc, notifier)
+}
+
+/// Begins the shutdown of a process that handed its main PID over to
+/// `successor`: it drains, and `systemd` hears nothing more from it.
+async fn assert_silent_after_hand_over(
+    systemd: &FakeSystemd,
+    lc: &Lifecycle,
+    notifier: &Addr<SystemdNotifier>,
+    successor: u32,
+) {
+    lc.coordinator().do_send(BeginShutdown);
+    let after = systemd.during(Duration::from_millis(600)).await;
+    assert!(
+        after.is_empty(),
+        "the old process notified after the hand-over: {after:?}"
+    );
+    assert!(lc.shutdown_handle().is_draining());
+    let state = notifier.send(GetNotifierState).await.unwrap();
+    assert_eq!(state.handed_over_to, Some(successor));
 }
 
 #[actix::test]
@@ -130,12 +171,8 @@ async fn a_listener_that_dies_before_accepting_means_never_ready() {
 #[actix::test]
 async fn status_is_sent_at_most_once_a_second_and_only_on_change() {
     let systemd = FakeSystemd::bind();
-    let (a, addr) = tcp("e");
-    let lc = lifecycle(vec![a], false);
-    let listener = lc.serve("e", "echo", echo());
-    let notifier = SystemdNotifier::builder(&lc, systemd.env())
-        .listener(listener)
-        .start();
+    let (_lc, addr, notifier) = echo_service(systemd.env());
+    let notifier = notifier.start();
     assert!(notifier.send(WaitReady).await.unwrap());
 
     // Open a connection every 100 ms for 3.5 s, keeping them open, while
@@ -200,12 +237,8 @@ async fn status_is_sent_at_most_once_a_second_and_only_on_change() {
 #[actix::test]
 async fn stopping_arrives_when_draining_begins() {
     let systemd = FakeSystemd::bind();
-    let (a, addr) = tcp("e");
-    let lc = lifecycle(vec![a], false);
-    let listener = lc.serve("e", "echo", echo());
-    let notifier = SystemdNotifier::builder(&lc, systemd.env())
-        .listener(listener)
-        .start();
+    let (lc, addr, notifier) = echo_service(systemd.env());
+    let notifier = notifier.start();
     assert!(notifier.send(WaitReady).await.unwrap());
     let _ = systemd.until("READY=1", LIMIT).await;
     // An open connection keeps the service draining (grace 30 s).
@@ -269,19 +302,14 @@ fn stopping_arrives_even_when_an_idle_service_stops_at_once() {
 
 #[actix::test]
 async fn without_notify_socket_nothing_is_sent_and_nothing_fails() {
-    let (a, addr) = tcp("e");
-    let lc = lifecycle(vec![a], false);
-    let listener = lc.serve("e", "echo", echo());
     // A watchdog without a socket is ignored too.
     let env = NotifyEnv::new()
         .watchdog_usec("100000")
         .watchdog_pid(std::process::id().to_string());
     assert!(!env.has_notify_socket());
     assert!(env.sender().unwrap().is_none());
-    let notifier = SystemdNotifier::builder(&lc, env)
-        .listener(listener)
-        .status_interval(Duration::from_millis(10))
-        .start();
+    let (lc, addr, notifier) = echo_service(env);
+    let notifier = notifier.status_interval(Duration::from_millis(10)).start();
     assert!(
         notifier.send(WaitReady).await.unwrap(),
         "readiness is tracked without a socket"
@@ -391,10 +419,7 @@ async fn a_bad_watchdog_value_turns_the_watchdog_off_not_the_notifier() {
 #[actix::test]
 async fn handing_main_pid_to_another_process_silences_this_one() {
     let systemd = FakeSystemd::bind();
-    let lc = lifecycle(vec![], false);
-    let notifier = SystemdNotifier::builder(&lc, systemd.env()).start();
-    assert!(notifier.send(WaitReady).await.unwrap());
-    let _ = systemd.until("READY=1", LIMIT).await;
+    let (lc, notifier) = ready_without_listeners(&systemd).await;
 
     let me = std::process::id();
     notifier
@@ -422,15 +447,7 @@ async fn handing_main_pid_to_another_process_silences_this_one() {
         .unwrap();
     let seen = systemd.until("MAINPID=", LIMIT).await;
     assert_eq!(seen.last().unwrap(), &format!("MAINPID={successor}\n"));
-    lc.coordinator().do_send(BeginShutdown);
-    let after = systemd.during(Duration::from_millis(600)).await;
-    assert!(
-        after.is_empty(),
-        "the old process notified after the hand-over: {after:?}"
-    );
-    assert!(lc.shutdown_handle().is_draining());
-    let state = notifier.send(GetNotifierState).await.unwrap();
-    assert_eq!(state.handed_over_to, Some(successor));
+    assert_silent_after_hand_over(&systemd, &lc, &notifier, successor).await;
 }
 
 /// Issue 17: after a hand-over the old process sends nothing at all — not
@@ -439,33 +456,18 @@ async fn handing_main_pid_to_another_process_silences_this_one() {
 #[actix::test]
 async fn handed_over_sends_nothing_more_not_even_mainpid() {
     let systemd = FakeSystemd::bind();
-    let lc = lifecycle(vec![], false);
-    let notifier = SystemdNotifier::builder(&lc, systemd.env()).start();
-    assert!(notifier.send(WaitReady).await.unwrap());
-    let _ = systemd.until("READY=1", LIMIT).await;
+    let (lc, notifier) = ready_without_listeners(&systemd).await;
     let successor = std::process::id() + 1;
     notifier.send(HandedOver { pid: successor }).await.unwrap();
-    lc.coordinator().do_send(BeginShutdown);
-    let after = systemd.during(Duration::from_millis(600)).await;
-    assert!(
-        after.is_empty(),
-        "the old process notified after the hand-over: {after:?}"
-    );
-    assert!(lc.shutdown_handle().is_draining());
-    let state = notifier.send(GetNotifierState).await.unwrap();
-    assert_eq!(state.handed_over_to, Some(successor));
+    assert_silent_after_hand_over(&systemd, &lc, &notifier, successor).await;
 }
 
 #[actix::test]
 async fn a_missing_socket_is_logged_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
     let env = NotifyEnv::new().notify_socket(dir.path().join("nobody-listens"));
-    let (a, addr) = tcp("e");
-    let lc = lifecycle(vec![a], false);
-    let listener = lc.serve("e", "echo", echo());
-    let notifier = SystemdNotifier::builder(&lc, env)
-        .listener(listener)
-        .start();
+    let (_lc, addr, notifier) = echo_service(env);
+    let notifier = notifier.start();
     assert!(notifier.send(WaitReady).await.unwrap());
     let mut c = TcpStream::connect(addr).await.unwrap();
     assert_eq!(roundtrip(&mut c, b"still").await, b"still");
@@ -493,17 +495,13 @@ async fn a_stuck_service_manager_does_not_stall_the_service() {
         filled += 1;
     }
 
-    let (a, addr) = tcp("e");
-    let lc = lifecycle(vec![a], false);
-    let listener = lc.serve("e", "echo", echo());
     // A 50 ms ping period against a full queue: pings must not occupy the arbiter.
     let env = NotifyEnv::new()
         .notify_socket(&path)
         .watchdog_usec("100000")
         .watchdog_pid(std::process::id().to_string());
-    let notifier = SystemdNotifier::builder(&lc, env)
-        .listener(listener)
-        .start();
+    let (_lc, addr, notifier) = echo_service(env);
+    let notifier = notifier.start();
     let ready = tokio::time::timeout(LIMIT, notifier.send(WaitReady)).await;
     assert!(ready.unwrap().unwrap(), "readiness stalled");
     for _ in 0..5 {

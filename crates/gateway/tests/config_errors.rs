@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::BIN;
@@ -161,24 +162,9 @@ fn the_deploy_sample_config_checks_clean() {
         lifecycle_tests::loud("SKIP: deploy/gateway.toml not found; the sample was not checked");
         return;
     };
-    let all_on: String = text
-        .lines()
-        .map(|line| match line.strip_prefix('#') {
-            Some(rest) if rest.starts_with(|c: char| c == '[' || c.is_ascii_lowercase()) => {
-                format!("{rest}\n")
-            }
-            _ => format!("{line}\n"),
-        })
-        .collect();
-    let dir = tempfile::tempdir().unwrap();
-    for (name, text) in [("as-shipped.toml", text), ("all-on.toml", all_on)] {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        let out = run(&["--config", path.to_str().unwrap(), "--check-config"]);
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let all_on = lifecycle_tests::all_settings_on(&text);
+    for (name, text) in [("as shipped", text), ("all settings on", all_on)] {
+        let check = lifecycle_tests::check_config(Path::new(BIN), &text).unwrap();
+        assert!(check.accepted, "{name}: {}", check.said);
     }
 }

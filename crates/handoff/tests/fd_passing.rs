@@ -20,6 +20,7 @@ use lifecycle_handoff::{
     escape, pass_fds, ChildHandoff, Handoff, ListenAddress, ListenerSpec, Manifest, Mode,
     ProcessEnvironment, VarNames,
 };
+use lifecycle_tests::{exit_after, open_fds, role_exit};
 
 const ROLE: &str = "HANDOFF_TEST_ROLE";
 /// Prefix of the variables that tell the child what its "configuration"
@@ -35,12 +36,7 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(_) => {
-            // A deadlock must fail the run, not hang it.
-            std::thread::spawn(|| {
-                std::thread::sleep(TIMEOUT * 6);
-                eprintln!("fd_passing: no result after {:?}, giving up", TIMEOUT * 6);
-                std::process::exit(2);
-            });
+            exit_after("fd_passing", TIMEOUT * 6);
             inherited_child_gets_every_listener_and_file();
             println!("test inherited_child_gets_every_listener_and_file ... ok");
             systemd_child_gets_named_and_unnamed_listeners();
@@ -57,19 +53,7 @@ fn main() -> ExitCode {
 fn run_child() -> ExitCode {
     // Which descriptors did exec leave us? (read_dir's own fd shows too.)
     let fds = open_fds();
-    match child(fds) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("child failed: {err}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn open_fds() -> Vec<i32> {
-    lifecycle_tests::ProcStats::new(std::process::id())
-        .fd_numbers()
-        .unwrap_or_default()
+    role_exit("child", child(fds))
 }
 
 fn child(fds: Vec<i32>) -> Result<(), String> {

@@ -13,6 +13,7 @@ use lifecycle_handoff::{
     verify_cannot_regain_root, ChildSpawner, Error, Handoff, Inventory, ListenerSpec, Mode,
     Supervisor, TargetUser,
 };
+use lifecycle_tests::{exit_after, open_fds, role_exit};
 
 const ROLE: &str = "PRIV_TEST_ROLE";
 const SCENARIO: &str = "PRIV_TEST_SCENARIO";
@@ -29,14 +30,7 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(_) => {
-            std::thread::spawn(|| {
-                std::thread::sleep(TIMEOUT * 6);
-                eprintln!(
-                    "privilege_drop: no result after {:?}, giving up",
-                    TIMEOUT * 6
-                );
-                std::process::exit(2);
-            });
+            exit_after("privilege_drop", TIMEOUT * 6);
             unknown_user_is_a_clear_error();
             println!("test unknown_user_is_a_clear_error ... ok");
             if !nix::unistd::geteuid().is_root() {
@@ -101,19 +95,7 @@ fn child() -> ExitCode {
         eprintln!("{err}");
         return ExitCode::from(3);
     }
-    match run_child(fds) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("child failed: {err}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn open_fds() -> Vec<i32> {
-    lifecycle_tests::ProcStats::new(std::process::id())
-        .fd_numbers()
-        .unwrap_or_default()
+    role_exit("child", run_child(fds))
 }
 
 fn run_child(fds: Vec<i32>) -> Result<(), String> {

@@ -1,7 +1,9 @@
 //! The units, `gateway.toml` and the sysusers/tmpfiles snippets agree
 //! with each other and with the lifecycle contract.
 
-use lifecycle_tests::{require_root, require_tool, temp_dir};
+use lifecycle_tests::{
+    all_settings_on, check_config, require_root, require_tool, temp_dir, ConfigCheck,
+};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -85,16 +87,8 @@ fn config() -> toml::Table {
 /// `#[table]`) switched on.
 fn config_all_on() -> toml::Table {
     let text = std::fs::read_to_string(deploy_dir().join("gateway.toml")).expect("gateway.toml");
-    let on: String = text
-        .lines()
-        .map(|line| match line.strip_prefix('#') {
-            Some(rest) if rest.starts_with(|c: char| c == '[' || c.is_ascii_lowercase()) => {
-                format!("{rest}\n")
-            }
-            _ => format!("{line}\n"),
-        })
-        .collect();
-    on.parse()
+    all_settings_on(&text)
+        .parse()
         .expect("gateway.toml with its commented-out settings on is TOML")
 }
 
@@ -170,28 +164,13 @@ fn gateway_toml_is_shaped_for_production() {
 #[test]
 fn the_gateway_accepts_gateway_toml() {
     let bin = lifecycle_tests::gateway_bin().expect("build the gateway");
-    let dir = temp_dir("sample-config").expect("temp dir");
     for (which, config) in [
         ("as shipped", config()),
         ("all settings on", config_all_on()),
     ] {
-        let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, config.to_string()).expect("write the config");
-        let out = Command::new(&bin)
-            .arg("--config")
-            .arg(&path)
-            .arg("--check-config")
-            .output()
-            .expect("run lifecycle-gateway --check-config");
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "gateway.toml ({which}) rejected: {said}"
-        );
+        let ConfigCheck { accepted, said, .. } =
+            check_config(&bin, &config.to_string()).expect("run lifecycle-gateway --check-config");
+        assert!(accepted, "gateway.toml ({which}) rejected: {said}");
         assert!(said.contains("configuration ok"), "{which}: {said}");
         println!("gateway.toml ({which}): {}", said.trim());
     }

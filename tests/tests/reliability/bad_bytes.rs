@@ -15,7 +15,7 @@ use lifecycle_tests::GatewayProcess;
 use nix::sys::signal::Signal;
 
 use super::smtp::{queued_id, spool_files, spooled, tmp_files, without_trace, Smtp, FROM, TO};
-use super::{assert_no_panic, figure, gateway, scaled, turn};
+use super::{assert_no_panic, default_gateway, figure, gateway, kib, scaled, turn};
 
 const SESSIONS: usize = 10_000;
 const THREADS: usize = 8;
@@ -301,15 +301,13 @@ fn huge_data(smtp: SocketAddr) -> Result<String, String> {
 fn bad_bytes_get_error_replies_and_never_reach_the_spool() {
     let _turn = turn();
     let sessions = scaled(SESSIONS);
-    let mut gw = GatewayProcess::builder(gateway())
-        .start()
-        .expect("start the gateway");
+    let mut gw = default_gateway();
     let stats = gw.stats();
-    let hwm_start = stats.status_kib("VmHWM").expect("VmHWM");
+    let hwm_start = kib(&stats, "VmHWM");
 
     let started = Instant::now();
     let huge = huge_data(gw.smtp);
-    let hwm_after_huge = stats.status_kib("VmHWM").expect("VmHWM");
+    let hwm_after_huge = kib(&stats, "VmHWM");
     let huge_took = started.elapsed();
     assert!(huge.is_ok(), "{huge:?}");
 
@@ -340,8 +338,8 @@ fn bad_bytes_get_error_replies_and_never_reach_the_spool() {
     std::thread::sleep(Duration::from_millis(500));
     let alive = gw.try_wait().expect("try_wait").is_none();
     let health = gw.get("/healthz").map(|(s, _)| s).unwrap_or(0);
-    let hwm_end = stats.status_kib("VmHWM").expect("VmHWM");
-    let rss_end = stats.status_kib("VmRSS").expect("VmRSS");
+    let hwm_end = kib(&stats, "VmHWM");
+    let rss_end = kib(&stats, "VmRSS");
     let acked = acked.into_inner().unwrap();
     let files = spool_files(gw.spool_dir());
     let tmp = tmp_files(gw.spool_dir());

@@ -3,25 +3,17 @@
 
 use std::time::{Duration, Instant};
 
-use lifecycle_tests::{json_number, metric_samples, metric_value, GatewayProcess};
-use nix::sys::signal::Signal;
+use lifecycle_tests::{json_number, metric_value, GatewayProcess};
 
-use super::{assert_no_panic, figure, gateway, kv, scaled, turn, LoadClient};
+use super::{
+    assert_no_panic, figure, graced_gateway, kv, live, scaled, terminate, turn, LoadClient, ABORT,
+    DRAIN,
+};
 
 const TOTAL: usize = 100_000;
 const CONCURRENCY: usize = 32;
-const DRAIN: Duration = Duration::from_secs(2);
-const ABORT: Duration = Duration::from_secs(1);
 /// The bound on the load itself.
 const LOAD_WITHIN: Duration = Duration::from_secs(60);
-
-fn start() -> GatewayProcess {
-    GatewayProcess::builder(gateway())
-        .drain_grace("2s")
-        .abort_grace("1s")
-        .start()
-        .expect("start the gateway")
-}
 
 fn churn_client(gw: &GatewayProcess, total: usize) -> LoadClient {
     LoadClient::spawn(&[
@@ -45,19 +37,13 @@ fn closed(gw: &GatewayProcess) -> usize {
 fn churn_with_sigterm_at_the_half_stops_cleanly() {
     let _turn = turn();
     let total = scaled(TOTAL);
-    let mut gw = start();
+    let mut gw = graced_gateway();
     let mut client = churn_client(&gw, total);
     client.expect("half", Duration::from_secs(300));
     // Announce the signal first: sessions the client saw end before the
     // acknowledgement ended before the signal.
     client.ask("term", "term-ack", Duration::from_secs(10));
-    let signalled = Instant::now();
-    gw.signal(Signal::SIGTERM).expect("SIGTERM");
-    let status = gw
-        .wait_exit(DRAIN + ABORT + Duration::from_secs(20))
-        .expect("wait")
-        .unwrap_or_else(|| panic!("no exit after SIGTERM; log:\n{}", gw.log_tail(30)));
-    let exit_after = signalled.elapsed();
+    let (status, exit_after) = terminate(&mut gw, DRAIN + ABORT + Duration::from_secs(20));
     let result = client.expect("result", Duration::from_secs(300));
     client.finish();
     assert!(
@@ -130,7 +116,7 @@ fn churn_with_sigterm_at_the_half_stops_cleanly() {
 fn churn_without_shutdown_leaks_no_descriptor() {
     let _turn = turn();
     let total = scaled(TOTAL);
-    let gw = start();
+    let gw = graced_gateway();
     let stats = gw.stats();
     // Warm the HTTP worker up so that the count before and after compare
     // like with like.
@@ -212,12 +198,4 @@ fn churn_without_shutdown_leaks_no_descriptor() {
     assert_eq!(close, open, "closed lines");
     assert_eq!(fds_after, fds_before, "open descriptors before and after");
     assert_no_panic(&gw);
-}
-
-/// The sum of every `lifecycle_connections` gauge.
-fn live(metrics: &str) -> f64 {
-    metric_samples(metrics, "lifecycle_connections")
-        .iter()
-        .map(|(_, v)| v)
-        .sum()
 }

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use lifecycle_tests::{metric_samples, GatewayProcess};
+use lifecycle_tests::GatewayProcess;
 
 use super::smtp::spool_files;
 use super::{assert_no_panic, figure, gateway, kv, scaled, turn, LoadClient};
@@ -98,15 +98,7 @@ fn descriptor_exhaustion_backs_off_and_recovers() {
     // wait for the gauge to show the kept ones and the newcomer.
     let deadline = Instant::now() + Duration::from_secs(30);
     let live = loop {
-        let live: f64 = gw
-            .metrics()
-            .map(|m| {
-                metric_samples(&m, "lifecycle_connections")
-                    .iter()
-                    .map(|(_, v)| v)
-                    .sum()
-            })
-            .unwrap_or(-1.0);
+        let live: f64 = gw.metrics().map(|m| super::live(&m)).unwrap_or(-1.0);
         if live as usize == KEEP + 1 || Instant::now() > deadline {
             break live;
         }

@@ -5,25 +5,21 @@
 
 use std::time::{Duration, Instant};
 
-use lifecycle_tests::{json_field, json_number, metric_samples, GatewayProcess};
-use nix::sys::signal::Signal;
+use lifecycle_tests::json_number;
 
-use super::{assert_no_panic, figure, gateway, kv, scaled, turn, LoadClient};
+use super::{
+    assert_no_panic, closed_for, figure, graced_gateway, kv, live_now, scaled, terminate, turn,
+    LoadClient, ABORT, DRAIN,
+};
 
 const HORDE: usize = 5_000;
-const DRAIN: Duration = Duration::from_secs(2);
-const ABORT: Duration = Duration::from_secs(1);
 
 #[test]
 fn an_idle_horde_is_aborted_and_the_process_exits_in_time() {
     let _turn = turn();
     let per_protocol = scaled(HORDE) / 2;
     let horde = per_protocol * 2;
-    let mut gw = GatewayProcess::builder(gateway())
-        .drain_grace("2s")
-        .abort_grace("1s")
-        .start()
-        .expect("start the gateway");
+    let mut gw = graced_gateway();
     let mut client = LoadClient::spawn(&[
         "hold".into(),
         format!("{}={per_protocol}", gw.smtp),
@@ -35,25 +31,15 @@ fn an_idle_horde_is_aborted_and_the_process_exits_in_time() {
     // Every connection is registered before the signal.
     let deadline = Instant::now() + Duration::from_secs(60);
     let live = loop {
-        let metrics = gw.metrics().expect("metrics");
-        let live: f64 = metric_samples(&metrics, "lifecycle_connections")
-            .iter()
-            .map(|(_, v)| v)
-            .sum();
-        if live as usize == horde || Instant::now() > deadline {
+        let live = live_now(&gw);
+        if live == horde || Instant::now() > deadline {
             break live;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(live as usize, horde, "connections registered");
+    assert_eq!(live, horde, "connections registered");
 
-    let signalled = Instant::now();
-    gw.signal(Signal::SIGTERM).expect("SIGTERM");
-    let status = gw
-        .wait_exit(DRAIN + ABORT + Duration::from_secs(30))
-        .expect("wait")
-        .unwrap_or_else(|| panic!("no exit after SIGTERM; log:\n{}", gw.log_tail(30)));
-    let exit_after = signalled.elapsed();
+    let (status, exit_after) = terminate(&mut gw, DRAIN + ABORT + Duration::from_secs(30));
     let closed_by_server = client.ask("peer-closed 10000", "peer-closed", Duration::from_secs(30));
     client.finish();
     assert!(
@@ -66,14 +52,8 @@ fn an_idle_horde_is_aborted_and_the_process_exits_in_time() {
     let stopped = gw
         .wait_phase("stopped", Duration::from_secs(5))
         .expect("a stopped phase line");
-    let aborted_sessions = gw.count_logs(|l| {
-        l.contains(r#""msg":"connection closed""#)
-            && json_field(l, "reason").as_deref() == Some("aborted")
-    });
-    let said_bye = gw.count_logs(|l| {
-        l.contains(r#""msg":"connection closed""#)
-            && json_field(l, "reason").as_deref() == Some("draining")
-    });
+    let aborted_sessions = closed_for(&gw, "aborted");
+    let said_bye = closed_for(&gw, "draining");
     let opened = gw.count_logs(|l| l.contains(r#""msg":"connection open""#));
     figure(
         "idle_hordes",

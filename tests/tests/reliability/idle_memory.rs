@@ -6,29 +6,23 @@
 
 use std::time::{Duration, Instant};
 
-use lifecycle_tests::{metric_samples, GatewayProcess};
-use nix::sys::signal::Signal;
-
-use super::{assert_no_panic, figure, gateway, kv, scaled, turn, LoadClient};
+use super::{
+    assert_no_panic, figure, graced_gateway, kib, kv, live_now, scaled, terminate, turn,
+    LoadClient, ABORT, DRAIN,
+};
 
 const IDLE: usize = 15_000;
 /// What one idle connection may cost the serving process.
 const PER_CONNECTION_KIB: u64 = 4;
-const DRAIN: Duration = Duration::from_secs(2);
-const ABORT: Duration = Duration::from_secs(1);
 
 #[test]
 fn idle_connections_cost_at_most_4_kib_each_and_still_answer() {
     let _turn = turn();
     let per_protocol = scaled(IDLE) / 2;
     let n = per_protocol * 2;
-    let mut gw = GatewayProcess::builder(gateway())
-        .drain_grace("2s")
-        .abort_grace("1s")
-        .start()
-        .expect("start the gateway");
+    let mut gw = graced_gateway();
     let stats = gw.stats();
-    let idle = stats.status_kib("VmRSS").expect("VmRSS");
+    let idle = kib(&stats, "VmRSS");
 
     let mut client = LoadClient::spawn(&[
         "hold".into(),
@@ -42,35 +36,25 @@ fn idle_connections_cost_at_most_4_kib_each_and_still_answer() {
     // the client.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let metrics = gw.metrics().expect("metrics");
-        let live: f64 = metric_samples(&metrics, "lifecycle_connections")
-            .iter()
-            .map(|(_, v)| v)
-            .sum();
+        let live = live_now(&gw);
         let greeted = client.ask("greeted 0", "greeted", Duration::from_secs(60));
         let greeted: usize = greeted
             .trim_start_matches("greeted ")
             .parse()
             .expect("greeted N");
-        if (live as usize == n && greeted == n) || Instant::now() > deadline {
-            assert_eq!(live as usize, n, "connections registered");
+        if (live == n && greeted == n) || Instant::now() > deadline {
+            assert_eq!(live, n, "connections registered");
             assert_eq!(greeted, n, "connections greeted");
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let rss = stats.status_kib("VmRSS").expect("VmRSS");
+    let rss = kib(&stats, "VmRSS");
     let per_conn = rss.saturating_sub(idle) as f64 / n as f64;
     let bound = idle + n as u64 * PER_CONNECTION_KIB;
 
     let spoke = client.ask("speak", "speak", Duration::from_secs(300));
-    let signalled = Instant::now();
-    gw.signal(Signal::SIGTERM).expect("SIGTERM");
-    let status = gw
-        .wait_exit(DRAIN + ABORT + Duration::from_secs(30))
-        .expect("wait")
-        .unwrap_or_else(|| panic!("no exit after SIGTERM; log:\n{}", gw.log_tail(30)));
-    let exit_after = signalled.elapsed();
+    let (status, exit_after) = terminate(&mut gw, DRAIN + ABORT + Duration::from_secs(30));
     client.finish();
     figure(
         "idle_memory",

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use lifecycle_tests::GatewayProcess;
 
 use super::smtp::{spool_files, spooled, without_trace};
-use super::{assert_no_panic, figure, gateway, kv, scaled, turn, LoadClient};
+use super::{assert_no_panic, default_gateway, figure, kib, kv, scaled, turn, LoadClient};
 
 const SESSIONS: usize = 200;
 const SIZE: usize = 8 << 20;
@@ -32,11 +32,9 @@ fn tmp_bytes(gw: &GatewayProcess) -> u64 {
 fn sessions_in_data_hold_bounded_memory_and_every_message_is_stored_once() {
     let _turn = turn();
     let sessions = scaled(SESSIONS);
-    let mut gw = GatewayProcess::builder(gateway())
-        .start()
-        .expect("start the gateway");
+    let mut gw = default_gateway();
     let stats = gw.stats();
-    let idle = stats.status_kib("VmRSS").expect("VmRSS");
+    let idle = kib(&stats, "VmRSS");
 
     let started = Instant::now();
     let mut client = LoadClient::spawn(&[
@@ -56,8 +54,8 @@ fn sessions_in_data_hold_bounded_memory_and_every_message_is_stored_once() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let on_disk = tmp_bytes(&gw);
-    let rss_mid = stats.status_kib("VmRSS").expect("VmRSS");
-    let hwm_mid = stats.status_kib("VmHWM").expect("VmHWM");
+    let rss_mid = kib(&stats, "VmRSS");
+    let hwm_mid = kib(&stats, "VmHWM");
 
     client.send("finish");
     let mut queued: HashMap<String, usize> = HashMap::new();
@@ -77,7 +75,7 @@ fn sessions_in_data_hold_bounded_memory_and_every_message_is_stored_once() {
     };
     let all_in = started.elapsed();
     client.finish();
-    let hwm_end = stats.status_kib("VmHWM").expect("VmHWM");
+    let hwm_end = kib(&stats, "VmHWM");
     let per_session = rss_mid.saturating_sub(idle) * 1024 / sessions as u64;
     figure(
         "memory",

@@ -8,10 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use lifecycle_tests::{json_field, metric_samples, GatewayProcess};
 use nix::sys::signal::Signal;
 
-use super::{assert_no_panic, figure, gateway, kv, scaled, turn, LoadClient};
+use super::{
+    assert_no_panic, closed_for, exited, figure, graced_gateway, kv, live_now, scaled, turn,
+    LoadClient,
+};
 
 const CLIENTS: usize = 1_000;
 const WINDOW_MS: u64 = 100;
@@ -20,11 +22,7 @@ const WINDOW_MS: u64 = 100;
 fn idle_imap_sessions_are_told_goodbye_spread_over_the_drain() {
     let _turn = turn();
     let n = scaled(CLIENTS);
-    let mut gw = GatewayProcess::builder(gateway())
-        .drain_grace("2s")
-        .abort_grace("1s")
-        .start()
-        .expect("start the gateway");
+    let mut gw = graced_gateway();
     let mut client = LoadClient::spawn(&["hold".into(), format!("{}={n}", gw.imap)]);
     let held = client.expect("held", Duration::from_secs(120));
     assert_eq!(kv(&held, "connected"), n as u64, "{held}");
@@ -32,12 +30,8 @@ fn idle_imap_sessions_are_told_goodbye_spread_over_the_drain() {
     // Every session is registered (and greeted) before the signal.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let metrics = gw.metrics().expect("metrics");
-        let live: f64 = metric_samples(&metrics, "lifecycle_connections")
-            .iter()
-            .map(|(_, v)| v)
-            .sum();
-        if live as usize == n {
+        let live = live_now(&gw);
+        if live == n {
             break;
         }
         assert!(Instant::now() < deadline, "{live} of {n} registered");
@@ -48,10 +42,7 @@ fn idle_imap_sessions_are_told_goodbye_spread_over_the_drain() {
     gw.signal(Signal::SIGTERM).expect("SIGTERM");
     let report = client.expect("close-times", Duration::from_secs(60));
     client.finish();
-    let status = gw
-        .wait_exit(Duration::from_secs(30))
-        .expect("wait")
-        .unwrap_or_else(|| panic!("no exit after SIGTERM; log:\n{}", gw.log_tail(30)));
+    let status = exited(&mut gw, Duration::from_secs(30));
     assert!(
         gw.wait_log_end(Duration::from_secs(60)),
         "the log did not end"
@@ -77,14 +68,8 @@ fn idle_imap_sessions_are_told_goodbye_spread_over_the_drain() {
         .map(|i| times[i..].partition_point(|t| *t < times[i] + WINDOW_MS))
         .max()
         .unwrap_or(0);
-    let said_bye = gw.count_logs(|l| {
-        l.contains(r#""msg":"connection closed""#)
-            && json_field(l, "reason").as_deref() == Some("draining")
-    });
-    let aborted = gw.count_logs(|l| {
-        l.contains(r#""msg":"connection closed""#)
-            && json_field(l, "reason").as_deref() == Some("aborted")
-    });
+    let said_bye = closed_for(&gw, "draining");
+    let aborted = closed_for(&gw, "aborted");
     figure(
         "paced_close",
         &format!(

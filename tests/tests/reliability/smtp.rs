@@ -60,14 +60,7 @@ impl Smtp {
 
     /// One whole reply (continuation lines joined).
     pub(crate) fn reply(&mut self) -> io::Result<String> {
-        let mut all = String::new();
-        loop {
-            let l = self.line()?;
-            all.push_str(&l);
-            if l.as_bytes().get(3) != Some(&b'-') {
-                return Ok(all);
-            }
-        }
+        lifecycle_tests::read_reply(&mut self.reader)
     }
 
     /// Sends `command` (CRLF added) and returns the reply.

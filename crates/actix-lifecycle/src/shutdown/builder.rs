@@ -40,6 +40,56 @@ impl Default for Graces {
     }
 }
 
+/// The setters of the three shutdown bounds (`lame_duck`, `drain_grace`,
+/// `abort_grace`), one text for every builder that collects them into a
+/// `graces: Graces` field ([`ShutdownBuilder`],
+/// [`LifecycleBuilder`](crate::LifecycleBuilder),
+/// [`HarnessBuilder`](crate::HarnessBuilder)).
+///
+/// `grace_setters!(and graces)` adds the crate's own `graces`, all three
+/// at once, for the builders that pass them on.
+macro_rules! grace_setters {
+    (and graces) => {
+        grace_setters!();
+
+        /// All three bounds at once, as another builder collected them.
+        pub(crate) fn graces(mut self, graces: Graces) -> Self {
+            self.graces = graces;
+            self
+        }
+    };
+    () => {
+        /// How long the service keeps serving normally once the shutdown
+        /// began, while readiness checks already fail (phase `LameDuck`), so
+        /// that a load balancer or Kubernetes stops sending new clients before
+        /// any is refused. Waited in full even when nothing is open (the
+        /// point is the time the balancer needs to notice). Default
+        /// [`DEFAULT_LAME_DUCK`](crate::DEFAULT_LAME_DUCK) (none). A second
+        /// signal ends it early.
+        pub fn lame_duck(mut self, lame_duck: std::time::Duration) -> Self {
+            self.graces.lame_duck = lame_duck;
+            self
+        }
+
+        /// How long handlers may finish open work once draining starts.
+        /// Default [`DEFAULT_DRAIN_GRACE`](crate::DEFAULT_DRAIN_GRACE) (3 s).
+        /// Skipped when nothing is open.
+        pub fn drain_grace(mut self, grace: std::time::Duration) -> Self {
+            self.graces.drain = grace;
+            self
+        }
+
+        /// How long aborted connections may take to close. Default
+        /// [`DEFAULT_ABORT_GRACE`](crate::DEFAULT_ABORT_GRACE) (1 s).
+        /// Skipped when nothing is open.
+        pub fn abort_grace(mut self, grace: std::time::Duration) -> Self {
+            self.graces.abort = grace;
+            self
+        }
+    };
+}
+pub(crate) use grace_setters;
+
 /// What a second signal does, given the exit status.
 pub(super) type ForceExit = Arc<dyn Fn(i32) + Send + Sync>;
 
@@ -108,37 +158,7 @@ impl ShutdownBuilder {
         self
     }
 
-    /// How long the service keeps serving normally once the shutdown
-    /// began, while readiness checks already fail (phase `LameDuck`), so
-    /// that a load balancer or Kubernetes stops sending new clients before
-    /// any is refused. Waited in full even when nothing is open (the
-    /// point is the time the balancer needs to notice). Default
-    /// [`DEFAULT_LAME_DUCK`] (none). A second signal ends it early.
-    pub fn lame_duck(mut self, lame_duck: Duration) -> Self {
-        self.graces.lame_duck = lame_duck;
-        self
-    }
-
-    /// How long handlers may finish open work once draining starts.
-    /// Default [`DEFAULT_DRAIN_GRACE`] (3 s). Skipped when nothing is open.
-    pub fn drain_grace(mut self, grace: Duration) -> Self {
-        self.graces.drain = grace;
-        self
-    }
-
-    /// How long aborted connections may take to close. Default
-    /// [`DEFAULT_ABORT_GRACE`] (1 s). Skipped when nothing is open.
-    pub fn abort_grace(mut self, grace: Duration) -> Self {
-        self.graces.abort = grace;
-        self
-    }
-
-    /// All three bounds at once, as [`LifecycleBuilder`](crate::LifecycleBuilder)
-    /// and [`HarnessBuilder`](crate::HarnessBuilder) collected them.
-    pub(crate) fn graces(mut self, graces: Graces) -> Self {
-        self.graces = graces;
-        self
-    }
+    grace_setters!(and graces);
 
     /// Whether to listen for SIGTERM and SIGINT. Default true. Signal
     /// handlers are process-wide: a test harness running several instances

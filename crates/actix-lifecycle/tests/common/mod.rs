@@ -110,3 +110,13 @@ pub fn tcp(name: &str) -> (lifecycle_handoff::PassedListener, std::net::SocketAd
         addr,
     )
 }
+
+/// A lifecycle started over one TCP listener `name` (see [`tcp`]),
+/// publishing its metrics on a registry of its own: the lifecycle, the
+/// listener's address and the registry.
+pub fn with_metrics(name: &str) -> (Lifecycle, std::net::SocketAddr, prometheus::Registry) {
+    let (listener, addr) = tcp(name);
+    let metrics = prometheus::Registry::new();
+    let lifecycle = builder(vec![listener]).metrics(&metrics).start().unwrap();
+    (lifecycle, addr, metrics)
+}

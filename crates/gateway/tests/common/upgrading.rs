@@ -3,7 +3,7 @@
 //! pair, the upgrade log helpers, and a bounded SMTP load client that
 //! classifies every failure.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lifecycle_tests::{install_program, loud, GatewayConfig, ServiceUser};
+use lifecycle_tests::{install_program, loud, read_reply, GatewayConfig, ServiceUser};
 use nix::sys::signal::Signal;
 
 use super::{served_pem, Gateway, BIN, SOON};
@@ -190,34 +190,17 @@ pub struct Session {
     w: TcpStream,
 }
 
-pub fn reply(r: &mut BufReader<TcpStream>) -> std::io::Result<String> {
-    let mut all = String::new();
-    loop {
-        let mut l = String::new();
-        if r.read_line(&mut l)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("closed after {all:?}"),
-            ));
-        }
-        all.push_str(&l);
-        if l.as_bytes().get(3) != Some(&b'-') {
-            return Ok(all);
-        }
-    }
-}
-
 pub fn open(addr: SocketAddr) -> std::io::Result<Result<Session, Outcome>> {
     let s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(SOON))?;
     let mut r = BufReader::new(s.try_clone()?);
-    let greeting = reply(&mut r)?;
+    let greeting = read_reply(&mut r)?;
     if greeting.starts_with("421") {
         return Ok(Err(Outcome::Drained));
     }
     let mut w = s;
     w.write_all(b"EHLO load.example\r\n")?;
-    let ehlo = reply(&mut r)?;
+    let ehlo = read_reply(&mut r)?;
     if ehlo.starts_with("421") {
         return Ok(Err(Outcome::Drained));
     }
@@ -227,7 +210,7 @@ pub fn open(addr: SocketAddr) -> std::io::Result<Result<Session, Outcome>> {
 pub fn send(s: &mut Session, token: &str) -> std::io::Result<Outcome> {
     s.w.write_all(b"MAIL FROM:<load@example.org>\r\nRCPT TO:<sink@example.net>\r\nDATA\r\n")?;
     for expect in ["250", "250", "354"] {
-        let r = reply(&mut s.r)?;
+        let r = read_reply(&mut s.r)?;
         if r.starts_with("421") {
             return Ok(Outcome::Drained);
         }
@@ -238,7 +221,7 @@ pub fn send(s: &mut Session, token: &str) -> std::io::Result<Outcome> {
         }
     }
     s.w.write_all(format!("Subject: load\r\n\r\n{token}\r\n.\r\n").as_bytes())?;
-    let r = reply(&mut s.r)?;
+    let r = read_reply(&mut s.r)?;
     if r.starts_with("250") {
         Ok(Outcome::Accepted)
     } else if r.starts_with("421") {
@@ -305,6 +288,6 @@ pub fn load(
             }
         }
         let _ = session.w.write_all(b"QUIT\r\n");
-        let _ = reply(&mut session.r);
+        let _ = read_reply(&mut session.r);
     }
 }

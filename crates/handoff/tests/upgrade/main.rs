@@ -55,11 +55,7 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(_) => {
-            std::thread::spawn(|| {
-                std::thread::sleep(TIMEOUT * 12);
-                eprintln!("upgrade: no result after {:?}, giving up", TIMEOUT * 12);
-                std::process::exit(2);
-            });
+            lifecycle_tests::exit_after("upgrade", TIMEOUT * 12);
             run_tests()
         }
     }

@@ -79,13 +79,7 @@ pub(crate) fn echo_spec() -> ListenerSpec {
 /// `Immediate` mode (the `old` role) it binds itself and, on SIGHUP, hands
 /// its listener to a successor and then drains.
 pub(crate) fn serve(mode: Mode) -> ExitCode {
-    match run_serve(mode) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("{mode} child failed: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    lifecycle_tests::role_exit(&format!("{mode} child"), run_serve(mode))
 }
 
 pub(crate) fn run_serve(mode: Mode) -> Result<(), String> {

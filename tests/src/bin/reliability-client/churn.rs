@@ -219,14 +219,7 @@ impl Line {
 
     /// A whole SMTP reply (continuation lines joined).
     fn reply(&mut self) -> io::Result<String> {
-        let mut all = String::new();
-        loop {
-            let l = self.line()?;
-            all.push_str(&l);
-            if l.as_bytes().get(3) != Some(&b'-') {
-                return Ok(all);
-            }
-        }
+        lifecycle_tests::read_reply(&mut self.reader)
     }
 
     /// Resets the connection: SO_LINGER 0, then close.

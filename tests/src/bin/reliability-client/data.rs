@@ -94,17 +94,7 @@ struct Session {
 
 impl Session {
     fn reply(&mut self) -> Result<String, String> {
-        let mut all = String::new();
-        loop {
-            let mut l = String::new();
-            if self.reader.read_line(&mut l).map_err(|e| e.to_string())? == 0 {
-                return Err(format!("connection closed after {all:?}"));
-            }
-            all.push_str(&l);
-            if l.as_bytes().get(3) != Some(&b'-') {
-                return Ok(all);
-            }
-        }
+        lifecycle_tests::read_reply(&mut self.reader).map_err(|e| e.to_string())
     }
 
     fn command(&mut self, command: &str, code: &str) -> Result<(), String> {

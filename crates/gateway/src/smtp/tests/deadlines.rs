@@ -27,10 +27,7 @@ fn counted(registry: &prometheus::Registry) -> Vec<(String, String)> {
 async fn drip(s: &Setup, ctx: SmtpContext) -> (String, u32, SessionSummary) {
     let (mut c, task) = s.start(ctx);
     hello(&mut c).await;
-    c.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n").await;
-    c.expect("250").await;
-    c.expect("250").await;
-    c.expect("354").await;
+    c.start_data().await;
     let (rd, mut wr) = tokio::io::split(c.io);
     let dripper = tokio::spawn(async move {
         let mut sent = 0u32;
@@ -119,10 +116,7 @@ async fn a_fast_enough_transfer_is_not_cut() {
             .min_data_rate(50, Duration::from_secs(5)),
     );
     hello(&mut c).await;
-    c.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n").await;
-    c.expect("250").await;
-    c.expect("250").await;
-    c.expect("354").await;
+    c.start_data().await;
     let line = format!("{}\r\n", "r".repeat(98));
     for _ in 0..60 {
         c.send(&line).await;

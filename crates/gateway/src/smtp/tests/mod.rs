@@ -49,6 +49,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         r
     }
 
+    /// A transaction from <a@x> to <b@x> up to the 354 that asks for
+    /// the message.
+    async fn start_data(&mut self) {
+        self.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n")
+            .await;
+        self.expect("250").await;
+        self.expect("250").await;
+        self.expect("354").await;
+    }
+
+    /// QUIT, answered 221.
+    async fn quit(&mut self) {
+        self.send("QUIT\r\n").await;
+        self.expect("221").await;
+    }
+
     async fn eof(&mut self) -> bool {
         let mut rest = Vec::new();
         self.io.read_to_end(&mut rest).await.is_ok() && rest.is_empty()
@@ -172,8 +188,7 @@ async fn a_message_is_spooled_once_before_250() {
     let id = ok.trim_end().rsplit(' ').next().unwrap();
     assert!(s.spool.messages().unwrap()[0].ends_with(format!("{id}.eml")));
     assert_eq!(s.tmp_files(), 0);
-    c.send("QUIT\r\n").await;
-    c.expect("221").await;
+    c.quit().await;
     assert!(c.eof().await);
     let summary = task.await.unwrap();
     assert_eq!(
@@ -220,17 +235,13 @@ async fn dot_handling_is_exact() {
     let s = Setup::new();
     let (mut c, task) = s.start(s.ctx());
     hello(&mut c).await;
-    c.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n").await;
-    c.expect("250").await;
-    c.expect("250").await;
-    c.expect("354").await;
+    c.start_data().await;
     // ".." at a line start is unstuffed; "." after a bare LF is not the end
     // (no SMTP smuggling) and is kept (the bare LF becomes CRLF); ". " is
     // not the end either.
     c.send("..a\r\nb\n.\r\nc\r\n. \r\n...\r\n.\r\n").await;
     c.expect("250").await;
-    c.send("QUIT\r\n").await;
-    c.expect("221").await;
+    c.quit().await;
     task.await.unwrap();
     let msgs = s.messages();
     assert_eq!(body_of(&msgs[0]), b".a\r\nb\r\n.\r\nc\r\n \r\n..\r\n");
@@ -273,8 +284,7 @@ async fn sequence_syntax_and_unknown_commands() {
     c.expect("503").await; // RSET cleared the sender
     c.send("STARTTLS\r\n").await;
     c.expect("502").await;
-    c.send("QUIT\r\n").await;
-    c.expect("221").await;
+    c.quit().await;
     assert_eq!(task.await.unwrap().reason, EndReason::Quit);
 }
 
@@ -298,8 +308,7 @@ async fn overlong_command_line_gets_500_and_the_session_goes_on() {
     c.send("\r\nNOOP\r\n").await;
     c.expect("500 5.5.2").await;
     c.expect("250").await;
-    c.send("QUIT\r\n").await;
-    c.expect("221").await;
+    c.quit().await;
     task.await.unwrap();
 }
 
@@ -325,17 +334,13 @@ async fn size_limits_give_552_and_store_nothing() {
     c.expect("552 5.3.4").await;
     assert!(s.messages().is_empty());
     // The transaction was reset; exactly at the limit is accepted.
-    c.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n").await;
-    c.expect("250").await;
-    c.expect("250").await;
-    c.expect("354").await;
+    c.start_data().await;
     let exact = "e".repeat(998) + "\r\n";
     assert_eq!(exact.len(), 1000);
     c.send(&exact).await;
     c.send(".\r\n").await;
     c.expect("250").await;
-    c.send("QUIT\r\n").await;
-    c.expect("221").await;
+    c.quit().await;
     task.await.unwrap();
     assert_eq!(body_of(&s.messages()[0]), exact.as_bytes());
 }
@@ -345,15 +350,11 @@ async fn a_data_line_over_1000_octets_is_rejected() {
     let s = Setup::new();
     let (mut c, task) = s.start(s.ctx());
     hello(&mut c).await;
-    c.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n").await;
-    c.expect("250").await;
-    c.expect("250").await;
-    c.expect("354").await;
+    c.start_data().await;
     c.send(&format!("{}\r\n.\r\n", "l".repeat(999))).await;
     c.expect("500 5.5.2").await;
     assert!(s.messages().is_empty());
-    c.send("QUIT\r\n").await;
-    c.expect("221").await;
+    c.quit().await;
     task.await.unwrap();
 }
 
@@ -368,8 +369,7 @@ async fn too_many_recipients_gives_452() {
     c.expect("250").await;
     c.expect("250").await;
     c.expect("452 4.5.3").await;
-    c.send("QUIT\r\n").await;
-    c.expect("221").await;
+    c.quit().await;
     task.await.unwrap();
 }
 
@@ -411,8 +411,7 @@ async fn quit_while_draining_is_answered_221() {
     let (mut c, task) = s.start(s.ctx());
     hello(&mut c).await;
     s.phases.advance(Phase::Draining);
-    c.send("QUIT\r\n").await;
-    c.expect("221").await;
+    c.quit().await;
     assert_eq!(task.await.unwrap().reason, EndReason::Quit);
 }
 
@@ -421,10 +420,7 @@ async fn a_transfer_in_progress_completes_while_draining() {
     let s = Setup::new();
     let (mut c, task) = s.start(s.ctx());
     hello(&mut c).await;
-    c.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n").await;
-    c.expect("250").await;
-    c.expect("250").await;
-    c.expect("354").await;
+    c.start_data().await;
     c.send("first half\r\n").await;
     s.phases.advance(Phase::Draining);
     c.send("second half\r\n.\r\n").await;
@@ -470,11 +466,7 @@ async fn an_upgrade_drain_greets_and_lets_a_session_finish_one_more_transaction(
     // makes its one transaction (a one-message client never sees 421).
     let (mut late, late_task) = s.start(upgrade());
     hello(&mut late).await;
-    late.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n")
-        .await;
-    late.expect("250").await;
-    late.expect("250").await;
-    late.expect("354").await;
+    late.start_data().await;
     late.send("late\r\n.\r\nQUIT\r\n").await;
     late.expect("250 2.0.0").await;
     late.expect("221").await;
@@ -495,10 +487,7 @@ async fn aborting_mid_data_stores_nothing() {
     let s = Setup::new();
     let (mut c, task) = s.start(s.ctx());
     hello(&mut c).await;
-    c.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n").await;
-    c.expect("250").await;
-    c.expect("250").await;
-    c.expect("354").await;
+    c.start_data().await;
     c.send("partial\r\n").await;
     s.phases.advance(Phase::Aborting);
     assert_eq!(task.await.unwrap().reason, EndReason::Aborted);
@@ -511,10 +500,7 @@ async fn a_client_that_hangs_up_mid_data_leaves_nothing() {
     let s = Setup::new();
     let (mut c, task) = s.start(s.ctx());
     hello(&mut c).await;
-    c.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n").await;
-    c.expect("250").await;
-    c.expect("250").await;
-    c.expect("354").await;
+    c.start_data().await;
     c.send("partial\r\n").await;
     drop(c);
     assert_eq!(task.await.unwrap().reason, EndReason::ClientClosed);
@@ -549,10 +535,7 @@ async fn serves_a_real_tcp_connection() {
         io: BufReader::new(stream),
     };
     hello(&mut c).await;
-    c.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n").await;
-    c.expect("250").await;
-    c.expect("250").await;
-    c.expect("354").await;
+    c.start_data().await;
     c.send("over tcp\r\n.\r\nQUIT\r\n").await;
     c.expect("250").await;
     c.expect("221").await;

@@ -133,8 +133,7 @@ async fn starttls_is_refused_where_not_offered_and_on_implicit_tls() {
         assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
         c.send("STARTTLS\r\n").await;
         c.expect(code).await;
-        c.send("QUIT\r\n").await;
-        c.expect("221").await;
+        c.quit().await;
         assert_eq!(task.await.unwrap().reason, EndReason::Quit);
     }
 }

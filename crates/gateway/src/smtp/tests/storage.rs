@@ -8,14 +8,10 @@ async fn a_spool_that_cannot_write_answers_452_never_250() {
     let (mut c, task) = s.start(s.ctx());
     hello(&mut c).await;
     fs::remove_dir(s.spool_dir.join(TMP_DIR)).unwrap();
-    c.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n").await;
-    c.expect("250").await;
-    c.expect("250").await;
-    c.expect("354").await;
+    c.start_data().await;
     c.send("lost?\r\n.\r\n").await;
     c.expect("452 4.3.1").await;
-    c.send("QUIT\r\n").await;
-    c.expect("221").await;
+    c.quit().await;
     assert_eq!(task.await.unwrap().messages, 0);
     assert!(s.messages().is_empty());
 }
@@ -63,16 +59,12 @@ async fn a_full_disk_answers_452_never_250() {
     let line = format!("{}\r\n", "f".repeat(98));
     let mut replies = Vec::new();
     for _ in 0..3 {
-        c.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n").await;
-        c.expect("250").await;
-        c.expect("250").await;
-        c.expect("354").await;
+        c.start_data().await;
         c.send(&line.repeat(400)).await; // 40 KB each: the second cannot fit
         c.send(".\r\n").await;
         replies.push(c.reply().await);
     }
-    c.send("QUIT\r\n").await;
-    c.expect("221").await;
+    c.quit().await;
     let summary = task.await.unwrap();
     assert!(replies[0].starts_with("250"), "{replies:?}");
     assert!(
@@ -93,10 +85,7 @@ async fn a_failed_directory_fsync_answers_452_and_leaves_no_copy() {
     s.spool
         .fail_dir_sync
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    c.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n").await;
-    c.expect("250").await;
-    c.expect("250").await;
-    c.expect("354").await;
+    c.start_data().await;
     c.send("first try\r\n.\r\n").await;
     c.expect("452 4.3.1").await;
     assert!(s.messages().is_empty(), "the unacknowledged copy is gone");

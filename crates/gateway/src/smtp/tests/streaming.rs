@@ -30,10 +30,7 @@ async fn start_data<S: AsyncRead + AsyncWrite + Unpin>(c: &mut Client<S>) {
 }
 
 async fn next_data<S: AsyncRead + AsyncWrite + Unpin>(c: &mut Client<S>) {
-    c.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n").await;
-    c.expect("250").await;
-    c.expect("250").await;
-    c.expect("354").await;
+    c.start_data().await;
 }
 
 #[tokio::test]
@@ -76,8 +73,7 @@ async fn a_message_over_the_limit_is_dropped_while_streaming_and_gets_552() {
         .await;
     assert!(s.messages().is_empty());
     assert_eq!(s.tmp_files(), 0);
-    c.send("QUIT\r\n").await;
-    c.expect("221").await;
+    c.quit().await;
     task.await.unwrap();
 }
 
@@ -100,8 +96,7 @@ async fn a_large_message_is_stored_byte_for_byte() {
     }
     c.send(".\r\n").await;
     c.expect("250 2.0.0").await;
-    c.send("QUIT\r\n").await;
-    c.expect("221").await;
+    c.quit().await;
     task.await.unwrap();
     let msgs = s.messages();
     assert_eq!(msgs.len(), 1);
@@ -117,8 +112,7 @@ async fn bare_line_endings_are_stored_as_crlf_by_default() {
     // The smuggling pattern: a bare-LF "end of data" inside the message.
     c.send("foo\n.\nbar\r\nbare\rcr\r\n.\r\n").await;
     c.expect("250 2.0.0").await;
-    c.send("QUIT\r\n").await;
-    c.expect("221").await;
+    c.quit().await;
     task.await.unwrap();
     let msgs = s.messages();
     assert_eq!(body_of(&msgs[0]), b"foo\r\n.\r\nbar\r\nbare\r\ncr\r\n");
@@ -151,8 +145,7 @@ async fn bare_line_endings_can_reject_the_message_with_550() {
     c.expect("250").await;
     c.expect("354").await;
     c.expect("250 2.0.0").await;
-    c.send("QUIT\r\n").await;
-    c.expect("221").await;
+    c.quit().await;
     assert_eq!(task.await.unwrap().messages, 1);
     assert_eq!(s.messages().len(), 1);
     assert_eq!(s.tmp_files(), 0);
