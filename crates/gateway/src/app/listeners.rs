@@ -1,7 +1,7 @@
 //! Starting what serves the configured listeners: one `ListenerActor` per
-//! SMTP or IMAP listener (plain or implicit TLS, each with its own
-//! generic handler), the HTTP server on the HTTP listeners, and the drain signal
-//! that tells an upgrade from a stop.
+//! SMTP or IMAP listener (plain or implicit TLS, each kind with its own
+//! generic handler), the HTTP server on the HTTP listeners, and the drain
+//! signal that tells an upgrade from a stop.
 
 use std::future::Future;
 use std::os::unix::net::UnixListener;
