@@ -23,6 +23,8 @@ use crate::tls_stream::TlsAcceptor;
 use crate::upgrade::{
     report_ready, skip_lame_duck_on_upgrade, stop_accepting_on_upgrade, UpgradeMetrics,
 };
+#[cfg(test)]
+pub(crate) use listeners::tls_session;
 use listeners::Sessions;
 
 /// Why the service could not start.

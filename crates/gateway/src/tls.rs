@@ -169,8 +169,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Upgradable<S> {
     pub(crate) async fn upgrade(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
         match std::mem::replace(self, Upgradable::Gone) {
             Upgradable::Plain(s) => {
-                let tls = acceptor.accept(s).await?;
-                *self = Upgradable::Tls(Box::new(tls));
+                *self = Upgradable::Tls(acceptor.accept(s).await?);
                 Ok(())
             }
             other => {

@@ -71,12 +71,16 @@ impl TlsAcceptor {
     /// Runs the server handshake on `io`; the stream is returned once the
     /// handshake is complete. Not bounded in time: the caller adds a
     /// timeout ([`HANDSHAKE_TIMEOUT`](crate::HANDSHAKE_TIMEOUT)).
+    ///
+    /// The stream is boxed from the start (rustls' connection state is over
+    /// 1 KiB): neither this future nor the session that holds the stream
+    /// afterwards carries it inline, and it is never moved.
     pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         io: S,
-    ) -> io::Result<TlsStream<S>> {
+    ) -> io::Result<Box<TlsStream<S>>> {
         let conn = UnbufferedServerConnection::new(self.config.clone()).map_err(tls_error)?;
-        let mut stream = TlsStream {
+        let mut stream = Box::new(TlsStream {
             io,
             conn,
             input: Input::default(),
@@ -87,7 +91,7 @@ impl TlsAcceptor {
             peer_closed: false,
             eof: false,
             close_queued: false,
-        };
+        });
         poll_fn(|cx| stream.poll_handshake(cx)).await?;
         Ok(stream)
     }

@@ -1,14 +1,14 @@
 //! Starting what serves the configured listeners: one `ListenerActor` per
-//! SMTP or IMAP listener (plain or implicit TLS, through one generic
-//! handler), the HTTP server on the HTTP listeners, and the drain signal
-//! that tells an upgrade from a stop.
+//! SMTP or IMAP listener (plain or implicit TLS, each kind with its own
+//! generic handler), the HTTP server on the HTTP listeners, and the drain
+//! signal that tells an upgrade from a stop.
 
 use std::future::Future;
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
 use actix::Addr;
-use actix_lifecycle::{Conn, ConnHandler, Lifecycle, ListenerActor, RefuseReason, ShutdownHandle};
+use actix_lifecycle::{ConnHandler, Lifecycle, ListenerActor, RefuseReason, ShutdownHandle};
 use actix_web::dev::ServerHandle;
 use lifecycle_handoff::{Network, PassedListener};
 use slog::{error, info, o, warn, Logger};
@@ -29,7 +29,7 @@ use crate::upgrade::UpgradeDrain;
 /// A protocol served on stream listeners: its context is what every
 /// session of one listener shares, and a session runs on any stream (the
 /// tracked connection, or the TLS stream over it).
-pub(super) trait StreamService: Send + Sync + 'static {
+pub(crate) trait StreamService: Send + Sync + 'static {
     /// The protocol's name in the registry, the metrics and the logs.
     const PROTOCOL: &'static str;
 
@@ -162,11 +162,12 @@ pub(super) fn start_stream<C: StreamService>(
     implicit: Option<TlsAcceptor>,
     log: Logger,
 ) -> Addr<ListenerActor> {
-    let busy = implicit.is_none().then(|| C::busy(config));
-    let handler = stream_handler(ctx, implicit, log).on_refused(move |reason| match &busy {
-        Some(reply) => reply(reason),
-        None => Vec::new(),
-    });
+    // One handler per kind of listener, so that the session futures of a
+    // plain listener are not sized by the TLS variant, nor the other way.
+    let handler = match implicit {
+        None => plain_handler(ctx).on_refused(C::busy(config)),
+        Some(acceptor) => tls_handler(ctx, acceptor, log).on_refused(|_| Vec::new()),
+    };
     let mut builder = lifecycle
         .listener(listener.name().to_owned(), C::PROTOCOL, handler)
         .limits(config.listener_limits(listener));
@@ -176,62 +177,83 @@ pub(super) fn start_stream<C: StreamService>(
     builder.start()
 }
 
-/// The connection handler of a stream listener: one session of `C` per
-/// connection, after a TLS handshake with `implicit` if given.
-fn stream_handler<C: StreamService>(
-    ctx: Arc<C>,
-    implicit: Option<TlsAcceptor>,
-    log: Logger,
-) -> ConnHandler {
+/// The connection handler of a plain stream listener: one session of `C`
+/// per connection.
+fn plain_handler<C: StreamService>(ctx: Arc<C>) -> ConnHandler {
     ConnHandler::new(move |conn| {
-        let ctx = ctx.clone();
-        let implicit = implicit.clone();
-        let log = log.clone();
-        async move {
-            let peer = conn.peer().to_string();
-            let shutdown = conn.shutdown().clone();
-            match implicit {
-                None => C::serve(conn, peer, shutdown, ctx).await,
-                // Boxed: the TLS state (the handshake, the rustls
-                // connection) would otherwise size every session future of
-                // the listener, plain ones too.
-                Some(acceptor) => {
-                    Box::pin(async move {
-                        if let Some(tls) = handshake(&acceptor, conn, &peer, &log).await {
-                            C::serve(tls, peer, shutdown, ctx).await;
-                        }
-                    })
-                    .await
-                }
-            }
-        }
+        let peer = conn.peer().to_string();
+        let shutdown = conn.shutdown().clone();
+        C::serve(conn, peer, shutdown, ctx.clone())
     })
+}
+
+/// The connection handler of an implicit-TLS stream listener: a TLS
+/// handshake, then one session of `C` on the TLS stream.
+fn tls_handler<C: StreamService>(ctx: Arc<C>, acceptor: TlsAcceptor, log: Logger) -> ConnHandler {
+    ConnHandler::new(move |conn| {
+        let shutdown = conn.shutdown().clone();
+        let peer = conn.peer().to_string();
+        tls_session(
+            conn,
+            peer,
+            shutdown,
+            ctx.clone(),
+            acceptor.clone(),
+            log.clone(),
+        )
+    })
+}
+
+/// An implicit-TLS session on `stream` (the tracked connection; generic for
+/// the footprint test). The handshake runs in a boxed future of its own:
+/// its state (the timer, rustls' handshake) is freed when it ends and does
+/// not size the future the session keeps for its whole life, which holds
+/// the TLS stream as a pointer ([`TlsAcceptor::accept`] boxes it).
+pub(crate) fn tls_session<C, S>(
+    stream: S,
+    peer: String,
+    shutdown: ShutdownHandle,
+    ctx: Arc<C>,
+    acceptor: TlsAcceptor,
+    log: Logger,
+) -> impl Future<Output = ()>
+where
+    C: StreamService,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let handshake = Box::pin(handshake(acceptor, stream, peer, log));
+    async move {
+        if let Some((tls, peer)) = handshake.await {
+            C::serve(tls, peer, shutdown, ctx).await;
+        }
+    }
 }
 
 /// The server side of an implicit-TLS handshake on an accepted connection,
 /// bounded by [`HANDSHAKE_TIMEOUT`]. The TLS stream wraps the tracked
 /// connection, so the lifecycle's abort still ends it (its reads see end of
-/// input). `None` (logged) when the handshake fails.
-async fn handshake(
-    acceptor: &TlsAcceptor,
-    conn: Conn,
-    peer: &str,
-    log: &Logger,
-) -> Option<TlsStream<Conn>> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
+/// input). The stream and `peer` back, or `None` (logged) when the
+/// handshake fails.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    acceptor: TlsAcceptor,
+    stream: S,
+    peer: String,
+    log: Logger,
+) -> Option<(Box<TlsStream<S>>, String)> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
             let version = tls
                 .protocol_version()
                 .map_or_else(|| "?".to_owned(), |v| format!("{v:?}"));
-            info!(log, "tls started"; "peer" => peer, "version" => version, "implicit" => true);
-            Some(tls)
+            info!(log, "tls started"; "peer" => &peer, "version" => version, "implicit" => true);
+            Some((tls, peer))
         }
         Ok(Err(e)) => {
-            info!(log, "tls handshake failed"; "peer" => peer, "error" => %e);
+            info!(log, "tls handshake failed"; "peer" => &peer, "error" => %e);
             None
         }
         Err(_) => {
-            info!(log, "tls handshake failed"; "peer" => peer, "error" => "timed out");
+            info!(log, "tls handshake failed"; "peer" => &peer, "error" => "timed out");
             None
         }
     }

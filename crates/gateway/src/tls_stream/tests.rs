@@ -58,7 +58,7 @@ async fn pair(
     let server = tokio::spawn(async move { acceptor.accept(s).await });
     let name = ServerName::try_from("test.example").unwrap();
     let client = connector(&pki, versions).connect(name, c).await.unwrap();
-    (client, server.await.unwrap().unwrap())
+    (client, *server.await.unwrap().unwrap())
 }
 
 fn pattern(n: usize) -> Vec<u8> {
