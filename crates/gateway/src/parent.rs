@@ -197,8 +197,7 @@ fn log_event(log: &Logger, user: &str, event: &SupervisorEvent) {
             ..
         } => warn!(log, "{}", text),
         SupervisorEvent::WatchdogWithheld { .. } => error!(log, "{}", text),
-        SupervisorEvent::StartNicenessOff { .. }
-        | SupervisorEvent::PriorityRestored { error: Some(_), .. } => warn!(log, "{}", text),
+        SupervisorEvent::PriorityRestored { error: Some(_), .. } => warn!(log, "{}", text),
         _ => info!(log, "{}", text),
     }
 }
