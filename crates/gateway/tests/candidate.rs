@@ -7,10 +7,8 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-
-use common::upgrading::Setup;
-use common::{field, number, Client, BIN, SOON};
+use common::upgrading::{replace_with_slow_gateway, Setup};
+use common::{field, number, Client, SOON};
 use lifecycle_tests::{loud, require_root};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -43,26 +41,13 @@ fn session_of_the_new_child_survives(end: End) {
     // Long enough that the session never meets the abort in this test; the
     // new child stops as soon as its session is over.
     setup.drain_grace = "30s";
-    let real = setup.dir.path().join("real-gateway");
-    std::fs::copy(BIN, &real).unwrap();
-    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = setup.bin.clone();
     let mut gw = setup.start();
     let first = Pid::from_raw(i32::try_from(gw.service_pid()).unwrap());
 
     // The binary on disk now: the gateway, slow to report ready (it serves
     // as soon as its listeners accept, as every new child does).
-    let staged = bin.with_extension("new");
-    std::fs::write(
-        &staged,
-        format!(
-            "#!/bin/sh\nLIFECYCLE_GATEWAY_TEST_READY_DELAY=1h exec '{}' \"$@\"\n",
-            real.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&staged, &bin).unwrap();
+    replace_with_slow_gateway(gw.dir(), &bin, "1h");
     gw.signal(Signal::SIGHUP);
     let accepting = gw
         .wait_log(SOON, |l| {

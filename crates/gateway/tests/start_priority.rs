@@ -6,10 +6,8 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-
-use common::upgrading::Setup;
-use common::{number, BIN, SOON};
+use common::upgrading::{replace_with_slow_gateway, Setup};
+use common::{number, SOON};
 use lifecycle_tests::{loud, require_root};
 use nix::sys::signal::Signal;
 
@@ -48,9 +46,6 @@ fn a_new_child_starts_at_a_lower_priority_and_is_set_back_once_ready() {
         return;
     }
     let (setup, _) = Setup::new();
-    let real = setup.dir.path().join("real-gateway");
-    std::fs::copy(BIN, &real).unwrap();
-    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = setup.bin.clone();
     let gw = setup.start();
     let parent_nice = thread_nices(gw.pid())[0].1;
@@ -63,17 +58,7 @@ fn a_new_child_starts_at_a_lower_priority_and_is_set_back_once_ready() {
 
     // The next binary reports ready only after a while (it accepts at
     // once): long enough to look at it while it is a candidate.
-    let staged = bin.with_extension("new");
-    std::fs::write(
-        &staged,
-        format!(
-            "#!/bin/sh\nLIFECYCLE_GATEWAY_TEST_READY_DELAY=2s exec '{}' \"$@\"\n",
-            real.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&staged, &bin).unwrap();
+    replace_with_slow_gateway(gw.dir(), &bin, "2s");
     gw.signal(Signal::SIGHUP);
     let second = started(&gw, 2);
     gw.wait_log(SOON, |l| {

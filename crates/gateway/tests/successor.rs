@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::upgrading::{
-    as_nobody, count, gone, load, upgrade_pid, LoadStats, Reaper, Setup, NOBODY,
+    as_nobody, count, gone, load, replace_with_script, upgrade_pid, LoadStats, Reaper, Setup,
+    NOBODY,
 };
 use common::{occurrences, s_client, sample, served_pem, SOON};
 use lifecycle_tests::{loud, require_root, require_tool};
@@ -359,17 +360,10 @@ fn sigterm_during_a_hand_over_cancels_it() {
         "ready",
     );
     // The binary on disk now never becomes ready.
-    let staged = bin.with_extension("new");
-    std::fs::write(
-        &staged,
-        format!(
-            "#!/bin/sh\necho $$ > '{}'\nexec sleep 600\n",
-            pid_file.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&staged, &bin).unwrap();
+    replace_with_script(
+        &bin,
+        &format!("echo $$ > '{}'\nexec sleep 600", pid_file.display()),
+    );
     let mut reaper = Reaper(Vec::new());
     gw.signal(Signal::SIGHUP);
     gw.wait_log(SOON, |l| l.contains(r#""msg":"upgrade started""#))

@@ -122,6 +122,32 @@ impl Drop for Reaper {
 
 /// Whether process `pid` is gone (reparented successors are reaped by
 /// init; a zombie counts as gone).
+/// Puts a shell script with `body` (after `#!/bin/sh`) at `bin` as an
+/// operator installs a new binary: written beside it, made executable,
+/// renamed over it. The next upgrade runs it.
+pub fn replace_with_script(bin: &Path, body: &str) {
+    let staged = bin.with_extension("new");
+    std::fs::write(&staged, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, bin).unwrap();
+}
+
+/// Copies the gateway binary to `dir/real-gateway` and replaces `bin` by a
+/// script that runs that copy with `LIFECYCLE_GATEWAY_TEST_READY_DELAY`
+/// set to `delay`: the next generation accepts at once but reports ready
+/// only after `delay`.
+pub fn replace_with_slow_gateway(dir: &Path, bin: &Path, delay: &str) {
+    let real = dir.join("real-gateway");
+    install_program(BIN.as_ref(), &real).unwrap();
+    replace_with_script(
+        bin,
+        &format!(
+            "LIFECYCLE_GATEWAY_TEST_READY_DELAY={delay} exec '{}' \"$@\"",
+            real.display()
+        ),
+    );
+}
+
 pub fn gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
