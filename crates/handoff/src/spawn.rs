@@ -387,7 +387,9 @@ impl ChildSpawner {
                 let fd = plan.place_keeping()?;
                 unblock_all_signals()?;
                 if let Some(nice) = nice {
-                    set_nice(0, nice)?;
+                    // A lower priority only helps: a child that cannot
+                    // have it (a seccomp filter, say) starts as usual.
+                    let _ = set_nice(0, nice);
                 }
                 drop_privileges(ids, parent, death_signal)?;
                 let _owned = &program;

@@ -253,6 +253,10 @@ impl UpgradeSupervisor {
     /// priority (nothing serves yet). Setting the threads back needs
     /// `CAP_SYS_NICE` (root has it): without it candidates start at the
     /// normal priority, as [`SupervisorEvent::StartNicenessOff`] reports.
+    /// It also needs the child's `/proc/<pid>/task` (systemd's
+    /// `ProtectProc=invisible` hides another user's processes): when the
+    /// threads cannot be set back, [`SupervisorEvent::PriorityRestored`]
+    /// carries the error and the generation serves at the lower priority.
     ///
     /// ```no_run
     /// # use lifecycle_handoff::UpgradeSupervisor;
