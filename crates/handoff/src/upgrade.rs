@@ -221,8 +221,10 @@ impl UpgradeSupervisor {
     ///
     /// The parent is the unit's main process, so it pings, at half of the
     /// interval, but only after the serving child answered a `status`
-    /// request on its control endpoint (within 1 s): a child that hangs
-    /// withholds the pings and systemd's `WatchdogSec=` fires. That needs a
+    /// request on its control endpoint (within 1 s, or a quarter of
+    /// `interval` when that is shorter, so that the reason is logged before
+    /// systemd acts): a child that hangs withholds the pings and systemd's
+    /// `WatchdogSec=` fires. That needs a
     /// [`control_socket`](Self::control_socket) (the children's endpoints
     /// sit beside it); without one the pings prove the parent's loop only,
     /// as [`SupervisorEvent::WatchdogStarted`] reports. Pings need a

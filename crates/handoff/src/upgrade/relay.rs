@@ -105,7 +105,7 @@ fn complete(command: ControlCommand, mut reply: Value, children: &Children) -> V
             let mut connections = Vec::new();
             let mut errors = Vec::new();
             for (generation, path) in all {
-                match ask(path, command) {
+                match ask(path, command, RELAY_TIMEOUT) {
                     Ok(child) => connections
                         .extend((child["connections"].as_array().cloned()).unwrap_or_default()),
                     Err(e) => errors.push(format!("generation {generation}: {e}")),
@@ -119,7 +119,7 @@ fn complete(command: ControlCommand, mut reply: Value, children: &Children) -> V
         }
         _ => {
             if let Some((generation, path)) = &children.serving {
-                match ask(path, ControlCommand::Status) {
+                match ask(path, ControlCommand::Status, RELAY_TIMEOUT) {
                     Ok(child) => {
                         reply["listeners"] = child["listeners"].clone();
                         reply["serving"]["live"] = child["serving"]["live"].clone();
@@ -130,7 +130,7 @@ fn complete(command: ControlCommand, mut reply: Value, children: &Children) -> V
                 }
             }
             for (generation, path) in &children.draining {
-                let live = ask(path, ControlCommand::Status)
+                let live = ask(path, ControlCommand::Status, RELAY_TIMEOUT)
                     .map_or(Value::Null, |child| child["serving"]["live"].clone());
                 if let Some(entries) = reply["draining"].as_array_mut() {
                     for entry in entries
@@ -146,11 +146,16 @@ fn complete(command: ControlCommand, mut reply: Value, children: &Children) -> V
     reply
 }
 
-/// One request to a child's endpoint; its reply.
-pub(super) fn ask(path: &Path, command: ControlCommand) -> std::io::Result<Value> {
+/// One request to a child's endpoint; its reply. Each of the write and
+/// the read may take `timeout`.
+pub(super) fn ask(
+    path: &Path,
+    command: ControlCommand,
+    timeout: Duration,
+) -> std::io::Result<Value> {
     let mut stream = connect_now(path)?;
-    stream.set_read_timeout(Some(RELAY_TIMEOUT))?;
-    stream.set_write_timeout(Some(RELAY_TIMEOUT))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     stream.write_all(command.to_line().as_bytes())?;
     let mut line = String::new();
     let limit = u64::try_from(MAX_REQUEST_LINE * 16).unwrap_or(u64::MAX);

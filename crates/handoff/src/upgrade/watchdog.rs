@@ -69,11 +69,19 @@ impl Watchdog {
     /// one in flight) soon after its reply must have come.
     pub(super) fn deadline(&self) -> Instant {
         if self.in_flight {
-            // ask() waits at most RELAY_TIMEOUT for each of its steps.
-            self.next.min(Instant::now() + RELAY_TIMEOUT / 4)
+            // ask() waits at most the probe timeout for each of its steps.
+            self.next.min(Instant::now() + self.probe_timeout() / 4)
         } else {
             self.next
         }
+    }
+
+    /// How long the child may take to answer a probe: [`RELAY_TIMEOUT`],
+    /// or half of the ping period when that is shorter, so that a child
+    /// that does not answer is reported (`WatchdogWithheld`) before
+    /// systemd's interval runs out and the watchdog ends the unit.
+    fn probe_timeout(&self) -> Duration {
+        RELAY_TIMEOUT.min(self.period / 2)
     }
 
     /// Collects finished probes (reporting a change of outcome as an
@@ -116,10 +124,11 @@ impl Watchdog {
             None => (None, None),
         };
         let sender = self.sender.clone();
+        let timeout = self.probe_timeout();
         let spawned = std::thread::Builder::new()
             .name("watchdog-probe".to_owned())
             .spawn(move || {
-                let error = probe(&socket, endpoint.as_deref()).err();
+                let error = probe(&socket, endpoint.as_deref(), timeout).err();
                 let _ = sender.send(ProbeResult { generation, error });
             });
         match spawned {
@@ -134,12 +143,16 @@ impl Watchdog {
 
 /// Asks the child at `endpoint` (when there is one) and pings systemd at
 /// `socket` when it answered.
-fn probe(socket: &str, endpoint: Option<&std::path::Path>) -> Result<(), String> {
+fn probe(
+    socket: &str,
+    endpoint: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<(), String> {
     if let Some(path) = endpoint {
-        ask(path, ControlCommand::Status).map_err(|e| match e.kind() {
-            ErrorKind::WouldBlock | ErrorKind::TimedOut => format!(
-                "the serving child did not answer its control endpoint within {RELAY_TIMEOUT:?}"
-            ),
+        ask(path, ControlCommand::Status, timeout).map_err(|e| match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+                format!("the serving child did not answer its control endpoint within {timeout:?}")
+            }
             _ => format!("the serving child did not answer its control endpoint: {e}"),
         })?;
     }
