@@ -159,7 +159,10 @@ fn a_nobody_child_serves_plain_and_tls_with_a_root_only_key() {
     assert_eq!(status_field(child, "NoNewPrivs"), "1");
     assert_eq!(status_field(child, "CapEff"), "0000000000000000");
     assert_eq!(status_field(child, "CapPrm"), "0000000000000000");
-    assert!(gw.log_text().contains(r#""msg":"service started""#));
+    // The parent logs this once the child is ready; the log arrives through
+    // an asynchronous drain and a pipe, so wait for it rather than read once.
+    gw.wait_log(SOON, |l| l.contains(r#""msg":"service started""#))
+        .unwrap_or_else(|| panic!("no \"service started\":\n{}", gw.log_text()));
 
     // The child's descriptors: 0-2, the five passed listeners at 3..=7 (the
     // parent's own sockets, same inodes), and what it made itself. The TLS
@@ -259,8 +262,8 @@ fn a_nobody_child_serves_plain_and_tls_with_a_root_only_key() {
         assert!(t.contains(answer), "{addr}: {answer:?} in {t}");
     }
     assert!(!der.is_empty());
-    let log = gw.log_text();
-    assert!(log.contains(r#""msg":"tls started""#), "{log}");
+    gw.wait_log(SOON, |l| l.contains(r#""msg":"tls started""#))
+        .unwrap_or_else(|| panic!("no \"tls started\":\n{}", gw.log_text()));
 
     // SIGTERM to the parent: the child drains, both exit 0.
     gw.signal(Signal::SIGTERM);
@@ -270,7 +273,8 @@ fn a_nobody_child_serves_plain_and_tls_with_a_root_only_key() {
         .wait_log(SOON, |l| l.contains(r#""msg":"service exited""#))
         .unwrap();
     assert_eq!(number(&exited, "status"), Some(0), "{exited}");
-    assert!(gw.log_text().contains(r#""phase":"stopped""#));
+    gw.wait_phase("stopped", SOON)
+        .unwrap_or_else(|| panic!("no stopped phase:\n{}", gw.log_text()));
     assert!(dead(child), "the child is gone with its parent");
 }
 

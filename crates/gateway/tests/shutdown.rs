@@ -33,7 +33,8 @@ fn sigterm_stops_an_idle_service_with_status_0() {
     assert_eq!(phase_order(&gw), ["draining", "aborting", "stopped"]);
     let stopped = gw.wait_phase("stopped", SOON).unwrap();
     assert_eq!(number(&stopped, "left_open"), Some(0), "{stopped}");
-    assert!(gw.log_text().contains(r#""msg":"exiting""#));
+    gw.wait_log(SOON, |l| l.contains(r#""msg":"exiting""#))
+        .unwrap_or_else(|| panic!("no \"exiting\":\n{}", gw.log_text()));
 }
 
 #[test]

@@ -384,6 +384,8 @@ fn sigterm_during_a_hand_over_cancels_it() {
     gw.signal(Signal::SIGTERM);
     let status = gw.wait_exit(SOON).expect("the gateway did not exit");
     let took = signalled.elapsed();
+    // The reader thread may still hold the last lines after the exit.
+    assert!(gw.wait_log_end(SOON), "the log did not end");
     let log = gw.log_text();
     assert_eq!(status.code(), Some(0), "{log}");
     // Drain 2 s + abort 1 s, plus slack: not the 30 s ready timeout.
