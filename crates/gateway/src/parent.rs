@@ -81,6 +81,13 @@ fn child_grace(config: &Config) -> Duration {
 /// on a machine with few cores. See `UpgradeSupervisor::start_niceness`.
 const UPGRADE_START_NICENESS: i32 = 10;
 
+/// Whether an upgrade's new child also starts under `SCHED_IDLE`, so that
+/// every waking thread of the serving generation preempts its start-up at
+/// once (nice 10 alone halved the upgrade-time p99 of connect-to-greeting,
+/// `SCHED_IDLE` halved it again; BENCHMARKS.md). See
+/// `UpgradeSupervisor::start_idle`.
+const UPGRADE_START_IDLE: bool = true;
+
 /// The privileged parent's whole life; returns the exit status to exit with
 /// (the serving child's, 128 + signal when it was killed). `supervisor` must
 /// have been created before any other thread (it blocks the signals it
@@ -127,6 +134,7 @@ pub fn supervise(
     let code = supervisor
         .child_grace(grace)
         .start_niceness(UPGRADE_START_NICENESS)
+        .start_idle(UPGRADE_START_IDLE)
         .control_socket(control)
         .run(spawner, kept, |event| log_event(log, &user, event))
         .map_err(StartError::Handoff)?;

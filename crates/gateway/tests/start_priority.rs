@@ -1,4 +1,5 @@
-//! An upgrade's new child starts at a lower priority (nice + 10) so that
+//! An upgrade's new child starts at a lower priority (nice + 10, under
+//! `SCHED_IDLE`) so that
 //! its start-up yields to the serving generation and its clients, and the
 //! root parent sets every one of its threads back once it is ready. The
 //! first child starts at the parent's priority. As root (skipped with a
@@ -11,8 +12,13 @@ use common::{number, SOON};
 use lifecycle_tests::{loud, require_root};
 use nix::sys::signal::Signal;
 
-/// The nice value of every thread of `pid`, from `/proc/<pid>/task/*/stat`.
-fn thread_nices(pid: u32) -> Vec<(u32, i32)> {
+/// `SCHED_OTHER` and `SCHED_IDLE` as `/proc/<pid>/stat` shows them.
+const OTHER: i32 = 0;
+const IDLE: i32 = 5;
+
+/// The nice value and scheduling policy of every thread of `pid`, from
+/// `/proc/<pid>/task/*/stat`.
+fn thread_nices(pid: u32) -> Vec<(u32, i32, i32)> {
     let mut nices = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let entry = entry.unwrap();
@@ -20,11 +26,13 @@ fn thread_nices(pid: u32) -> Vec<(u32, i32)> {
             continue; // exited meanwhile
         };
         // After the command name in parentheses: state is field 3, nice
-        // field 19 (proc(5)).
+        // field 19, policy field 41 (proc(5)).
         let after = &stat[stat.rfind(')').unwrap() + 1..];
-        let nice = after.split_whitespace().nth(16).unwrap().parse().unwrap();
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let nice = fields[16].parse().unwrap();
+        let policy = fields[38].parse().unwrap();
         let tid = entry.file_name().to_str().unwrap().parse().unwrap();
-        nices.push((tid, nice));
+        nices.push((tid, nice, policy));
     }
     nices
 }
@@ -48,12 +56,15 @@ fn a_new_child_starts_at_a_lower_priority_and_is_set_back_once_ready() {
     let (setup, _) = Setup::new();
     let bin = setup.bin.clone();
     let gw = setup.start();
-    let parent_nice = thread_nices(gw.pid())[0].1;
+    let (_, parent_nice, parent_policy) = thread_nices(gw.pid())[0];
+    assert_eq!(parent_policy, OTHER);
     let first = started(&gw, 1);
     let first_nices = thread_nices(first);
     assert!(
-        first_nices.iter().all(|(_, n)| *n == parent_nice),
-        "the first child runs at the parent's nice {parent_nice}: {first_nices:?}"
+        first_nices
+            .iter()
+            .all(|(_, n, p)| *n == parent_nice && *p == OTHER),
+        "the first child runs at the parent's nice {parent_nice}, SCHED_OTHER: {first_nices:?}"
     );
 
     // The next binary reports ready only after a while (it accepts at
@@ -79,12 +90,16 @@ fn a_new_child_starts_at_a_lower_priority_and_is_set_back_once_ready() {
         "a serving child has several threads: {before:?}"
     );
     assert!(
-        before.iter().all(|(_, n)| *n == parent_nice + 10),
-        "a candidate runs at nice {} before it is ready: {before:?}",
+        before
+            .iter()
+            .all(|(_, n, p)| *n == parent_nice + 10 && *p == IDLE),
+        "a candidate runs at nice {}, SCHED_IDLE, before it is ready: {before:?}",
         parent_nice + 10
     );
     assert!(
-        after.iter().all(|(_, n)| *n == parent_nice),
-        "every thread is back at nice {parent_nice} once ready: {after:?}"
+        after
+            .iter()
+            .all(|(_, n, p)| *n == parent_nice && *p == OTHER),
+        "every thread is back at nice {parent_nice}, SCHED_OTHER, once ready: {after:?}"
     );
 }

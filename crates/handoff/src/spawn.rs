@@ -191,6 +191,7 @@ pub struct ChildSpawner {
     names: VarNames,
     death_signal: bool,
     niceness: i32,
+    idle: bool,
 }
 
 /// The suffix Linux appends to `/proc/self/exe` once the executable was
@@ -222,6 +223,7 @@ impl ChildSpawner {
             names: VarNames::default(),
             death_signal: true,
             niceness: 0,
+            idle: false,
         })
     }
 
@@ -254,6 +256,18 @@ impl ChildSpawner {
     /// which uses this for upgrade candidates).
     pub fn niceness(mut self, increment: i32) -> Self {
         self.niceness = increment.max(0);
+        self
+    }
+
+    /// Starts the child under the `SCHED_IDLE` scheduling policy (default:
+    /// off): it then runs only when no thread of a normal policy wants the
+    /// CPU, and every waking normal thread preempts it at once (a raised
+    /// nice value only lowers its share). Entering `SCHED_IDLE` needs no
+    /// privilege; leaving it later needs `CAP_SYS_NICE` or a `RLIMIT_NICE`
+    /// that allows the nice value (see
+    /// [`UpgradeSupervisor::start_idle`](crate::UpgradeSupervisor::start_idle)).
+    pub fn idle_scheduling(mut self, on: bool) -> Self {
+        self.idle = on;
         self
     }
 
@@ -376,8 +390,10 @@ impl ChildSpawner {
         let parent = nix::unistd::getpid().as_raw();
         let death_signal = self.death_signal;
         let nice = (self.niceness > 0).then(|| own_nice().saturating_add(self.niceness).min(19));
+        let idle = self.idle;
         // SAFETY: the closure only calls async-signal-safe functions (fcntl,
         // dup2, close_range, sigemptyset, pthread_sigmask, setpriority,
+        // sched_setscheduler,
         // setgroups, setgid, setuid, prctl, getppid, execveat) and uses memory allocated before
         // the fork; it takes no lock and logs nothing. The descriptors it
         // maps stay open while `command` lives: the inventory's are borrowed
@@ -390,6 +406,10 @@ impl ChildSpawner {
                     // A lower priority only helps: a child that cannot
                     // have it (a seccomp filter, say) starts as usual.
                     let _ = set_nice(0, nice);
+                }
+                if idle {
+                    // The same: SCHED_IDLE only helps.
+                    let _ = set_policy(0, Policy::idle());
                 }
                 drop_privileges(ids, parent, death_signal)?;
                 let _owned = &program;
@@ -424,6 +444,56 @@ pub(crate) fn set_nice(tid: libc::id_t, nice: i32) -> io::Result<()> {
     // SAFETY: setpriority takes plain integers and touches no memory of
     // ours; it is a single system call, safe between fork and exec.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A scheduling policy with its static priority (0 for every policy but
+/// the real-time ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Policy {
+    policy: libc::c_int,
+    priority: libc::c_int,
+}
+
+impl Policy {
+    /// `SCHED_IDLE`.
+    pub(crate) fn idle() -> Self {
+        Policy {
+            policy: libc::SCHED_IDLE,
+            priority: 0,
+        }
+    }
+
+    /// This thread's policy and static priority.
+    pub(crate) fn own() -> io::Result<Self> {
+        // SAFETY: sched_getscheduler takes a plain integer.
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        if policy < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` is a valid sched_param for the call to fill.
+        if unsafe { libc::sched_getparam(0, &mut param) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Policy {
+            policy,
+            priority: param.sched_priority,
+        })
+    }
+}
+
+/// Sets the scheduling policy of thread `tid` (0: the calling thread).
+/// Async-signal-safe: one system call, no allocation.
+pub(crate) fn set_policy(tid: libc::pid_t, policy: Policy) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: policy.priority,
+    };
+    // SAFETY: `param` lives on this frame for the call; sched_setscheduler
+    // only reads it.
+    if unsafe { libc::sched_setscheduler(tid, policy.policy, &param) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -122,6 +122,7 @@ pub struct UpgradeSupervisor {
     watchdog: Option<Duration>,
     control: Option<ControlSocket>,
     start_niceness: i32,
+    start_idle: bool,
 }
 
 impl UpgradeSupervisor {
@@ -173,6 +174,7 @@ impl UpgradeSupervisor {
             watchdog,
             control: None,
             start_niceness: 0,
+            start_idle: false,
         })
     }
 
@@ -270,6 +272,31 @@ impl UpgradeSupervisor {
         self
     }
 
+    /// Starts upgrade candidates under the `SCHED_IDLE` scheduling policy
+    /// and sets every thread of a candidate back to this process's policy
+    /// once it reports ready (default: off). Combine with
+    /// [`start_niceness`](Self::start_niceness), whose conditions it shares
+    /// (`CAP_SYS_NICE`, the child's `/proc/<pid>/task`).
+    ///
+    /// A raised nice value only lowers the start-up's share of the CPU: it
+    /// still runs until the scheduler's next decision. Under `SCHED_IDLE`
+    /// a waking thread of a normal policy (the serving generation, its
+    /// clients) preempts the start-up at once. The price is larger than
+    /// with a nice value: while the machine is busy the start-up gets
+    /// almost no CPU, so on a saturated machine an upgrade takes as long
+    /// as it takes for a CPU to go idle (bounded by
+    /// [`ready_timeout`](Self::ready_timeout)).
+    ///
+    /// ```no_run
+    /// # use lifecycle_handoff::UpgradeSupervisor;
+    /// let supervisor = UpgradeSupervisor::new()?.start_niceness(10).start_idle(true);
+    /// # Ok::<(), lifecycle_handoff::Error>(())
+    /// ```
+    pub fn start_idle(mut self, on: bool) -> Self {
+        self.start_idle = on;
+        self
+    }
+
     /// Serves the operator's control socket from the loop (default: none):
     /// `status`, `upgrade` (with `wait`, answered with the upgrade's
     /// result; concurrent callers share one upgrade and its answer) and
@@ -317,10 +344,14 @@ impl UpgradeSupervisor {
             relays: relay::Relays::default(),
             watchdog: None,
             start_niceness: 0,
+            start_idle: false,
         };
-        if self.start_niceness > 0 {
+        if self.start_niceness > 0 || self.start_idle {
             match priority::cannot_restore() {
-                None => state.start_niceness = self.start_niceness,
+                None => {
+                    state.start_niceness = self.start_niceness;
+                    state.start_idle = self.start_idle;
+                }
                 Some(reason) => state.emit(SupervisorEvent::StartNicenessOff { reason }),
             }
         }

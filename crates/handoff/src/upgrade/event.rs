@@ -222,7 +222,8 @@ pub enum SupervisorEvent {
         error: String,
     },
     /// Upgrade candidates cannot start at a lower priority (see
-    /// [`UpgradeSupervisor::start_niceness`](crate::UpgradeSupervisor::start_niceness)):
+    /// [`UpgradeSupervisor::start_niceness`](crate::UpgradeSupervisor::start_niceness)
+    /// and [`start_idle`](crate::UpgradeSupervisor::start_idle)):
     /// this process could not restore their priority once they are ready.
     StartNicenessOff {
         /// Why, as text.

@@ -1,4 +1,5 @@
-//! Upgrade candidates start at a lower priority: a process start runs a
+//! Upgrade candidates start at a lower priority (a raised nice value,
+//! optionally `SCHED_IDLE`): a process start runs a
 //! few milliseconds of CPU without yielding (exec, loading, runtime
 //! set-up), and on a small machine the serving generation's threads and
 //! its clients otherwise wait behind it (see BENCHMARKS.md, "Connect-to-
@@ -9,7 +10,7 @@
 use std::fs;
 use std::io;
 
-use crate::spawn::{own_nice, set_nice};
+use crate::spawn::{own_nice, set_nice, set_policy, Policy};
 
 /// The `CAP_SYS_NICE` capability's bit in `/proc/self/status`'s `CapEff`.
 const CAP_SYS_NICE: u32 = 23;
@@ -49,8 +50,8 @@ fn threads(pid: u32) -> io::Result<Vec<libc::id_t>> {
     Ok(tids)
 }
 
-/// Sets every thread of `pid` to this process's nice value; returns how
-/// many threads it set.
+/// Sets every thread of `pid` to this thread's scheduling policy and nice
+/// value; returns how many threads it set.
 ///
 /// Nice values are per thread and a new thread inherits its creator's, so
 /// the threads are listed and set until a listing finds no thread that
@@ -60,6 +61,7 @@ pub(super) fn restore(pid: u32) -> io::Result<usize> {
     /// Passes before giving up on a process that keeps starting threads.
     const PASSES: usize = 8;
     let nice = own_nice();
+    let policy = Policy::own()?;
     let mut done: Vec<libc::id_t> = Vec::new();
     for _ in 0..PASSES {
         let tids = threads(pid)?;
@@ -67,7 +69,8 @@ pub(super) fn restore(pid: u32) -> io::Result<usize> {
             return Ok(done.len());
         }
         for &tid in &tids {
-            match set_nice(tid, nice) {
+            let set = set_policy(tid as libc::pid_t, policy).and_then(|()| set_nice(tid, nice));
+            match set {
                 Ok(()) => {}
                 // Exited since the listing.
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}

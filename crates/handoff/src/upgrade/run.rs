@@ -58,6 +58,9 @@ pub(super) struct Loop<'a, F> {
     /// How much lower upgrade candidates start (0: not at all; set only
     /// when this process can restore their priority).
     pub(super) start_niceness: i32,
+    /// Whether candidates start under `SCHED_IDLE` (both off when the
+    /// priority could not be set back).
+    pub(super) start_idle: bool,
 }
 
 impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
@@ -112,13 +115,12 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         inventory.listeners.extend(passed);
         // Candidates start at a lower priority; the first child does not
         // (nothing serves yet to yield to).
-        let niced = number > 1 && self.start_niceness > 0;
+        let niced = number > 1 && (self.start_niceness > 0 || self.start_idle);
         let child = if niced {
-            (self.spawner.clone().niceness(self.start_niceness)).spawn_with_ready(
-                inventory,
-                &pair,
-                self.lineage(number),
-            )
+            (self.spawner.clone())
+                .niceness(self.start_niceness)
+                .idle_scheduling(self.start_idle)
+                .spawn_with_ready(inventory, &pair, self.lineage(number))
         } else {
             self.spawner
                 .spawn_with_ready(inventory, &pair, self.lineage(number))
