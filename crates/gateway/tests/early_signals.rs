@@ -106,6 +106,9 @@ fn a_sighup_while_a_gateway_or_its_successor_starts_is_handled_not_fatal() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // Every generation exited: the log ends once the reader thread read
+    // their last lines.
+    assert!(gw.wait_log_end(SOON), "the log did not end");
     assert_eq!(
         count(&gw, "draining for an upgrade"),
         2,

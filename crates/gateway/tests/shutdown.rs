@@ -30,6 +30,8 @@ fn sigterm_stops_an_idle_service_with_status_0() {
         .wait_exit(SOON)
         .expect("gateway still running after SIGTERM");
     assert_eq!(status.code(), Some(0), "{status:?}\n{}", gw.log_text());
+    // The reader thread may still hold the last lines after the exit.
+    assert!(gw.wait_log_end(SOON), "the log did not end");
     assert_eq!(phase_order(&gw), ["draining", "aborting", "stopped"]);
     let stopped = gw.wait_phase("stopped", SOON).unwrap();
     assert_eq!(number(&stopped, "left_open"), Some(0), "{stopped}");
@@ -68,6 +70,8 @@ fn sigterm_mid_session_gives_421_and_exits_0_within_the_graces() {
         .wait_exit(drain + abort + Duration::from_secs(10))
         .expect("gateway still running after drain + abort grace");
     assert_eq!(status.code(), Some(0), "{status:?}\n{}", gw.log_text());
+    // The reader thread may still hold the last lines after the exit.
+    assert!(gw.wait_log_end(SOON), "the log did not end");
     assert_eq!(phase_order(&gw), ["draining", "aborting", "stopped"]);
     let stopped = gw.wait_phase("stopped", SOON).unwrap();
     assert_eq!(number(&stopped, "left_open"), Some(0), "{stopped}");
@@ -190,6 +194,8 @@ fn a_lame_duck_fails_readyz_at_once_but_still_accepts_mail_then_drains() {
 
     let status = gw.wait_exit(SOON).expect("gateway still running");
     assert_eq!(status.code(), Some(0), "{status:?}\n{}", gw.log_text());
+    // The reader thread may still hold the last lines after the exit.
+    assert!(gw.wait_log_end(SOON), "the log did not end");
     assert_eq!(
         phase_order(&gw),
         ["lame_duck", "draining", "aborting", "stopped"]

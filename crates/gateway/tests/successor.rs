@@ -204,6 +204,9 @@ fn without_a_privileged_parent_sighup_hands_over_to_a_successor() {
         assert!(Instant::now() < deadline, "generation 3 still running");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Every generation exited: the log ends once the reader thread read
+    // their last lines.
+    assert!(gw.wait_log_end(SOON), "the log did not end");
     assert_eq!(
         count(&gw, "draining for an upgrade"),
         2,
@@ -317,14 +320,14 @@ fn a_socket_activated_gateway_hands_over_on_sighup() {
         .expect("the activated process still runs");
     assert_eq!(status.code(), Some(0), "{}", gw.log_text());
     greet("after the hand-over");
+    // The successor's own line: nothing of its log was waited for yet.
     let started = format!(r#""pid":{next}"#);
-    assert!(
-        gw.logs().iter().any(|l| l.contains(r#""msg":"starting""#)
+    gw.wait_log(SOON, |l| {
+        l.contains(r#""msg":"starting""#)
             && l.contains(&started)
-            && l.contains(r#""mode":"inherited""#)),
-        "{}",
-        gw.log_text()
-    );
+            && l.contains(r#""mode":"inherited""#)
+    })
+    .unwrap_or_else(|| panic!("no inherited start of {next}:\n{}", gw.log_text()));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(next), Signal::SIGTERM).unwrap();
     notified(&notify, "STOPPING=1");
     let deadline = Instant::now() + SOON;

@@ -189,6 +189,8 @@ fn upgrades_under_load_refuse_nothing_and_lose_nothing() {
     gw.signal(Signal::SIGTERM);
     let status = gw.wait_exit(SOON).expect("still running");
     assert_eq!(status.code(), Some(0), "{}", gw.log_text());
+    // The reader thread may still hold the last lines after the exit.
+    assert!(gw.wait_log_end(SOON), "the log did not end");
     assert_eq!(count(&gw, "old generation exited"), 5, "{}", gw.log_text());
     // Each old generation knew it drained for an upgrade (stopped accepting
     // at once); the last one drained to stop.

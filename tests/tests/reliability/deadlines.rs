@@ -79,7 +79,10 @@ fn slow_data_is_cut_with_421_and_nothing_is_stored() {
             &[("protocol", "smtp"), ("reason", reason)],
         )
     };
-    let logged = gw.count_logs(|l| l.contains(r#""msg":"session cut""#));
+    // The log trails the replies the clients saw: wait for both lines.
+    let logged = gw.wait_log_count(2, Duration::from_secs(30), |l| {
+        l.contains(r#""msg":"session cut""#)
+    });
     figure(
         "deadlines",
         &format!(

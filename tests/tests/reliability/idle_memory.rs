@@ -56,6 +56,10 @@ fn idle_connections_cost_at_most_4_kib_each_and_still_answer() {
     let spoke = client.ask("speak", "speak", Duration::from_secs(300));
     let (status, exit_after) = terminate(&mut gw, DRAIN + ABORT + Duration::from_secs(30));
     client.finish();
+    assert!(
+        gw.wait_log_end(Duration::from_secs(60)),
+        "the log did not end"
+    );
     figure(
         "idle_memory",
         &format!(

@@ -34,6 +34,14 @@ pub(crate) fn reload_good(r: &Rig) {
     ));
     assert_eq!(failed, 0, "refused or broken during the reload: {errors:?}");
     assert!(r.deliver("after a good reload"), "{}", r.journal());
+    // The lines reach the journal behind the events the test saw (and the
+    // successor names itself only once its predecessor exited).
+    r.wait_for("the upgrade in the journal", |r| {
+        let journal = r.journal();
+        journal.contains("upgrade succeeded")
+            && (r.setup == Setup::Privileged
+                || journal.contains("main process announced: the predecessor exited"))
+    });
     let journal = r.journal();
     if r.setup != Setup::Privileged {
         // The old process logs under the generation its successor names as

@@ -105,7 +105,13 @@ impl Parent {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                // Every line up to the end of the pipe: the reader thread
+                // may still hold the last ones after the exit.
+                let end = Instant::now() + TIMEOUT;
+                while let Ok(line) = self
+                    .lines
+                    .recv_timeout(end.saturating_duration_since(Instant::now()))
+                {
                     self.seen.push(line);
                 }
                 return (status.code().unwrap_or(-1), std::mem::take(&mut self.seen));
