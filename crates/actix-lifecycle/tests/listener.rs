@@ -354,3 +354,38 @@ async fn two_listeners_with_one_name_are_refused_at_start() {
     );
     assert!(err.to_string().contains("unique name"), "{err}");
 }
+
+#[actix::test]
+async fn set_nodelay_sets_tcp_nodelay_and_is_a_no_op_on_unix_streams() {
+    use actix_lifecycle::Stream;
+    // Each connection answers the option's value after the call: 1 or 0
+    // for TCP, `u` for a Unix-domain stream (no such option).
+    let nodelay = || {
+        ConnHandler::new(|mut conn| async move {
+            let before = match conn.stream().get_ref() {
+                Stream::Tcp(s) => s.nodelay().unwrap(),
+                Stream::Unix(_) => false,
+            };
+            conn.set_nodelay(true).unwrap();
+            let answer = match conn.stream().get_ref() {
+                Stream::Tcp(s) => [u8::from(before), u8::from(s.nodelay().unwrap())],
+                Stream::Unix(_) => *b"uu",
+            };
+            let _ = conn.write_all(&answer).await;
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let (t, taddr) = tcp("t");
+    let lifecycle = common::start(vec![t, unix("u", &path)]);
+    let _lt = lifecycle.serve("t", "nodelay", nodelay());
+    let _lu = lifecycle.serve("u", "nodelay", nodelay());
+
+    let mut answer = [0u8; 2];
+    let mut c = tokio::net::TcpStream::connect(taddr).await.unwrap();
+    c.read_exact(&mut answer).await.unwrap();
+    assert_eq!(answer, [0, 1], "off by default, on after set_nodelay(true)");
+    let mut c = tokio::net::UnixStream::connect(&path).await.unwrap();
+    c.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"uu");
+}

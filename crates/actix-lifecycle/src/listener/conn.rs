@@ -85,6 +85,22 @@ impl PeerAddr {
 }
 
 impl Stream {
+    /// Sets `TCP_NODELAY` on a TCP connection (a Unix-domain stream has no
+    /// such option: `Ok` without a system call).
+    ///
+    /// Turn it on for protocols whose one reply can take several writes,
+    /// TLS above all: rustls writes a TLS 1.3 server's session tickets and
+    /// the first application data (an SMTP or IMAP greeting) as separate
+    /// records, and with Nagle's algorithm the second write waits for the
+    /// peer's delayed ACK of the first, about 40 ms on Linux. A protocol
+    /// that writes each reply whole in one write does not need it.
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nodelay(on),
+            Stream::Unix(_) => Ok(()),
+        }
+    }
+
     /// Writes what fits of `bytes` without waiting (a fresh socket's send
     /// buffer takes one short line whole), for a busy reply. Errors are
     /// ignored: the connection is closed next either way.
@@ -230,6 +246,23 @@ impl Conn {
     /// The registration.
     pub fn guard(&self) -> &ConnectionGuard {
         self.stream.guard()
+    }
+
+    /// Sets `TCP_NODELAY` on a TCP connection; see [`Stream::set_nodelay`]
+    /// for when a protocol needs it (TLS does).
+    ///
+    /// ```no_run
+    /// # use actix_lifecycle::ConnHandler;
+    /// let handler = ConnHandler::new(|conn| async move {
+    ///     // Before the TLS handshake: the first reply after it must not
+    ///     // wait for the client's delayed ACK.
+    ///     let _ = conn.set_nodelay(true);
+    ///     // ... the handshake and the session on `conn` ...
+    /// });
+    /// # drop(handler);
+    /// ```
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.stream.get_ref().set_nodelay(on)
     }
 
     /// The tracked stream (for socket options and addresses via
