@@ -224,6 +224,13 @@ fn main() {
         }
         return;
     }
+    if std::env::var(client::ROLE_VAR).as_deref() == Ok(idle::ROLE_TLS_BASELINE) {
+        if let Err(e) = idle::run_tls_baseline_role() {
+            eprintln!("idle TLS baseline: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if std::env::var(client::ROLE_VAR).as_deref() == Ok(idle::ROLE_BASELINE) {
         if let Err(e) = idle::run_baseline_role() {
             eprintln!("idle baseline: {e}");
