@@ -87,6 +87,12 @@ pub(crate) fn run_baseline_role() -> Res<()> {
 /// The tokio-rustls baseline: like the plain one, each connection behind
 /// a TLS handshake first (a fresh self-signed certificate, rustls' ring
 /// provider with its default protocol versions and settings).
+///
+/// It repeats the plain baseline's loop on purpose: a shared generic
+/// function changed what the tasks hold (measured: the plain task 928 →
+/// 1,043 B per connection, the TLS one 9.5 → 11.9 KB, the handshake future
+/// no longer overlapping the stream), and a baseline must be the smallest
+/// task of its kind.
 pub(crate) fn run_tls_baseline_role() -> Res<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
