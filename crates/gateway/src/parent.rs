@@ -205,7 +205,8 @@ fn log_event(log: &Logger, user: &str, event: &SupervisorEvent) {
             ..
         } => warn!(log, "{}", text),
         SupervisorEvent::WatchdogWithheld { .. } => error!(log, "{}", text),
-        SupervisorEvent::PriorityRestored { error: Some(_), .. } => warn!(log, "{}", text),
+        SupervisorEvent::PriorityRestored { error: Some(_), .. }
+        | SupervisorEvent::StartPriorityLifted { error: Some(_), .. } => warn!(log, "{}", text),
         _ => info!(log, "{}", text),
     }
 }

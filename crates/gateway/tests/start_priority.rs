@@ -1,9 +1,9 @@
 //! An upgrade's new child starts at a lower priority (nice + 10, under
-//! `SCHED_IDLE`) so that
-//! its start-up yields to the serving generation and its clients, and the
-//! root parent sets every one of its threads back once it is ready. The
-//! first child starts at the parent's priority. As root (skipped with a
-//! printed reason otherwise).
+//! `SCHED_IDLE`) so that its start-up yields to the serving generation and
+//! its clients, and the root parent sets every one of its threads back once
+//! it is ready, or after one second if it is not ready by then. The first
+//! child starts at the parent's priority. As root (skipped with a printed
+//! reason otherwise).
 
 mod common;
 
@@ -48,10 +48,13 @@ fn started(gw: &common::Gateway, generation: u64) -> u32 {
     u32::try_from(number(&line, "child").unwrap()).unwrap()
 }
 
-#[test]
-fn a_new_child_starts_at_a_lower_priority_and_is_set_back_once_ready() {
+/// Starts the gateway, checks the first child's priority, upgrades to a
+/// binary that reports ready `delay` after it accepts, and checks that the
+/// candidate runs at nice + 10 under SCHED_IDLE before that. Returns the
+/// gateway, the candidate's pid and the parent's nice value.
+fn upgrade_to_a_slow_candidate(delay: &str) -> Option<(common::Gateway, u32, i32)> {
     if !require_root("the privileged start with upgrades") {
-        return;
+        return None;
     }
     let (setup, _) = Setup::new();
     let bin = setup.bin.clone();
@@ -67,9 +70,9 @@ fn a_new_child_starts_at_a_lower_priority_and_is_set_back_once_ready() {
         "the first child runs at the parent's nice {parent_nice}, SCHED_OTHER: {first_nices:?}"
     );
 
-    // The next binary reports ready only after a while (it accepts at
+    // The next binary reports ready only after `delay` (it accepts at
     // once): long enough to look at it while it is a candidate.
-    replace_with_slow_gateway(gw.dir(), &bin, "2s");
+    replace_with_slow_gateway(gw.dir(), &bin, delay);
     gw.signal(Signal::SIGHUP);
     let second = started(&gw, 2);
     gw.wait_log(SOON, |l| {
@@ -77,13 +80,8 @@ fn a_new_child_starts_at_a_lower_priority_and_is_set_back_once_ready() {
     })
     .unwrap_or_else(|| panic!("generation 2 does not accept:\n{}", gw.log_text()));
     let before = thread_nices(second);
-    let restored = gw
-        .wait_log(SOON, |l| l.contains("back at the normal priority"))
-        .unwrap_or_else(|| panic!("no priority restored:\n{}", gw.log_text()));
-    let after = thread_nices(second);
     loud(&format!(
-        "start priority: parent nice {parent_nice}; generation 2 threads before ready \
-         {before:?}, after {after:?}; {restored}"
+        "start priority: parent nice {parent_nice}; generation 2 threads before ready {before:?}"
     ));
     assert!(
         before.len() > 1,
@@ -96,10 +94,52 @@ fn a_new_child_starts_at_a_lower_priority_and_is_set_back_once_ready() {
         "a candidate runs at nice {}, SCHED_IDLE, before it is ready: {before:?}",
         parent_nice + 10
     );
+    Some((gw, second, parent_nice))
+}
+
+/// Every thread of `pid` at `nice` under SCHED_OTHER.
+fn assert_normal(pid: u32, nice: i32, when: &str) {
+    let after = thread_nices(pid);
+    loud(&format!(
+        "start priority: generation 2 threads {when}: {after:?}"
+    ));
     assert!(
-        after
-            .iter()
-            .all(|(_, n, p)| *n == parent_nice && *p == OTHER),
-        "every thread is back at nice {parent_nice}, SCHED_OTHER, once ready: {after:?}"
+        after.iter().all(|(_, n, p)| *n == nice && *p == OTHER),
+        "every thread is back at nice {nice}, SCHED_OTHER, {when}: {after:?}"
+    );
+}
+
+#[test]
+fn a_new_child_starts_at_a_lower_priority_and_is_set_back_once_ready() {
+    // Ready within the limit (1 s): set back when it reports ready.
+    let Some((gw, second, nice)) = upgrade_to_a_slow_candidate("400ms") else {
+        return;
+    };
+    let restored = gw
+        .wait_log(SOON, |l| l.contains("back at the normal priority"))
+        .unwrap_or_else(|| panic!("no priority restored:\n{}", gw.log_text()));
+    assert!(restored.contains("is ready"), "{restored}");
+    assert_normal(second, nice, "once ready");
+}
+
+#[test]
+fn a_candidate_not_ready_within_a_second_gets_the_normal_priority_back_early() {
+    // A busy machine, as the child sees it: not ready for 3 s. After 1 s
+    // the parent lifts its priority, then the upgrade completes as usual.
+    let Some((gw, second, nice)) = upgrade_to_a_slow_candidate("3s") else {
+        return;
+    };
+    let lifted = gw
+        .wait_log(SOON, |l| l.contains("at the lower start priority"))
+        .unwrap_or_else(|| panic!("priority not lifted:\n{}", gw.log_text()));
+    assert!(lifted.contains("not ready after 1s"), "{lifted}");
+    assert_normal(second, nice, "after the lift, before ready");
+    gw.wait_log(SOON, |l| l.contains(r#""msg":"upgrade succeeded""#))
+        .unwrap_or_else(|| panic!("the upgrade did not complete:\n{}", gw.log_text()));
+    assert_normal(second, nice, "once ready");
+    assert!(
+        !gw.log_text().contains("is ready: its"),
+        "the priority is restored once, not again at ready:\n{}",
+        gw.log_text()
     );
 }

@@ -252,8 +252,10 @@ impl UpgradeSupervisor {
     /// wait behind it, which shows as connections greeted milliseconds
     /// late during an upgrade. At a lower priority the start yields to
     /// them. The price: under full load the new generation starts more
-    /// slowly (still within [`ready_timeout`](Self::ready_timeout) unless
-    /// the machine is starved). The first child starts at the normal
+    /// slowly; a candidate still not ready after one second at the lower
+    /// priority gets the normal one back
+    /// ([`SupervisorEvent::StartPriorityLifted`]), so a busy machine
+    /// delays an upgrade by that second at most. The first child starts at the normal
     /// priority (nothing serves yet). Setting the threads back needs
     /// `CAP_SYS_NICE` (root has it): without it candidates start at the
     /// normal priority, as [`SupervisorEvent::StartNicenessOff`] reports.
@@ -283,9 +285,11 @@ impl UpgradeSupervisor {
     /// a waking thread of a normal policy (the serving generation, its
     /// clients) preempts the start-up at once. The price is larger than
     /// with a nice value: while the machine is busy the start-up gets
-    /// almost no CPU, so on a saturated machine an upgrade takes as long
-    /// as it takes for a CPU to go idle (bounded by
-    /// [`ready_timeout`](Self::ready_timeout)).
+    /// almost no CPU; after one second without a ready report the
+    /// candidate gets the normal priority back
+    /// ([`SupervisorEvent::StartPriorityLifted`]), so on a saturated
+    /// machine an upgrade takes about a second longer, not its whole
+    /// [`ready_timeout`](Self::ready_timeout).
     ///
     /// ```no_run
     /// # use lifecycle_handoff::UpgradeSupervisor;

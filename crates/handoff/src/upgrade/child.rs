@@ -74,6 +74,9 @@ pub(super) struct Candidate {
     pub(super) told_to_stop: bool,
     /// It started at a lower priority, to be restored once it is ready.
     pub(super) niced: bool,
+    /// When its priority is restored if it is still not ready (a busy
+    /// machine starves a low-priority start-up); `None` once restored.
+    pub(super) lift_at: Option<Instant>,
 }
 
 /// A candidate told to stop (SIGTERM) that never became the serving child:

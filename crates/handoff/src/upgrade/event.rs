@@ -229,6 +229,22 @@ pub enum SupervisorEvent {
         /// Why, as text.
         reason: String,
     },
+    /// A candidate that started at a lower priority was still not ready
+    /// after `after`: its threads were set back to the parent's priority
+    /// early, so that a busy machine cannot starve the upgrade into its
+    /// ready timeout.
+    StartPriorityLifted {
+        /// Its generation.
+        generation: u64,
+        /// Its pid.
+        pid: u32,
+        /// How long it had run at the lower priority.
+        after: Duration,
+        /// How many of its threads were set.
+        threads: usize,
+        /// What went wrong, if anything.
+        error: Option<String>,
+    },
     /// A candidate that started at a lower priority is ready: its threads
     /// were set back to the parent's nice value.
     PriorityRestored {
@@ -376,6 +392,29 @@ impl fmt::Display for SupervisorEvent {
             SupervisorEvent::StartNicenessOff { reason } => write!(
                 f,
                 "upgrade candidates start at the normal priority: {reason}"
+            ),
+            SupervisorEvent::StartPriorityLifted {
+                generation,
+                pid,
+                after,
+                threads,
+                error: None,
+            } => write!(
+                f,
+                "generation {generation} (pid {pid}) is not ready after {after:?} at the lower \
+                 start priority (a busy machine): its {threads} threads are back at the normal \
+                 priority"
+            ),
+            SupervisorEvent::StartPriorityLifted {
+                generation,
+                pid,
+                after,
+                threads,
+                error: Some(error),
+            } => write!(
+                f,
+                "generation {generation} (pid {pid}) is not ready after {after:?} and may keep \
+                 its start-up priority ({threads} threads set back): {error}"
             ),
             SupervisorEvent::PriorityRestored {
                 generation,

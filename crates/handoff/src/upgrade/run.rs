@@ -4,11 +4,12 @@
 use std::io;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
 use super::child::{Candidate, Generation, Retiring};
+use super::priority;
 use super::relay::{Endpoint, Relays, CHILD_CONTROL_NAME};
 use super::watchdog::Watchdog;
 use super::{SupervisorEvent, UpgradeFailure, UpgradeStats, UpgradeSupervisor};
@@ -22,6 +23,12 @@ use crate::notify::{monotonic_now, one_line, NotifyState};
 use crate::ready::{poll_readable, ReadyPair};
 use crate::spawn::ChildSpawner;
 use crate::spec::ListenerSpec;
+
+/// How long an upgrade candidate runs at its lower start priority at most:
+/// a start-up takes milliseconds (see BENCHMARKS.md), so one still not
+/// ready after this is starved by a busy machine and gets the normal
+/// priority back ([`SupervisorEvent::StartPriorityLifted`]).
+pub(crate) const START_PRIORITY_LIMIT: Duration = Duration::from_secs(1);
 
 /// The supervision state.
 pub(super) struct Loop<'a, F> {
@@ -148,6 +155,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
             settled: false,
             told_to_stop: false,
             niced,
+            lift_at: niced.then(|| Instant::now() + START_PRIORITY_LIMIT),
         })
     }
 
@@ -171,6 +179,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
     pub(super) fn run(&mut self) -> Result<i32> {
         loop {
             let next = (self.candidate.iter().map(|c| c.deadline))
+                .chain(self.candidate.iter().filter_map(|c| c.lift_at))
                 .chain(self.retiring.iter().map(|r| r.kill_at))
                 .chain(self.control.as_ref().and_then(ControlServer::next_deadline))
                 .chain(
@@ -219,9 +228,37 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
             if let Some(code) = self.check_deadline()? {
                 return Ok(code);
             }
+            self.lift_start_priority();
             self.kill_overdue()?;
             self.tick_watchdog();
         }
+    }
+
+    /// Restores a candidate's priority once it has started at the lower
+    /// one for [`START_PRIORITY_LIMIT`] without becoming ready: on a busy
+    /// machine a start-up under `SCHED_IDLE` gets almost no CPU, and the
+    /// upgrade must still finish within the ready timeout.
+    fn lift_start_priority(&mut self) {
+        let Some(candidate) = self.candidate.as_mut() else {
+            return;
+        };
+        if candidate.lift_at.is_none_or(|at| at > Instant::now()) {
+            return;
+        }
+        candidate.lift_at = None;
+        candidate.niced = false;
+        let (generation, pid) = (candidate.generation.number, candidate.generation.pid());
+        let (threads, error) = match priority::restore(pid) {
+            Ok(threads) => (threads, None),
+            Err(e) => (0, Some(e.to_string())),
+        };
+        self.emit(SupervisorEvent::StartPriorityLifted {
+            generation,
+            pid,
+            after: START_PRIORITY_LIMIT,
+            threads,
+            error,
+        });
     }
 
     /// Collects watchdog probes and starts the next one when due. Not
