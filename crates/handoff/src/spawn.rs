@@ -393,11 +393,11 @@ impl ChildSpawner {
         let idle = self.idle;
         // SAFETY: the closure only calls async-signal-safe functions (fcntl,
         // dup2, close_range, sigemptyset, pthread_sigmask, setpriority,
-        // sched_setscheduler,
-        // setgroups, setgid, setuid, prctl, getppid, execveat) and uses memory allocated before
-        // the fork; it takes no lock and logs nothing. The descriptors it
-        // maps stay open while `command` lives: the inventory's are borrowed
-        // for this whole call, the program's is owned by the closure.
+        // sched_setscheduler, setgroups, setgid, setuid, prctl, getppid,
+        // execveat) and uses memory allocated before the fork; it takes no
+        // lock and logs nothing. The descriptors it maps stay open while
+        // `command` lives: the inventory's are borrowed for this whole call,
+        // the program's is owned by the closure.
         unsafe {
             command.pre_exec(move || {
                 let fd = plan.place_keeping()?;

@@ -255,8 +255,8 @@ impl UpgradeSupervisor {
     /// slowly; a candidate still not ready after one second at the lower
     /// priority gets the normal one back
     /// ([`SupervisorEvent::StartPriorityLifted`]), so a busy machine
-    /// delays an upgrade by that second at most. The first child starts at the normal
-    /// priority (nothing serves yet). Setting the threads back needs
+    /// delays an upgrade by that second at most. The first child starts at
+    /// the normal priority (nothing serves yet). Setting the threads back needs
     /// `CAP_SYS_NICE` (root has it): without it candidates start at the
     /// normal priority, as [`SupervisorEvent::StartNicenessOff`] reports.
     /// It also needs the child's `/proc/<pid>/task` (systemd's

@@ -69,7 +69,11 @@ pub(super) fn restore(pid: u32) -> io::Result<usize> {
             return Ok(done.len());
         }
         for &tid in &tids {
-            let set = set_policy(tid as libc::pid_t, policy).and_then(|()| set_nice(tid, nice));
+            // Thread ids from /proc fit a pid_t (pid_max is at most 2^22).
+            let Ok(thread) = libc::pid_t::try_from(tid) else {
+                continue;
+            };
+            let set = set_policy(thread, policy).and_then(|()| set_nice(tid, nice));
             match set {
                 Ok(()) => {}
                 // Exited since the listing.
