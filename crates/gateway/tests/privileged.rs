@@ -366,6 +366,9 @@ fn bad_starts_say_why_exit_non_zero_and_leave_nothing_running() {
         let out = Command::new(common::BIN)
             .arg("--config")
             .arg(&path)
+            // The default spool directory is relative: made here, not in
+            // the source tree.
+            .current_dir(dir.path())
             .envs(env.iter().copied())
             .output()
             .unwrap();
