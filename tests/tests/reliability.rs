@@ -204,6 +204,12 @@ impl LoadClient {
         self.stdin.flush().expect("flush to the client");
     }
 
+    /// Sends a command that needs no answer to a client that may already
+    /// have finished its work (and closed its input).
+    fn tell(&mut self, command: &str) {
+        let _ = writeln!(self.stdin, "{command}").and_then(|()| self.stdin.flush());
+    }
+
     /// The next line starting with `prefix`, within `timeout`.
     fn expect(&mut self, prefix: &str, timeout: Duration) -> String {
         let deadline = std::time::Instant::now() + timeout;

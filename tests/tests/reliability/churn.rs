@@ -44,6 +44,11 @@ fn churn_with_sigterm_at_the_half_stops_cleanly() {
     // acknowledgement ended before the signal.
     client.ask("term", "term-ack", Duration::from_secs(10));
     let (status, exit_after) = terminate(&mut gw, DRAIN + ABORT + Duration::from_secs(20));
+    // From here on the port is free: a connect can only be refused, or
+    // reach whatever bound the port since (another program's listener that
+    // never greets would look like a hung session). The client starts no
+    // more sessions; it may have finished already, so no answer is awaited.
+    client.tell("exited");
     let result = client.expect("result", Duration::from_secs(300));
     client.finish();
     assert!(
@@ -104,7 +109,11 @@ fn churn_with_sigterm_at_the_half_stops_cleanly() {
     .iter()
     .map(|k| kv(&result, &format!("before_{k}")) + kv(&result, &format!("after_{k}")))
     .sum();
-    assert_eq!(all, total as u64, "every session accounted for");
+    assert_eq!(
+        all + kv(&result, "skipped"),
+        total as u64,
+        "every session accounted for"
+    );
     assert!(
         open as u64 >= before,
         "the server opened every early session"

@@ -1,4 +1,9 @@
 //! `churn`: many short SMTP and IMAP sessions, every tenth reset.
+//!
+//! Commands on stdin: `term` (the test is about to send SIGTERM; answered
+//! `term-ack`) and `exited` (the server has exited: sessions not yet
+//! started are skipped, because a connect to the freed port tests the
+//! kernel, not the server, and can reach whatever bound that port since).
 
 use std::io::{self, BufRead, BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,8 +25,8 @@ enum Outcome {
     Refused,
     /// The connection ended without a goodbye (EOF, reset by the server).
     Cut,
-    /// No reply within READ_TIMEOUT.
-    Timeout,
+    /// No reply within READ_TIMEOUT; what was waited for, and where.
+    Timeout(String),
     /// Anything else, with what was seen.
     Unexpected(String),
 }
@@ -45,7 +50,7 @@ impl Tally {
             Outcome::Draining => &self.draining,
             Outcome::Refused => &self.refused,
             Outcome::Cut => &self.cut,
-            Outcome::Timeout => &self.timeout,
+            Outcome::Timeout(_) => &self.timeout,
             Outcome::Unexpected(_) => &self.unexpected,
         };
         c.fetch_add(1, Ordering::Relaxed);
@@ -74,10 +79,17 @@ struct Churn {
     next: AtomicUsize,
     ended: AtomicUsize,
     term: AtomicBool,
+    /// The test saw the server exit: start no more sessions.
+    exited: AtomicBool,
+    /// Sessions not started because the server had exited.
+    skipped: AtomicU64,
+    /// When the test announced the signal.
+    term_at: Mutex<Option<Instant>>,
     before: Tally,
     after: Tally,
     connected: [AtomicU64; 2],
     first_unexpected: Mutex<Option<String>>,
+    first_timeout: Mutex<Option<String>>,
 }
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
@@ -92,19 +104,30 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         next: AtomicUsize::new(0),
         ended: AtomicUsize::new(0),
         term: AtomicBool::new(false),
+        exited: AtomicBool::new(false),
+        skipped: AtomicU64::new(0),
+        term_at: Mutex::new(None),
         before: Tally::default(),
         after: Tally::default(),
         connected: [AtomicU64::new(0), AtomicU64::new(0)],
         first_unexpected: Mutex::new(None),
+        first_timeout: Mutex::new(None),
     });
     {
         let state = Arc::clone(&state);
         std::thread::spawn(move || {
             for line in io::stdin().lock().lines() {
                 let Ok(line) = line else { break };
-                if line.trim() == "term" {
-                    state.term.store(true, Ordering::SeqCst);
-                    say("term-ack");
+                match line.trim() {
+                    "term" => {
+                        if let Ok(mut at) = state.term_at.lock() {
+                            *at = Some(Instant::now());
+                        }
+                        state.term.store(true, Ordering::SeqCst);
+                        say("term-ack");
+                    }
+                    "exited" => state.exited.store(true, Ordering::SeqCst),
+                    _ => {}
                 }
             }
         });
@@ -120,20 +143,23 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         let _ = w.join();
     }
     let elapsed = start.elapsed();
-    let first = state
-        .first_unexpected
-        .lock()
-        .map(|f| f.clone().unwrap_or_default())
-        .unwrap_or_default();
+    let first = |f: &Mutex<Option<String>>| {
+        f.lock()
+            .map(|f| f.clone().unwrap_or_default())
+            .unwrap_or_default()
+    };
     say(&format!(
-        "result total={} elapsed_ms={} smtp_connected={} imap_connected={} {} {} first_unexpected={:?}",
+        "result total={} elapsed_ms={} smtp_connected={} imap_connected={} skipped={} {} {} \
+         first_unexpected={:?} first_timeout={:?}",
         total,
         elapsed.as_millis(),
         state.connected[0].load(Ordering::Relaxed),
         state.connected[1].load(Ordering::Relaxed),
+        state.skipped.load(Ordering::Relaxed),
         state.before.report("before"),
         state.after.report("after"),
-        first,
+        first(&state.first_unexpected),
+        first(&state.first_timeout),
     ));
     Ok(())
 }
@@ -144,10 +170,23 @@ fn churn_worker(state: &Churn) {
         if i >= state.total {
             return;
         }
+        if state.exited.load(Ordering::SeqCst) {
+            state.skipped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let outcome = session(state, i);
-        if let Outcome::Unexpected(what) = &outcome {
-            if let Ok(mut first) = state.first_unexpected.lock() {
-                first.get_or_insert_with(|| format!("session {i}: {what}"));
+        let first = match &outcome {
+            Outcome::Unexpected(what) => Some((&state.first_unexpected, what)),
+            Outcome::Timeout(what) => Some((&state.first_timeout, what)),
+            _ => None,
+        };
+        if let Some((slot, what)) = first {
+            let since_term = state.term_at.lock().ok().and_then(|at| *at).map_or_else(
+                || "before the signal".to_owned(),
+                |at| format!("{:?} after the signal", at.elapsed()),
+            );
+            if let Ok(mut first) = slot.lock() {
+                first.get_or_insert_with(|| format!("session {i}: {what} (ended {since_term})"));
             }
         }
         // Read after the session ended: `false` means it ended before the
@@ -164,10 +203,11 @@ fn churn_worker(state: &Churn) {
     }
 }
 
-/// The classification of an I/O error in mid-session.
-fn io_outcome(e: &io::Error) -> Outcome {
+/// The classification of an I/O error in mid-session; `at` says where it
+/// happened (kept for a timeout).
+fn io_outcome(e: &io::Error, at: impl FnOnce() -> String) -> Outcome {
     match e.kind() {
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => Outcome::Timeout,
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => Outcome::Timeout(at()),
         ErrorKind::ConnectionReset
         | ErrorKind::ConnectionAborted
         | ErrorKind::BrokenPipe
@@ -180,6 +220,8 @@ fn io_outcome(e: &io::Error) -> Outcome {
 struct Line {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
+    /// Where the session stood: the last command sent, if any.
+    last_sent: &'static str,
 }
 
 impl Line {
@@ -201,11 +243,30 @@ impl Line {
         Ok(Line {
             writer: s.try_clone()?,
             reader: BufReader::new(s),
+            last_sent: "",
         })
     }
 
-    fn send(&mut self, text: &str) -> io::Result<()> {
+    fn send(&mut self, text: &'static str) -> io::Result<()> {
+        self.last_sent = text;
         self.writer.write_all(text.as_bytes())
+    }
+
+    /// Where the session stands, for a timeout report: addresses, and
+    /// what was sent last.
+    fn position(&self) -> String {
+        let local = self.writer.local_addr().map(|a| a.to_string());
+        let peer = self.writer.peer_addr().map(|a| a.to_string());
+        format!(
+            "{} -> {}, waiting after {:?}",
+            local.unwrap_or_else(|e| e.to_string()),
+            peer.unwrap_or_else(|e| e.to_string()),
+            if self.last_sent.is_empty() {
+                "connect (greeting)"
+            } else {
+                self.last_sent.trim_end()
+            },
+        )
     }
 
     /// One line; end of input is `UnexpectedEof`.
@@ -234,13 +295,13 @@ fn session(state: &Churn, i: usize) -> Outcome {
     let addr = if smtp { state.smtp } else { state.imap };
     let mut c = match Line::connect(addr) {
         Ok(c) => c,
-        Err(e) => return io_outcome(&e),
+        Err(e) => return io_outcome(&e, || format!("connect to {addr}")),
     };
     state.connected[usize::from(!smtp)].fetch_add(1, Ordering::Relaxed);
     let reset = i % 10 == 9;
     let quit = i % 4 < 2;
     let r = if smtp {
-        smtp_session(&mut c, i, reset, quit)
+        smtp_session(&mut c, reset, quit)
     } else {
         imap_session(&mut c, reset, quit)
     };
@@ -250,11 +311,11 @@ fn session(state: &Churn, i: usize) -> Outcome {
             Err(e) => Outcome::Unexpected(format!("cannot set SO_LINGER: {e}")),
         },
         Ok(o) => o,
-        Err(e) => io_outcome(&e),
+        Err(e) => io_outcome(&e, || c.position()),
     }
 }
 
-fn smtp_session(c: &mut Line, i: usize, reset: bool, quit: bool) -> io::Result<Outcome> {
+fn smtp_session(c: &mut Line, reset: bool, quit: bool) -> io::Result<Outcome> {
     let expect = |reply: &str, code: &str| -> Option<Outcome> {
         if reply.starts_with(code) {
             None
@@ -272,7 +333,7 @@ fn smtp_session(c: &mut Line, i: usize, reset: bool, quit: bool) -> io::Result<O
         c.send("EHLO half-a-comm")?;
         return Ok(Outcome::Reset);
     }
-    c.send(&format!("EHLO client{i}.test\r\n"))?;
+    c.send("EHLO client.test\r\n")?;
     if let Some(o) = expect(&c.reply()?, "250") {
         return Ok(o);
     }
