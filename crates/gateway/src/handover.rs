@@ -310,9 +310,8 @@ impl HandoverTask {
                 );
                 warn!(self.log, "upgrade overtaken by a stop: the successor is told to stop too";
                     "from" => from, "child" => pid, "sigterm" => ?sent);
-                // It drains within its own graces; dropping the handle
-                // neither kills nor waits.
-                drop(successor.into_child());
+                // It drains within its own graces; the handle, dropped
+                // here, neither kills nor waits.
                 return (
                     false,
                     error_reply("upgrade overtaken by a stop: the service stops"),
@@ -323,9 +322,8 @@ impl HandoverTask {
                 let to = successor.generation();
                 info!(self.log, "upgrade succeeded"; "from" => from, "to" => to, "child" => pid,
                     "detail" => format!("generation {to} (pid {pid}) serves; generation {from} drains"));
-                // Dropping the handle neither kills nor waits: the successor
-                // outlives this process.
-                drop(successor.into_child());
+                // The handle, dropped here, neither kills nor waits: the
+                // successor outlives this process.
                 self.drain.mark();
                 // The hand-over told systemd READY=1 already, and the
                 // successor names itself the main process once this one

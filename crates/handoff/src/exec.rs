@@ -20,16 +20,14 @@ use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::privilege::TargetUser;
 
-/// The program a spawn executes: its path (for `argv[0]` and messages) and
-/// the descriptor the parent opened it with.
+/// The program a spawn executes: the descriptor the parent opened it with.
 #[derive(Debug)]
 pub(crate) struct Program {
-    path: PathBuf,
     fd: OwnedFd,
 }
 
@@ -55,15 +53,7 @@ impl Program {
             source: errno.into(),
         })?;
         check_executable(path, &FileMode::of(&stat), user)?;
-        Ok(Program {
-            path: path.to_owned(),
-            fd,
-        })
-    }
-
-    /// The path it was opened from.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
+        Ok(Program { fd })
     }
 
     /// The open program.

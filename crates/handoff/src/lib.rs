@@ -189,6 +189,7 @@
 struct ReadmeDoctests;
 
 mod bind;
+mod child_process;
 mod control;
 mod env;
 mod environment;
@@ -216,6 +217,7 @@ mod validate;
 mod tests;
 
 pub use bind::{bind_listener, open_file};
+pub use child_process::ChildProcess;
 pub use control::{
     error_reply, upgrade_reply, ControlAccess, ControlCommand, ControlError, ControlRequest,
     ControlSocket, CONTROL_IDLE_TIMEOUT, CONTROL_LISTENER_NAME, CONTROL_PROTOCOL_VERSION,

@@ -50,12 +50,11 @@
 //! ([`Error::WrongParent`]) instead of guessing. The successor keeps
 //! `NOTIFY_SOCKET` and `WATCHDOG_USEC` (it becomes the main process) but
 //! not `WATCHDOG_PID`, which names the old process.
-
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::child_process::ChildProcess;
 use crate::error::{Error, Result};
 use crate::inventory::Inventory;
 use crate::lineage::Lineage;
@@ -271,7 +270,7 @@ impl SuccessorHandoff {
 
 /// Gives a failed successor a moment to exit on its own, then kills it;
 /// returns its exit code when it exited by itself.
-fn reap(child: &mut Child) -> Option<i32> {
+fn reap(child: &mut ChildProcess) -> Option<i32> {
     for _ in 0..100 {
         if let Ok(Some(status)) = child.try_wait() {
             return Some(exit_code(status));
@@ -286,7 +285,7 @@ fn reap(child: &mut Child) -> Option<i32> {
 /// A successor that reported ready: it serves now.
 #[derive(Debug)]
 pub struct Successor {
-    child: Child,
+    child: ChildProcess,
     generation: u64,
 }
 
@@ -304,7 +303,7 @@ impl Successor {
 
     /// The process handle (the successor outlives this process; dropping
     /// the handle neither kills nor waits for it).
-    pub fn into_child(self) -> Child {
+    pub fn into_child(self) -> ChildProcess {
         self.child
     }
 }

@@ -3,11 +3,12 @@
 
 use std::io;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, ExitStatus};
+use std::process::ExitStatus;
 
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::unistd::Pid;
 
+use crate::child_process::ChildProcess;
 use crate::error::{Error, Result};
 
 /// The signals the parent forwards to the child: SIGTERM, SIGINT, SIGHUP,
@@ -80,7 +81,7 @@ impl Supervisor {
 
     /// Forwards signals to `child` until it exits; returns its
     /// [`exit_code`] (128 + signal for a child killed by a signal).
-    pub fn wait(&self, child: &mut Child) -> Result<i32> {
+    pub fn wait(&self, child: &mut ChildProcess) -> Result<i32> {
         let pid = child.id();
         let fail = |operation| {
             move |source: io::Error| Error::Supervise {

@@ -97,7 +97,7 @@ fn socket_activation_as_root_without_a_user_names_the_fix_for_this_mode() {
 }
 
 /// Kills and reaps the child when the test ends, however it ends.
-struct Reaped(std::process::Child);
+struct Reaped(lifecycle_handoff::ChildProcess);
 
 impl Drop for Reaped {
     fn drop(&mut self) {

@@ -3,20 +3,21 @@
 //! to stop without ever serving as the main child.
 
 use std::io;
-use std::process::{Child, ExitStatus};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::relay::Endpoint;
+use crate::child_process::ChildProcess;
 use crate::ready::ReadyReceiver;
 
 /// A running child and its generation.
 #[derive(Debug)]
 pub(super) struct Generation {
     pub(super) number: u64,
-    pub(super) child: Child,
+    pub(super) child: ChildProcess,
     /// The readiness channel, kept while this generation serves to send it
     /// the parent's counters.
     pub(super) channel: Option<ReadyReceiver>,
