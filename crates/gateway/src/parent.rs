@@ -101,11 +101,6 @@ pub fn supervise(
     // The user first: an unknown user or a refused root fails before
     // anything is bound.
     let user = service_user(config)?;
-    if let Some(user) = &user {
-        if prepare_spool(config.spool_dir(), user)? {
-            log_spool_created(log, config.spool_dir(), user);
-        }
-    }
     handoff
         .prepare(&config.listener_specs(), &[])
         .map_err(StartError::Handoff)?;
@@ -115,6 +110,13 @@ pub fn supervise(
     // Opened here, as root, and passed on; loading them checks them before
     // the child exists. The supervisor re-opens them for every upgrade.
     drop(crate::app::open_tls(config, &mut handoff, log)?);
+    // The spool directory last: a start that fails on a port in use or a
+    // bad certificate leaves nothing behind.
+    if let Some(user) = &user {
+        if prepare_spool(config.spool_dir(), user)? {
+            log_spool_created(log, config.spool_dir(), user);
+        }
+    }
     let kept = handoff.into_inventory();
     let mut spawner = ChildSpawner::new().map_err(StartError::Handoff)?;
     if let Some(user) = &user {

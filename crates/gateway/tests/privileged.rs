@@ -380,6 +380,10 @@ fn bad_starts_say_why_exit_non_zero_and_leave_nothing_running() {
             "{what}: expected {expect:?} in {stderr}"
         );
         assert!(!stderr.contains("service started"), "{what}: {stderr}");
+        assert!(
+            !dir.path().join("spool").exists(),
+            "{what}: a failed start left a spool directory behind"
+        );
         assert_eq!(
             running_with(&path),
             Vec::<u32>::new(),
