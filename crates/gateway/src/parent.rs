@@ -208,7 +208,8 @@ fn log_event(log: &Logger, user: &str, event: &SupervisorEvent) {
         } => warn!(log, "{}", text),
         SupervisorEvent::WatchdogWithheld { .. } => error!(log, "{}", text),
         SupervisorEvent::PriorityRestored { error: Some(_), .. }
-        | SupervisorEvent::StartPriorityLifted { error: Some(_), .. } => warn!(log, "{}", text),
+        | SupervisorEvent::StartPriorityLifted { error: Some(_), .. }
+        | SupervisorEvent::OwnPriorityNotRestored { .. } => warn!(log, "{}", text),
         _ => info!(log, "{}", text),
     }
 }

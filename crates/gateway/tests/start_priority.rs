@@ -94,19 +94,38 @@ fn upgrade_to_a_slow_candidate(delay: &str) -> Option<(common::Gateway, u32, i32
         "a candidate runs at nice {}, SCHED_IDLE, before it is ready: {before:?}",
         parent_nice + 10
     );
+    // The parent did its share of the start under SCHED_IDLE and is back.
+    assert_parent_back(
+        gw.pid(),
+        parent_nice,
+        "the parent's threads, after the start",
+    );
     Some((gw, second, parent_nice))
 }
 
 /// Every thread of `pid` at `nice` under SCHED_OTHER.
 fn assert_normal(pid: u32, nice: i32, when: &str) {
     let after = thread_nices(pid);
-    loud(&format!(
-        "start priority: generation 2 threads {when}: {after:?}"
-    ));
+    loud(&format!("start priority: {when}: {after:?}"));
     assert!(
         after.iter().all(|(_, n, p)| *n == nice && *p == OTHER),
         "every thread is back at nice {nice}, SCHED_OTHER, {when}: {after:?}"
     );
+}
+
+/// The parent's threads back at `nice` under SCHED_OTHER within [`SOON`]:
+/// it logs its events while it still does its share of the upgrade under
+/// SCHED_IDLE, so the log line seen may come just before it is back.
+fn assert_parent_back(pid: u32, nice: i32, when: &str) {
+    let deadline = std::time::Instant::now() + SOON;
+    let mut seen = thread_nices(pid);
+    while !seen.iter().all(|(_, n, p)| *n == nice && *p == OTHER)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        seen = thread_nices(pid);
+    }
+    assert_normal(pid, nice, when);
 }
 
 #[test]
@@ -119,7 +138,8 @@ fn a_new_child_starts_at_a_lower_priority_and_is_set_back_once_ready() {
         .wait_log(SOON, |l| l.contains("back at the normal priority"))
         .unwrap_or_else(|| panic!("no priority restored:\n{}", gw.log_text()));
     assert!(restored.contains("is ready"), "{restored}");
-    assert_normal(second, nice, "once ready");
+    assert_normal(second, nice, "generation 2 threads once ready");
+    assert_parent_back(gw.pid(), nice, "the parent's threads, after the promote");
 }
 
 #[test]
@@ -133,10 +153,15 @@ fn a_candidate_not_ready_within_a_second_gets_the_normal_priority_back_early() {
         .wait_log(SOON, |l| l.contains("at the lower start priority"))
         .unwrap_or_else(|| panic!("priority not lifted:\n{}", gw.log_text()));
     assert!(lifted.contains("not ready after 1s"), "{lifted}");
-    assert_normal(second, nice, "after the lift, before ready");
+    assert_normal(
+        second,
+        nice,
+        "generation 2 threads after the lift, before ready",
+    );
     gw.wait_log(SOON, |l| l.contains(r#""msg":"upgrade succeeded""#))
         .unwrap_or_else(|| panic!("the upgrade did not complete:\n{}", gw.log_text()));
-    assert_normal(second, nice, "once ready");
+    assert_normal(second, nice, "generation 2 threads once ready");
+    assert_parent_back(gw.pid(), nice, "the parent's threads, after the promote");
     assert!(
         !gw.log_text().contains("is ready: its"),
         "the priority is restored once, not again at ready:\n{}",

@@ -258,12 +258,9 @@ impl ChildSpawner {
 
     /// Starts the child with its nice value `increment` above this
     /// process's (default 0: the same; clamped to the range of nice
-    /// values). This process sets it on the child right after the child's
-    /// exec, before the program starts its threads. For a child of this
-    /// process's own user that needs no privilege; for a child running as
-    /// another [`user`](Self::user) it needs `CAP_SYS_NICE` (which a root
-    /// parent has; without it the child starts at the normal priority).
-    /// Lowering it again later needs `CAP_SYS_NICE` (see
+    /// values); set by the child before its exec, so every thread the
+    /// program starts inherits it. Raising it needs no privilege; lowering
+    /// it again later needs `CAP_SYS_NICE` (see
     /// [`UpgradeSupervisor::start_niceness`](crate::UpgradeSupervisor::start_niceness),
     /// which uses this for upgrade candidates).
     pub fn niceness(mut self, increment: i32) -> Self {
@@ -274,10 +271,13 @@ impl ChildSpawner {
     /// Starts the child under the `SCHED_IDLE` scheduling policy (default:
     /// off): it then runs only when no thread of a normal policy wants the
     /// CPU, and every waking normal thread preempts it at once (a raised
-    /// nice value only lowers its share). Set like
-    /// [`niceness`](Self::niceness), right after the exec, with the same
-    /// privilege rule. Leaving `SCHED_IDLE` later needs `CAP_SYS_NICE` or
-    /// a `RLIMIT_NICE` that allows the nice value (see
+    /// nice value only lowers its share). Set by the child before its exec,
+    /// like [`niceness`](Self::niceness); entering `SCHED_IDLE` needs no
+    /// privilege. The spawning thread waits until the child has executed
+    /// (vfork semantics), so on a busy machine the spawn itself takes as
+    /// long as an idle-priority thread waits for a CPU (24–40 ms were seen
+    /// at a load average of 3). Leaving `SCHED_IDLE` later needs
+    /// `CAP_SYS_NICE` or a `RLIMIT_NICE` that allows the nice value (see
     /// [`UpgradeSupervisor::start_idle`](crate::UpgradeSupervisor::start_idle)).
     pub fn idle_scheduling(mut self, on: bool) -> Self {
         self.idle = on;
@@ -410,6 +410,15 @@ impl ChildSpawner {
             if let Err(e) = unblock_all_signals() {
                 return e;
             }
+            if let Some(nice) = nice {
+                // A lower priority only helps: a child that cannot have it
+                // (a seccomp filter, say) starts as usual.
+                let _ = set_nice(0, nice);
+            }
+            if idle {
+                // The same: SCHED_IDLE only helps.
+                let _ = set_policy(0, Policy::idle());
+            }
             if let Err(e) = drop_privileges(ids, parent, death_signal) {
                 return e;
             }
@@ -417,8 +426,9 @@ impl ChildSpawner {
         };
         // SAFETY: `work` runs in a child sharing this process's memory
         // (vfork semantics). It only makes async-signal-safe system calls
-        // (fcntl, dup2, close_range, sigemptyset, pthread_sigmask, raw
-        // setgroups/setgid/setuid, prctl, getppid, execveat), allocates nothing, takes no lock,
+        // (fcntl, dup2, close_range, sigemptyset, pthread_sigmask,
+        // setpriority, sched_setscheduler, raw setgroups/setgid/setuid,
+        // prctl, getppid, execveat), allocates nothing, takes no lock,
         // cannot panic, and writes only `plan`'s vectors, allocated before.
         // The descriptors it maps stay open for the call: the inventory's
         // are borrowed, the program's is owned by `program`, alive here.
@@ -428,21 +438,6 @@ impl ChildSpawner {
             source,
         })?;
         drop(program);
-        // The start priority is set from here, once the child has executed,
-        // not by the child before its exec: this thread waits for that exec
-        // (vfork semantics), and a child at idle priority on a busy machine
-        // would hold it for as long as it waits for a CPU (24–40 ms were
-        // measured). Threads the program starts are created later still
-        // (after its dynamic loading) and inherit the priority. A lower
-        // priority only helps: a child that cannot have it (no
-        // CAP_SYS_NICE for another user's process, a seccomp filter) starts
-        // as usual.
-        if idle {
-            let _ = set_policy(pid, Policy::idle());
-        }
-        if let Some(nice) = nice {
-            let _ = set_nice(pid.unsigned_abs(), nice);
-        }
         Ok(ChildProcess::new(pid))
     }
 }

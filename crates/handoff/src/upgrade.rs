@@ -291,6 +291,16 @@ impl UpgradeSupervisor {
     /// machine an upgrade takes about a second longer, not its whole
     /// [`ready_timeout`](Self::ready_timeout).
     ///
+    /// The supervisor's own share of an upgrade (re-opening the secret
+    /// files, binding the candidate's control endpoint, the spawn, the
+    /// promote, the events) runs under `SCHED_IDLE` too, and its thread is
+    /// set back after each: a few hundred microseconds of CPU that a
+    /// serving thread waking on the same CPU would otherwise wait behind.
+    /// While a starting child has not executed yet (vfork semantics, see
+    /// [`ChildSpawner`](crate::ChildSpawner)), the supervisor waits for it
+    /// at that priority: on a busy machine its loop (signals, control
+    /// requests) answers some milliseconds later during that time.
+    ///
     /// ```no_run
     /// # use lifecycle_handoff::UpgradeSupervisor;
     /// let supervisor = UpgradeSupervisor::new()?.start_niceness(10).start_idle(true);

@@ -245,6 +245,13 @@ pub enum SupervisorEvent {
         /// What went wrong, if anything.
         error: Option<String>,
     },
+    /// This process did its share of an upgrade under `SCHED_IDLE` (see
+    /// [`UpgradeSupervisor::start_idle`](crate::UpgradeSupervisor::start_idle))
+    /// and could not set itself back: it goes on at the idle priority.
+    OwnPriorityNotRestored {
+        /// Why, as text.
+        error: String,
+    },
     /// A candidate that started at a lower priority is ready: its threads
     /// were set back to the parent's nice value.
     PriorityRestored {
@@ -415,6 +422,10 @@ impl fmt::Display for SupervisorEvent {
                 f,
                 "generation {generation} (pid {pid}) is not ready after {after:?} and may keep \
                  its start-up priority ({threads} threads set back): {error}"
+            ),
+            SupervisorEvent::OwnPriorityNotRestored { error } => write!(
+                f,
+                "the supervisor stays at the idle priority it upgrades at: {error}"
             ),
             SupervisorEvent::PriorityRestored {
                 generation,

@@ -6,11 +6,18 @@
 //! greeting during back-to-back upgrades"). Once the candidate is ready
 //! the parent sets every one of its threads back; that needs
 //! `CAP_SYS_NICE`, so without it candidates start at the normal priority.
+//!
+//! With `SCHED_IDLE` the parent also does its own share of an upgrade
+//! (re-opening files, binding the candidate's control endpoint, the
+//! spawn, the promote and the events it logs: a few hundred microseconds
+//! of CPU) under `SCHED_IDLE` ([`IdleWhile`]), so that a serving thread
+//! that wakes on its CPU does not wait behind it.
 
 use std::fs;
 use std::io;
 
-use crate::spawn::{own_nice, set_nice, set_policy, Policy};
+pub(super) use crate::spawn::Policy;
+use crate::spawn::{own_nice, set_nice, set_policy};
 
 /// The `CAP_SYS_NICE` capability's bit in `/proc/self/status`'s `CapEff`.
 const CAP_SYS_NICE: u32 = 23;
@@ -50,18 +57,67 @@ fn threads(pid: u32) -> io::Result<Vec<libc::id_t>> {
     Ok(tids)
 }
 
-/// Sets every thread of `pid` to this thread's scheduling policy and nice
-/// value; returns how many threads it set.
+/// The calling thread under `SCHED_IDLE` until [`leave`](Self::leave) (or
+/// drop), then back to the policy it had. Nested guards restore in turn.
+#[derive(Debug)]
+pub(super) struct IdleWhile {
+    /// The policy and nice value to go back to; `None` when the thread
+    /// was left as it was.
+    normal: Option<(Policy, i32)>,
+}
+
+impl IdleWhile {
+    /// Lowers the calling thread when `on`; a thread whose policy cannot
+    /// be read or set stays as it is (the upgrade goes on regardless).
+    pub(super) fn enter(on: bool) -> IdleWhile {
+        let normal = on
+            .then(|| Some((Policy::own().ok()?, own_nice())))
+            .flatten()
+            .filter(|_| set_policy(0, Policy::idle()).is_ok());
+        IdleWhile { normal }
+    }
+
+    /// The policy and nice value the thread had before, if it was lowered:
+    /// what a candidate is set back to meanwhile.
+    pub(super) fn normal(&self) -> Option<(Policy, i32)> {
+        self.normal
+    }
+
+    /// Sets the thread back; the error when it could not be (it then
+    /// stays under `SCHED_IDLE`: leaving it needs `CAP_SYS_NICE`, which the
+    /// supervisor checked before it enabled the start priority).
+    pub(super) fn leave(mut self) -> io::Result<()> {
+        match self.normal.take() {
+            Some((policy, nice)) => set_policy(0, policy).and_then(|()| set_nice(0, nice)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for IdleWhile {
+    fn drop(&mut self) {
+        if let Some((policy, nice)) = self.normal.take() {
+            // Only on an early return; `leave` reports the error otherwise.
+            let _ = set_policy(0, policy).and_then(|()| set_nice(0, nice));
+        }
+    }
+}
+
+/// Sets every thread of `pid` to the scheduling policy and nice value
+/// `normal` (by default this thread's own); returns how many threads it
+/// set.
 ///
 /// Nice values are per thread and a new thread inherits its creator's, so
 /// the threads are listed and set until a listing finds no thread that
 /// the previous pass did not set: a thread created after that was created
 /// by a thread already set. Threads that exit meanwhile are skipped.
-pub(super) fn restore(pid: u32) -> io::Result<usize> {
+pub(super) fn restore(pid: u32, normal: Option<(Policy, i32)>) -> io::Result<usize> {
     /// Passes before giving up on a process that keeps starting threads.
     const PASSES: usize = 8;
-    let nice = own_nice();
-    let policy = Policy::own()?;
+    let (policy, nice) = match normal {
+        Some(normal) => normal,
+        None => (Policy::own()?, own_nice()),
+    };
     let mut done: Vec<libc::id_t> = Vec::new();
     for _ in 0..PASSES {
         let tids = threads(pid)?;
@@ -97,6 +153,33 @@ mod tests {
         let status = "Name:\tx\nCapPrm:\t0000000000000000\nCapEff:\t0000000000800000\n";
         assert_eq!(effective_caps(status), Some(1 << CAP_SYS_NICE));
         assert_eq!(effective_caps("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn idle_while_lowers_this_thread_and_sets_it_back() {
+        std::thread::spawn(|| {
+            let before = Policy::own().unwrap();
+            let idle = IdleWhile::enter(true);
+            assert!(
+                idle.normal().is_some(),
+                "entering SCHED_IDLE needs no privilege"
+            );
+            assert_eq!(Policy::own().unwrap(), Policy::idle());
+            let inner = IdleWhile::enter(true);
+            inner.leave().unwrap();
+            assert_eq!(Policy::own().unwrap(), Policy::idle(), "nested: still idle");
+            match idle.leave() {
+                Ok(()) => assert_eq!(Policy::own().unwrap(), before),
+                // Leaving SCHED_IDLE needs CAP_SYS_NICE or RLIMIT_NICE.
+                Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}"),
+            }
+            let now = Policy::own().unwrap();
+            let off = IdleWhile::enter(false);
+            assert!(off.normal().is_none());
+            assert_eq!(Policy::own().unwrap(), now, "off: left as it was");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

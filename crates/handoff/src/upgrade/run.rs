@@ -248,7 +248,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         candidate.lift_at = None;
         candidate.niced = false;
         let (generation, pid) = (candidate.generation.number, candidate.generation.pid());
-        let (threads, error) = match priority::restore(pid) {
+        let (threads, error) = match priority::restore(pid, None) {
             Ok(threads) => (threads, None),
             Err(e) => (0, Some(e.to_string())),
         };
@@ -365,7 +365,27 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         self.start_upgrade(signal)
     }
 
+    /// Starts the next generation: [`start_candidate`](Self::start_candidate)
+    /// done under `SCHED_IDLE` when candidates start so (see
+    /// [`IdleWhile`](priority::IdleWhile)).
     pub(super) fn start_upgrade(&mut self, signal: &'static str) -> Result<()> {
+        let idle = priority::IdleWhile::enter(self.start_idle);
+        let started = self.start_candidate(signal);
+        self.leave_idle(idle);
+        started
+    }
+
+    /// Sets this thread back after its share of an upgrade; reports a
+    /// failure (the parent would otherwise stay under `SCHED_IDLE`).
+    pub(super) fn leave_idle(&mut self, idle: priority::IdleWhile) {
+        if let Err(e) = idle.leave() {
+            self.emit(SupervisorEvent::OwnPriorityNotRestored {
+                error: e.to_string(),
+            });
+        }
+    }
+
+    fn start_candidate(&mut self, signal: &'static str) -> Result<()> {
         let from = self.serving.as_ref().map_or(0, |g| g.number);
         let to = self.next_generation;
         self.next_generation += 1;
