@@ -10,6 +10,12 @@
 //! binary is exec'd back to back on the side (`--check-config`: exec,
 //! dynamic loading, config parsing; no runtime, no listeners) for as long
 //! as the upgrades took.
+//!
+//! `--timeline` prints, per repetition, every connection during the
+//! upgrades slower than that repetition's steady-state p99, between the
+//! upgrade requests and replies, on stderr, stamped with `CLOCK_MONOTONIC`
+//! seconds: the clock of `perf sched record -k CLOCK_MONOTONIC`, so a slow
+//! connection can be looked up in a scheduler trace of the same run.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -74,21 +80,53 @@ fn greeting(addr: SocketAddr, counts: &Counts) -> Option<f64> {
     Some(took)
 }
 
+/// `CLOCK_MONOTONIC` in seconds (what `perf sched record -k
+/// CLOCK_MONOTONIC` stamps its events with); 0 if it cannot be read.
+fn monotonic() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_or(0.0, |t| Duration::from(t).as_secs_f64())
+}
+
+/// One connection of the load client: when it started (see [`monotonic`])
+/// and its connect-to-greeting time in milliseconds.
+type Seen = (f64, f64);
+
 /// Runs the load client until `stop` is set; returns its latencies.
 fn spawn_client(
     addr: SocketAddr,
     counts: Arc<Counts>,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Vec<f64>> {
+) -> std::thread::JoinHandle<Vec<Seen>> {
     std::thread::spawn(move || {
         let mut seen = Vec::new();
         while !stop.load(Ordering::Relaxed) {
+            let started = monotonic();
             if let Some(ms) = greeting(addr, &counts) {
-                seen.push(ms);
+                seen.push((started, ms));
             }
         }
         seen
     })
+}
+
+/// The `--timeline` listing of one repetition (see the module comment).
+fn print_timeline(rep: usize, threshold: f64, upgrades: &[(f64, f64)], during: &[Seen]) {
+    let mut lines: Vec<(f64, String)> = Vec::new();
+    for &(request, reply) in upgrades {
+        lines.push((request, "upgrade requested".to_owned()));
+        lines.push((reply, "upgrade answered (new generation ready)".to_owned()));
+    }
+    let slow = during.iter().filter(|(_, ms)| *ms > threshold);
+    lines.extend(slow.map(|&(at, ms)| (at, format!("    connection took {ms:.3} ms"))));
+    lines.sort_by(|a, b| a.0.total_cmp(&b.0));
+    eprintln!(
+        "timeline, repetition {rep}: {} connections during the upgrades, those above the \
+         steady p99 ({threshold:.3} ms) listed",
+        during.len()
+    );
+    for (at, what) in lines {
+        eprintln!("{at:.6} {what}");
+    }
 }
 
 /// Execs `bin --config config --check-config` back to back for `span`:
@@ -122,7 +160,11 @@ fn percentile(values: &mut [f64], p: f64) -> Option<f64> {
     values.get(index).copied()
 }
 
-pub(crate) fn control_rows(sizes: &crate::Sizes, gateway_bin: Option<&Path>) -> Res<Vec<Row>> {
+pub(crate) fn control_rows(
+    sizes: &crate::Sizes,
+    gateway_bin: Option<&Path>,
+    timeline: bool,
+) -> Res<Vec<Row>> {
     let titles = [
         "ctl upgrade --wait: request to reply (new generation ready), privileged",
         "ctl status: request to reply, privileged, idle",
@@ -166,26 +208,33 @@ pub(crate) fn control_rows(sizes: &crate::Sizes, gateway_bin: Option<&Path>) -> 
         let mut steady: Vec<f64> = (0..STEADY_CONNECTIONS)
             .filter_map(|_| greeting(gw.smtp, &counts))
             .collect();
+        let steady_p99 = percentile(&mut steady, 0.99).unwrap_or(f64::NAN);
         p50_steady.push(percentile(&mut steady, 0.50).unwrap_or(f64::NAN));
-        p99_steady.push(percentile(&mut steady, 0.99).unwrap_or(f64::NAN));
+        p99_steady.push(steady_p99);
         // Back-to-back upgrades with the client running.
         let stop = Arc::new(AtomicBool::new(false));
         let client = spawn_client(gw.smtp, counts.clone(), stop.clone());
         let upgrades_began = Instant::now();
+        let mut requests = Vec::with_capacity(UPGRADES);
         for _ in 0..UPGRADES {
-            let started = Instant::now();
+            let (started, requested) = (Instant::now(), monotonic());
             let reply = ask(
                 &socket,
                 "{\"version\":1,\"command\":\"upgrade\",\"wait\":true}\n",
             )?;
             upgrade.push_duration(started.elapsed());
+            requests.push((requested, monotonic()));
             if !reply.contains("\"ok\":true") {
                 return Err(format!("ctl upgrade --wait failed: {reply}").into());
             }
         }
         let upgrades_took = upgrades_began.elapsed();
         stop.store(true, Ordering::Relaxed);
-        let mut during = client.join().map_err(|_| "the load client panicked")?;
+        let seen = client.join().map_err(|_| "the load client panicked")?;
+        if timeline {
+            print_timeline(rep, steady_p99, &requests, &seen);
+        }
+        let mut during: Vec<f64> = seen.iter().map(|(_, ms)| *ms).collect();
         p50_up.push(percentile(&mut during, 0.50).unwrap_or(f64::NAN));
         p99_up.push(percentile(&mut during, 0.99).unwrap_or(f64::NAN));
         // The same client while the same binary starts on the side, for as
@@ -194,7 +243,8 @@ pub(crate) fn control_rows(sizes: &crate::Sizes, gateway_bin: Option<&Path>) -> 
         let client = spawn_client(gw.smtp, counts.clone(), stop.clone());
         let side = exec_on_the_side(bin, &run.join("gateway.toml"), upgrades_took);
         stop.store(true, Ordering::Relaxed);
-        let mut beside = client.join().map_err(|_| "the load client panicked")?;
+        let beside = client.join().map_err(|_| "the load client panicked")?;
+        let mut beside: Vec<f64> = beside.iter().map(|(_, ms)| *ms).collect();
         side?;
         p50_side.push(percentile(&mut beside, 0.50).unwrap_or(f64::NAN));
         p99_side.push(percentile(&mut beside, 0.99).unwrap_or(f64::NAN));

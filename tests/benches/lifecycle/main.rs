@@ -17,7 +17,9 @@
 //! `--report FILE` (write the Markdown table there),
 //! `--gateway PATH` (the lifecycle-gateway binary; default: next to the
 //! bench's own target directory), `--no-gateway` (leave its rows out),
-//! `--data-sessions N` (sessions held in DATA at once, default 200).
+//! `--data-sessions N` (sessions held in DATA at once, default 200),
+//! `--timeline` (the control rows list their slow connections next to
+//! the upgrades on stderr; see `control.rs`).
 
 mod abort;
 mod accept;
@@ -145,6 +147,7 @@ struct Options {
     report: Option<PathBuf>,
     gateway: Option<PathBuf>,
     no_gateway: bool,
+    timeline: bool,
 }
 
 impl Options {
@@ -157,6 +160,7 @@ impl Options {
             report: None,
             gateway: None,
             no_gateway: false,
+            timeline: false,
         };
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
@@ -186,10 +190,12 @@ impl Options {
                 "--report" => options.report = Some(value("--report")?.into()),
                 "--gateway" => options.gateway = Some(value("--gateway")?.into()),
                 "--no-gateway" => options.no_gateway = true,
+                "--timeline" => options.timeline = true,
                 other => {
                     return Err(format!(
                         "unknown argument {other:?}; known: --reps N, --only LIST, \
-                         --report FILE, --gateway PATH, --no-gateway, --data-sessions N"
+                         --report FILE, --gateway PATH, --no-gateway, --data-sessions N, \
+                         --timeline"
                     )
                     .into())
                 }
@@ -304,7 +310,10 @@ fn run() -> Res<()> {
         );
     }
     if options.wants("control") {
-        add("control", control::control_rows(sizes, gateway));
+        add(
+            "control",
+            control::control_rows(sizes, gateway, options.timeline),
+        );
     }
     if options.wants("data") {
         add(
