@@ -85,7 +85,12 @@ pub(crate) struct Common {
 
 impl Common {
     pub(crate) fn now_nanos(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        // Seconds and nanoseconds apart: no 128-bit multiply (`as_nanos`)
+        // on the accept path; saturates after 584 years.
+        let d = self.epoch.elapsed();
+        d.as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()))
     }
 
     fn intern(self: &Arc<Self>, protocol: &str, listener: &str) -> ConnKind {

@@ -167,11 +167,10 @@ impl Counters {
 
 /// What serving a connection on one arbiter needs; made once per arbiter.
 pub(crate) struct Server {
-    pub(crate) shard: RegistryShard,
-    pub(crate) kind: ConnKind,
-    pub(crate) handler: ConnHandler,
-    pub(crate) context: Arc<ConnContext>,
-    pub(crate) log: Logger,
+    /// Admits and dispatches this arbiter's connections; borrowed for a
+    /// connection admitted at once, cloned only for one that first waits
+    /// for its PROXY header.
+    pub(crate) admitter: Admitter,
     pub(crate) proxy: Option<Arc<ProxyProtocol>>,
 }
 
@@ -190,11 +189,13 @@ impl Server {
             protocol: Arc::clone(&kind.protocol),
         });
         Server {
-            shard,
-            kind,
-            handler,
-            context,
-            log,
+            admitter: Admitter {
+                shard,
+                kind,
+                handler,
+                context,
+                log,
+            },
             proxy,
         }
     }
@@ -207,32 +208,21 @@ impl Server {
     /// of its own (see [`Server::serve_proxied`]).
     fn serve(&self, stream: Stream, peer: PeerAddr) {
         if let Some(proxy) = &self.proxy {
+            let a = &self.admitter;
             if !proxy.is_trusted(&peer) {
-                let reason = self.shard.refuse(&self.kind, RefuseReason::ProxyUntrusted);
-                debug!(self.log, "connection refused"; "peer" => %peer, "reason" => reason.as_str());
+                let reason = a.shard.refuse(&a.kind, RefuseReason::ProxyUntrusted);
+                debug!(a.log, "connection refused"; "peer" => %peer, "reason" => reason.as_str());
                 return;
             }
             actix::spawn(Self::serve_proxied(
                 Arc::clone(proxy),
-                self.admitter(),
+                self.admitter.clone(),
                 stream,
                 peer,
             ));
             return;
         }
-        self.admitter().admit(stream, peer, None);
-    }
-
-    /// What admitting and dispatching one connection needs, cloned for a
-    /// connection that waits for its PROXY header.
-    fn admitter(&self) -> Admitter {
-        Admitter {
-            shard: self.shard.clone(),
-            kind: self.kind.clone(),
-            handler: self.handler.clone(),
-            context: Arc::clone(&self.context),
-            log: self.log.clone(),
-        }
+        self.admitter.admit(stream, peer, None);
     }
 
     /// Reads the PROXY header within its deadline (or until the service
@@ -264,8 +254,9 @@ impl Server {
     }
 }
 
-/// Admits one connection and hands it to the handler.
-struct Admitter {
+/// What admitting and dispatching one connection needs.
+#[derive(Clone)]
+pub(crate) struct Admitter {
     shard: RegistryShard,
     kind: ConnKind,
     handler: ConnHandler,
@@ -276,7 +267,7 @@ struct Admitter {
 impl Admitter {
     /// Admits `stream` from `peer` (which came `via` a proxy, if any) and
     /// dispatches it, or answers it busy and closes it.
-    fn admit(self, stream: Stream, peer: PeerAddr, via: Option<PeerAddr>) {
+    fn admit(&self, stream: Stream, peer: PeerAddr, via: Option<PeerAddr>) {
         let guard = match self.shard.admit(&self.kind, peer.ip()) {
             Ok(guard) => guard,
             Err(reason) => {
@@ -292,7 +283,7 @@ impl Admitter {
             }
             None => debug!(self.log, "connection accepted"; "conn" => guard.id(), "peer" => %peer),
         }
-        let conn = Conn::new(guard.track(stream), peer, self.context);
+        let conn = Conn::new(guard.track(stream), peer, Arc::clone(&self.context));
         self.handler.dispatch(conn);
     }
 }
@@ -304,7 +295,7 @@ impl Server {
         match stream.adopt() {
             Ok(stream) => self.serve(stream, peer),
             Err(e) => {
-                debug!(self.log, "cannot register an accepted connection; dropped";
+                debug!(self.admitter.log, "cannot register an accepted connection; dropped";
                     "peer" => %peer, "error" => %e)
             }
         }
@@ -407,13 +398,11 @@ impl AcceptLoop {
         let progress = match accepted {
             Some(Ok((stream, peer))) => {
                 self.counters.accepted.set(self.counters.accepted.get() + 1);
-                let reason = self
-                    .local
-                    .shard
-                    .refuse(&self.local.kind, RefuseReason::Descriptors);
+                let local = &self.local.admitter;
+                let reason = local.shard.refuse(&local.kind, RefuseReason::Descriptors);
                 match stream.adopt() {
                     Ok(stream) => {
-                        let written = self.local.handler.refuse(stream, reason);
+                        let written = local.handler.refuse(stream, reason);
                         debug!(self.log, "connection refused"; "peer" => %peer,
                             "reason" => reason.as_str(), "reply_bytes" => written);
                     }
