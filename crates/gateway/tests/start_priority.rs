@@ -2,11 +2,13 @@
 //! `SCHED_IDLE`) so that its start-up yields to the serving generation and
 //! its clients, and the root parent sets every one of its threads back once
 //! it is ready, or after one second if it is not ready by then. The first
-//! child starts at the parent's priority. As root (skipped with a printed
-//! reason otherwise).
+//! child starts at the parent's priority. The parent serves a control
+//! request under `SCHED_IDLE` too and is set back after it. As root
+//! (skipped with a printed reason otherwise).
 
 mod common;
 
+use common::ctl::{ctl, json};
 use common::upgrading::{replace_with_slow_gateway, Setup};
 use common::{number, SOON};
 use lifecycle_tests::{loud, require_root};
@@ -167,4 +169,36 @@ fn a_candidate_not_ready_within_a_second_gets_the_normal_priority_back_early() {
         "the priority is restored once, not again at ready:\n{}",
         gw.log_text()
     );
+}
+
+#[test]
+fn an_upgrade_through_the_control_socket_leaves_every_thread_at_the_normal_priority() {
+    // The parent reads and answers control requests, and handles every
+    // wake-up while the candidate runs, under SCHED_IDLE: the candidate is
+    // still set back to the parent's normal priority, not to SCHED_IDLE,
+    // and so is the parent after each.
+    if !require_root("the privileged start with a control socket") {
+        return;
+    }
+    let (setup, _) = Setup::new();
+    let socket = setup.dir.path().join("run/control.sock");
+    let head = format!(
+        "user = \"nobody\"\ncontrol_socket = \"{}\"",
+        socket.display()
+    );
+    let gw = setup.launch(&head, |_| {}, "service ready");
+    let (_, nice, policy) = thread_nices(gw.pid())[0];
+    assert_eq!(policy, OTHER);
+    for (to, _) in (2..=3).zip(0..) {
+        let out = ctl(&socket, &["upgrade", "--wait", "--json"]);
+        assert!(out.status.success(), "{out:?}\n{}", gw.log_text());
+        let reply = json(&out);
+        assert_eq!(reply["to"], to, "{reply}");
+        let pid = started(&gw, to);
+        assert_normal(pid, nice, &format!("generation {to} threads once ready"));
+        assert_parent_back(gw.pid(), nice, "the parent's threads, after ctl upgrade");
+    }
+    let status = json(&ctl(&socket, &["status", "--json"]));
+    assert_eq!(status["generation"], 3, "{status}");
+    assert_parent_back(gw.pid(), nice, "the parent's threads, after ctl status");
 }

@@ -291,11 +291,16 @@ impl UpgradeSupervisor {
     /// machine an upgrade takes about a second longer, not its whole
     /// [`ready_timeout`](Self::ready_timeout).
     ///
-    /// The supervisor's own share of an upgrade (re-opening the secret
-    /// files, binding the candidate's control endpoint, the spawn, the
-    /// promote, the events) runs under `SCHED_IDLE` too, and its thread is
-    /// set back after each: a few hundred microseconds of CPU that a
-    /// serving thread waking on the same CPU would otherwise wait behind.
+    /// The supervisor's own share of an upgrade (reading and answering
+    /// control requests, re-opening the secret files, binding the
+    /// candidate's control endpoint, the spawn, the promote, the events)
+    /// runs under `SCHED_IDLE` too: every wake-up of its loop that serves
+    /// a control request or comes while a candidate runs, after which its
+    /// thread is set back. That is a few hundred microseconds of CPU that
+    /// a serving thread waking on the same CPU would otherwise wait behind.
+    /// A `status` relay thread started meanwhile runs at that priority
+    /// too; the watchdog's probes and the forwarding of a stop signal
+    /// outside an upgrade keep the normal one.
     /// While a starting child has not executed yet (vfork semantics, see
     /// [`ChildSpawner`](crate::ChildSpawner)), the supervisor waits for it
     /// at that priority: on a busy machine its loop (signals, control
@@ -359,6 +364,9 @@ impl UpgradeSupervisor {
             watchdog: None,
             start_niceness: 0,
             start_idle: false,
+            normal: priority::Policy::own()
+                .ok()
+                .map(|policy| (policy, crate::spawn::own_nice())),
         };
         if self.start_niceness > 0 || self.start_idle {
             match priority::cannot_restore() {

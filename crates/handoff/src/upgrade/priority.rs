@@ -8,10 +8,11 @@
 //! `CAP_SYS_NICE`, so without it candidates start at the normal priority.
 //!
 //! With `SCHED_IDLE` the parent also does its own share of an upgrade
-//! (re-opening files, binding the candidate's control endpoint, the
-//! spawn, the promote and the events it logs: a few hundred microseconds
-//! of CPU) under `SCHED_IDLE` ([`IdleWhile`]), so that a serving thread
-//! that wakes on its CPU does not wait behind it.
+//! (reading and answering the control request, re-opening files, binding
+//! the candidate's control endpoint, the spawn, the promote and the events
+//! it logs: a few hundred microseconds of CPU) under `SCHED_IDLE`
+//! ([`IdleWhile`]), so that a serving thread that wakes on its CPU does
+//! not wait behind it.
 
 use std::fs;
 use std::io;
@@ -58,7 +59,15 @@ fn threads(pid: u32) -> io::Result<Vec<libc::id_t>> {
 }
 
 /// The calling thread under `SCHED_IDLE` until [`leave`](Self::leave) (or
-/// drop), then back to the policy it had. Nested guards restore in turn.
+/// drop), then back to the policy it had. A thread already under
+/// `SCHED_IDLE` is left as it is, so nested guards leave it to the
+/// outermost one.
+///
+/// Entering yields the CPU once: a thread whose policy changes while it
+/// runs is not preempted (`SCHED_OTHER` and `SCHED_IDLE` at one nice value
+/// have the same priority to the kernel), so a serving thread queued
+/// behind it on its CPU would otherwise wait until the scheduler's next
+/// decision; every thread that wakes afterwards preempts it at once.
 #[derive(Debug)]
 pub(super) struct IdleWhile {
     /// The policy and nice value to go back to; `None` when the thread
@@ -73,14 +82,19 @@ impl IdleWhile {
         let normal = on
             .then(|| Some((Policy::own().ok()?, own_nice())))
             .flatten()
+            .filter(|(policy, _)| *policy != Policy::idle())
             .filter(|_| set_policy(0, Policy::idle()).is_ok());
+        if normal.is_some() {
+            std::thread::yield_now();
+        }
         IdleWhile { normal }
     }
 
-    /// The policy and nice value the thread had before, if it was lowered:
-    /// what a candidate is set back to meanwhile.
-    pub(super) fn normal(&self) -> Option<(Policy, i32)> {
-        self.normal
+    #[cfg(test)]
+    /// Whether this guard lowered the thread (false: off, already under
+    /// `SCHED_IDLE`, or the policy could not be set).
+    pub(super) fn lowered(&self) -> bool {
+        self.normal.is_some()
     }
 
     /// Sets the thread back; the error when it could not be (it then
@@ -160,12 +174,10 @@ mod tests {
         std::thread::spawn(|| {
             let before = Policy::own().unwrap();
             let idle = IdleWhile::enter(true);
-            assert!(
-                idle.normal().is_some(),
-                "entering SCHED_IDLE needs no privilege"
-            );
+            assert!(idle.lowered(), "entering SCHED_IDLE needs no privilege");
             assert_eq!(Policy::own().unwrap(), Policy::idle());
             let inner = IdleWhile::enter(true);
+            assert!(!inner.lowered(), "nested: left to the outer guard");
             inner.leave().unwrap();
             assert_eq!(Policy::own().unwrap(), Policy::idle(), "nested: still idle");
             match idle.leave() {
@@ -175,7 +187,7 @@ mod tests {
             }
             let now = Policy::own().unwrap();
             let off = IdleWhile::enter(false);
-            assert!(off.normal().is_none());
+            assert!(!off.lowered());
             assert_eq!(Policy::own().unwrap(), now, "off: left as it was");
         })
         .join()

@@ -68,6 +68,11 @@ pub(super) struct Loop<'a, F> {
     /// Whether candidates start under `SCHED_IDLE` (both off when the
     /// priority could not be set back).
     pub(super) start_idle: bool,
+    /// This thread's policy and nice value when the loop began: what
+    /// candidates are set back to (the thread itself is under
+    /// `SCHED_IDLE` for parts of an upgrade; `None`: not readable, the
+    /// thread's policy at the time is used).
+    pub(super) normal: Option<(priority::Policy, i32)>,
 }
 
 impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
@@ -210,28 +215,49 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
                 })?;
                 (readable, base)
             };
-            let candidate_polled = self.candidate.as_ref().is_some_and(|c| !c.settled);
-            if readable.contains(&1) && candidate_polled {
-                if let Some(code) = self.check_candidate()? {
-                    return Ok(code);
-                }
-            }
-            if readable.contains(&0) {
-                if let Some(code) = self.read_signals()? {
-                    return Ok(code);
-                }
-            }
             let control: Vec<usize> = (readable.iter())
                 .filter_map(|&i| i.checked_sub(control_base))
                 .collect();
-            self.serve_control(&control)?;
-            if let Some(code) = self.check_deadline()? {
+            // A control request, or anything while an upgrade runs: the
+            // rest of this wake-up yields to the serving generation (the
+            // watchdog's probes, started below, keep the normal priority;
+            // before the first child serves there is nothing to yield to).
+            let idle = priority::IdleWhile::enter(
+                self.start_idle
+                    && self.serving.is_some()
+                    && (!control.is_empty() || self.candidate.is_some()),
+            );
+            if let Some(code) = self.serve_wake_up(&readable, &control)? {
                 return Ok(code);
             }
-            self.lift_start_priority();
-            self.kill_overdue()?;
+            self.leave_idle(idle);
             self.tick_watchdog();
         }
+    }
+
+    /// Handles what one wake-up of the loop found readable (`readable`:
+    /// indexes as [`run`](Self::run) polls them; `control`: the control
+    /// socket's among them) and the deadlines; the exit code once the
+    /// serving child is gone.
+    fn serve_wake_up(&mut self, readable: &[usize], control: &[usize]) -> Result<Option<i32>> {
+        let candidate_polled = self.candidate.as_ref().is_some_and(|c| !c.settled);
+        if readable.contains(&1) && candidate_polled {
+            if let Some(code) = self.check_candidate()? {
+                return Ok(Some(code));
+            }
+        }
+        if readable.contains(&0) {
+            if let Some(code) = self.read_signals()? {
+                return Ok(Some(code));
+            }
+        }
+        self.serve_control(control)?;
+        if let Some(code) = self.check_deadline()? {
+            return Ok(Some(code));
+        }
+        self.lift_start_priority();
+        self.kill_overdue()?;
+        Ok(None)
     }
 
     /// Restores a candidate's priority once it has started at the lower
@@ -248,7 +274,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         candidate.lift_at = None;
         candidate.niced = false;
         let (generation, pid) = (candidate.generation.number, candidate.generation.pid());
-        let (threads, error) = match priority::restore(pid, None) {
+        let (threads, error) = match priority::restore(pid, self.normal) {
             Ok(threads) => (threads, None),
             Err(e) => (0, Some(e.to_string())),
         };

@@ -107,15 +107,14 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
     /// first child has nothing to yield to).
     fn promote(&mut self) {
         let idle = priority::IdleWhile::enter(self.start_idle && self.serving.is_some());
-        let normal = idle.normal();
-        self.promote_candidate(normal);
+        self.promote_candidate();
         self.leave_idle(idle);
     }
 
     /// Makes the ready candidate the serving generation (its threads set
-    /// back to `normal`, by default this thread's priority) and tells the
-    /// old one to drain.
-    fn promote_candidate(&mut self, normal: Option<(priority::Policy, i32)>) {
+    /// back to the supervisor's normal priority) and tells the old one to
+    /// drain.
+    fn promote_candidate(&mut self) {
         let Some(candidate) = self.candidate.take() else {
             return;
         };
@@ -125,7 +124,7 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         if candidate.niced {
             // Back to the normal priority before the old generation drains:
             // from now on the new one serves every new connection.
-            let (threads, error) = match priority::restore(pid, normal) {
+            let (threads, error) = match priority::restore(pid, self.normal) {
                 Ok(threads) => (threads, None),
                 Err(e) => (0, Some(e.to_string())),
             };
