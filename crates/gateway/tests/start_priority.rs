@@ -189,7 +189,7 @@ fn an_upgrade_through_the_control_socket_leaves_every_thread_at_the_normal_prior
     let gw = setup.launch(&head, |_| {}, "service ready");
     let (_, nice, policy) = thread_nices(gw.pid())[0];
     assert_eq!(policy, OTHER);
-    for (to, _) in (2..=3).zip(0..) {
+    for to in 2u64..=3 {
         let out = ctl(&socket, &["upgrade", "--wait", "--json"]);
         assert!(out.status.success(), "{out:?}\n{}", gw.log_text());
         let reply = json(&out);

@@ -63,11 +63,12 @@ fn threads(pid: u32) -> io::Result<Vec<libc::id_t>> {
 /// `SCHED_IDLE` is left as it is, so nested guards leave it to the
 /// outermost one.
 ///
-/// Entering yields the CPU once: a thread whose policy changes while it
-/// runs is not preempted (`SCHED_OTHER` and `SCHED_IDLE` at one nice value
-/// have the same priority to the kernel), so a serving thread queued
-/// behind it on its CPU would otherwise wait until the scheduler's next
-/// decision; every thread that wakes afterwards preempts it at once.
+/// Entering yields the CPU once: changing a running thread's policy need
+/// not make the kernel switch away from it (it compares priorities, and
+/// `SCHED_OTHER` and `SCHED_IDLE` at one nice value share one), so a
+/// serving thread already queued behind it on its CPU could wait until the
+/// scheduler's next decision; a thread that wakes afterwards preempts it
+/// at once.
 #[derive(Debug)]
 pub(super) struct IdleWhile {
     /// The policy and nice value to go back to; `None` when the thread
