@@ -295,12 +295,14 @@ impl UpgradeSupervisor {
     /// control requests, re-opening the secret files, binding the
     /// candidate's control endpoint, the spawn, the promote, the events)
     /// runs under `SCHED_IDLE` too: every wake-up of its loop that serves
-    /// a control request or comes while a candidate runs, after which its
-    /// thread is set back. That is a few hundred microseconds of CPU that
-    /// a serving thread waking on the same CPU would otherwise wait behind.
-    /// A `status` relay thread started meanwhile runs at that priority
-    /// too; the watchdog's probes and the forwarding of a stop signal
-    /// outside an upgrade keep the normal one.
+    /// a control request or the candidate's ready report, and the start
+    /// on a signal, after which its thread is set back. That is a few
+    /// hundred microseconds of CPU that a serving thread waking on the same
+    /// CPU would otherwise wait behind. A `status` relay thread started
+    /// meanwhile runs at that priority too. Wake-ups for signals and
+    /// deadlines alone (a stop to forward, a starved candidate's priority
+    /// to lift, an overdue child to kill, a watchdog probe) keep the
+    /// normal priority.
     /// While a starting child has not executed yet (vfork semantics, see
     /// [`ChildSpawner`](crate::ChildSpawner)), the supervisor waits for it
     /// at that priority: on a busy machine its loop (signals, control

@@ -218,16 +218,20 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
             let control: Vec<usize> = (readable.iter())
                 .filter_map(|&i| i.checked_sub(control_base))
                 .collect();
-            // A control request, or anything while an upgrade runs: the
-            // rest of this wake-up yields to the serving generation (the
-            // watchdog's probes, started below, keep the normal priority;
-            // before the first child serves there is nothing to yield to).
+            // A control request or the candidate's report: the rest of
+            // this wake-up yields to the serving generation. Signals and
+            // deadlines alone keep the normal priority (a stop is
+            // forwarded, a starved candidate's priority lifted, an overdue
+            // child killed, a watchdog probe started without waiting for
+            // a share of a busy machine); before the first child serves
+            // there is nothing to yield to.
+            let reported =
+                readable.contains(&1) && self.candidate.as_ref().is_some_and(|c| !c.settled);
             let idle = priority::IdleWhile::enter(
-                self.start_idle
-                    && self.serving.is_some()
-                    && (!control.is_empty() || self.candidate.is_some()),
+                self.start_idle && self.serving.is_some() && (!control.is_empty() || reported),
             );
-            if let Some(code) = self.serve_wake_up(&readable, &control)? {
+            let signalled = readable.contains(&0);
+            if let Some(code) = self.serve_wake_up(reported, signalled, &control)? {
                 return Ok(code);
             }
             self.leave_idle(idle);
@@ -235,18 +239,22 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         }
     }
 
-    /// Handles what one wake-up of the loop found readable (`readable`:
-    /// indexes as [`run`](Self::run) polls them; `control`: the control
-    /// socket's among them) and the deadlines; the exit code once the
-    /// serving child is gone.
-    fn serve_wake_up(&mut self, readable: &[usize], control: &[usize]) -> Result<Option<i32>> {
-        let candidate_polled = self.candidate.as_ref().is_some_and(|c| !c.settled);
-        if readable.contains(&1) && candidate_polled {
+    /// Handles what one wake-up of the loop found: the candidate's
+    /// channel readable (`reported`), signals (`signalled`), the control
+    /// socket's readable descriptors (`control`), and the deadlines; the
+    /// exit code once the serving child is gone.
+    fn serve_wake_up(
+        &mut self,
+        reported: bool,
+        signalled: bool,
+        control: &[usize],
+    ) -> Result<Option<i32>> {
+        if reported {
             if let Some(code) = self.check_candidate()? {
                 return Ok(Some(code));
             }
         }
-        if readable.contains(&0) {
+        if signalled {
             if let Some(code) = self.read_signals()? {
                 return Ok(Some(code));
             }
