@@ -56,8 +56,14 @@ fn finish<D>(drain: D, level: Level) -> (Logger, LogGuard)
 where
     D: Drain<Ok = (), Err = slog::Never> + Send + 'static,
 {
+    // The channel's slots are allocated and written when it is made, in
+    // every process (parent, each generation): 8,192 of them cost a new
+    // generation about 180 page faults and 1.1-1.3 ms of its start-up
+    // (BENCHMARKS.md). 1,024 records of slack are plenty for a service
+    // that logs connections at debug level only; past them a logging
+    // thread waits (`Block`) rather than losing lines.
     let (drain, guard) = slog_async::Async::new(drain)
-        .chan_size(8192)
+        .chan_size(1024)
         .overflow_strategy(slog_async::OverflowStrategy::Block)
         .build_with_guard();
     let drain = LevelFilter::new(drain.fuse(), level).fuse();
