@@ -144,7 +144,11 @@ impl ListenerBuilder {
     /// ([`RegistryBuilder::limits`](crate::RegistryBuilder::limits)).
     /// Change them at run time with [`SetLimits`](crate::SetLimits). A
     /// refused connection gets the handler's
-    /// [`on_refused`](ConnHandler::on_refused) reply and is closed.
+    /// [`on_refused`](ConnHandler::on_refused) reply and is closed; it is
+    /// checked before it is registered with the arbiter's reactor, so a
+    /// flood costs `accept4`, `send` and `close` per refused connection
+    /// (behind a PROXY-protocol listener the header is read first, so
+    /// there it is registered).
     ///
     /// ```
     /// # fn doc(lifecycle: &actix_lifecycle::Lifecycle) -> Result<(), actix_lifecycle::LimitsError> {

@@ -3,6 +3,7 @@
 
 use std::cell::Cell;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use super::conn::{Conn, ConnContext, ConnHandler, PeerAddr, Stream};
 use super::proxy::ProxyProtocol;
 use crate::error::ListenerError;
 use crate::phase::ShutdownHandle;
-use crate::registry::{ConnKind, RefuseReason, RegistryShard};
+use crate::registry::{ConnKind, ConnectionGuard, RefuseReason, RegistryShard};
 
 /// First wait after a resource-exhaustion accept error (`EMFILE`, ...).
 pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -200,29 +201,23 @@ impl Server {
         }
     }
 
-    /// Admits the connection on this arbiter's shard and hands it to the
-    /// handler, or answers it busy and closes it.
-    ///
-    /// Admission uses the accepted peer's address, or with the PROXY
-    /// protocol the client's address from the header, read first in a task
-    /// of its own (see [`Server::serve_proxied`]).
-    fn serve(&self, stream: Stream, peer: PeerAddr) {
-        if let Some(proxy) = &self.proxy {
-            let a = &self.admitter;
-            if !proxy.is_trusted(&peer) {
-                let reason = a.shard.refuse(&a.kind, RefuseReason::ProxyUntrusted);
-                debug!(a.log, "connection refused"; "peer" => %peer, "reason" => reason.as_str());
-                return;
-            }
-            actix::spawn(Self::serve_proxied(
-                Arc::clone(proxy),
-                self.admitter.clone(),
-                stream,
-                peer,
-            ));
+    /// Serves an adopted connection behind a PROXY-protocol listener: a
+    /// peer that is not a trusted proxy is refused; the header is read in
+    /// a task of its own (see [`Server::serve_proxied`]) and admission
+    /// uses the client's address from it.
+    fn serve_proxy(&self, proxy: &Arc<ProxyProtocol>, stream: Stream, peer: PeerAddr) {
+        let a = &self.admitter;
+        if !proxy.is_trusted(&peer) {
+            let reason = a.shard.refuse(&a.kind, RefuseReason::ProxyUntrusted);
+            debug!(a.log, "connection refused"; "peer" => %peer, "reason" => reason.as_str());
             return;
         }
-        self.admitter.admit(stream, peer, None);
+        actix::spawn(Self::serve_proxied(
+            Arc::clone(proxy),
+            self.admitter.clone(),
+            stream,
+            peer,
+        ));
     }
 
     /// Reads the PROXY header within its deadline (or until the service
@@ -268,15 +263,44 @@ impl Admitter {
     /// Admits `stream` from `peer` (which came `via` a proxy, if any) and
     /// dispatches it, or answers it busy and closes it.
     fn admit(&self, stream: Stream, peer: PeerAddr, via: Option<PeerAddr>) {
+        match self.shard.admit(&self.kind, peer.ip()) {
+            Ok(guard) => self.dispatch(guard, stream, peer, via),
+            Err(reason) => self.refused(stream, &peer, reason),
+        }
+    }
+
+    /// [`admit`](Self::admit) for a connection in no reactor yet: it is
+    /// registered with this arbiter's only once admitted, so a refused one
+    /// costs no `epoll_ctl` and no reactor slot (a flood is answered with
+    /// `accept4`, `send` and `close` per connection).
+    fn admit_std(&self, stream: StdStream, peer: PeerAddr) {
         let guard = match self.shard.admit(&self.kind, peer.ip()) {
             Ok(guard) => guard,
-            Err(reason) => {
-                let written = self.handler.refuse(stream, reason);
-                debug!(self.log, "connection refused"; "peer" => %peer,
-                    "reason" => reason.as_str(), "reply_bytes" => written);
-                return;
-            }
+            Err(reason) => return self.refused(stream, &peer, reason),
         };
+        match stream.adopt() {
+            Ok(stream) => self.dispatch(guard, stream, peer, None),
+            // The guard's drop unregisters it.
+            Err(e) => debug!(self.log, "cannot register an accepted connection; closed";
+                "conn" => guard.id(), "peer" => %peer, "error" => %e),
+        }
+    }
+
+    /// Answers a connection refused for `reason` busy and closes it.
+    fn refused(&self, stream: impl AsFd, peer: &PeerAddr, reason: RefuseReason) {
+        let written = self.handler.refuse(stream, reason);
+        debug!(self.log, "connection refused"; "peer" => %peer,
+            "reason" => reason.as_str(), "reply_bytes" => written);
+    }
+
+    /// Hands an admitted connection to the handler.
+    fn dispatch(
+        &self,
+        guard: ConnectionGuard,
+        stream: Stream,
+        peer: PeerAddr,
+        via: Option<PeerAddr>,
+    ) {
         match &via {
             Some(via) => {
                 debug!(self.log, "connection accepted"; "conn" => guard.id(), "peer" => %peer, "via" => %via)
@@ -289,11 +313,16 @@ impl Admitter {
 }
 
 impl Server {
-    /// Registers an accepted connection with this arbiter's reactor and
-    /// serves it (or drops it if the reactor refuses it).
+    /// Serves an accepted connection: admitted (and only then registered
+    /// with this arbiter's reactor) or refused; behind a PROXY-protocol
+    /// listener registered first, to read the header.
     fn serve_std(&self, stream: StdStream, peer: PeerAddr) {
+        let Some(proxy) = &self.proxy else {
+            self.admitter.admit_std(stream, peer);
+            return;
+        };
         match stream.adopt() {
-            Ok(stream) => self.serve(stream, peer),
+            Ok(stream) => self.serve_proxy(proxy, stream, peer),
             Err(e) => {
                 debug!(self.admitter.log, "cannot register an accepted connection; dropped";
                     "peer" => %peer, "error" => %e)
@@ -400,17 +429,9 @@ impl AcceptLoop {
                 self.counters.accepted.set(self.counters.accepted.get() + 1);
                 let local = &self.local.admitter;
                 let reason = local.shard.refuse(&local.kind, RefuseReason::Descriptors);
-                match stream.adopt() {
-                    Ok(stream) => {
-                        let written = local.handler.refuse(stream, reason);
-                        debug!(self.log, "connection refused"; "peer" => %peer,
-                            "reason" => reason.as_str(), "reply_bytes" => written);
-                    }
-                    Err(e) => {
-                        debug!(self.log, "connection refused without a reply: cannot register it";
-                            "peer" => %peer, "reason" => reason.as_str(), "error" => %e);
-                    }
-                }
+                // Answered without a reactor (which may need a descriptor
+                // of its own to register it).
+                local.refused(stream, &peer, reason);
                 true
             }
             // Nobody waits: the listener's readiness is now cleared.
@@ -444,6 +465,15 @@ impl AcceptLoop {
 pub(crate) enum StdStream {
     Tcp(std::net::TcpStream),
     Unix(std::os::unix::net::UnixStream),
+}
+
+impl AsFd for StdStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            StdStream::Tcp(s) => s.as_fd(),
+            StdStream::Unix(s) => s.as_fd(),
+        }
+    }
 }
 
 impl StdStream {

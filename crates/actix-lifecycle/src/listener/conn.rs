@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -100,34 +101,37 @@ impl Stream {
             Stream::Unix(_) => Ok(()),
         }
     }
+}
 
-    /// Writes what fits of `bytes` without waiting (a fresh socket's send
-    /// buffer takes one short line whole), for a busy reply. Errors are
-    /// ignored: the connection is closed next either way.
-    ///
-    /// One `send(MSG_DONTWAIT | MSG_NOSIGNAL)` on the descriptor, not
-    /// tokio's `try_write`: that one does not even try until the reactor
-    /// has reported the socket writable, which a connection registered a
-    /// moment ago has not.
-    pub(crate) fn write_now(&self, bytes: &[u8]) -> usize {
-        use std::os::fd::AsRawFd;
-        let fd = match self {
-            Stream::Tcp(s) => s.as_raw_fd(),
-            Stream::Unix(s) => s.as_raw_fd(),
-        };
-        // SAFETY: `fd` is this stream's open socket (borrowed from `self`
-        // for the call) and `bytes` is a valid buffer of `bytes.len()`
-        // bytes that send(2) only reads.
-        let sent = unsafe {
-            libc::send(
-                fd,
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        usize::try_from(sent).unwrap_or(0)
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
     }
+}
+
+/// Writes what fits of `bytes` to the socket `fd` without waiting (a fresh
+/// socket's send buffer takes one short line whole), for a busy reply.
+/// Errors are ignored: the connection is closed next either way.
+///
+/// One `send(MSG_DONTWAIT | MSG_NOSIGNAL)` on the descriptor, not tokio's
+/// `try_write`: that one does not even try until the reactor has reported
+/// the socket writable, and a refused connection is not registered with a
+/// reactor at all.
+pub(crate) fn write_now(fd: BorrowedFd<'_>, bytes: &[u8]) -> usize {
+    // SAFETY: `fd` is an open socket borrowed for the call and `bytes` is a
+    // valid buffer of `bytes.len()` bytes that send(2) only reads.
+    let sent = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    usize::try_from(sent).unwrap_or(0)
 }
 
 impl fmt::Display for PeerAddr {
@@ -410,16 +414,17 @@ impl ConnHandler {
         self
     }
 
-    /// Answers a refused connection with the busy reply (if any), without
-    /// waiting, and closes it. Returns the bytes written.
-    pub(crate) fn refuse(&self, stream: Stream, reason: RefuseReason) -> usize {
+    /// Answers a refused connection (a stream in a reactor or not) with
+    /// the busy reply (if any), without waiting, and closes it. Returns the
+    /// bytes written.
+    pub(crate) fn refuse(&self, stream: impl AsFd, reason: RefuseReason) -> usize {
         let written = match &self.refused {
             Some(reply) => {
                 let line = reply(reason);
                 if line.is_empty() {
                     0
                 } else {
-                    stream.write_now(&line)
+                    write_now(stream.as_fd(), &line)
                 }
             }
             None => 0,
