@@ -429,8 +429,8 @@ impl AcceptLoop {
                 self.counters.accepted.set(self.counters.accepted.get() + 1);
                 let local = &self.local.admitter;
                 let reason = local.shard.refuse(&local.kind, RefuseReason::Descriptors);
-                // Answered without a reactor (which may need a descriptor
-                // of its own to register it).
+                // Answered on the bare socket: a connection closed at once
+                // needs no reactor registration.
                 local.refused(stream, &peer, reason);
                 true
             }
