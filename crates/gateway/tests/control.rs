@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::ctl::{ctl, json};
@@ -18,17 +18,6 @@ use common::upgrading::Setup;
 use common::{Gateway, BIN, SOON};
 use lifecycle_tests::{loud, require_root};
 use nix::sys::signal::Signal;
-
-/// Starts the privileged gateway with a control socket; its path.
-fn start(setup: Setup) -> (Gateway, PathBuf) {
-    let socket = setup.dir.path().join("run/control.sock");
-    let head = format!(
-        "user = \"nobody\"\ncontrol_socket = \"{}\"",
-        socket.display()
-    );
-    let gw = setup.launch(&head, |_| {}, "service ready");
-    (gw, socket)
-}
 
 fn greets(gw: &Gateway) -> bool {
     let mut s = TcpStream::connect(gw.smtp).unwrap();
@@ -44,7 +33,7 @@ fn upgrade_wait_reports_the_result_and_concurrent_callers_share_one_upgrade() {
     }
     let (setup, _) = Setup::new();
     let (bin, dir) = (setup.bin.clone(), setup.dir.path().to_owned());
-    let (gw, socket) = start(setup);
+    let (gw, socket) = setup.start_controlled();
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "socket mode");
 
@@ -153,7 +142,7 @@ fn bad_clients_never_stall_the_parent_and_sigterm_still_stops_it() {
         return;
     }
     let (setup, _) = Setup::new();
-    let (mut gw, socket) = start(setup);
+    let (mut gw, socket) = setup.start_controlled();
     let ask = |line: &[u8]| {
         let mut s = UnixStream::connect(&socket).unwrap();
         s.set_read_timeout(Some(SOON)).unwrap();

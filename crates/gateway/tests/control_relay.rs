@@ -53,12 +53,7 @@ fn the_parent_relays_status_and_connections_from_its_children() {
     }
     let (mut setup, _) = Setup::new();
     setup.drain_grace = "20s";
-    let socket = setup.dir.path().join("run/control.sock");
-    let head = format!(
-        "user = \"nobody\"\ncontrol_socket = \"{}\"",
-        socket.display()
-    );
-    let gw = setup.launch(&head, |_| {}, "service ready");
+    let (gw, socket) = setup.start_controlled();
 
     let session = in_data(gw.smtp);
     let status = json(&ctl(&socket, &["status", "--json"]));

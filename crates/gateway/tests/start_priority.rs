@@ -181,12 +181,7 @@ fn an_upgrade_through_the_control_socket_leaves_every_thread_at_the_normal_prior
         return;
     }
     let (setup, _) = Setup::new();
-    let socket = setup.dir.path().join("run/control.sock");
-    let head = format!(
-        "user = \"nobody\"\ncontrol_socket = \"{}\"",
-        socket.display()
-    );
-    let gw = setup.launch(&head, |_| {}, "service ready");
+    let (gw, socket) = setup.start_controlled();
     let (_, nice, policy) = thread_nices(gw.pid())[0];
     assert_eq!(policy, OTHER);
     for to in 2u64..=3 {

@@ -71,6 +71,18 @@ impl Setup {
         self.launch(r#"user = "nobody""#, |_| {}, "service ready")
     }
 
+    /// Starts the privileged gateway as `nobody` with a control socket at
+    /// `run/control.sock` in the test's directory; the gateway and the
+    /// socket's path.
+    pub fn start_controlled(self) -> (Gateway, PathBuf) {
+        let socket = self.dir.path().join("run/control.sock");
+        let head = format!(
+            "user = \"nobody\"\ncontrol_socket = \"{}\"",
+            socket.display()
+        );
+        (self.launch(&head, |_| {}, "service ready"), socket)
+    }
+
     /// Starts the binary with `head` on top of the config, `edit` applied to
     /// the command; waits for the log message `ready`.
     pub fn launch(self, head: &str, edit: impl FnOnce(&mut Command), ready: &str) -> Gateway {
