@@ -101,7 +101,8 @@ impl Common {
         let index = match found {
             Some(i) => i,
             None => {
-                // Lock order: kinds, then the default (never the reverse).
+                // Lock order: kinds, a kind's own limits, then the
+                // default (never the reverse).
                 let default = *self
                     .default_limits
                     .lock()
@@ -173,7 +174,7 @@ impl Common {
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
         {
-            k.admission.default_changed(&self.default_limits());
+            k.admission.default_changed(|| self.default_limits());
         }
     }
 }

@@ -83,7 +83,7 @@ impl RegistryHandle {
     pub fn set_limits(&self, kind: &ConnKind, limits: Option<Limits>) {
         let kind = self.shared.common.resolve(kind);
         kind.admission
-            .set_own(limits, &self.shared.common.default_limits());
+            .set_own(limits, || self.shared.common.default_limits());
     }
 
     /// The limits in force for `kind`.

@@ -10,8 +10,9 @@ use super::{Effective, RefuseReason, UNLIMITED};
 /// Stripes of the per-address table.
 pub const STRIPES: usize = 64;
 /// Networks the per-address table keeps without a live connection, at
-/// most (all listeners together). Networks with live connections are kept
-/// regardless.
+/// most (all listeners together), besides those that still had live
+/// connections when their stripe was last swept. Networks with live
+/// connections are kept regardless.
 pub const MAX_TRACKED_NETWORKS: usize = 65_536;
 const STRIPE_CAP: usize = MAX_TRACKED_NETWORKS / STRIPES;
 
@@ -92,6 +93,11 @@ fn admit_one(
         return Err(RefuseReason::AddressFull);
     }
     if rate_count != 0 {
+        // Under an unchanged rate the bucket never runs more than one
+        // period ahead; after the rate was loosened it may (the old
+        // period was longer): start that network from an empty bucket of
+        // the new rate instead of holding it to the old one.
+        st.tat = st.tat.min(now.saturating_add(rate_per));
         let interval = (rate_per / u64::from(rate_count)).max(1);
         let next = st.tat.max(now).saturating_add(interval);
         if next - now > rate_per {
@@ -106,19 +112,33 @@ fn admit_one(
 /// The per-address table of a registry: every listener's client networks,
 /// striped by network.
 pub(crate) struct AddressTable {
-    stripes: Box<[Mutex<HashMap<NetKey, NetState>>]>,
+    stripes: Box<[Mutex<Stripe>]>,
+}
+
+/// One stripe of the table.
+#[derive(Default)]
+struct Stripe {
+    map: HashMap<NetKey, NetState>,
+    /// The size at which a new network sweeps the stripe (at least
+    /// [`STRIPE_CAP`]): half of it above what the last sweep kept, so that
+    /// a stripe full of networks with live connections is not swept again
+    /// for every new network.
+    sweep_at: usize,
+    /// Sweeps so far, for the tests.
+    #[cfg(test)]
+    sweeps: usize,
 }
 
 impl Default for AddressTable {
     fn default() -> Self {
         AddressTable {
-            stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
+            stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
         }
     }
 }
 
 impl AddressTable {
-    fn stripe(&self, key: &NetKey) -> std::sync::MutexGuard<'_, HashMap<NetKey, NetState>> {
+    fn stripe(&self, key: &NetKey) -> std::sync::MutexGuard<'_, Stripe> {
         self.stripes[key.stripe()]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -126,19 +146,30 @@ impl AddressTable {
 
     /// Counts one more connection of `key`, or says why not.
     pub(crate) fn acquire(&self, key: NetKey, e: &Effective, now: u64) -> Result<(), RefuseReason> {
-        let mut map = self.stripe(&key);
-        if map.len() >= STRIPE_CAP && !map.contains_key(&key) {
-            sweep(&mut map, now);
+        let mut stripe = self.stripe(&key);
+        let known = stripe.map.contains_key(&key);
+        if !known && stripe.map.len() >= stripe.sweep_at.max(STRIPE_CAP) {
+            sweep(&mut stripe.map, now);
+            #[cfg(test)]
+            {
+                stripe.sweeps += 1;
+            }
+            stripe.sweep_at = stripe.map.len() + STRIPE_CAP / 2;
         }
-        let mut st = map.get(&key).copied().unwrap_or_default();
-        admit_one(&mut st, e.max_per_address, e.rate_count, e.rate_per, now)?;
-        map.insert(key, st);
-        Ok(())
+        let mut st = stripe.map.get(&key).copied().unwrap_or_default();
+        let admitted = admit_one(&mut st, e.max_per_address, e.rate_count, e.rate_per, now);
+        // A refusal changes a known network's state only to bring its
+        // bucket into a loosened rate; an unknown one is not added.
+        if admitted.is_ok() || known {
+            stripe.map.insert(key, st);
+        }
+        admitted
     }
 
     /// One connection of `key` ended.
     pub(crate) fn release(&self, key: NetKey, now: u64) {
-        let mut map = self.stripe(&key);
+        let mut stripe = self.stripe(&key);
+        let map = &mut stripe.map;
         if let Some(st) = map.get_mut(&key) {
             st.live = st.live.saturating_sub(1);
             if st.live == 0 && st.tat <= now {
@@ -151,17 +182,19 @@ impl AddressTable {
     pub(crate) fn len(&self) -> usize {
         self.stripes
             .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).map.len())
             .sum()
     }
 }
 
 /// Drops networks without a live connection whose bucket is full again;
-/// if the stripe is still at its cap, every network without a live
-/// connection (their buckets start full again).
+/// if half the stripe's cap is still held, every network without a live
+/// connection (their buckets start full again). What it keeps is then
+/// below half the cap, or networks with live connections only; the next
+/// sweep waits for half the cap of new networks (see [`Stripe::sweep_at`]).
 fn sweep(map: &mut HashMap<NetKey, NetState>, now: u64) {
     map.retain(|_, s| s.live > 0 || s.tat > now);
-    if map.len() >= STRIPE_CAP {
+    if map.len() >= STRIPE_CAP / 2 {
         map.retain(|_, s| s.live > 0);
     }
 }
@@ -231,6 +264,89 @@ mod tests {
             assert_eq!(admit_one(&mut st, UNLIMITED, count, per, later), Ok(()));
         }
         assert_eq!(st.live, 7);
+    }
+
+    #[test]
+    fn a_loosened_rate_reaches_a_throttled_network_within_one_new_interval() {
+        let mut st = NetState::default();
+        let hour = 3600 * SEC;
+        let now = 1000 * SEC;
+        // 1 per hour: the second connection is refused for an hour.
+        assert_eq!(admit_one(&mut st, UNLIMITED, 1, hour, now), Ok(()));
+        assert_eq!(
+            admit_one(&mut st, UNLIMITED, 1, hour, now + SEC),
+            Err(RefuseReason::Rate)
+        );
+        // Loosened to 1,000 per second: the network starts from an empty
+        // bucket of the new rate, not from an hour ahead.
+        let (count, per) = (1000, SEC);
+        let at = now + 2 * SEC;
+        assert_eq!(
+            admit_one(&mut st, UNLIMITED, count, per, at),
+            Err(RefuseReason::Rate)
+        );
+        let interval = per / u64::from(count);
+        assert_eq!(
+            admit_one(&mut st, UNLIMITED, count, per, at + interval),
+            Ok(())
+        );
+        // And one period later the whole new burst is there.
+        let later = at + interval + per;
+        for _ in 0..count {
+            assert_eq!(admit_one(&mut st, UNLIMITED, count, per, later), Ok(()));
+        }
+        assert_eq!(
+            admit_one(&mut st, UNLIMITED, count, per, later),
+            Err(RefuseReason::Rate)
+        );
+    }
+
+    #[test]
+    fn the_table_keeps_a_loosened_rate_through_a_refusal() {
+        let table = AddressTable::default();
+        let key = NetKey::new(0, IpAddr::V4(Ipv4Addr::LOCALHOST), 32, 64);
+        let rate = |count, secs| {
+            KindAdmission::new(
+                Limits::none()
+                    .rate_per_address(Rate::new(count, Duration::from_secs(secs)).unwrap()),
+            )
+            .effective()
+        };
+        let (hourly, fast) = (rate(1, 3600), rate(1000, 1));
+        table.acquire(key, &hourly, SEC).unwrap();
+        table.release(key, SEC);
+        // The first attempt under the new rate is refused (its bucket is
+        // empty), but it brings the network into the new rate: a
+        // millisecond later it is admitted.
+        assert_eq!(table.acquire(key, &fast, 2 * SEC), Err(RefuseReason::Rate));
+        assert_eq!(table.acquire(key, &fast, 2 * SEC + SEC / 1000), Ok(()));
+        // A refused network the table did not know is not added.
+        let unknown = NetKey::new(0, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 32, 64);
+        let none = KindAdmission::new(Limits::none().max_per_address(0)).effective();
+        assert_eq!(
+            table.acquire(unknown, &none, 2 * SEC),
+            Err(RefuseReason::AddressFull)
+        );
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn many_networks_with_live_connections_are_not_swept_for_every_new_one() {
+        let table = AddressTable::default();
+        let e = KindAdmission::new(Limits::none().max_per_address(1)).effective();
+        let n = 3 * MAX_TRACKED_NETWORKS as u32;
+        for i in 0..n {
+            let key = NetKey::new(0, IpAddr::V4(Ipv4Addr::from(i)), 32, 64);
+            table.acquire(key, &e, SEC).unwrap();
+        }
+        assert_eq!(table.len(), n as usize, "every live network is kept");
+        let sweeps: usize = table.stripes.iter().map(|s| s.lock().unwrap().sweeps).sum();
+        // Each sweep waits for half a stripe's cap of new networks.
+        let bound = n as usize / (STRIPE_CAP / 2) + STRIPES;
+        assert!(
+            sweeps <= bound,
+            "{sweeps} sweeps for {n} networks (bound {bound})"
+        );
     }
 
     #[test]
