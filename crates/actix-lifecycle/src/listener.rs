@@ -449,9 +449,17 @@ impl ListenerActor {
                 ),
             }
         }
+        let reserve = open_reserve();
+        if reserve.is_none() {
+            warn!(
+                self.log,
+                "cannot open /dev/null as the reserve descriptor: \
+                out of descriptors, waiting clients are not answered busy"
+            );
+        }
         let accept_loop = AcceptLoop {
             acceptor,
-            reserve: open_reserve(),
+            reserve,
             local: server(&self.local_shard),
             remote,
             next_remote: 0,

@@ -32,6 +32,13 @@ impl Lifecycle {
     ///   closes idle keep-alive connections at once and lets requests in
     ///   flight finish.
     ///
+    /// Admission [`Limits`](crate::Limits) do not apply here: every
+    /// connection actix-web accepts is registered and counted, none is
+    /// refused (the lifecycle cannot answer a refused connection through
+    /// the application's own services). Bound such a listener with
+    /// actix-web's own `max_connections` and `backlog`, or keep it behind
+    /// a proxy.
+    ///
     /// What the abort can and cannot cut: actix-web's connections are not
     /// [`Tracked`](crate::Tracked) streams, so the lifecycle's abort marks
     /// them but cannot end a request in flight. actix-web's

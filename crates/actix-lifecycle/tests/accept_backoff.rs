@@ -1,8 +1,9 @@
 //! Accept errors never spin a core: with the process out of descriptors
 //! (EMFILE) and no reserve descriptor to answer with (the listener started
 //! when none was left), the listener backs off and recovers when
-//! descriptors free up. (With its reserve it answers clients busy instead:
-//! `accept_reserve.rs`.)
+//! descriptors free up; then it takes its reserve, so the next time
+//! descriptors run out it answers clients busy. (With its reserve from the
+//! start: `accept_reserve.rs`.)
 //!
 //! The limit is lowered on this very process with prlimit(1) (util-linux),
 //! so this file holds a single test.
@@ -14,6 +15,7 @@ use std::time::Duration;
 use actix_lifecycle::GetListenerInfo;
 use common::descriptors::{prlimit_available, OutOfDescriptors};
 use common::{echo, eventually, roundtrip, tcp};
+use tokio::io::AsyncReadExt;
 
 #[actix::test]
 async fn emfile_backs_off_instead_of_spinning_and_recovers() {
@@ -29,7 +31,8 @@ async fn emfile_backs_off_instead_of_spinning_and_recovers() {
     // No descriptor number above the current ones, every hole below
     // filled: not one left, so the listener gets no reserve.
     let out = OutOfDescriptors::now();
-    let listener = lifecycle.serve("t", "echo", echo());
+    let handler = echo().on_refused(|reason| format!("busy {reason}\n").into_bytes());
+    let listener = lifecycle.serve("t", "echo", handler);
     let l = listener.clone();
     assert!(
         eventually(Duration::from_secs(20), || {
@@ -69,4 +72,21 @@ async fn emfile_backs_off_instead_of_spinning_and_recovers() {
         })
         .await
     );
+
+    // Accepting again, the listener took a reserve descriptor: out of
+    // descriptors once more, a new client is answered busy at once
+    // instead of waiting in the backlog.
+    let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let out = OutOfDescriptors::now();
+    client.connect(&addr.into()).unwrap();
+    client.set_nonblocking(true).unwrap();
+    let mut stream = tokio::net::TcpStream::from_std(client.into()).unwrap();
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut reply)).await;
+    out.restore();
+    assert!(
+        read.is_ok(),
+        "no reserve after recovery: the client was left in the backlog"
+    );
+    assert_eq!(String::from_utf8_lossy(&reply), "busy descriptors\n");
 }

@@ -373,6 +373,7 @@ impl AcceptLoop {
                     if self.counters.burst.get() > 0 {
                         self.counters.end_burst(&self.log);
                         delay = ACCEPT_BACKOFF_MIN;
+                        self.restore_reserve();
                     }
                     self.counters.accepted.set(self.counters.accepted.get() + 1);
                     self.dispatch(stream, peer);
@@ -441,6 +442,24 @@ impl AcceptLoop {
         // The answered connection is closed by now: its descriptor is free.
         self.reserve = open_reserve();
         progress
+    }
+
+    /// Takes the reserve descriptor again if a burst of exhaustion lost
+    /// it: another thread (or, at `ENFILE`, another process) can take the
+    /// slot it freed before it is re-opened. Tried as each burst ends, when
+    /// accepts succeed again, so it is not lost for good.
+    fn restore_reserve(&mut self) {
+        if self.reserve.is_none() {
+            self.reserve = open_reserve();
+            match self.reserve {
+                Some(_) => info!(self.log, "reserve descriptor taken again"),
+                None => warn!(
+                    self.log,
+                    "reserve descriptor still cannot be opened; \
+                    at the next exhaustion waiting clients wait for the backoff"
+                ),
+            }
+        }
     }
 
     fn dispatch(&mut self, stream: StdStream, peer: PeerAddr) {

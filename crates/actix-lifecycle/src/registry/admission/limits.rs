@@ -137,6 +137,14 @@ impl FromStr for Rate {
 /// Admission limits of a listener (or the registry-wide default). Every
 /// limit is off by default.
 ///
+/// They apply where connections are admitted: the
+/// [`ListenerActor`](crate::ListenerActor)'s accept path and
+/// [`RegistryShard::admit`](crate::RegistryShard::admit). Connections
+/// registered without admission — an actix-web server given to
+/// [`Lifecycle::serve_actix_web`](crate::Lifecycle::serve_actix_web), or
+/// [`RegistryShard::register`](crate::RegistryShard::register) — are counted
+/// in the listener's live count but never refused.
+///
 /// ```
 /// use actix_lifecycle::{Limits, Rate};
 ///
