@@ -378,12 +378,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             } else {
                 bytes
             };
-            line_len += bytes.len();
+            // The line as the message holds it: a dot added for
+            // transparency does not count (RFC 5321 §4.5.3.1.6).
+            line_len += body.len();
             let ends_cr = bytes.last() == Some(&b'\r');
-            let mut too_long = false;
+            let too_long;
             if complete {
                 after_crlf = bytes.ends_with(b"\r\n") || (bytes == b"\n" && prev_cr);
                 line_start = true;
+                too_long = line_len > MAX_DATA_LINE;
                 line_len = 0;
             } else {
                 line_start = false;

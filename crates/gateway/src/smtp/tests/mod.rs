@@ -359,6 +359,28 @@ async fn a_data_line_over_1000_octets_is_rejected() {
 }
 
 #[tokio::test]
+async fn a_dot_stuffed_line_is_measured_without_its_added_dot() {
+    // RFC 5321 §4.5.3.1.6: the dot a client adds for transparency is not
+    // part of the line. A 1000-octet line (998 + CRLF) that starts with a
+    // dot travels as 1001 octets and is accepted; one octet more is not.
+    let s = Setup::new();
+    let (mut c, task) = s.start(s.ctx());
+    hello(&mut c).await;
+    c.start_data().await;
+    let line = format!(".{}\r\n", "d".repeat(997));
+    assert_eq!(line.len(), 1000);
+    c.send(&format!(".{line}.\r\n")).await;
+    c.expect("250").await;
+    assert_eq!(body_of(&s.messages()[0]), line.as_bytes());
+    c.start_data().await;
+    c.send(&format!("..{}\r\n.\r\n", "d".repeat(998))).await;
+    c.expect("500 5.5.2").await;
+    assert_eq!(s.messages().len(), 1);
+    c.quit().await;
+    task.await.unwrap();
+}
+
+#[tokio::test]
 async fn too_many_recipients_gives_452() {
     let s = Setup::new();
     let (mut c, task) = s.start(s.ctx().max_recipients(2));
