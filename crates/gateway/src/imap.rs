@@ -26,6 +26,10 @@ use crate::wire::Wire;
 const MAX_LINE: usize = 8 * 1024;
 /// After this many `BAD` replies the session is closed.
 const MAX_ERRORS: u32 = 20;
+/// Largest non-synchronizing literal read and thrown away (the limit RFC
+/// 7888 sets for LITERAL-); a larger one ends the session, so that one
+/// `BAD` cannot cost an unbounded amount of input.
+const MAX_DISCARDED_LITERAL: u64 = 4096;
 const CAPABILITY: &str = "IMAP4rev1";
 
 /// What every IMAP session of a listener shares.
@@ -110,6 +114,7 @@ where
         EndReason::IdleTimeout => wire.reply("* BYE idle timeout, closing connection"),
         EndReason::Cut(_) => wire.reply("* BYE session lifetime exceeded, closing connection"),
         EndReason::TooManyErrors => wire.reply("* BYE too many errors, closing connection"),
+        EndReason::LiteralTooLarge => wire.reply("* BYE literal too large, closing connection"),
         _ => {}
     }
     if let Some(label) = reason.cut_label() {
@@ -177,12 +182,16 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
         if let Some((octets, synchronizing)) = literal(&line) {
             // No command here takes a literal. A synchronizing one is never
             // sent (no `+` continuation); a non-synchronizing one follows at
-            // once and is read and thrown away through the fixed buffer.
+            // once and is read and thrown away through the fixed buffer, up
+            // to MAX_DISCARDED_LITERAL octets; a larger one ends the session.
             wire.reply(&format!(
                 "{} BAD literals are not accepted by this server ({octets} octets refused)",
                 if valid_tag(tag) { tag } else { "*" }
             ));
             errors += 1;
+            if !synchronizing && octets > MAX_DISCARDED_LITERAL {
+                return EndReason::LiteralTooLarge;
+            }
             if !synchronizing {
                 if let Err(end) = wire.discard(octets).await {
                     return end;
@@ -457,10 +466,11 @@ mod tests {
         let phases = PhaseController::new();
         let (mut c, task) = start(&phases, Duration::from_secs(20));
         assert!(line(&mut c).await.starts_with("* OK"));
-        // 1 MiB of literal, full of what would look like commands: read
-        // through the fixed buffer and thrown away, not taken as commands.
-        let mut literal = b"a1 LOGIN user {1048576+}\r\n".to_vec();
-        literal.extend(b"x LOGOUT\r\n".iter().cycle().take(1 << 20));
+        // 4 KiB of literal (the most that is skipped), full of what would
+        // look like commands: read through the fixed buffer and thrown
+        // away, not taken as commands.
+        let mut literal = b"a1 LOGIN user {4096+}\r\n".to_vec();
+        literal.extend(b"x LOGOUT\r\n".iter().cycle().take(4096));
         c.get_mut().write_all(&literal).await.unwrap();
         c.get_mut()
             .write_all(b"a2 APPEND box {20}\r\na3 NOOP\r\n")
@@ -468,7 +478,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             line(&mut c).await,
-            "a1 BAD literals are not accepted by this server (1048576 octets refused)\r\n"
+            "a1 BAD literals are not accepted by this server (4096 octets refused)\r\n"
         );
         assert_eq!(
             line(&mut c).await,
@@ -480,6 +490,31 @@ mod tests {
         assert_eq!(literal_of(b"a LOGIN {5}"), Some((5, true)));
         assert_eq!(literal_of(b"a LOGIN {x}"), None);
         assert_eq!(literal_of(b"a NOOP"), None);
+    }
+
+    #[tokio::test]
+    async fn a_larger_non_synchronizing_literal_ends_the_session() {
+        // One octet over what is skipped: one BAD must not buy an
+        // unbounded stream of input (a literal announced as 10^19 octets
+        // and trickled in would otherwise hold the session to its
+        // lifetime).
+        let phases = PhaseController::new();
+        let (mut c, task) = start(&phases, Duration::from_secs(20));
+        assert!(line(&mut c).await.starts_with("* OK"));
+        c.get_mut()
+            .write_all(b"a1 NOOP {4097+}\r\nx")
+            .await
+            .unwrap();
+        assert_eq!(
+            line(&mut c).await,
+            "a1 BAD literals are not accepted by this server (4097 octets refused)\r\n"
+        );
+        assert_eq!(
+            line(&mut c).await,
+            "* BYE literal too large, closing connection\r\n"
+        );
+        assert_eq!(line(&mut c).await, "", "the connection is closed");
+        assert_eq!(task.await.unwrap().reason, EndReason::LiteralTooLarge);
     }
 
     fn literal_of(line: &[u8]) -> Option<(u64, bool)> {

@@ -26,6 +26,9 @@ pub enum EndReason {
     /// Commands followed STARTTLS in the same read: refused, as they could
     /// have been injected into the plain-text part (CVE-2011-0411).
     PipelinedStarttls,
+    /// The client announced a literal larger than the server reads and
+    /// throws away (IMAP).
+    LiteralTooLarge,
     /// A deadline ended the session although the client was still there.
     Cut(Cut),
 }
@@ -78,6 +81,7 @@ impl fmt::Display for EndReason {
             EndReason::Io(kind) => write!(f, "i/o error: {kind}"),
             EndReason::Tls(why) => write!(f, "tls handshake failed: {why}"),
             EndReason::PipelinedStarttls => f.write_str("commands pipelined after STARTTLS"),
+            EndReason::LiteralTooLarge => f.write_str("literal too large"),
             EndReason::Cut(Cut::DataDeadline) => f.write_str("data deadline exceeded"),
             EndReason::Cut(Cut::MinDataRate) => f.write_str("data rate below the minimum"),
             EndReason::Cut(Cut::MaxSession) => f.write_str("session lifetime exceeded"),
