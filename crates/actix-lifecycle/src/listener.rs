@@ -225,7 +225,9 @@ impl ListenerBuilder {
 
     /// Serve connections round-robin on these arbiters (each gets its own
     /// registry shard). Default: none, every connection is served on the
-    /// listener's own arbiter.
+    /// listener's own arbiter. An arbiter that stops leaves the rotation
+    /// (logged once; the connection goes to the next one); with none left,
+    /// connections are served on the listener's own arbiter.
     pub fn arbiters(mut self, arbiters: Vec<ArbiterHandle>) -> Self {
         self.arbiters = arbiters;
         self

@@ -167,6 +167,48 @@ async fn connections_are_spread_round_robin_over_arbiters() {
 }
 
 #[actix::test]
+async fn an_arbiter_that_stops_leaves_the_rotation_and_no_connection_is_lost() {
+    let arbiters = [actix::Arbiter::new(), actix::Arbiter::new()];
+    let (t, taddr) = tcp("t");
+    let lifecycle = common::start(vec![t]);
+    let where_served = ConnHandler::new(|mut conn| async move {
+        let id = format!("{:?}", std::thread::current().id());
+        let _ = conn.write_all(id.as_bytes()).await;
+    });
+    let _l = lifecycle
+        .listener("t", "where", where_served)
+        .arbiters(arbiters.iter().map(|a| a.handle()).collect())
+        .start();
+    async fn served_on(addr: std::net::SocketAddr) -> String {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut got = String::new();
+        tokio::time::timeout(LIMIT, c.read_to_string(&mut got))
+            .await
+            .expect("the connection was answered, not dropped")
+            .unwrap();
+        got
+    }
+    let first = served_on(taddr).await;
+    let [a, b] = arbiters;
+    a.stop();
+    a.join().unwrap();
+    // Every connection from now on is served (the stopped arbiter's turn
+    // goes to the other), four in a row on the arbiter left.
+    let mut after = Vec::new();
+    for _ in 0..4 {
+        after.push(served_on(taddr).await);
+    }
+    assert!(after.iter().all(|t| !t.is_empty()), "{after:?}");
+    assert!(after.windows(2).all(|w| w[0] == w[1]), "{after:?}");
+    // The other arbiter stops too: the listener's own arbiter serves.
+    b.stop();
+    b.join().unwrap();
+    let me = format!("{:?}", std::thread::current().id());
+    assert_eq!(served_on(taddr).await, me);
+    assert!(!first.is_empty());
+}
+
+#[actix::test]
 async fn connections_on_other_arbiters_are_aborted_and_report_their_peer() {
     let arbiters = [actix::Arbiter::new(), actix::Arbiter::new()];
     let dir = tempfile::tempdir().unwrap();

@@ -462,20 +462,27 @@ impl AcceptLoop {
         }
     }
 
+    /// Serves the connection on the next arbiter in turn. An arbiter found
+    /// gone leaves the rotation and the connection goes to the next one;
+    /// with none left, it is served here.
     fn dispatch(&mut self, stream: StdStream, peer: PeerAddr) {
-        if self.remote.is_empty() {
-            self.local.serve_std(stream, peer);
-            return;
+        let mut conn = (stream, peer);
+        while !self.remote.is_empty() {
+            let i = self.next_remote % self.remote.len();
+            self.next_remote = i + 1;
+            // In no reactor yet: the target arbiter registers it with its own.
+            match self.remote[i].0.send(conn) {
+                Ok(()) => return,
+                Err(tokio::sync::mpsc::error::SendError(back)) => {
+                    conn = back;
+                    self.remote.remove(i);
+                    warn!(self.log, "an arbiter serving this listener is gone; it gets no more connections";
+                        "arbiters_left" => self.remote.len());
+                }
+            }
         }
-        let i = self.next_remote % self.remote.len();
-        self.next_remote = i + 1;
-        // In no reactor yet: the target arbiter registers it with its own.
-        if self.remote[i].0.send((stream, peer)).is_err() {
-            warn!(
-                self.log,
-                "an arbiter serving this listener is gone; connection dropped"
-            );
-        }
+        let (stream, peer) = conn;
+        self.local.serve_std(stream, peer);
     }
 }
 

@@ -98,7 +98,21 @@ pub struct TrustedNetwork {
 
 impl TrustedNetwork {
     /// True when `ip` is in this network. An IPv4-mapped IPv6 address
-    /// (`::ffff:a.b.c.d`, from a dual-stack socket) counts as its IPv4 one.
+    /// (`::ffff:a.b.c.d`, from a dual-stack socket) counts as its IPv4 one,
+    /// on either side: a network written in that form
+    /// (`::ffff:10.0.0.0/104`) holds `10.1.2.3`. A wider IPv6 network
+    /// (`::/0`) holds no IPv4 address.
+    ///
+    /// ```
+    /// use actix_lifecycle::TrustedNetwork;
+    ///
+    /// let mapped: TrustedNetwork = "::ffff:10.0.0.1".parse().unwrap();
+    /// assert!(mapped.contains("10.0.0.1".parse().unwrap()));
+    /// assert!(mapped.contains("::ffff:10.0.0.1".parse().unwrap()));
+    /// assert!(!mapped.contains("10.0.0.2".parse().unwrap()));
+    /// let any6: TrustedNetwork = "::/0".parse().unwrap();
+    /// assert!(!any6.contains("10.0.0.1".parse().unwrap()));
+    /// ```
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -111,13 +125,21 @@ impl TrustedNetwork {
                     .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+            (IpAddr::V6(net), ip) => {
+                let ip = match ip {
+                    // Only a network within ::ffff:0:0/96 holds IPv4.
+                    IpAddr::V4(v4) if self.prefix >= 96 && net.to_ipv4_mapped().is_some() => {
+                        v4.to_ipv6_mapped()
+                    }
+                    IpAddr::V4(_) => return false,
+                    IpAddr::V6(v6) => v6,
+                };
                 let mask = u128::MAX
                     .checked_shl(128 - u32::from(self.prefix))
                     .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
-            _ => false,
+            (IpAddr::V4(_), IpAddr::V6(_)) => false,
         }
     }
 }
@@ -508,6 +530,13 @@ mod tests {
         assert!(net("0.0.0.0/0").unwrap().contains(ip("192.0.2.1")));
         assert!(net("fd00::/8").unwrap().contains(ip("fd12::1")));
         assert!(!net("fd00::/8").unwrap().contains(ip("127.0.0.1")));
+        // A network written in IPv4-mapped form holds the IPv4 peers it
+        // maps (a dual-stack peer arrives as plain IPv4 here).
+        assert!(net("::ffff:10.0.0.1").unwrap().contains(ip("10.0.0.1")));
+        assert!(net("::ffff:10.0.0.0/104").unwrap().contains(ip("10.9.8.7")));
+        assert!(!net("::ffff:10.0.0.0/104").unwrap().contains(ip("11.0.0.1")));
+        assert!(!net("::/0").unwrap().contains(ip("10.0.0.1")));
+        assert!(net("::/0").unwrap().contains(ip("2001:db8::1")));
         assert_eq!(net("127.0.0.1/32").unwrap().to_string(), "127.0.0.1/32");
         let e = net("127.0.0.1/40").unwrap_err();
         assert_eq!(
