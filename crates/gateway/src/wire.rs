@@ -195,6 +195,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         self.reader.buffered() > 0
     }
 
+    /// The session's abort: a step that would commit something the
+    /// client could not be told of checks it first.
+    pub(crate) fn abort_token(&self) -> CancellationToken {
+        self.abort.clone()
+    }
+
     /// Queues a reply line (without its CRLF).
     pub(crate) fn reply(&mut self, line: &str) {
         self.out.extend_from_slice(line.as_bytes());

@@ -26,6 +26,9 @@ pub(super) enum Rejected {
     BareNewline,
     /// The spool could not take it.
     Spool(SpoolError),
+    /// The session was aborted before the commit: nothing is stored (the
+    /// client could not be told, and would send the message again).
+    Aborted,
 }
 
 /// Rewrites every bare CR and bare LF (one not part of a CRLF) as CRLF,
@@ -162,8 +165,13 @@ impl BodySink {
         self.discard();
     }
 
-    /// The final dot arrived: stores the message, or says why not.
-    pub(super) async fn finish(mut self) -> Result<StoredMessage, Rejected> {
+    /// The final dot arrived: stores the message, or says why not. Once
+    /// the last bytes are written, `aborted` is asked before the commit:
+    /// true drops the message (its temporary file is removed).
+    pub(super) async fn finish(
+        mut self,
+        aborted: impl Fn() -> bool,
+    ) -> Result<StoredMessage, Rejected> {
         if self.writer.is_some() {
             self.newlines.finish(&mut self.buf);
             if self.newlines.seen_bare() && self.mode == BareNewlines::Reject {
@@ -185,6 +193,9 @@ impl BodySink {
         let writer = self.writer.take().ok_or_else(|| {
             Rejected::Spool(SpoolError::Task("the message writer is gone".to_owned()))
         })?;
+        if aborted() {
+            return Err(Rejected::Aborted);
+        }
         writer.commit_async().await.map_err(Rejected::Spool)
     }
 
@@ -227,6 +238,37 @@ impl BodySink {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[tokio::test]
+    async fn an_abort_before_the_commit_stores_nothing_and_removes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let spool = Arc::new(crate::spool::Spool::open(dir.path(), &log).unwrap());
+        let files = |d: &std::path::Path| {
+            std::fs::read_dir(d)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_file())
+                .count()
+        };
+        // More than one buffer, so part of it is on disk before the end.
+        let line = vec![b'a'; 998];
+        let mut aborted = BodySink::new(&spool, BareNewlines::Normalize, 10 << 20);
+        for _ in 0..200 {
+            aborted.push(&line).await;
+            aborted.push(b"\r\n").await;
+        }
+        assert!(matches!(
+            aborted.finish(|| true).await,
+            Err(Rejected::Aborted)
+        ));
+        assert_eq!(files(dir.path()), 0, "nothing stored");
+        assert_eq!(files(&dir.path().join("tmp")), 0, "temporary file removed");
+        // The same message without the abort is stored.
+        let mut kept = BodySink::new(&spool, BareNewlines::Normalize, 10 << 20);
+        kept.push(b"hello\r\n").await;
+        assert!(kept.finish(|| false).await.is_ok());
+        assert_eq!(files(dir.path()), 1);
+    }
 
     fn normalise(pieces: &[&[u8]]) -> (Vec<u8>, bool) {
         let mut n = Newlines::default();

@@ -312,7 +312,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let recipients = self.rcpts.len();
         self.reset();
         let body_len = sink.received();
-        match sink.finish().await {
+        // Aborted until the commit starts: the 250 could not reach the
+        // client, which would send the message again; nothing is stored.
+        // The commit itself (fsync, rename, directory fsync) is the only
+        // window left for such a duplicate.
+        let abort = self.wire.abort_token();
+        match sink.finish(|| abort.is_cancelled()).await {
             Ok(stored) => {
                 self.count("accepted");
                 if let Some(m) = &self.ctx.metrics {
@@ -322,6 +327,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 info!(self.log, "message spooled"; "id" => &stored.id, "bytes" => body_len, "recipients" => recipients);
                 let text = format!("2.0.0 ok: queued as {}", stored.id);
                 self.reply(250, &text);
+            }
+            Err(Rejected::Aborted) => {
+                info!(
+                    self.log,
+                    "message not stored: the session was aborted before its commit"
+                );
+                return Err(EndReason::Aborted);
             }
             Err(Rejected::LineTooLong) => {
                 self.count("line_too_long");
