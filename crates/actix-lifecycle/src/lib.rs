@@ -190,10 +190,10 @@ pub use notify::{
 pub use phase::{Phase, PhaseController, ShutdownHandle};
 pub use ready::{Ready, ServedListener};
 pub use registry::{
-    Abort, ConnKind, ConnectionGuard, ConnectionInfo, ConnectionRegistry, Done, KindCount, Limits,
-    Rate, RefuseReason, RefusedCounts, Register, RegistryBuilder, RegistryHandle, RegistryShard,
-    RegistrySnapshot, SetLimits, Shutdown, Snapshot, Tracked, Unregister, DURATION_BUCKETS,
-    MAX_PREFIX_V4, MAX_PREFIX_V6, MAX_TRACKED_NETWORKS, STRIPES,
+    Abort, Admission, ConnKind, ConnectionGuard, ConnectionInfo, ConnectionRegistry, Done,
+    KindCount, Limits, Rate, RefuseReason, RefusedCounts, Register, RegistryBuilder,
+    RegistryHandle, RegistryShard, RegistrySnapshot, SetLimits, Shutdown, Snapshot, Tracked,
+    Unregister, DURATION_BUCKETS, MAX_PREFIX_V4, MAX_PREFIX_V6, MAX_TRACKED_NETWORKS, STRIPES,
 };
 pub use shutdown::{
     BeginShutdown, EndLameDuck, Fatal, GetPhase, ShutdownBuilder, ShutdownCoordinator,

@@ -31,7 +31,7 @@ pub use messages::{
     Abort, ConnectionInfo, Done, KindCount, Register, RegistrySnapshot, SetLimits, Shutdown,
     Snapshot, Unregister,
 };
-pub use shard::{ConnectionGuard, RegistryShard};
+pub use shard::{Admission, ConnectionGuard, RegistryShard};
 
 pub use stats::DURATION_BUCKETS;
 

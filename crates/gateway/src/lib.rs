@@ -46,7 +46,9 @@ pub use config::{
 pub use ctl::{request, status_table, CtlAction, CtlArgs, CtlError, DEFAULT_CONTROL_SOCKET};
 pub use exit::{EXIT_CONFIG, EXIT_CTL_FAILED, EXIT_CTL_UNREACHABLE};
 pub use handover::Handover;
-pub use http::{http_server, HttpListener, HttpState, Readiness};
+pub use http::{
+    http_server, HttpAdmission, HttpListener, HttpState, Readiness, BUSY_RETRY_AFTER_SECS,
+};
 pub use imap::{serve_imap, ImapContext};
 pub use in_place::{drop_in_place, DroppedInPlace};
 pub use logging::{json_logger, resolve_format, stderr_logger, LogGuard};

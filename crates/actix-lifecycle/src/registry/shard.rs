@@ -210,22 +210,72 @@ impl RegistryShard {
         kind: &ConnKind,
         peer: Option<IpAddr>,
     ) -> Result<ConnectionGuard, RefuseReason> {
+        let kind = self.inner.shared.resolve(kind);
+        let net = self.take_places(&kind, peer)?;
+        Ok(self.insert(&kind, net))
+    }
+
+    /// Admits a connection of `kind` from `peer` under the listener's
+    /// [`Limits`](crate::Limits) like [`admit`](Self::admit), but does not
+    /// register it: it holds its place on the listener (and on its client
+    /// network) until the returned [`Admission`] drops, and is in neither
+    /// the registry's gauges nor its snapshot, `Done` or abort. Refusals
+    /// are counted as by `admit`.
+    ///
+    /// For connections whose lifetime something else owns and that must
+    /// not hold the drain, such as an HTTP server's keep-alive connections
+    /// to health and metrics endpoints.
+    ///
+    /// ```
+    /// use actix_lifecycle::{ConnectionRegistry, Limits, RefuseReason};
+    ///
+    /// let handle = ConnectionRegistry::builder().build().unwrap().handle();
+    /// let kind = handle.kind("http", "ops");
+    /// handle.set_limits(&kind, Some(Limits::none().max_connections(1)));
+    /// let shard = handle.new_shard();
+    /// let first = shard.admit_untracked(&kind, None).unwrap();
+    /// assert_eq!(handle.live(), 0, "not tracked");
+    /// assert_eq!(shard.admit_untracked(&kind, None).unwrap_err(), RefuseReason::ListenerFull);
+    /// drop(first);
+    /// assert!(shard.admit_untracked(&kind, None).is_ok());
+    /// ```
+    pub fn admit_untracked(
+        &self,
+        kind: &ConnKind,
+        peer: Option<IpAddr>,
+    ) -> Result<Admission, RefuseReason> {
         let shared = &self.inner.shared;
         let kind = shared.resolve(kind);
+        let net = self.take_places(&kind, peer)?;
+        Ok(Admission {
+            common: Arc::clone(shared),
+            admission: Arc::clone(&kind.admission),
+            net,
+        })
+    }
+
+    /// Takes a place on the listener of `kind` (resolved) and, where a
+    /// per-address limit or rate applies, on the client network of `peer`;
+    /// or counts the refusal and says why.
+    fn take_places(
+        &self,
+        kind: &ConnKind,
+        peer: Option<IpAddr>,
+    ) -> Result<Option<NetKey>, RefuseReason> {
+        let shared = &self.inner.shared;
         let limits = kind.admission.effective();
         if !kind.admission.take_place(limits.max_connections) {
-            return Err(self.count_refused(&kind, RefuseReason::ListenerFull));
+            return Err(self.count_refused(kind, RefuseReason::ListenerFull));
         }
-        let mut net = None;
         if let (true, Some(ip)) = (limits.per_address(), peer) {
             let key = limits.net_key(kind.index, ip);
             if let Err(reason) = shared.addresses.acquire(key, &limits, shared.now_nanos()) {
                 kind.admission.leave();
-                return Err(self.count_refused(&kind, reason));
+                return Err(self.count_refused(kind, reason));
             }
-            net = Some(key);
+            return Ok(Some(key));
         }
-        Ok(self.insert(&kind, net))
+        Ok(None)
     }
 
     /// Counts a connection of `kind` refused for `reason` outside
@@ -321,5 +371,31 @@ impl ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.shard.unregister(self.entry.id);
+    }
+}
+
+/// A connection's place under its listener's limits, taken by
+/// [`RegistryShard::admit_untracked`]: dropping it gives the place back.
+#[must_use = "the place is given back when the admission drops"]
+pub struct Admission {
+    common: Arc<Common>,
+    admission: Arc<KindAdmission>,
+    net: Option<NetKey>,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("per_address", &self.net.is_some())
+            .finish()
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.admission.leave();
+        if let Some(key) = self.net {
+            self.common.addresses.release(key, self.common.now_nanos());
+        }
     }
 }

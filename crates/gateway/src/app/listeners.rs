@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{StartError, Upgrade};
 use crate::busy;
 use crate::config::{Config, ListenerConfig, Protocol, TlsMode};
-use crate::http::{http_server, HttpListener, HttpState, Readiness};
+use crate::http::{http_server, HttpAdmission, HttpListener, HttpState, Readiness};
 use crate::imap::{serve_imap, ImapContext};
 use crate::metrics::GatewayMetrics;
 use crate::smtp::{serve_smtp, SmtpContext, SmtpTls};
@@ -290,9 +290,29 @@ pub(super) fn start_http(
         lifecycle.shutdown_handle(),
         readiness.clone(),
     );
-    let listeners = listeners.into_iter().map(http_listener).collect();
-    let server =
-        http_server(state, listeners, config.shutdown().abort_grace()).map_err(StartError::Http)?;
+    // Admitted under each listener's limits, not tracked (see `http`).
+    let registry = lifecycle.connections().clone();
+    let mut admission = HttpAdmission::new(registry.clone());
+    let mut sockets = Vec::new();
+    for passed in listeners {
+        let name = passed.spec.name().to_owned();
+        let kind = registry.kind("http", &name);
+        if let Some(l) = config.listeners().iter().find(|l| l.name() == name) {
+            registry.set_limits(&kind, Some(config.listener_limits(l)));
+        }
+        let socket = http_listener(passed);
+        admission = admission
+            .listener(&socket, kind)
+            .map_err(StartError::Http)?;
+        sockets.push(socket);
+    }
+    let server = http_server(
+        state,
+        sockets,
+        Some(admission),
+        config.shutdown().abort_grace(),
+    )
+    .map_err(StartError::Http)?;
     let handle = server.handle();
     let log = log.clone();
     actix::spawn(async move {

@@ -274,16 +274,20 @@ address = "127.0.0.1:143"
             ("[limits]\nrate_per_address = \"60\"\n", 2, "\"60/min\""),
             ("[limits]\nrate_per_address = \"0/min\"\n", 2, "count"),
             ("[limits]\nmax_conn = 5\n", 2, "unknown field `max_conn`"),
-            (
-                "[[listener]]\nname = \"h\"\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\nmax_connections = 5\n",
-                5,
-                "not supported on http",
-            ),
         ];
         for (text, line, needle) in cases {
             let e = Config::from_toml(text, "g.toml").unwrap_err();
             assert_eq!(e.line(), Some(line), "{text}: {e}");
             assert!(e.to_string().contains(needle), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn an_http_listener_has_limits_too() {
+        let text = "[[listener]]\nname = \"h\"\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\nmax_connections = 5\n";
+        let c = Config::from_toml(text, "g.toml").unwrap();
+        let limits = c.listener_limits(&c.listeners()[0]);
+        assert_eq!(limits.get_max_connections(), Some(5));
+        assert_eq!(limits.get_max_per_address(), Some(20));
     }
 }

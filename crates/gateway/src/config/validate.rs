@@ -394,9 +394,6 @@ fn listeners(
         };
 
         let max_connections = match &l.max_connections {
-            Some(v) if l.protocol == Protocol::Http => {
-                return Err(cx.err(v, "`max_connections` is not supported on http listeners (HTTP is served by actix-web, not admitted through the registry); remove it"));
-            }
             Some(v) => Some(super::limits::count(
                 &|v, m| cx.err(v, m),
                 "max_connections",

@@ -138,8 +138,9 @@ impl FromStr for Rate {
 /// limit is off by default.
 ///
 /// They apply where connections are admitted: the
-/// [`ListenerActor`](crate::ListenerActor)'s accept path and
-/// [`RegistryShard::admit`](crate::RegistryShard::admit). Connections
+/// [`ListenerActor`](crate::ListenerActor)'s accept path,
+/// [`RegistryShard::admit`](crate::RegistryShard::admit) and
+/// [`admit_untracked`](crate::RegistryShard::admit_untracked). Connections
 /// registered without admission — an actix-web server given to
 /// [`Lifecycle::serve_actix_web`](crate::Lifecycle::serve_actix_web), or
 /// [`RegistryShard::register`](crate::RegistryShard::register) — are counted
