@@ -268,7 +268,11 @@ address = "127.0.0.1:143"
     fn bad_limits_name_the_line_and_the_fix() {
         let cases = [
             ("[limits]\nmax_connections = -1\n", 2, "from 0 (no limit)"),
-            ("[limits]\nmax_per_address = 5000000000\n", 2, "from 0 (no limit)"),
+            (
+                "[limits]\nmax_per_address = 5000000000\n",
+                2,
+                "from 0 (no limit)",
+            ),
             ("[limits]\naddress_prefix_v4 = 33\n", 2, "from 0 to 32"),
             ("[limits]\naddress_prefix_v6 = 96\n", 2, "from 0 to 64"),
             ("[limits]\nrate_per_address = \"60\"\n", 2, "\"60/min\""),
