@@ -130,16 +130,15 @@ impl HttpAdmission {
     /// bound to its local address, or to the unspecified address of its
     /// port.
     fn kind_of(&self, local: &Local) -> Option<&ConnKind> {
+        let bound_to = |l: &Local| match (l, local) {
+            (Local::Tcp(bound), Local::Tcp(addr)) => {
+                bound.port() == addr.port() && bound.ip().is_unspecified()
+            }
+            _ => false,
+        };
         let exact = self.kinds.iter().find(|(l, _)| l == local);
         exact
-            .or_else(|| {
-                match local {
-                Local::Tcp(addr) => self.kinds.iter().find(|(l, _)| {
-                    matches!(l, Local::Tcp(b) if b.port() == addr.port() && b.ip().is_unspecified())
-                }),
-                Local::Unix(_) => None,
-            }
-            })
+            .or_else(|| self.kinds.iter().find(|(l, _)| bound_to(l)))
             .map(|(_, kind)| kind)
     }
 
@@ -432,5 +431,42 @@ mod tests {
         }
         assert_eq!(served, Some(200), "the place was given back");
         handle.stop(true).await;
+    }
+
+    #[actix_rt::test]
+    async fn a_connection_finds_its_listener_by_its_local_address() {
+        let registry = actix_lifecycle::ConnectionRegistry::builder()
+            .build()
+            .unwrap()
+            .handle();
+        let (a, b) = (registry.kind("http", "a"), registry.kind("http", "b"));
+        let any = HttpListener::Tcp(std::net::TcpListener::bind("0.0.0.0:0").unwrap());
+        let lo = HttpListener::Tcp(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+        let port = |l: &HttpListener| match l {
+            HttpListener::Tcp(l) => l.local_addr().unwrap().port(),
+            HttpListener::Unix(_) => unreachable!(),
+        };
+        let (any_port, lo_port) = (port(&any), port(&lo));
+        let admission = HttpAdmission::new(registry)
+            .listener(&any, a)
+            .unwrap()
+            .listener(&lo, b)
+            .unwrap();
+        let at = |ip: &str, port| Local::Tcp(SocketAddr::new(ip.parse().unwrap(), port));
+        let name = |l: Option<&ConnKind>| l.map(|k| k.listener.to_string());
+        // Bound to the unspecified address: any local address of its port.
+        assert_eq!(
+            name(admission.kind_of(&at("127.0.0.1", any_port))),
+            Some("a".into())
+        );
+        assert_eq!(
+            name(admission.kind_of(&at("192.0.2.7", any_port))),
+            Some("a".into())
+        );
+        assert_eq!(
+            name(admission.kind_of(&at("127.0.0.1", lo_port))),
+            Some("b".into())
+        );
+        assert_eq!(name(admission.kind_of(&at("127.0.0.2", lo_port))), None);
     }
 }
