@@ -37,7 +37,11 @@ impl Lifecycle {
     /// refused (the lifecycle cannot answer a refused connection through
     /// the application's own services). Bound such a listener with
     /// actix-web's own `max_connections` and `backlog`, or keep it behind
-    /// a proxy.
+    /// a proxy. A server that wants its connections admitted builds that
+    /// itself: [`RegistryShard::admit_untracked`](crate::RegistryShard::admit_untracked)
+    /// in its own `on_connect`, and a middleware that answers a refused
+    /// connection (the gateway's HTTP server does this, with `503` and
+    /// `Retry-After`).
     ///
     /// What the abort can and cannot cut: actix-web's connections are not
     /// [`Tracked`](crate::Tracked) streams, so the lifecycle's abort marks
