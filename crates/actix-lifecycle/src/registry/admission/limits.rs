@@ -142,7 +142,7 @@ impl FromStr for Rate {
 /// [`RegistryShard::admit`](crate::RegistryShard::admit) and
 /// [`admit_untracked`](crate::RegistryShard::admit_untracked). Connections
 /// registered without admission — an actix-web server given to
-/// [`Lifecycle::serve_actix_web`](crate::Lifecycle::serve_actix_web), or
+/// `Lifecycle::serve_actix_web` (feature `actix-web`), or
 /// [`RegistryShard::register`](crate::RegistryShard::register) — are counted
 /// in the listener's live count but never refused.
 ///
