@@ -130,9 +130,13 @@ impl HttpAdmission {
     /// bound to its local address, or to the unspecified address of its
     /// port.
     fn kind_of(&self, local: &Local) -> Option<&ConnKind> {
+        // IPv6 listeners are IPV6_V6ONLY: `[::]` and `0.0.0.0` on one port
+        // are two listeners, told apart by the family.
         let bound_to = |l: &Local| match (l, local) {
             (Local::Tcp(bound), Local::Tcp(addr)) => {
-                bound.port() == addr.port() && bound.ip().is_unspecified()
+                bound.port() == addr.port()
+                    && bound.ip().is_unspecified()
+                    && bound.is_ipv4() == addr.is_ipv4()
             }
             _ => false,
         };
@@ -468,5 +472,21 @@ mod tests {
             Some("b".into())
         );
         assert_eq!(name(admission.kind_of(&at("127.0.0.2", lo_port))), None);
+
+        // `[::]` and `0.0.0.0` on one port (IPv6 listeners are
+        // IPV6_V6ONLY): each connection goes to its own family's.
+        let (v6, v4) = (
+            admission.registry.kind("http", "v6"),
+            admission.registry.kind("http", "v4"),
+        );
+        let both = HttpAdmission {
+            registry: admission.registry.clone(),
+            kinds: Arc::new(vec![(at("::", 9090), v6), (at("0.0.0.0", 9090), v4)]),
+        };
+        assert_eq!(
+            name(both.kind_of(&at("127.0.0.1", 9090))),
+            Some("v4".into())
+        );
+        assert_eq!(name(both.kind_of(&at("::1", 9090))), Some("v6".into()));
     }
 }

@@ -476,6 +476,8 @@ impl AcceptLoop {
                 Err(tokio::sync::mpsc::error::SendError(back)) => {
                     conn = back;
                     self.remote.remove(i);
+                    // Slot `i` now holds the next arbiter: it is next.
+                    self.next_remote = i;
                     warn!(self.log, "an arbiter serving this listener is gone; it gets no more connections";
                         "arbiters_left" => self.remote.len());
                 }

@@ -1,4 +1,4 @@
-//! `[limits]`: admission control of every SMTP and IMAP listener.
+//! `[limits]`: admission control of every listener (SMTP, IMAP, HTTP).
 //!
 //! The defaults are those of a public MX on one address, after Postfix's
 //! anvil (`smtpd_client_connection_count_limit = 50`, a per-client count
@@ -23,7 +23,10 @@
 //!
 //! `0` turns a count limit off. A refused client gets one busy line
 //! (SMTP `421 4.7.0`, IMAP `* BYE`) and is disconnected; it retries later,
-//! as SMTP clients do after a 4xx.
+//! as SMTP clients do after a 4xx. An HTTP listener takes the counts (a
+//! refused connection's requests get `503` with `Retry-After`) but not the
+//! rate: health checks and scrapes open a connection per probe by design,
+//! and a rate set for mail clients would fail them.
 
 use actix_lifecycle::{Limits, Rate};
 use serde::{Deserialize, Serialize};
@@ -85,8 +88,8 @@ impl LimitsConfig {
     }
 
     /// The admission limits of a listener, with its own `max_connections`
-    /// if it sets one.
-    pub fn for_listener(&self, max_connections: Option<u32>) -> Limits {
+    /// if it sets one. An HTTP listener takes no rate (see the module).
+    pub fn for_listener(&self, max_connections: Option<u32>, rate: bool) -> Limits {
         let mut limits = Limits::none();
         match max_connections.unwrap_or(self.max_connections) {
             0 => {}
@@ -95,7 +98,7 @@ impl LimitsConfig {
         if self.max_per_address != 0 {
             limits = limits.max_per_address(self.max_per_address);
         }
-        if let Some(rate) = self.rate_per_address {
+        if let (true, Some(rate)) = (rate, self.rate_per_address) {
             limits = limits.rate_per_address(rate);
         }
         // The prefixes were checked when the configuration was read.
@@ -293,5 +296,16 @@ address = "127.0.0.1:143"
         let limits = c.listener_limits(&c.listeners()[0]);
         assert_eq!(limits.get_max_connections(), Some(5));
         assert_eq!(limits.get_max_per_address(), Some(20));
+        // A rate for mail clients is not applied to HTTP probes.
+        let text = format!("[limits]\nrate_per_address = \"10/min\"\n{text}[[listener]]\nname = \"s\"\nprotocol = \"smtp\"\naddress = \"127.0.0.1:25\"\n");
+        let c = Config::from_toml(&text, "g.toml").unwrap();
+        let (http, smtp) = (&c.listeners()[0], &c.listeners()[1]);
+        assert!(c.listener_limits(http).get_rate_per_address().is_none());
+        assert_eq!(
+            c.listener_limits(smtp)
+                .get_rate_per_address()
+                .map(|r| r.to_string()),
+            Some("10/min".into())
+        );
     }
 }

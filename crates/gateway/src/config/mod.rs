@@ -478,15 +478,17 @@ impl Config {
         self.tls.as_ref()
     }
 
-    /// `[limits]`: connection admission of the SMTP and IMAP listeners.
+    /// `[limits]`: connection admission of every listener.
     pub fn limits(&self) -> &LimitsConfig {
         &self.limits
     }
 
     /// The admission limits of `listener`: `[limits]`, with the listener's
-    /// own `max_connections` if it sets one.
+    /// own `max_connections` if it sets one; an HTTP listener without the
+    /// rate (probes open a connection each).
     pub fn listener_limits(&self, listener: &ListenerConfig) -> actix_lifecycle::Limits {
-        self.limits.for_listener(listener.max_connections)
+        let rate = listener.protocol() != Protocol::Http;
+        self.limits.for_listener(listener.max_connections, rate)
     }
 
     /// Every `[[listener]]`, in file order.

@@ -93,8 +93,9 @@ fn admit_one(
         return Err(RefuseReason::AddressFull);
     }
     if rate_count != 0 {
-        // Under an unchanged rate the bucket never runs more than one
-        // period ahead; after the rate was loosened it may (the old
+        // Under an unchanged rate the bucket runs at most one period
+        // ahead (give or take the instants at which the callers read the
+        // clock); after the rate was loosened it may run further (the old
         // period was longer): start that network from an empty bucket of
         // the new rate instead of holding it to the old one.
         st.tat = st.tat.min(now.saturating_add(rate_per));
