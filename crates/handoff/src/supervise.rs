@@ -52,9 +52,30 @@ pub struct Supervisor {
     previous: SigSet,
 }
 
+/// Sets `SIGCHLD` to its default disposition. An ignored `SIGCHLD` is
+/// inherited across exec (a process manager or a wrapper script may start
+/// the parent so); with it the kernel reaps children itself and queues no
+/// `SIGCHLD`, so a supervisor would never learn that its child exited.
+pub(crate) fn default_sigchld() -> Result<()> {
+    use nix::sys::signal::SigHandler;
+    // SAFETY: SIG_DFL installs no handler, so no code runs in signal
+    // context; the disposition is process-wide, as it must be for the
+    // supervisor, which owns its children's exits.
+    unsafe { nix::sys::signal::signal(Signal::SIGCHLD, SigHandler::SigDfl) }
+        .map(drop)
+        .map_err(|errno| Error::Supervise {
+            pid: 0,
+            operation: "signal(SIGCHLD, SIG_DFL)",
+            source: io::Error::from(errno),
+        })
+}
+
 impl Supervisor {
-    /// Blocks the forwarded signals and `SIGCHLD` in this thread.
+    /// Blocks the forwarded signals and `SIGCHLD` in this thread, and sets
+    /// `SIGCHLD` to its default disposition (an inherited "ignore" would
+    /// hide the child's exit).
     pub fn new() -> Result<Self> {
+        default_sigchld()?;
         let mut waited = SigSet::empty();
         for signal in [
             Signal::SIGTERM,

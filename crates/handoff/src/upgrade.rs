@@ -140,6 +140,8 @@ impl UpgradeSupervisor {
                 source: io::Error::from(errno),
             }
         };
+        // An inherited "ignore" would hide every child's exit.
+        crate::supervise::default_sigchld()?;
         let mut set = SigSet::empty();
         for signal in [
             Signal::SIGTERM,

@@ -43,6 +43,8 @@ fn main() -> ExitCode {
             println!("test sigterm_to_the_parent_reaches_the_child_and_both_exit_0 ... ok");
             child_killed_means_parent_exits_137();
             println!("test child_killed_means_parent_exits_137 ... ok");
+            child_killed_is_seen_by_a_parent_started_with_sigchld_ignored();
+            println!("test child_killed_is_seen_by_a_parent_started_with_sigchld_ignored ... ok");
             parent_killed_means_child_dies();
             println!("test parent_killed_means_child_dies ... ok");
             a_program_in_a_private_directory_runs_unless_its_own_mode_forbids();
@@ -158,19 +160,40 @@ struct Started {
 
 /// Starts the parent role and reads its output up to "child ready".
 fn start(scenario: &str) -> Started {
+    start_with(scenario, false)
+}
+
+/// Starts the parent; with `sigchld_ignored`, as a process manager that
+/// ignores `SIGCHLD` would (the disposition survives exec).
+fn start_with(scenario: &str, sigchld_ignored: bool) -> Started {
+    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("tls.key");
     std::fs::write(&key, "secret").unwrap();
     // Root-only, like a real TLS key.
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let mut parent = Command::new(std::env::current_exe().unwrap())
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
         .env(ROLE, "parent")
         .env(SCENARIO, scenario)
         .env(KEY, &key)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stdout(Stdio::piped());
+    if sigchld_ignored {
+        // SAFETY: between fork and exec only `signal`, which is
+        // async-signal-safe, runs; it allocates nothing.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::signal::signal(
+                    nix::sys::signal::Signal::SIGCHLD,
+                    nix::sys::signal::SigHandler::SigIgn,
+                )
+                .map(drop)
+                .map_err(std::io::Error::from)
+            });
+        }
+    }
+    let mut parent = command.spawn().unwrap();
     let mut out = BufReader::new(parent.stdout.take().unwrap());
     let mut seen = String::new();
     let child_pid = loop {
@@ -251,6 +274,25 @@ fn child_killed_means_parent_exits_137() {
     let started = start("hang");
     let child = nix::unistd::Pid::from_raw(started.child_pid);
     nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let (code, out) = started.finish();
+    assert_eq!(code, 137, "{out}");
+}
+
+/// Started with `SIGCHLD` ignored, the kernel would reap the child itself
+/// and queue no `SIGCHLD`: the parent restores the default, so it still
+/// learns that its child died.
+fn child_killed_is_seen_by_a_parent_started_with_sigchld_ignored() {
+    let mut started = start_with("hang", true);
+    let child = nix::unistd::Pid::from_raw(started.child_pid);
+    nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    while started.parent.try_wait().unwrap().is_none() {
+        if killed.elapsed() > TIMEOUT {
+            let _ = started.parent.kill();
+            panic!("the parent never saw its child die (SIGCHLD left ignored)");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let (code, out) = started.finish();
     assert_eq!(code, 137, "{out}");
 }

@@ -183,13 +183,20 @@ impl<F: FnMut(&SupervisorEvent)> Loop<'_, F> {
         let expired = self
             .candidate
             .as_ref()
-            .is_some_and(|c| c.deadline <= Instant::now());
-        if !expired {
+            .filter(|c| c.deadline <= Instant::now())
+            .map(|c| c.generation.number);
+        let Some(expired) = expired else {
             return Ok(None);
-        }
+        };
         // A ready message that raced the deadline still counts.
         if let Some(code) = self.check_candidate()? {
             return Ok(Some(code));
+        }
+        // Settled there (promoted, or failed), the candidate may already
+        // have been followed by a queued upgrade's: that one has a
+        // deadline of its own and is not retired here.
+        if self.candidate.as_ref().map(|c| c.generation.number) != Some(expired) {
+            return Ok(None);
         }
         let Some(mut candidate) = self.candidate.take() else {
             return Ok(None);
